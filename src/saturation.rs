@@ -1,0 +1,281 @@
+//! Saturation analysis: from per-level results to the three numbers a
+//! capacity engineer acts on, each with the reason it was chosen.
+//!
+//! * **max QPS without errors**: the highest level with 100 % success whose
+//!   send rate reached ≥ 95 % of target;
+//! * **saturation point**: the first level with errors, a send rate below
+//!   90 % of target, or p95 TTFT above 3× the lowest level's;
+//! * **recommended production limit**: 70–80 % of the max (the seed's
+//!   "leave headroom" advice); we report 75 % and the range.
+//!
+//! Levels are considered in ascending target order whatever order they ran.
+
+use serde::{Deserialize, Serialize};
+
+/// The inputs the analysis needs from one level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LevelFacts {
+    pub qps_target: f64,
+    pub actual_qps: f64,
+    pub success_rate: f64,
+    pub ttft_p95: f64,
+    pub client_bound: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub max_qps_without_errors: Option<f64>,
+    pub max_qps_reason: String,
+    pub saturation_qps: Option<f64>,
+    pub saturation_reason: String,
+    pub recommended_qps: Option<f64>,
+    /// `[70 %, 80 %]` of the max.
+    pub recommended_range: Option<[f64; 2]>,
+    pub recommendation: String,
+    /// Targets of levels where the client, not the endpoint, was the limit:
+    /// their numbers say little about the endpoint.
+    pub client_bound_levels: Vec<f64>,
+}
+
+pub const HELD_FRACTION: f64 = 0.95;
+pub const SATURATED_FRACTION: f64 = 0.90;
+pub const TTFT_BLOWUP: f64 = 3.0;
+pub const RECOMMENDED_FRACTION: f64 = 0.75;
+
+pub fn analyze(levels: &[LevelFacts]) -> Analysis {
+    let mut sorted: Vec<LevelFacts> = levels.to_vec();
+    sorted.sort_by(|a, b| a.qps_target.total_cmp(&b.qps_target));
+
+    let client_bound_levels = sorted
+        .iter()
+        .filter(|l| l.client_bound)
+        .map(|l| l.qps_target)
+        .collect();
+
+    let held = |l: &LevelFacts| {
+        l.success_rate >= 100.0 && l.actual_qps >= HELD_FRACTION * l.qps_target
+    };
+    let max = sorted.iter().rev().find(|l| held(l));
+    let (max_qps, max_reason) = match max {
+        Some(l) => (
+            Some(l.qps_target),
+            format!(
+                "highest level with 100% success and {:.2} achieved of {} target (>= {:.0}%)",
+                l.actual_qps,
+                fmt_qps(l.qps_target),
+                HELD_FRACTION * 100.0
+            ),
+        ),
+        None if sorted.is_empty() => (None, "no level completed".into()),
+        None => (
+            None,
+            "no level ran with 100% success at >= 95% of its target: test lower QPS".into(),
+        ),
+    };
+
+    let baseline_ttft = sorted
+        .iter()
+        .find(|l| l.ttft_p95 > 0.0)
+        .map(|l| l.ttft_p95);
+    let saturated = sorted.iter().find_map(|l| {
+        if l.success_rate < 100.0 {
+            return Some((l, format!("first level with errors ({:.1}% success)", l.success_rate)));
+        }
+        if l.actual_qps < SATURATED_FRACTION * l.qps_target {
+            return Some((
+                l,
+                format!(
+                    "achieved {:.2} of {} target (< {:.0}%)",
+                    l.actual_qps,
+                    fmt_qps(l.qps_target),
+                    SATURATED_FRACTION * 100.0
+                ),
+            ));
+        }
+        if let Some(base) = baseline_ttft
+            && l.ttft_p95 > TTFT_BLOWUP * base
+        {
+            return Some((
+                l,
+                format!(
+                    "p95 TTFT {:.3}s > {TTFT_BLOWUP}x the lowest level's {:.3}s",
+                    l.ttft_p95, base
+                ),
+            ));
+        }
+        None
+    });
+    let (saturation_qps, saturation_reason) = match saturated {
+        Some((l, why)) => (Some(l.qps_target), why),
+        None => (
+            None,
+            "not reached: every level held; test higher QPS to find it".into(),
+        ),
+    };
+
+    let (recommended_qps, recommended_range, recommendation) = match max_qps {
+        Some(m) => {
+            let rec = round2(m * RECOMMENDED_FRACTION);
+            (
+                Some(rec),
+                Some([round2(m * 0.70), round2(m * 0.80)]),
+                format!(
+                    "run production at up to {} QPS (70-80% of the {} QPS that held, leaving headroom)",
+                    fmt_qps(rec),
+                    fmt_qps(m)
+                ),
+            )
+        }
+        None => (
+            None,
+            None,
+            "no safe limit found: every level had errors or fell short; rerun with lower --qps"
+                .into(),
+        ),
+    };
+
+    Analysis {
+        max_qps_without_errors: max_qps,
+        max_qps_reason: max_reason,
+        saturation_qps,
+        saturation_reason,
+        recommended_qps,
+        recommended_range,
+        recommendation,
+        client_bound_levels,
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// `10` for 10.0, `0.5` for 0.5.
+pub fn fmt_qps(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(target: f64, actual: f64, success: f64, ttft: f64) -> LevelFacts {
+        LevelFacts {
+            qps_target: target,
+            actual_qps: actual,
+            success_rate: success,
+            ttft_p95: ttft,
+            client_bound: false,
+        }
+    }
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            levels: Vec<LevelFacts>,
+            max: Option<f64>,
+            sat: Option<f64>,
+            sat_reason: &'static str,
+            rec: Option<f64>,
+        }
+        let cases = vec![
+            Case {
+                name: "the seed's example",
+                levels: vec![
+                    l(1.0, 1.0, 100.0, 0.15),
+                    l(5.0, 4.98, 100.0, 0.25),
+                    l(10.0, 9.95, 98.5, 0.40),
+                    l(20.0, 19.82, 85.2, 1.2),
+                ],
+                max: Some(5.0),
+                sat: Some(10.0),
+                sat_reason: "errors",
+                rec: Some(3.75),
+            },
+            Case {
+                name: "all hold",
+                levels: vec![l(1.0, 1.0, 100.0, 0.1), l(2.0, 2.0, 100.0, 0.1)],
+                max: Some(2.0),
+                sat: None,
+                sat_reason: "not reached",
+                rec: Some(1.5),
+            },
+            Case {
+                name: "all fail",
+                levels: vec![l(1.0, 1.0, 50.0, 0.1), l(2.0, 2.0, 10.0, 0.1)],
+                max: None,
+                sat: Some(1.0),
+                sat_reason: "errors",
+                rec: None,
+            },
+            Case {
+                name: "ttft blow-up without errors",
+                levels: vec![
+                    l(1.0, 1.0, 100.0, 0.1),
+                    l(2.0, 2.0, 100.0, 0.25),
+                    l(4.0, 4.0, 100.0, 0.31),
+                ],
+                max: Some(4.0),
+                sat: Some(4.0),
+                sat_reason: "p95 TTFT",
+                rec: Some(3.0),
+            },
+            Case {
+                name: "send rate collapse",
+                levels: vec![l(10.0, 10.0, 100.0, 0.1), l(100.0, 80.0, 100.0, 0.1)],
+                max: Some(10.0),
+                sat: Some(100.0),
+                sat_reason: "achieved 80.00",
+                rec: Some(7.5),
+            },
+            Case {
+                name: "unsorted input, 94% achieved does not hold",
+                levels: vec![l(20.0, 18.8, 100.0, 0.1), l(10.0, 10.0, 100.0, 0.1)],
+                max: Some(10.0),
+                sat: None,
+                sat_reason: "not reached",
+                rec: Some(7.5),
+            },
+            Case {
+                name: "empty",
+                levels: vec![],
+                max: None,
+                sat: None,
+                sat_reason: "not reached",
+                rec: None,
+            },
+        ];
+        for c in cases {
+            let a = analyze(&c.levels);
+            assert_eq!(a.max_qps_without_errors, c.max, "{}", c.name);
+            assert_eq!(a.saturation_qps, c.sat, "{}", c.name);
+            assert!(
+                a.saturation_reason.contains(c.sat_reason),
+                "{}: {}",
+                c.name,
+                a.saturation_reason
+            );
+            assert_eq!(a.recommended_qps, c.rec, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn recommended_range_is_70_to_80_percent() {
+        let a = analyze(&[l(40.0, 40.0, 100.0, 0.1)]);
+        assert_eq!(a.recommended_range, Some([28.0, 32.0]));
+        assert!(a.recommendation.contains("30 QPS"));
+    }
+
+    #[test]
+    fn client_bound_levels_are_listed() {
+        let mut x = l(1000.0, 990.0, 100.0, 0.1);
+        x.client_bound = true;
+        let a = analyze(&[l(1.0, 1.0, 100.0, 0.1), x]);
+        assert_eq!(a.client_bound_levels, vec![1000.0]);
+    }
+}

@@ -1,0 +1,199 @@
+//! Arrival schedules: when each request of a level is due, computed ahead.
+//!
+//! Open-loop load testing sends request *i* at its planned instant whether
+//! or not earlier requests have finished; latency is then measured from
+//! that planned instant, so a slow client or a stalled connection pool
+//! shows up as latency instead of silently lowering the load (coordinated
+//! omission). This module is pure: it yields offsets from the level start.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Exp};
+use std::time::Duration;
+
+/// How inter-arrival gaps are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly spaced, `1/qps` apart, the first at offset 0.
+    #[default]
+    Constant,
+    /// A Poisson process: exponential gaps with mean `1/qps`, seeded.
+    Poisson,
+}
+
+impl std::str::FromStr for Arrival {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "poisson" => Ok(Self::Poisson),
+            other => Err(format!(
+                "unknown arrival '{other}': expected 'constant' or 'poisson'"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Arrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Poisson => "poisson",
+        })
+    }
+}
+
+/// Iterator over the offsets (from level start) at which requests are due,
+/// all strictly below `window`. `window = None` runs forever (soak).
+#[derive(Debug)]
+pub struct Schedule {
+    qps: f64,
+    window: Option<Duration>,
+    arrival: Arrival,
+    index: u64,
+    /// Poisson only: the running sum of gaps, in seconds.
+    next_poisson: f64,
+    rng: StdRng,
+}
+
+impl Schedule {
+    /// `qps` must be finite and > 0 (validated at the edge).
+    pub fn new(qps: f64, window: Option<Duration>, arrival: Arrival, seed: u64) -> Self {
+        assert!(qps.is_finite() && qps > 0.0, "qps must be > 0");
+        let mut s = Self {
+            qps,
+            window,
+            arrival,
+            index: 0,
+            next_poisson: 0.0,
+            rng: StdRng::seed_from_u64(seed),
+        };
+        if arrival == Arrival::Poisson {
+            s.next_poisson = s.draw_gap();
+        }
+        s
+    }
+
+    /// The number of requests a constant schedule plans: `ceil(qps × window)`.
+    /// `--qps 0.1 --duration 10` plans exactly one.
+    pub fn constant_count(qps: f64, window: Duration) -> u64 {
+        let exact = qps * window.as_secs_f64();
+        // Shave a relative epsilon so float error (0.1 × 30 = 3.0000000000000004)
+        // does not plan an extra request. Offsets below use index / qps, the
+        // same arithmetic, so the count and the offsets agree.
+        (exact - exact * 1e-12).ceil().max(0.0) as u64
+    }
+
+    fn draw_gap(&mut self) -> f64 {
+        Exp::new(self.qps)
+            .expect("qps > 0")
+            .sample(&mut self.rng)
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let at = match self.arrival {
+            Arrival::Constant => {
+                if let Some(w) = self.window
+                    && self.index >= Self::constant_count(self.qps, w)
+                {
+                    return None;
+                }
+                Duration::from_secs_f64(self.index as f64 / self.qps)
+            }
+            Arrival::Poisson => {
+                let at = Duration::from_secs_f64(self.next_poisson);
+                if self.window.is_some_and(|w| at >= w) {
+                    return None;
+                }
+                self.next_poisson += self.draw_gap();
+                at
+            }
+        };
+        self.index += 1;
+        Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn constant_table() {
+        // (qps, window seconds, expected count, expected last offset ms)
+        let cases: &[(f64, f64, usize, u64)] = &[
+            (1.0, 60.0, 60, 59_000),
+            (5.0, 2.0, 10, 1_800),
+            (0.1, 10.0, 1, 0),
+            (0.3, 10.0, 3, 6_666),
+            (3.0, 1.0, 3, 666),
+            (1000.0, 0.5, 500, 499),
+            (0.5, 1.0, 1, 0),
+        ];
+        for &(qps, secs, count, last_ms) in cases {
+            let offs: Vec<_> =
+                Schedule::new(qps, Some(Duration::from_secs_f64(secs)), Arrival::Constant, 0)
+                    .collect();
+            assert_eq!(offs.len(), count, "qps {qps} window {secs}");
+            assert_eq!(
+                offs.last().unwrap().as_millis() as u64,
+                last_ms,
+                "qps {qps} window {secs}"
+            );
+            assert_eq!(
+                Schedule::constant_count(qps, Duration::from_secs_f64(secs)),
+                count as u64
+            );
+            assert!(offs.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn constant_has_no_drift_over_long_runs() {
+        // Offsets are computed from the index, not summed, so error does
+        // not accumulate: request 3,600,000 at 1000 qps is due at 3600 s.
+        let mut s = Schedule::new(1000.0, None, Arrival::Constant, 0);
+        let at = s.nth(3_600_000).unwrap();
+        assert_eq!(at, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn poisson_is_seeded_and_has_the_right_rate() {
+        let a: Vec<_> = Schedule::new(50.0, Some(ms(200_000)), Arrival::Poisson, 7).collect();
+        let b: Vec<_> = Schedule::new(50.0, Some(ms(200_000)), Arrival::Poisson, 7).collect();
+        let c: Vec<_> = Schedule::new(50.0, Some(ms(200_000)), Arrival::Poisson, 8).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // 10,000 expected arrivals; a Poisson count has sd 100, so ±4 sd.
+        assert!((9_600..=10_400).contains(&a.len()), "{}", a.len());
+        assert!(a.windows(2).all(|w| w[0] <= w[1]));
+        assert!(a.iter().all(|&t| t < ms(200_000)));
+        // The gaps' coefficient of variation is ~1 for exponential gaps.
+        let gaps: Vec<f64> = a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+        let cv = var.sqrt() / mean;
+        assert!((0.9..1.1).contains(&cv), "cv {cv}");
+    }
+
+    #[test]
+    fn unbounded_schedule_keeps_going() {
+        let s = Schedule::new(2.0, None, Arrival::Poisson, 1);
+        assert_eq!(s.take(1000).count(), 1000);
+    }
+
+    #[test]
+    fn arrival_parses() {
+        assert_eq!("poisson".parse::<Arrival>().unwrap(), Arrival::Poisson);
+        assert!("burst".parse::<Arrival>().unwrap_err().contains("burst"));
+    }
+}

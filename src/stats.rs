@@ -1,0 +1,558 @@
+//! Per-level statistics: HDR histograms in, the seed's JSON object out.
+//!
+//! Memory is bounded by the histograms (a few hundred KB a level) whatever
+//! the duration or rate; nothing per request is kept. Every histogram is
+//! also serialized (HDR V2, deflate, base64: the format every HdrHistogram
+//! library reads) so two runs can be merged exactly later.
+
+use crate::chunk::FinishReason;
+use crate::record::{ErrorKind, RequestRecord, TokenSource};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Latencies are recorded in microseconds from 1 µs to 1 hour, 3
+/// significant digits (0.1 % relative error).
+const MAX_MICROS: u64 = 3_600_000_000;
+/// Rates are recorded in milli-units per second (0.001 token/s resolution).
+const RATE_SCALE: f64 = 1000.0;
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static bounds are valid")
+}
+
+fn count_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds are valid")
+}
+
+/// Everything measured in one level.
+#[derive(Debug, Clone)]
+pub struct LevelStats {
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub errors: BTreeMap<ErrorKind, u64>,
+    pub finish_reasons: BTreeMap<&'static str, u64>,
+    pub ttft: Histogram<u64>,
+    pub ttfc: Histogram<u64>,
+    pub e2e: Histogram<u64>,
+    pub itl: Histogram<u64>,
+    pub tpot: Histogram<u64>,
+    pub lag: Histogram<u64>,
+    /// Seed definition: output tokens / E2E, milli-tokens/s.
+    pub tokens_per_sec: Histogram<u64>,
+    /// 1 / TPOT: decode speed once the first token is out, milli-tokens/s.
+    pub decode_tokens_per_sec: Histogram<u64>,
+    pub output_tokens: Histogram<u64>,
+    pub output_tokens_total: u64,
+    pub input_tokens_total: u64,
+    pub input_tokens_reported: u64,
+    pub usage_reported: u64,
+    pub usage_chunk_mismatch: u64,
+    /// Latest completion, as an offset from level start.
+    pub last_done_at: Duration,
+}
+
+impl Default for LevelStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LevelStats {
+    pub fn new() -> Self {
+        Self {
+            sent: 0,
+            succeeded: 0,
+            failed: 0,
+            dropped: 0,
+            errors: BTreeMap::new(),
+            finish_reasons: BTreeMap::new(),
+            ttft: latency_histogram(),
+            ttfc: latency_histogram(),
+            e2e: latency_histogram(),
+            itl: latency_histogram(),
+            tpot: latency_histogram(),
+            lag: latency_histogram(),
+            tokens_per_sec: count_histogram(),
+            decode_tokens_per_sec: count_histogram(),
+            output_tokens: count_histogram(),
+            output_tokens_total: 0,
+            input_tokens_total: 0,
+            input_tokens_reported: 0,
+            usage_reported: 0,
+            usage_chunk_mismatch: 0,
+            last_done_at: Duration::ZERO,
+        }
+    }
+
+    /// Add one finished (or dropped) request.
+    pub fn record(&mut self, r: &RequestRecord) {
+        if r.outcome == Err(ErrorKind::Dropped) {
+            self.dropped += 1;
+            *self.errors.entry(ErrorKind::Dropped).or_default() += 1;
+            return;
+        }
+        self.sent += 1;
+        self.last_done_at = self.last_done_at.max(r.done_at);
+        self.lag.saturating_record(micros(r.lag()));
+        if let Some(n) = r.usage_input_tokens {
+            self.input_tokens_total += n as u64;
+            self.input_tokens_reported += 1;
+        }
+        if let Err(kind) = r.outcome {
+            self.failed += 1;
+            *self.errors.entry(kind).or_default() += 1;
+            return;
+        }
+        self.succeeded += 1;
+        if let Some(f) = r.finish {
+            *self.finish_reasons.entry(f.as_str()).or_default() += 1;
+        }
+        if let Some(t) = r.ttft() {
+            self.ttft.saturating_record(micros(t));
+        }
+        if let Some(t) = r.ttfc() {
+            self.ttfc.saturating_record(micros(t));
+        }
+        self.e2e.saturating_record(micros(r.e2e()));
+        for &gap in &r.itl_us {
+            self.itl.saturating_record(gap.max(1) as u64);
+        }
+        if let Some(t) = r.tpot() {
+            let us = micros(t);
+            self.tpot.saturating_record(us);
+            self.decode_tokens_per_sec
+                .saturating_record((1e6 / us as f64 * RATE_SCALE) as u64);
+        }
+        if let Some(tps) = r.tokens_per_sec() {
+            self.tokens_per_sec
+                .saturating_record((tps * RATE_SCALE).round() as u64);
+        }
+        let (tokens, source) = r.output_tokens();
+        self.output_tokens_total += tokens as u64;
+        self.output_tokens.saturating_record(tokens as u64);
+        if source == TokenSource::Usage {
+            self.usage_reported += 1;
+            if tokens != r.token_chunks {
+                self.usage_chunk_mismatch += 1;
+            }
+        }
+    }
+
+    /// Fold another level's (or shard's) numbers into this one. Exact:
+    /// HDR histograms add bucket by bucket.
+    pub fn merge(&mut self, o: &LevelStats) {
+        self.sent += o.sent;
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.dropped += o.dropped;
+        for (k, v) in &o.errors {
+            *self.errors.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.finish_reasons {
+            *self.finish_reasons.entry(k).or_default() += v;
+        }
+        for (a, b) in [
+            (&mut self.ttft, &o.ttft),
+            (&mut self.ttfc, &o.ttfc),
+            (&mut self.e2e, &o.e2e),
+            (&mut self.itl, &o.itl),
+            (&mut self.tpot, &o.tpot),
+            (&mut self.lag, &o.lag),
+            (&mut self.tokens_per_sec, &o.tokens_per_sec),
+            (&mut self.decode_tokens_per_sec, &o.decode_tokens_per_sec),
+            (&mut self.output_tokens, &o.output_tokens),
+        ] {
+            a.add(b).expect("histograms share bounds");
+        }
+        self.output_tokens_total += o.output_tokens_total;
+        self.input_tokens_total += o.input_tokens_total;
+        self.input_tokens_reported += o.input_tokens_reported;
+        self.usage_reported += o.usage_reported;
+        self.usage_chunk_mismatch += o.usage_chunk_mismatch;
+        self.last_done_at = self.last_done_at.max(o.last_done_at);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// Percentiles of one quantity. Seconds for latencies, tokens/s for rates.
+/// With no samples every figure is 0 and `count` says so.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Dist {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+impl Dist {
+    /// `scale` converts recorded units to reported ones (1e-6 for µs → s).
+    pub fn from_histogram(h: &Histogram<u64>, scale: f64, decimals: i32) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let r = |v: f64| {
+            let m = 10f64.powi(decimals);
+            (v * scale * m).round() / m
+        };
+        Dist {
+            p50: r(h.value_at_quantile(0.50) as f64),
+            p90: r(h.value_at_quantile(0.90) as f64),
+            p95: r(h.value_at_quantile(0.95) as f64),
+            p99: r(h.value_at_quantile(0.99) as f64),
+            mean: r(h.mean()),
+            min: r(h.min() as f64),
+            max: r(h.max() as f64),
+            count: h.len(),
+        }
+    }
+
+    /// The value at a percentile the console asked for (50, 95, 99, or
+    /// any other, read from the histogram).
+    pub fn at(&self, p: f64) -> Option<f64> {
+        match p {
+            50.0 => Some(self.p50),
+            90.0 => Some(self.p90),
+            95.0 => Some(self.p95),
+            99.0 => Some(self.p99),
+            _ => None,
+        }
+    }
+}
+
+/// Token accounting for a level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    /// Output tokens of successful requests.
+    pub output_total: u64,
+    pub output_per_request: Dist,
+    /// `usage` (exact, from the server), `chunks` (counted, an estimate),
+    /// `mixed`, or `none` when nothing succeeded.
+    pub output_source: String,
+    /// Successful requests whose usage count differed from the number of
+    /// token-carrying chunks (servers that batch tokens per event).
+    pub usage_chunk_mismatch: u64,
+    /// Prompt tokens as reported by the server's usage (0 when not reported).
+    pub input_total: u64,
+}
+
+/// Serialized histograms for exact merging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SerializedHistograms {
+    /// `hdr-v2-deflate-base64`, latencies in microseconds, rates in
+    /// milli-units per second.
+    pub encoding: String,
+    pub ttft_us: String,
+    pub e2e_us: String,
+    pub itl_us: String,
+    pub tpot_us: String,
+    pub schedule_lag_us: String,
+    pub tokens_per_sec_milli: String,
+    pub output_tokens: String,
+}
+
+/// One level as written to `benchmark_qps_results.json`. The first seven
+/// fields are the seed's, with its names and units; the rest are ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelResult {
+    pub qps_target: f64,
+    /// Requests sent per second of the send window.
+    pub actual_qps: f64,
+    /// Succeeded ÷ scheduled, percent.
+    pub success_rate: f64,
+    pub ttft: Dist,
+    pub e2e_latency: Dist,
+    /// The seed's definition: output tokens ÷ E2E, per request.
+    pub tokens_per_sec: Dist,
+    /// Error key → count, including dropped sends.
+    pub errors: BTreeMap<String, u64>,
+
+    /// Successful requests per second of the send window (goodput).
+    pub completed_qps: f64,
+    pub scheduled: u64,
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    /// Configured seconds of sending.
+    pub duration: f64,
+    /// Seconds actually spent sending (first to last scheduled send).
+    pub send_window_s: f64,
+    /// Seconds waited after the send window for in-flight requests.
+    pub drain_s: f64,
+    /// Time to first answer content, after any reasoning tokens.
+    pub ttfc: Dist,
+    /// Inter-token latency: every gap between token-carrying chunks.
+    pub itl: Dist,
+    /// Time per output token after the first, per request.
+    pub tpot: Dist,
+    /// 1/TPOT: decode speed after the first token, per request.
+    pub decode_tokens_per_sec: Dist,
+    /// All output tokens of the level ÷ level wall time (send + drain).
+    pub output_throughput_tokens_per_sec: f64,
+    pub tokens: TokenCounts,
+    /// How late sends were against the schedule, seconds.
+    pub schedule_lag: Dist,
+    /// True when p99 schedule lag exceeded the client-bound threshold or
+    /// sends were dropped: the client, not the endpoint, limited this level.
+    pub client_bound: bool,
+    pub finish_reasons: BTreeMap<String, u64>,
+    pub histograms: SerializedHistograms,
+}
+
+/// What a level was asked to do and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelTiming {
+    pub qps_target: f64,
+    pub duration: Duration,
+    pub send_window: Duration,
+    pub drain: Duration,
+}
+
+/// p99 schedule lag above this marks a level `client_bound`.
+pub const CLIENT_BOUND_LAG: Duration = Duration::from_millis(10);
+
+impl LevelResult {
+    pub fn from_stats(s: &LevelStats, t: LevelTiming) -> Self {
+        let scheduled = s.sent + s.dropped;
+        // A zero-length window (one request) would divide by zero; the
+        // configured duration is the honest denominator then.
+        let window = if t.send_window.is_zero() {
+            t.duration.as_secs_f64()
+        } else {
+            t.duration.as_secs_f64().max(t.send_window.as_secs_f64())
+        };
+        let per_sec = |n: u64| if window > 0.0 { round(n as f64 / window, 4) } else { 0.0 };
+        let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
+        let wall = (window + t.drain.as_secs_f64()).max(1e-9);
+        let output_source = match (s.usage_reported, s.succeeded) {
+            (_, 0) => "none",
+            (u, n) if u == n => "usage",
+            (0, _) => "chunks",
+            _ => "mixed",
+        };
+        Self {
+            qps_target: t.qps_target,
+            actual_qps: per_sec(s.sent),
+            success_rate: if scheduled == 0 {
+                0.0
+            } else {
+                round(100.0 * s.succeeded as f64 / scheduled as f64, 3)
+            },
+            ttft: Dist::from_histogram(&s.ttft, 1e-6, 6),
+            e2e_latency: Dist::from_histogram(&s.e2e, 1e-6, 6),
+            tokens_per_sec: Dist::from_histogram(&s.tokens_per_sec, 1.0 / RATE_SCALE, 3),
+            errors: s.errors.iter().map(|(k, v)| (k.key(), *v)).collect(),
+            completed_qps: per_sec(s.succeeded),
+            scheduled,
+            sent: s.sent,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            dropped: s.dropped,
+            duration: t.duration.as_secs_f64(),
+            send_window_s: round(t.send_window.as_secs_f64(), 6),
+            drain_s: round(t.drain.as_secs_f64(), 6),
+            ttfc: Dist::from_histogram(&s.ttfc, 1e-6, 6),
+            itl: Dist::from_histogram(&s.itl, 1e-6, 6),
+            tpot: Dist::from_histogram(&s.tpot, 1e-6, 6),
+            decode_tokens_per_sec: Dist::from_histogram(
+                &s.decode_tokens_per_sec,
+                1.0 / RATE_SCALE,
+                3,
+            ),
+            output_throughput_tokens_per_sec: round(s.output_tokens_total as f64 / wall, 3),
+            tokens: TokenCounts {
+                output_total: s.output_tokens_total,
+                output_per_request: Dist::from_histogram(&s.output_tokens, 1.0, 3),
+                output_source: output_source.into(),
+                usage_chunk_mismatch: s.usage_chunk_mismatch,
+                input_total: s.input_tokens_total,
+            },
+            client_bound: s.dropped > 0
+                || (lag.count > 0 && lag.p99 > CLIENT_BOUND_LAG.as_secs_f64()),
+            schedule_lag: lag,
+            finish_reasons: s
+                .finish_reasons
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            histograms: SerializedHistograms {
+                encoding: "hdr-v2-deflate-base64".into(),
+                ttft_us: encode(&s.ttft),
+                e2e_us: encode(&s.e2e),
+                itl_us: encode(&s.itl),
+                tpot_us: encode(&s.tpot),
+                schedule_lag_us: encode(&s.lag),
+                tokens_per_sec_milli: encode(&s.tokens_per_sec),
+                output_tokens: encode(&s.output_tokens),
+            },
+        }
+    }
+}
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let m = 10f64.powi(decimals);
+    (v * m).round() / m
+}
+
+/// HDR V2 + deflate + base64.
+pub fn encode(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    let mut buf = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut buf)
+        .expect("serializing to memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// Inverse of [`encode`].
+pub fn decode(s: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine;
+    use hdrhistogram::serialization::Deserializer;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("bad base64: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("bad HDR histogram: {e:?}"))
+}
+
+/// The finish reason as reported, for tests and sinks.
+pub fn finish_label(f: Option<FinishReason>) -> &'static str {
+    f.map(FinishReason::as_str).unwrap_or("none")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(seq: u64, sched_ms: u64, ttft_ms: u64, e2e_ms: u64, tokens: u32) -> RequestRecord {
+        let ms = Duration::from_millis;
+        let mut r = RequestRecord::new(seq, ms(sched_ms), ms(sched_ms));
+        r.first_token_at = Some(ms(sched_ms + ttft_ms));
+        r.first_content_at = r.first_token_at;
+        r.done_at = ms(sched_ms + e2e_ms);
+        r.token_chunks = tokens;
+        r.usage_output_tokens = Some(tokens);
+        r.itl_us = vec![((e2e_ms - ttft_ms) * 1000 / (tokens as u64 - 1)) as u32; tokens as usize - 1];
+        r.finish = Some(FinishReason::Length);
+        r
+    }
+
+    fn timing(qps: f64, secs: u64) -> LevelTiming {
+        LevelTiming {
+            qps_target: qps,
+            duration: Duration::from_secs(secs),
+            send_window: Duration::from_secs(secs),
+            drain: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn summary_of_a_clean_level() {
+        let mut s = LevelStats::new();
+        for i in 0..100 {
+            s.record(&ok(i, i * 100, 50 + i, 1050 + i, 11));
+        }
+        let r = LevelResult::from_stats(&s, timing(10.0, 10));
+        assert_eq!(r.sent, 100);
+        assert_eq!(r.succeeded, 100);
+        assert_eq!(r.success_rate, 100.0);
+        assert_eq!(r.actual_qps, 10.0);
+        assert!((r.ttft.p50 - 0.099).abs() < 0.001, "{:?}", r.ttft);
+        assert!((r.ttft.p99 - 0.148).abs() < 0.001, "{:?}", r.ttft);
+        assert!((r.ttft.min - 0.050).abs() < 0.0001);
+        assert!((r.e2e_latency.max - 1.149).abs() < 0.002);
+        assert!((r.tpot.p50 - 0.1).abs() < 0.001);
+        assert!((r.itl.mean - 0.1).abs() < 0.001);
+        assert!((r.decode_tokens_per_sec.p50 - 10.0).abs() < 0.02);
+        assert!(r.tokens_per_sec.p50 > 9.0 && r.tokens_per_sec.p50 < 11.0);
+        assert_eq!(r.tokens.output_total, 1100);
+        assert_eq!(r.tokens.output_source, "usage");
+        assert_eq!(r.finish_reasons["length"], 100);
+        assert!(r.errors.is_empty());
+        assert!(!r.client_bound);
+        assert!((r.output_throughput_tokens_per_sec - 100.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn errors_drops_and_the_books_balance() {
+        let mut s = LevelStats::new();
+        for i in 0..10 {
+            s.record(&ok(i, i * 10, 5, 50, 4));
+        }
+        for i in 10..13 {
+            let mut r = RequestRecord::new(i, Duration::ZERO, Duration::ZERO);
+            r.outcome = Err(ErrorKind::Http(503));
+            s.record(&r);
+        }
+        let mut d = RequestRecord::new(13, Duration::ZERO, Duration::ZERO);
+        d.outcome = Err(ErrorKind::Dropped);
+        s.record(&d);
+        let r = LevelResult::from_stats(&s, timing(14.0, 1));
+        assert_eq!((r.scheduled, r.sent, r.succeeded, r.failed, r.dropped), (14, 13, 10, 3, 1));
+        assert_eq!(r.sent, r.succeeded + r.failed);
+        assert_eq!(r.errors["HTTP 503"], 3);
+        assert_eq!(r.errors["dropped (max in-flight)"], 1);
+        assert_eq!(r.errors.values().sum::<u64>(), r.failed + r.dropped);
+        assert!((r.success_rate - 71.429).abs() < 0.001);
+        assert!(r.client_bound, "a dropped send means the client was the limit");
+    }
+
+    #[test]
+    fn lag_marks_client_bound() {
+        let mut s = LevelStats::new();
+        for i in 0..100 {
+            let mut r = ok(i, 0, 5, 50, 4);
+            r.sent_at = Duration::from_millis(if i < 95 { 0 } else { 30 });
+            s.record(&r);
+        }
+        let r = LevelResult::from_stats(&s, timing(100.0, 1));
+        assert!(r.client_bound);
+        assert!(r.schedule_lag.p99 >= 0.029);
+    }
+
+    #[test]
+    fn serialized_histograms_merge_exactly() {
+        let mut a = LevelStats::new();
+        let mut b = LevelStats::new();
+        for i in 0..500 {
+            a.record(&ok(i, 0, 10 + i % 37, 200, 8));
+            b.record(&ok(i, 0, 300 + i % 11, 900, 8));
+        }
+        let ra = LevelResult::from_stats(&a, timing(1.0, 1));
+        let rb = LevelResult::from_stats(&b, timing(1.0, 1));
+        let mut merged = decode(&ra.histograms.ttft_us).unwrap();
+        merged.add(decode(&rb.histograms.ttft_us).unwrap()).unwrap();
+        let mut direct = a.clone();
+        direct.merge(&b);
+        assert_eq!(merged, direct.ttft);
+        assert_eq!(merged.len(), 1000);
+    }
+
+    #[test]
+    fn chunk_estimates_are_labelled() {
+        let mut s = LevelStats::new();
+        let mut r = ok(0, 0, 5, 50, 4);
+        r.usage_output_tokens = None;
+        s.record(&r);
+        let mut r2 = ok(1, 0, 5, 50, 4);
+        r2.usage_output_tokens = Some(16);
+        s.record(&r2);
+        let res = LevelResult::from_stats(&s, timing(2.0, 1));
+        assert_eq!(res.tokens.output_source, "mixed");
+        assert_eq!(res.tokens.usage_chunk_mismatch, 1);
+        assert_eq!(res.tokens.output_total, 20);
+    }
+}

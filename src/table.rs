@@ -1,0 +1,210 @@
+//! The console report: the seed's table, byte for byte, then our additions.
+//!
+//! Users grep and diff this output, so the first block keeps the seed's
+//! title rule, column names, widths (12 wide, one space between, Success%
+//! 10 wide) and error lines exactly. Everything we add (saturation
+//! analysis, client-bound warnings, token-count notes) comes after it.
+
+use crate::saturation::{Analysis, fmt_qps};
+use crate::stats::LevelResult;
+use std::fmt::Write;
+
+/// Render the seed's table for the chosen percentiles.
+pub fn render_table(levels: &[LevelResult], percentiles: &[f64]) -> String {
+    let mut out = String::new();
+    let rule = "=".repeat(80);
+    let _ = writeln!(out, "{rule}\nQPS BENCHMARK RESULTS\n{rule}");
+
+    let mut header = vec![
+        format!("{:<12}", "QPS Target"),
+        format!("{:<12}", "Actual QPS"),
+        format!("{:<10}", "Success%"),
+    ];
+    for metric in ["TTFT", "E2E"] {
+        for p in percentiles {
+            header.push(format!("{:<12}", format!("{metric} P{}(s)", fmt_pct(*p))));
+        }
+    }
+    for p in percentiles {
+        header.push(format!("{:<12}", format!("Tok/s P{}", fmt_pct(*p))));
+    }
+    let _ = writeln!(out, "{}", header.join(" "));
+
+    for l in levels {
+        let mut row = vec![
+            format!("{:<12.1}", l.qps_target),
+            format!("{:<12.2}", l.actual_qps),
+            format!("{:<10.1}", l.success_rate),
+        ];
+        for m in [Metric::Ttft, Metric::E2e] {
+            for p in percentiles {
+                row.push(format!("{:<12.3}", pick(l, m, *p)));
+            }
+        }
+        for p in percentiles {
+            row.push(format!("{:<12.1}", pick(l, Metric::TokensPerSec, *p)));
+        }
+        let _ = writeln!(out, "{}", row.join(" "));
+    }
+
+    for l in levels.iter().filter(|l| !l.errors.is_empty()) {
+        let total: u64 = l.errors.values().sum();
+        let _ = writeln!(out, "\nQPS {:.1} - Errors ({total} total):", l.qps_target);
+        let mut errs: Vec<_> = l.errors.iter().collect();
+        errs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (k, v) in errs {
+            let _ = writeln!(out, "  - {k}: {v} occurrences");
+        }
+    }
+    out
+}
+
+/// Our additions below the seed's table.
+pub fn render_analysis(levels: &[LevelResult], a: &Analysis, partial: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nSATURATION ANALYSIS");
+    let opt = |v: Option<f64>| v.map(fmt_qps).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "  Max QPS without errors: {:<8} {}",
+        opt(a.max_qps_without_errors),
+        a.max_qps_reason
+    );
+    let _ = writeln!(
+        out,
+        "  Saturation point:       {:<8} {}",
+        opt(a.saturation_qps),
+        a.saturation_reason
+    );
+    let _ = writeln!(
+        out,
+        "  Recommended limit:      {:<8} {}",
+        opt(a.recommended_qps),
+        a.recommendation
+    );
+    for l in levels.iter().filter(|l| l.client_bound) {
+        let _ = writeln!(
+            out,
+            "  WARNING: QPS {:.1} was client-bound (schedule lag p99 {:.1} ms, {} dropped): \
+             the load generator, not the endpoint, limited this level",
+            l.qps_target,
+            l.schedule_lag.p99 * 1000.0,
+            l.dropped
+        );
+    }
+    for l in levels.iter().filter(|l| l.tokens.output_source == "chunks") {
+        let _ = writeln!(
+            out,
+            "  NOTE: QPS {:.1}: the server sent no usage; output tokens were counted from chunks (estimated)",
+            l.qps_target
+        );
+    }
+    if partial {
+        let _ = writeln!(
+            out,
+            "  PARTIAL RUN: stopped before every level finished; results hold the levels measured"
+        );
+    }
+    out
+}
+
+fn fmt_pct(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    Ttft,
+    E2e,
+    TokensPerSec,
+}
+
+/// A percentile from the summary, or read from the serialized histogram
+/// for percentiles the summary does not carry (e.g. `--percentiles 75`).
+fn pick(l: &LevelResult, m: Metric, p: f64) -> f64 {
+    let (dist, enc, scale) = match m {
+        Metric::Ttft => (&l.ttft, &l.histograms.ttft_us, 1e-6),
+        Metric::E2e => (&l.e2e_latency, &l.histograms.e2e_us, 1e-6),
+        Metric::TokensPerSec => (&l.tokens_per_sec, &l.histograms.tokens_per_sec_milli, 1e-3),
+    };
+    if let Some(v) = dist.at(p) {
+        return v;
+    }
+    if dist.count == 0 {
+        return 0.0;
+    }
+    crate::stats::decode(enc)
+        .map(|h| h.value_at_quantile(p / 100.0) as f64 * scale)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{LevelStats, LevelTiming};
+    use std::time::Duration;
+
+    /// The seed README's header line, copied with its trailing spaces.
+    const SEED_HEADER: &str = "QPS Target   Actual QPS   Success%   TTFT P50(s)  TTFT P95(s)  TTFT P99(s)  E2E P50(s)   E2E P95(s)   E2E P99(s)   Tok/s P50    Tok/s P95    Tok/s P99   ";
+
+    fn level(qps: f64) -> LevelResult {
+        LevelResult::from_stats(
+            &LevelStats::new(),
+            LevelTiming {
+                qps_target: qps,
+                duration: Duration::from_secs(1),
+                send_window: Duration::from_secs(1),
+                drain: Duration::ZERO,
+            },
+        )
+    }
+
+    #[test]
+    fn header_and_rows_match_the_seed() {
+        let mut l = level(1.0);
+        l.actual_qps = 1.0;
+        l.success_rate = 100.0;
+        l.ttft.p50 = 0.12;
+        l.ttft.p95 = 0.15;
+        l.ttft.p99 = 0.18;
+        l.e2e_latency.p50 = 2.5;
+        l.e2e_latency.p95 = 2.8;
+        l.e2e_latency.p99 = 3.0;
+        l.tokens_per_sec.p50 = 85.3;
+        l.tokens_per_sec.p95 = 92.1;
+        l.tokens_per_sec.p99 = 98.5;
+        let mut bad = level(20.0);
+        bad.actual_qps = 19.82;
+        bad.success_rate = 85.2;
+        bad.errors.insert("HTTP 503".into(), 145);
+        bad.errors.insert("timeout (total)".into(), 33);
+        let t = render_table(&[l, bad], &[50.0, 95.0, 99.0]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "=".repeat(80));
+        assert_eq!(lines[1], "QPS BENCHMARK RESULTS");
+        assert_eq!(lines[2], "=".repeat(80));
+        assert_eq!(lines[3], SEED_HEADER);
+        assert_eq!(
+            lines[4],
+            "1.0          1.00         100.0      0.120        0.150        0.180        2.500        2.800        3.000        85.3         92.1         98.5        "
+        );
+        assert!(lines[5].starts_with("20.0         19.82        85.2       0.000"));
+        assert_eq!(lines[6], "");
+        assert_eq!(lines[7], "QPS 20.0 - Errors (178 total):");
+        assert_eq!(lines[8], "  - HTTP 503: 145 occurrences");
+        assert_eq!(lines[9], "  - timeout (total): 33 occurrences");
+    }
+
+    #[test]
+    fn compact_p50_only() {
+        let t = render_table(&[level(1.0)], &[50.0]);
+        assert_eq!(
+            t.lines().nth(3).unwrap(),
+            "QPS Target   Actual QPS   Success%   TTFT P50(s)  E2E P50(s)   Tok/s P50   "
+        );
+    }
+}
