@@ -1,1 +1,40 @@
-fn main() {}
+//! The `llmload` binary: parse, set up logging, run, exit with a code
+//! that says what happened (0 ok, 1 failed, 2 bad input, 130 interrupted).
+
+use clap::Parser;
+use llmload::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Exactly one rustls crypto provider, chosen explicitly (see
+    // notes: two enabled providers make rustls panic at first use).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Daemon(_) | Command::Mock(_) => "info",
+        _ => "warn",
+    };
+    llmload::logging::init(default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("llmload-worker")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(llmload::error::EXIT_FAILURE);
+        }
+    };
+    llmload::limits::raise_nofile();
+    let result = runtime.block_on(llmload::commands::dispatch(cli));
+    // Do not wait for stragglers (pooled connections, timers) to wind down.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(llmload::error::exit_code_for(&e))
+        }
+    }
+}

@@ -307,6 +307,9 @@ pub struct LevelResult {
     /// sends were dropped: the client, not the endpoint, limited this level.
     pub client_bound: bool,
     pub finish_reasons: BTreeMap<String, u64>,
+    /// The level was cut short (Ctrl-C, SIGTERM, stop request).
+    #[serde(default)]
+    pub interrupted: bool,
     pub histograms: SerializedHistograms,
 }
 
@@ -386,6 +389,7 @@ impl LevelResult {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            interrupted: false,
             histograms: SerializedHistograms {
                 encoding: "hdr-v2-deflate-base64".into(),
                 ttft_us: encode(&s.ttft),

@@ -1,0 +1,299 @@
+//! Command-line definitions. Validation that clap cannot express lives in
+//! the commands themselves, which report every problem with the flag name.
+
+use crate::mock::OutputTokens;
+use crate::mock::faults::FaultSpec;
+use crate::schedule::Arrival;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llmload",
+    version,
+    about = "Find how much traffic an LLM endpoint really holds",
+    long_about = "Open-loop QPS sweeps against OpenAI-compatible streaming endpoints, \
+with TTFT/ITL/E2E histograms, saturation analysis, a results directory and PNG per run, \
+and a daemon mode with Prometheus metrics and OpenTelemetry traces."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One QPS sweep, the seed benchmark's flags and outputs.
+    Run(Box<RunArgs>),
+    /// Serve the built-in OpenAI-compatible mock endpoint.
+    Mock(Box<MockArgs>),
+    /// Scheduled and continuous sweeps with /metrics and a control API.
+    Daemon(DaemonArgs),
+    /// Re-draw benchmark_qps.png from a results directory.
+    Plot(PlotArgs),
+}
+
+fn parse_qps_list(s: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let v: f64 = part
+            .parse()
+            .map_err(|_| format!("'{part}' is not a number (expected e.g. 1,5,10,20)"))?;
+        if !v.is_finite() || v <= 0.0 {
+            return Err(format!("'{part}' must be a rate above 0"));
+        }
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err("give at least one rate, e.g. 1,5,10,20".into());
+    }
+    Ok(out)
+}
+
+fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let v: f64 = part
+            .parse()
+            .map_err(|_| format!("'{part}' is not a number (expected e.g. 50,95,99)"))?;
+        if !(v > 0.0 && v < 100.0) {
+            return Err(format!("percentile '{part}' must be between 0 and 100"));
+        }
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err("give at least one percentile, e.g. 50,95,99".into());
+    }
+    Ok(out)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s)
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(s)?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// API endpoint URL (…/v1/chat/completions), or `mock` for the built-in mock.
+    #[arg(long)]
+    pub endpoint: String,
+    /// Authentication key. Visible in `ps`: prefer LLMLOAD_API_KEY or --api-key-file.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Read the key from this file (first line).
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// Model name sent in every request.
+    #[arg(long)]
+    pub model: String,
+    /// Dataset JSON: an array of {prompt_content, cut_chat_history}.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// QPS levels to test, comma-separated.
+    // `std::vec::Vec` (not `Vec`) makes clap take one value and hand the
+    // whole comma list to the parser.
+    #[arg(long, default_value = "1,5,10,20", value_parser = parse_qps_list)]
+    pub qps: std::vec::Vec<f64>,
+    /// Seconds per level (or 90s, 2m…).
+    #[arg(long, default_value = "60", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Percentiles shown in the console table.
+    #[arg(long, default_value = "50,95,99", value_parser = parse_percentiles)]
+    pub percentiles: std::vec::Vec<f64>,
+    /// Deprecated: tokens/sec is always shown.
+    #[arg(long)]
+    pub show_tokens: bool,
+    /// Max tokens per request.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Generation temperature.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    /// Draw benchmark_qps.png.
+    #[arg(long)]
+    pub plot: bool,
+    /// Results JSON file name (inside the run directory).
+    #[arg(long, default_value = "benchmark_qps_results.json")]
+    pub output: String,
+    /// PNG file name (inside the run directory).
+    #[arg(long, default_value = "benchmark_qps.png")]
+    pub plot_output: String,
+
+    /// Where timestamped run directories are created.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Inter-arrival pattern: constant (1/qps apart) or poisson.
+    #[arg(long, default_value = "constant")]
+    pub arrival: Arrival,
+    /// Seed for Poisson arrivals (and the embedded mock).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Longest a request may take, send to end of stream (seconds or 90s).
+    #[arg(long, default_value = "300", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+    /// TCP+TLS connect timeout.
+    #[arg(long, default_value = "10", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+    /// Longest wait from send to the first token (default: request timeout).
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub first_token_timeout: Option<Duration>,
+    /// Longest silence between stream frames (default: none).
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Extra request header, 'Name: value'. Repeatable.
+    #[arg(long = "header", value_name = "'K: V'")]
+    pub headers: Vec<String>,
+    /// PEM file of extra CA certificates to trust.
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Skip TLS certificate verification (dangerous).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Do not send stream_options.include_usage (for servers that reject it).
+    #[arg(long)]
+    pub no_stream_usage: bool,
+    /// Open requests allowed at once; sends beyond are dropped and counted.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_in_flight: usize,
+    /// Export OpenTelemetry traces to this OTLP endpoint.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Do not send a W3C traceparent header with each request.
+    #[arg(long)]
+    pub no_trace_propagation: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Sequences decoding at once.
+    #[arg(long, default_value_t = 32)]
+    pub slots: usize,
+    /// Requests that may wait for a slot; beyond that they are rejected.
+    #[arg(long, default_value_t = 32)]
+    pub queue: usize,
+    /// Status for rejected requests: 503, or 429 with Retry-After.
+    #[arg(long, default_value_t = 503)]
+    pub reject_status: u16,
+    /// Retry-After seconds sent with 429.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
+    /// Base time to first token once a slot is free.
+    #[arg(long, default_value = "60ms", value_parser = parse_duration)]
+    pub ttft: Duration,
+    /// Extra prefill time per input token (4 characters a token).
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub prefill_per_token: Duration,
+    /// Gap between output tokens with one sequence running.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub tpot: Duration,
+    /// Decode slow-down per extra running sequence: gap = tpot × (1 + g × (running − 1)).
+    #[arg(long, default_value_t = 0.02)]
+    pub tpot_growth: f64,
+    /// Output length: N caps max_tokens, A..B draws uniformly, `max` uses max_tokens.
+    #[arg(long, default_value = "32..128")]
+    pub output_tokens: String,
+    /// Tokens per SSE event.
+    #[arg(long, default_value_t = 1)]
+    pub chunk_tokens: u32,
+    /// Seed for every random draw (lengths, text, faults).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inject a fault in a fraction of requests: KIND=FRACTION. Repeatable.
+    /// Kinds: http500 http503 http429 reset truncate malformed stall slow-first-byte.
+    #[arg(long = "fault", value_name = "KIND=FRACTION")]
+    pub faults: Vec<FaultSpec>,
+    /// How long `stall` and `slow-first-byte` faults last.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub stall_for: Duration,
+    /// Model id listed by /v1/models.
+    #[arg(long, default_value = "mock")]
+    pub model_name: String,
+    /// Recent requests kept for GET /debug/requests.
+    #[arg(long, default_value_t = 100_000)]
+    pub truth_capacity: usize,
+    /// Print the steady-state capacity implied by the knobs and exit.
+    #[arg(long)]
+    pub print_capacity: bool,
+    /// Input tokens assumed by --print-capacity.
+    #[arg(long, default_value_t = 50)]
+    pub assume_input_tokens: u32,
+    /// max_tokens assumed by --print-capacity (the run default).
+    #[arg(long, default_value_t = 512)]
+    pub assume_max_tokens: u32,
+}
+
+impl MockArgs {
+    pub fn to_config(&self) -> Result<crate::mock::MockConfig, String> {
+        let output_tokens = if self.output_tokens.trim() == "max" {
+            None
+        } else {
+            Some(
+                self.output_tokens
+                    .parse::<OutputTokens>()
+                    .map_err(|e| format!("--output-tokens: {e}"))?,
+            )
+        };
+        let cfg = crate::mock::MockConfig {
+            capacity: crate::mock::capacity::CapacityModel {
+                slots: self.slots,
+                queue: self.queue,
+                ttft: self.ttft,
+                prefill_per_token: self.prefill_per_token,
+                tpot: self.tpot,
+                tpot_growth: self.tpot_growth,
+            },
+            reject_status: self.reject_status,
+            retry_after_s: self.retry_after,
+            output_tokens,
+            default_max_tokens: 128,
+            chunk_tokens: self.chunk_tokens,
+            seed: self.seed,
+            faults: self.faults.clone(),
+            stall_for: self.stall_for,
+            model_name: self.model_name.clone(),
+            truth_capacity: self.truth_capacity,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Validate the configuration, print the plan, send nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Override [server].listen.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Export OpenTelemetry traces to this OTLP endpoint.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// A run directory (results/<timestamp>).
+    pub run_dir: PathBuf,
+    /// Results JSON file name inside the directory.
+    #[arg(long, default_value = "benchmark_qps_results.json")]
+    pub input: String,
+    /// PNG file name inside the directory.
+    #[arg(long, default_value = "benchmark_qps.png")]
+    pub output: String,
+}

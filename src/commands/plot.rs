@@ -1,0 +1,36 @@
+//! `llmload plot <run-dir>`: redraw the PNG from the results JSON alone.
+
+use crate::cli::PlotArgs;
+use crate::error::{EXIT_OK, UsageError};
+use crate::results::{METADATA_FILE, Metadata, RunDir, file_name_only};
+use crate::stats::LevelResult;
+use anyhow::Context;
+
+pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
+    if !args.run_dir.is_dir() {
+        return Err(UsageError::new(format!(
+            "{}: not a results directory",
+            args.run_dir.display()
+        ))
+        .into());
+    }
+    let dir = RunDir::open(&args.run_dir);
+    let input = file_name_only(&args.input, crate::results::DEFAULT_RESULTS_FILE);
+    let levels: Vec<LevelResult> = dir.read_json(&input).map_err(UsageError::new)?;
+    let title = match dir.read_json::<Metadata>(METADATA_FILE) {
+        Ok(m) if m.partial => format!("{} (partial)", title_for(&m)),
+        Ok(m) => title_for(&m),
+        Err(_) => format!("llmload run {}", dir.id),
+    };
+    let analysis = crate::results::summarize(&levels, "complete").analysis;
+    let out = dir.file(&file_name_only(&args.output, crate::results::DEFAULT_PLOT_FILE));
+    crate::plot::render(&out, &levels, &analysis, &title)
+        .with_context(|| format!("drawing {}", out.display()))?;
+    println!("{}", out.display());
+    Ok(EXIT_OK)
+}
+
+/// "model @ endpoint: run id" for the PNG title.
+pub fn title_for(m: &Metadata) -> String {
+    format!("{} @ {}: run {}", m.model, m.endpoint, m.run_id)
+}

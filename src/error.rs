@@ -1,0 +1,35 @@
+//! Exit codes and the error that means "the user asked for something
+//! impossible" (exit 2), as opposed to "something failed" (exit 1).
+
+use thiserror::Error;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The run could not do its job (results not written, daemon failed).
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad flags, config or dataset: nothing was sent.
+pub const EXIT_USAGE: u8 = 2;
+/// Stopped by Ctrl-C / SIGTERM; results are written and marked partial.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// A mistake in what the user gave us. The message names the flag, file
+/// or key and what is wrong with it.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Exit code for an error that reached `main`.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<crate::dataset::DatasetError>()
+            || e.is::<crate::client::ClientBuildError>()
+    });
+    if usage { EXIT_USAGE } else { EXIT_FAILURE }
+}

@@ -1,0 +1,18 @@
+//! Log lines to stderr, filtered by `LLMLOAD_LOG` (or `RUST_LOG`).
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(default_level: &str) {
+    let filter = std::env::var("LLMLOAD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(format!("{default_level},hyper=warn,h2=warn,rustls=warn"))
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,360 @@
+//! `benchmark_qps.png`: the seed's 3×2 grid at 32×12 in (3200×1200 px at
+//! 100 dpi), drawn from level results alone so `llmload plot <dir>` can
+//! re-render any archived run.
+//!
+//! The font is DejaVu Sans compiled into the binary (ab_glyph), so the
+//! image is the same on a laptop and in a container without fonts.
+
+use crate::saturation::{Analysis, fmt_qps};
+use crate::stats::{Dist, LevelResult};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Once;
+
+pub const WIDTH: u32 = 3200;
+pub const HEIGHT: u32 = 1200;
+const FONT: &str = "sans-serif";
+
+static FONTS: Once = Once::new();
+
+fn register_fonts() {
+    FONTS.call_once(|| {
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {message}")]
+pub struct PlotError {
+    pub path: String,
+    pub message: String,
+}
+
+const PCT_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
+
+/// Draw the PNG at `path`.
+pub fn render(
+    path: &Path,
+    levels: &[LevelResult],
+    analysis: &Analysis,
+    title: &str,
+) -> Result<(), PlotError> {
+    register_fonts();
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut sorted: Vec<&LevelResult> = levels.iter().collect();
+    sorted.sort_by(|a, b| a.qps_target.total_cmp(&b.qps_target));
+
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, (FONT, 44).into_font().style(FontStyle::Bold))
+        .map_err(|e| err(&e))?;
+    let panels = root.split_evenly((2, 3));
+
+    draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
+    draw_percentiles(&panels[1], &sorted, "TTFT percentiles", "seconds", |l| &l.ttft)
+        .map_err(|e| err(&e))?;
+    draw_percentiles(&panels[2], &sorted, "E2E latency percentiles", "seconds", |l| {
+        &l.e2e_latency
+    })
+    .map_err(|e| err(&e))?;
+    draw_percentiles(
+        &panels[3],
+        &sorted,
+        "Tokens/sec percentiles (output tokens / E2E)",
+        "tokens/s",
+        |l| &l.tokens_per_sec,
+    )
+    .map_err(|e| err(&e))?;
+    draw_summary(&panels[4], &sorted, analysis).map_err(|e| err(&e))?;
+    draw_errors(&panels[5], &sorted).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// X range covering all targets, padded so single levels are visible.
+fn x_range(levels: &[&LevelResult]) -> std::ops::Range<f64> {
+    let max = levels.iter().map(|l| l.qps_target).fold(0.0, f64::max);
+    0.0..(max * 1.08).max(1.0)
+}
+
+fn y_max(values: impl Iterator<Item = f64>) -> f64 {
+    let m = values.fold(0.0, f64::max);
+    if m <= 0.0 { 1.0 } else { m * 1.15 }
+}
+
+fn empty_note(area: &Area, caption: &str, note: &str) -> DrawResult {
+    let (w, h) = area.dim_in_pixel();
+    area.draw(&Text::new(
+        caption.to_string(),
+        (40, 20),
+        (FONT, 34).into_font().style(FontStyle::Bold),
+    ))?;
+    area.draw(&Text::new(
+        note.to_string(),
+        (w as i32 / 2 - 200, h as i32 / 2),
+        (FONT, 30).into_font().color(&RGBColor(90, 90, 90)),
+    ))?;
+    Ok(())
+}
+
+fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
+    if levels.is_empty() {
+        return empty_note(area, "QPS and success rate", "no levels measured");
+    }
+    let xr = x_range(levels);
+    let ymax = y_max(
+        levels
+            .iter()
+            .flat_map(|l| [l.qps_target, l.actual_qps, l.completed_qps]),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption("Achieved vs target QPS, success rate", (FONT, 34))
+        .margin(24)
+        .x_label_area_size(70)
+        .y_label_area_size(100)
+        .right_y_label_area_size(100)
+        .build_cartesian_2d(xr.clone(), 0.0..ymax)?
+        .set_secondary_coord(xr, 0.0..105.0);
+    chart
+        .configure_mesh()
+        .x_desc("target QPS")
+        .y_desc("requests/s")
+        .label_style((FONT, 24))
+        .axis_desc_style((FONT, 26))
+        .draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("success %")
+        .label_style((FONT, 24))
+        .axis_desc_style((FONT, 26))
+        .draw()?;
+    let ideal: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, l.qps_target)).collect();
+    chart
+        .draw_series(LineSeries::new(ideal, BLACK.mix(0.4).stroke_width(2)))?
+        .label("target")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], BLACK.mix(0.4).stroke_width(2)));
+    for (name, color, get) in [
+        ("sent (actual QPS)", PCT_COLORS[0], (|l: &LevelResult| l.actual_qps) as fn(&LevelResult) -> f64),
+        ("succeeded/s", PCT_COLORS[2], |l: &LevelResult| l.completed_qps),
+    ] {
+        let pts: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, get(l))).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
+    }
+    let succ: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, l.success_rate)).collect();
+    chart
+        .draw_secondary_series(LineSeries::new(succ.clone(), PCT_COLORS[3].stroke_width(3)))?
+        .label("success % (right)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], PCT_COLORS[3].stroke_width(3)));
+    chart.draw_secondary_series(
+        succ.into_iter()
+            .map(|p| TriangleMarker::new(p, 9, PCT_COLORS[3].filled())),
+    )?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 24))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_percentiles(
+    area: &Area,
+    levels: &[&LevelResult],
+    caption: &str,
+    unit: &str,
+    get: impl Fn(&LevelResult) -> &Dist,
+) -> DrawResult {
+    if levels.iter().all(|l| get(l).count == 0) {
+        return empty_note(area, caption, "no successful requests");
+    }
+    let xr = x_range(levels);
+    let ymax = y_max(levels.iter().map(|l| get(l).p99));
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 34))
+        .margin(24)
+        .x_label_area_size(70)
+        .y_label_area_size(110)
+        .build_cartesian_2d(xr, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("target QPS")
+        .y_desc(unit)
+        .label_style((FONT, 24))
+        .axis_desc_style((FONT, 26))
+        .draw()?;
+    let pick: [(&str, fn(&Dist) -> f64); 4] = [
+        ("P50", |d| d.p50),
+        ("P90", |d| d.p90),
+        ("P95", |d| d.p95),
+        ("P99", |d| d.p99),
+    ];
+    for (i, (name, f)) in pick.iter().enumerate() {
+        let color = PCT_COLORS[i];
+        let pts: Vec<(f64, f64)> = levels
+            .iter()
+            .filter(|l| get(l).count > 0)
+            .map(|l| (l.qps_target, f(get(l))))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 24))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResult {
+    area.fill(&RGBColor(247, 247, 247))?;
+    let opt = |v: Option<f64>| v.map(|q| format!("{} QPS", fmt_qps(q))).unwrap_or_else(|| "-".into());
+    let mut lines: Vec<(String, u32, bool)> = vec![
+        ("Summary and recommendations".into(), 36, true),
+        (String::new(), 16, false),
+        (format!("Max QPS without errors: {}", opt(a.max_qps_without_errors)), 30, true),
+    ];
+    lines.extend(wrap(&a.max_qps_reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+    lines.push((format!("Saturation point: {}", opt(a.saturation_qps)), 30, true));
+    lines.extend(wrap(&a.saturation_reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+    lines.push((format!("Recommended limit: {}", opt(a.recommended_qps)), 30, true));
+    lines.extend(wrap(&a.recommendation, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+    if !a.client_bound_levels.is_empty() {
+        let qs: Vec<String> = a.client_bound_levels.iter().map(|q| fmt_qps(*q)).collect();
+        lines.push((
+            format!("Client-bound levels (not the endpoint): {}", qs.join(", ")),
+            24,
+            true,
+        ));
+    }
+    if let Some(best) = levels.iter().map(|l| l.output_throughput_tokens_per_sec).reduce(f64::max) {
+        lines.push((
+            format!("Peak output throughput: {best:.0} tokens/s"),
+            26,
+            false,
+        ));
+    }
+    let mut y = 24;
+    for (text, size, bold) in lines {
+        let style = (FONT, size as i32).into_font().style(if bold {
+            FontStyle::Bold
+        } else {
+            FontStyle::Normal
+        });
+        area.draw(&Text::new(text, (36, y), style))?;
+        y += size as i32 + 12;
+    }
+    Ok(())
+}
+
+fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
+    let keys: BTreeSet<&String> = levels.iter().flat_map(|l| l.errors.keys()).collect();
+    if keys.is_empty() {
+        return empty_note(area, "Errors by type", "no errors at any level");
+    }
+    let xr = x_range(levels);
+    let ymax = y_max(levels.iter().flat_map(|l| l.errors.values().map(|v| *v as f64)));
+    let mut chart = ChartBuilder::on(area)
+        .caption("Errors by type per level", (FONT, 34))
+        .margin(24)
+        .x_label_area_size(70)
+        .y_label_area_size(110)
+        .build_cartesian_2d(xr, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("target QPS")
+        .y_desc("requests")
+        .label_style((FONT, 24))
+        .axis_desc_style((FONT, 26))
+        .draw()?;
+    let palette = [
+        PCT_COLORS[3],
+        PCT_COLORS[1],
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    for (i, key) in keys.into_iter().enumerate() {
+        let color = palette[i % palette.len()];
+        let pts: Vec<(f64, f64)> = levels
+            .iter()
+            .map(|l| (l.qps_target, l.errors.get(key).copied().unwrap_or(0) as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
+            .label(key.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 24))
+        .draw()?;
+    Ok(())
+}
+
+/// Greedy word wrap at `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        if !cur.is_empty() && cur.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_words() {
+        assert_eq!(wrap("a bb ccc dddd", 6), vec!["a bb", "ccc", "dddd"]);
+        assert!(wrap("", 5).is_empty());
+    }
+}

@@ -1,0 +1,297 @@
+//! The one executor: for each level, send on schedule, record, drain.
+//!
+//! A dedicated pacer thread owns the clock. It sleeps to each planned
+//! instant with `std::thread::sleep` (nanosleep, timer slack set to 1 µs)
+//! rather than tokio's timer, whose 1 ms wheel would add up to a
+//! millisecond of lag to every send, and hands each request to the runtime
+//! as a task. The task stamps `sent_at` just before the connection pool
+//! takes the request; `sent_at - scheduled_at` is the schedule lag.
+//!
+//! Open loop: a request goes out at its time whatever earlier ones are
+//! doing. Only `max_in_flight` bounds it, so a dead endpoint with a long
+//! timeout cannot exhaust file descriptors; a send refused for that is
+//! recorded as dropped (and flags the level client-bound).
+
+use crate::client::LlmClient;
+use crate::record::{ErrorKind, RequestRecord};
+use crate::request::PreparedRequest;
+use crate::schedule::{Arrival, Schedule};
+use crate::stats::{LevelStats, LevelTiming};
+use http::{HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What one level should do.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelSpec {
+    pub index: usize,
+    pub qps: f64,
+    /// `None`: until cancelled (soak forever).
+    pub duration: Option<Duration>,
+    pub arrival: Arrival,
+    pub seed: u64,
+}
+
+/// Live counters of the running level, read by progress bars, the daemon
+/// status endpoint and gauges. All monotonic except `in_flight`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub scheduled: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub in_flight: AtomicUsize,
+    /// Set while a soak is paused for a sweep on the same target.
+    pub paused: AtomicBool,
+}
+
+/// Hooks for live sinks (Prometheus, traces). Called from request tasks:
+/// keep them cheap and non-blocking.
+pub trait Observer: Send + Sync {
+    /// Extra header for this request (W3C `traceparent`), and a token the
+    /// observer gets back in `request_done`.
+    fn request_start(&self, _level: &LevelSpec, _rec: &RequestRecord) -> Option<RequestHook> {
+        None
+    }
+    fn request_done(&self, _level: &LevelSpec, _rec: &RequestRecord, _hook: Option<RequestHook>) {}
+}
+
+/// Per-request state an observer carries from start to done.
+pub struct RequestHook {
+    pub header: Option<(HeaderName, HeaderValue)>,
+    pub state: Box<dyn std::any::Any + Send>,
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Everything shared by the requests of a run.
+pub struct Engine {
+    pub client: Arc<LlmClient>,
+    pub requests: Arc<Vec<PreparedRequest>>,
+    pub max_in_flight: usize,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// A level in progress: the stats are shared so a soak can snapshot them.
+pub struct LevelRun {
+    pub stats: Arc<Mutex<LevelStats>>,
+    pub progress: Arc<Progress>,
+}
+
+impl LevelRun {
+    pub fn new() -> Self {
+        Self {
+            stats: Arc::new(Mutex::new(LevelStats::new())),
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    /// A copy of the numbers so far.
+    pub fn snapshot(&self) -> LevelStats {
+        self.stats.lock().expect("stats lock poisoned").clone()
+    }
+}
+
+impl Default for LevelRun {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Result of one level's run.
+pub struct LevelOutcome {
+    pub stats: LevelStats,
+    pub timing: LevelTiming,
+    /// The level was stopped before its schedule ended.
+    pub interrupted: bool,
+}
+
+impl Engine {
+    /// Run one level to completion (or cancellation). `stop_sending` ends
+    /// the send window early but lets in-flight requests finish;
+    /// `cancel` also abandons in-flight requests (recorded as cancelled).
+    pub async fn run_level(
+        &self,
+        spec: LevelSpec,
+        run: &LevelRun,
+        stop_sending: CancellationToken,
+        cancel: CancellationToken,
+        first_seq: u64,
+    ) -> LevelOutcome {
+        let idle = Arc::new(Notify::new());
+        let handle = tokio::runtime::Handle::current();
+        // A little lead so the first send is not late because of set-up.
+        let start = Instant::now() + Duration::from_millis(2);
+        let ctx = Arc::new(TaskCtx {
+            client: self.client.clone(),
+            requests: self.requests.clone(),
+            observer: self.observer.clone(),
+            stats: run.stats.clone(),
+            progress: run.progress.clone(),
+            idle: idle.clone(),
+            cancel: cancel.clone(),
+            spec,
+            start,
+        });
+        let max_in_flight = self.max_in_flight.max(1);
+        let pacer_ctx = ctx.clone();
+        let pacer_stop = stop_sending.clone();
+        let pacer_cancel = cancel.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("llmload-pacer".into())
+            .spawn(move || {
+                let r = pace(
+                    &pacer_ctx,
+                    &handle,
+                    max_in_flight,
+                    first_seq,
+                    &pacer_stop,
+                    &pacer_cancel,
+                );
+                let _ = done_tx.send(r);
+            })
+            .expect("spawning the pacer thread");
+        let (last_offset, interrupted) = done_rx.await.unwrap_or((Duration::ZERO, true));
+        let sent_done = Instant::now();
+
+        // Drain: every task carries its own deadline, so this ends.
+        loop {
+            let notified = idle.notified();
+            if run.progress.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        let drained = Instant::now();
+        let stats = run.stats.lock().expect("stats lock poisoned").clone();
+        let window = match spec.duration {
+            Some(d) if !interrupted => d,
+            _ => last_offset.max(sent_done.saturating_duration_since(start)),
+        };
+        LevelOutcome {
+            stats,
+            timing: LevelTiming {
+                qps_target: spec.qps,
+                duration: spec.duration.unwrap_or(window),
+                send_window: window,
+                drain: drained.saturating_duration_since(sent_done),
+            },
+            interrupted: interrupted || cancel.is_cancelled(),
+        }
+    }
+}
+
+struct TaskCtx {
+    client: Arc<LlmClient>,
+    requests: Arc<Vec<PreparedRequest>>,
+    observer: Arc<dyn Observer>,
+    stats: Arc<Mutex<LevelStats>>,
+    progress: Arc<Progress>,
+    idle: Arc<Notify>,
+    cancel: CancellationToken,
+    spec: LevelSpec,
+    start: Instant,
+}
+
+/// The pacer loop (runs on its own OS thread). Returns the offset of the
+/// last send and whether it was stopped early.
+fn pace(
+    ctx: &Arc<TaskCtx>,
+    handle: &tokio::runtime::Handle,
+    max_in_flight: usize,
+    first_seq: u64,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> (Duration, bool) {
+    set_fine_timer_slack();
+    let spec = ctx.spec;
+    let schedule = Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed);
+    let std_start = ctx.start.into_std();
+    // Time spent paused pushes the rest of the schedule back.
+    let mut shift = Duration::ZERO;
+    let mut last = Duration::ZERO;
+    for (i, offset) in schedule.enumerate() {
+        let mut due = std_start + shift + offset;
+        loop {
+            if stop.is_cancelled() || cancel.is_cancelled() {
+                return (last, true);
+            }
+            if ctx.progress.paused.load(Ordering::Acquire) {
+                let t0 = std::time::Instant::now();
+                while ctx.progress.paused.load(Ordering::Acquire)
+                    && !stop.is_cancelled()
+                    && !cancel.is_cancelled()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                shift += t0.elapsed();
+                due = std_start + shift + offset;
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if now >= due {
+                break;
+            }
+            // Sleep in slices so stop and pause are seen within 50 ms.
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+        }
+        let scheduled_at = shift + offset;
+        last = scheduled_at;
+        let seq = first_seq + i as u64;
+        ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        if ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
+            let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
+            rec.outcome = Err(ErrorKind::Dropped);
+            ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.lock().expect("stats lock poisoned").record(&rec);
+            ctx.observer.request_done(&spec, &rec, None);
+            continue;
+        }
+        ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel);
+        let task_ctx = ctx.clone();
+        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at).await });
+    }
+    (last, false)
+}
+
+async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
+    let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
+    let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
+    let hook = ctx.observer.request_start(&ctx.spec, &rec);
+    let header = hook.as_ref().and_then(|h| h.header.clone());
+    tokio::select! {
+        _ = ctx.client.send(req.body.clone(), &mut rec, ctx.start, header) => {}
+        _ = ctx.cancel.cancelled() => {
+            rec.done_at = Instant::now() - ctx.start;
+            rec.outcome = Err(ErrorKind::Cancelled);
+        }
+    }
+    ctx.observer.request_done(&ctx.spec, &rec, hook);
+    ctx.stats.lock().expect("stats lock poisoned").record(&rec);
+    if rec.is_ok() {
+        ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
+        ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    if ctx.progress.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        ctx.idle.notify_waiters();
+    }
+}
+
+/// Ask the kernel to wake this thread within 1 µs of its deadline instead
+/// of the default 50 µs slack.
+fn set_fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and affects only the
+    // calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+}
