@@ -48,3 +48,4 @@ pub mod logging;
 pub mod runner;
 pub mod signals;
 pub mod daemon;
+pub mod timer;

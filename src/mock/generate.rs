@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Which OpenAI API shape to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,7 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
                 }
             }
             Phase::Tokens => {
-                tokio::time::sleep_until(g.next_at).await;
+                g.st.timer.sleep_until(g.next_at).await;
                 let midway = g.emitted >= g.job.output_tokens / 2;
                 if g.job.fault == Some(FaultKind::Stall) && midway && !g.fault_fired {
                     g.fault_fired = true;
@@ -338,11 +338,11 @@ pub async fn non_streaming(st: Arc<MockState>, mut job: Job, mut occupancy: Occu
     occupancy.start_running();
     let cap = &st.cfg.capacity;
     let mut at = Instant::now() + cap.prefill(job.input_tokens);
-    tokio::time::sleep_until(at).await;
+    st.timer.sleep_until(at).await;
     job.truth.first_token_ns = mono_ns();
     for _ in 1..job.output_tokens {
         at += cap.token_gap(occupancy.running_now());
-        tokio::time::sleep_until(at).await;
+        st.timer.sleep_until(at).await;
     }
     if job.fault == Some(FaultKind::Stall) {
         tokio::time::sleep(st.cfg.stall_for).await;

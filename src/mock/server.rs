@@ -34,6 +34,8 @@ pub struct MockState {
     pub seq: AtomicU64,
     pub metrics: MockMetrics,
     pub truth: TruthLog,
+    /// Sub-millisecond sleeps: "TTFT 40 ms" means 40 ms, not 41.5.
+    pub timer: crate::timer::PreciseTimer,
 }
 
 impl MockState {
@@ -45,6 +47,7 @@ impl MockState {
             seq: AtomicU64::new(0),
             metrics: MockMetrics::new(),
             truth: TruthLog::new(cfg.truth_capacity),
+            timer: crate::timer::PreciseTimer::new(),
             cfg,
         })
     }
