@@ -176,7 +176,9 @@ impl<'de> Deserialize<'de> for Choices {
                         acc.content |= delta.content.0;
                         acc.other_tokens |= delta.reasoning_content.0
                             || delta.reasoning.0
-                            || delta.tool_calls.is_some_and(|t| matches!(t, MaybeNull::Some));
+                            || delta
+                                .tool_calls
+                                .is_some_and(|t| matches!(t, MaybeNull::Some));
                     }
                     // Legacy /v1/completions chunks carry `text` instead of a delta.
                     acc.content |= c.text.0;
@@ -288,7 +290,9 @@ mod tests {
         assert!(!r.content && r.other_tokens);
         let r = chunk(r#"{"choices":[{"delta":{"reasoning":"think","content":null}}]}"#);
         assert!(!r.content && r.other_tokens);
-        let t = chunk(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#);
+        let t = chunk(
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#,
+        );
         assert!(t.other_tokens);
         let legacy = chunk(r#"{"object":"text_completion","choices":[{"text":" w","index":0}]}"#);
         assert!(legacy.content);

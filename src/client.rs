@@ -98,13 +98,12 @@ impl std::fmt::Debug for LlmClient {
 
 impl LlmClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, ClientBuildError> {
-        let uri: Uri = cfg
-            .endpoint
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ClientBuildError::Endpoint {
+        let uri: Uri = cfg.endpoint.parse().map_err(|e: http::uri::InvalidUri| {
+            ClientBuildError::Endpoint {
                 url: cfg.endpoint.clone(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => {
@@ -260,10 +259,24 @@ impl LlmClient {
             let now = Instant::now();
             let (deadline, phase) = if rec.first_token_at.is_none() {
                 let d = idle.map(|i| (now + i).min(first)).unwrap_or(first);
-                (d, if d < first { TimeoutPhase::Idle } else { phase_at(first) })
+                (
+                    d,
+                    if d < first {
+                        TimeoutPhase::Idle
+                    } else {
+                        phase_at(first)
+                    },
+                )
             } else {
                 let d = idle.map(|i| (now + i).min(total)).unwrap_or(total);
-                (d, if d < total { TimeoutPhase::Idle } else { TimeoutPhase::Total })
+                (
+                    d,
+                    if d < total {
+                        TimeoutPhase::Idle
+                    } else {
+                        TimeoutPhase::Total
+                    },
+                )
             };
             let frame = match timeout_at(deadline, body.frame()).await {
                 Err(_) => {
@@ -281,7 +294,9 @@ impl LlmClient {
                 continue; // trailers
             };
             let at = Instant::now() - base;
-            let fed = decoder.feed(data, |ev| state.on_event(ev.event, ev.data, at, rec, &self.cfg));
+            let fed = decoder.feed(data, |ev| {
+                state.on_event(ev.event, ev.data, at, rec, &self.cfg)
+            });
             if fed.is_err() {
                 rec.done_at = at;
                 return Err(ErrorKind::MalformedStream);

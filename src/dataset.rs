@@ -42,7 +42,10 @@ impl Conversation {
     /// Characters of text sent, for the rough input-token estimate
     /// (4 characters a token) shown where the server reports no usage.
     pub fn text_chars(&self) -> usize {
-        self.messages.iter().map(|m| m.content.chars().count()).sum()
+        self.messages
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum()
     }
 }
 
@@ -219,7 +222,10 @@ mod tests {
     fn each_mistake_names_the_place() {
         let cases: &[(&str, &[&str])] = &[
             ("", &["d.json:1:0", "invalid JSON", "EOF"]),
-            ("[{\"prompt_content\": \"a\",\n ]", &["d.json:2:", "invalid JSON"]),
+            (
+                "[{\"prompt_content\": \"a\",\n ]",
+                &["d.json:2:", "invalid JSON"],
+            ),
             ("{\"a\": 1}", &["expected a JSON array", "found map"]),
             ("[]", &["dataset is empty"]),
             (
@@ -232,11 +238,19 @@ mod tests {
             ),
             (
                 r#"[{"prompt_content":5,"cut_chat_history":[]}]"#,
-                &["sample 0", "field `prompt_content`", "invalid type: integer"],
+                &[
+                    "sample 0",
+                    "field `prompt_content`",
+                    "invalid type: integer",
+                ],
             ),
             (
                 r#"[{"prompt_content":"a","cut_chat_history":"hi"}]"#,
-                &["sample 0", "field `cut_chat_history`", "expected a sequence"],
+                &[
+                    "sample 0",
+                    "field `cut_chat_history`",
+                    "expected a sequence",
+                ],
             ),
             (
                 r#"[{"prompt_content":"a","cut_chat_history":[{"role":"user","content":"x"},{"role":"bot","content":"y"}]}]"#,
@@ -252,9 +266,16 @@ mod tests {
             ),
             (
                 r#"[{"prompt_content":"a","cut_chat_history":[{"role":"user","content":null}]}]"#,
-                &["sample 0", "cut_chat_history[0].content", "invalid type: null"],
+                &[
+                    "sample 0",
+                    "cut_chat_history[0].content",
+                    "invalid type: null",
+                ],
             ),
-            ("[1]", &["sample 0", "(the sample itself)", "invalid type: integer"]),
+            (
+                "[1]",
+                &["sample 0", "(the sample itself)", "invalid type: integer"],
+            ),
         ];
         for (json, needles) in cases {
             let msg = err(json);
@@ -268,6 +289,9 @@ mod tests {
     #[test]
     fn missing_file() {
         let e = load(Path::new("/nonexistent/x.json")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/x.json: cannot read dataset"));
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/x.json: cannot read dataset")
+        );
     }
 }

@@ -12,14 +12,14 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs_f64(secs));
     }
     // humantime has no fractional units ("1.5s"); handle them first.
-    if let Some(num) = t.strip_suffix("ms").and_then(|n| n.trim().parse::<f64>().ok()) {
-        if num >= 0.0 && num.is_finite() {
-            return Ok(Duration::from_secs_f64(num / 1000.0));
-        }
-    }
-    if let Some(num) = t.strip_suffix('s').and_then(|n| n.trim().parse::<f64>().ok()) {
-        if num >= 0.0 && num.is_finite() {
-            return Ok(Duration::from_secs_f64(num));
+    for (suffix, scale) in [("ms", 1e-3), ("s", 1.0)] {
+        if let Some(num) = t
+            .strip_suffix(suffix)
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            && num >= 0.0
+            && num.is_finite()
+        {
+            return Ok(Duration::from_secs_f64(num * scale));
         }
     }
     humantime::parse_duration(t).map_err(|e| {

@@ -21,11 +21,7 @@ static FONTS: Once = Once::new();
 
 fn register_fonts() {
     FONTS.call_once(|| {
-        let _ = plotters::style::register_font(
-            FONT,
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
         let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
     });
 }
@@ -67,11 +63,17 @@ pub fn render(
     let panels = root.split_evenly((2, 3));
 
     draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
-    draw_percentiles(&panels[1], &sorted, "TTFT percentiles", "seconds", |l| &l.ttft)
-        .map_err(|e| err(&e))?;
-    draw_percentiles(&panels[2], &sorted, "E2E latency percentiles", "seconds", |l| {
-        &l.e2e_latency
+    draw_percentiles(&panels[1], &sorted, "TTFT percentiles", "seconds", |l| {
+        &l.ttft
     })
+    .map_err(|e| err(&e))?;
+    draw_percentiles(
+        &panels[2],
+        &sorted,
+        "E2E latency percentiles",
+        "seconds",
+        |l| &l.e2e_latency,
+    )
     .map_err(|e| err(&e))?;
     draw_percentiles(
         &panels[3],
@@ -147,27 +149,45 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
         .draw()?;
-    let ideal: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, l.qps_target)).collect();
+    let ideal: Vec<(f64, f64)> = levels
+        .iter()
+        .map(|l| (l.qps_target, l.qps_target))
+        .collect();
     chart
         .draw_series(LineSeries::new(ideal, BLACK.mix(0.4).stroke_width(2)))?
         .label("target")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], BLACK.mix(0.4).stroke_width(2)));
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 30, y)], BLACK.mix(0.4).stroke_width(2))
+        });
     for (name, color, get) in [
-        ("sent (actual QPS)", PCT_COLORS[0], (|l: &LevelResult| l.actual_qps) as fn(&LevelResult) -> f64),
-        ("succeeded/s", PCT_COLORS[2], |l: &LevelResult| l.completed_qps),
+        (
+            "sent (actual QPS)",
+            PCT_COLORS[0],
+            (|l: &LevelResult| l.actual_qps) as fn(&LevelResult) -> f64,
+        ),
+        ("succeeded/s", PCT_COLORS[2], |l: &LevelResult| {
+            l.completed_qps
+        }),
     ] {
         let pts: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, get(l))).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4))
+            });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
-    let succ: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, l.success_rate)).collect();
+    let succ: Vec<(f64, f64)> = levels
+        .iter()
+        .map(|l| (l.qps_target, l.success_rate))
+        .collect();
     chart
         .draw_secondary_series(LineSeries::new(succ.clone(), PCT_COLORS[3].stroke_width(3)))?
         .label("success % (right)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], PCT_COLORS[3].stroke_width(3)));
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 30, y)], PCT_COLORS[3].stroke_width(3))
+        });
     chart.draw_secondary_series(
         succ.into_iter()
             .map(|p| TriangleMarker::new(p, 9, PCT_COLORS[3].filled())),
@@ -207,7 +227,8 @@ fn draw_percentiles(
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
         .draw()?;
-    let pick: [(&str, fn(&Dist) -> f64); 4] = [
+    type Pick = fn(&Dist) -> f64;
+    let pick: [(&str, Pick); 4] = [
         ("P50", |d| d.p50),
         ("P90", |d| d.p90),
         ("P95", |d| d.p95),
@@ -223,7 +244,9 @@ fn draw_percentiles(
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4))
+            });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
     chart
@@ -238,17 +261,44 @@ fn draw_percentiles(
 
 fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResult {
     area.fill(&RGBColor(247, 247, 247))?;
-    let opt = |v: Option<f64>| v.map(|q| format!("{} QPS", fmt_qps(q))).unwrap_or_else(|| "-".into());
+    let opt = |v: Option<f64>| {
+        v.map(|q| format!("{} QPS", fmt_qps(q)))
+            .unwrap_or_else(|| "-".into())
+    };
     let mut lines: Vec<(String, u32, bool)> = vec![
         ("Summary and recommendations".into(), 36, true),
         (String::new(), 16, false),
-        (format!("Max QPS without errors: {}", opt(a.max_qps_without_errors)), 30, true),
+        (
+            format!("Max QPS without errors: {}", opt(a.max_qps_without_errors)),
+            30,
+            true,
+        ),
     ];
-    lines.extend(wrap(&a.max_qps_reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
-    lines.push((format!("Saturation point: {}", opt(a.saturation_qps)), 30, true));
-    lines.extend(wrap(&a.saturation_reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
-    lines.push((format!("Recommended limit: {}", opt(a.recommended_qps)), 30, true));
-    lines.extend(wrap(&a.recommendation, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+    lines.extend(
+        wrap(&a.max_qps_reason, 62)
+            .into_iter()
+            .map(|l| (format!("  {l}"), 24, false)),
+    );
+    lines.push((
+        format!("Saturation point: {}", opt(a.saturation_qps)),
+        30,
+        true,
+    ));
+    lines.extend(
+        wrap(&a.saturation_reason, 62)
+            .into_iter()
+            .map(|l| (format!("  {l}"), 24, false)),
+    );
+    lines.push((
+        format!("Recommended limit: {}", opt(a.recommended_qps)),
+        30,
+        true,
+    ));
+    lines.extend(
+        wrap(&a.recommendation, 62)
+            .into_iter()
+            .map(|l| (format!("  {l}"), 24, false)),
+    );
     if !a.client_bound_levels.is_empty() {
         let qs: Vec<String> = a.client_bound_levels.iter().map(|q| fmt_qps(*q)).collect();
         lines.push((
@@ -257,7 +307,11 @@ fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResul
             true,
         ));
     }
-    if let Some(best) = levels.iter().map(|l| l.output_throughput_tokens_per_sec).reduce(f64::max) {
+    if let Some(best) = levels
+        .iter()
+        .map(|l| l.output_throughput_tokens_per_sec)
+        .reduce(f64::max)
+    {
         lines.push((
             format!("Peak output throughput: {best:.0} tokens/s"),
             26,
@@ -283,7 +337,11 @@ fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         return empty_note(area, "Errors by type", "no errors at any level");
     }
     let xr = x_range(levels);
-    let ymax = y_max(levels.iter().flat_map(|l| l.errors.values().map(|v| *v as f64)));
+    let ymax = y_max(
+        levels
+            .iter()
+            .flat_map(|l| l.errors.values().map(|v| *v as f64)),
+    );
     let mut chart = ChartBuilder::on(area)
         .caption("Errors by type per level", (FONT, 34))
         .margin(24)
@@ -316,7 +374,9 @@ fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
             .label(key.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(4))
+            });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
     chart

@@ -270,7 +270,11 @@ mod tests {
                 "server error event",
                 "server_error_event",
             ),
-            (ErrorKind::StreamTooLong, "stream too long", "stream_too_long"),
+            (
+                ErrorKind::StreamTooLong,
+                "stream too long",
+                "stream_too_long",
+            ),
             (ErrorKind::Dropped, "dropped (max in-flight)", "dropped"),
             (ErrorKind::Cancelled, "cancelled", "cancelled"),
         ];

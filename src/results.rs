@@ -251,8 +251,10 @@ mod tests {
     fn atomic_write_leaves_no_temp_files() {
         let tmp = tempfile::tempdir().unwrap();
         let d = RunDir::create(tmp.path(), "x").unwrap();
-        d.write_json("a.json", &serde_json::json!({"k": 1})).unwrap();
-        d.write_json("a.json", &serde_json::json!({"k": 2})).unwrap();
+        d.write_json("a.json", &serde_json::json!({"k": 1}))
+            .unwrap();
+        d.write_json("a.json", &serde_json::json!({"k": 2}))
+            .unwrap();
         let names: Vec<_> = std::fs::read_dir(&d.path)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

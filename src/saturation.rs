@@ -52,9 +52,8 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         .map(|l| l.qps_target)
         .collect();
 
-    let held = |l: &LevelFacts| {
-        l.success_rate >= 100.0 && l.actual_qps >= HELD_FRACTION * l.qps_target
-    };
+    let held =
+        |l: &LevelFacts| l.success_rate >= 100.0 && l.actual_qps >= HELD_FRACTION * l.qps_target;
     let max = sorted.iter().rev().find(|l| held(l));
     let (max_qps, max_reason) = match max {
         Some(l) => (
@@ -73,13 +72,13 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         ),
     };
 
-    let baseline_ttft = sorted
-        .iter()
-        .find(|l| l.ttft_p95 > 0.0)
-        .map(|l| l.ttft_p95);
+    let baseline_ttft = sorted.iter().find(|l| l.ttft_p95 > 0.0).map(|l| l.ttft_p95);
     let saturated = sorted.iter().find_map(|l| {
         if l.success_rate < 100.0 {
-            return Some((l, format!("first level with errors ({:.1}% success)", l.success_rate)));
+            return Some((
+                l,
+                format!("first level with errors ({:.1}% success)", l.success_rate),
+            ));
         }
         if l.actual_qps < SATURATED_FRACTION * l.qps_target {
             return Some((

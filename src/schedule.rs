@@ -86,9 +86,7 @@ impl Schedule {
     }
 
     fn draw_gap(&mut self) -> f64 {
-        Exp::new(self.qps)
-            .expect("qps > 0")
-            .sample(&mut self.rng)
+        Exp::new(self.qps).expect("qps > 0").sample(&mut self.rng)
     }
 }
 
@@ -140,9 +138,13 @@ mod tests {
             (0.5, 1.0, 1, 0),
         ];
         for &(qps, secs, count, last_ms) in cases {
-            let offs: Vec<_> =
-                Schedule::new(qps, Some(Duration::from_secs_f64(secs)), Arrival::Constant, 0)
-                    .collect();
+            let offs: Vec<_> = Schedule::new(
+                qps,
+                Some(Duration::from_secs_f64(secs)),
+                Arrival::Constant,
+                0,
+            )
+            .collect();
             assert_eq!(offs.len(), count, "qps {qps} window {secs}");
             assert_eq!(
                 offs.last().unwrap().as_millis() as u64,

@@ -335,7 +335,13 @@ impl LevelResult {
         } else {
             t.duration.as_secs_f64().max(t.send_window.as_secs_f64())
         };
-        let per_sec = |n: u64| if window > 0.0 { round(n as f64 / window, 4) } else { 0.0 };
+        let per_sec = |n: u64| {
+            if window > 0.0 {
+                round(n as f64 / window, 4)
+            } else {
+                0.0
+            }
+        };
         let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
         let wall = (window + t.drain.as_secs_f64()).max(1e-9);
         let output_source = match (s.usage_reported, s.succeeded) {
@@ -449,7 +455,8 @@ mod tests {
         r.done_at = ms(sched_ms + e2e_ms);
         r.token_chunks = tokens;
         r.usage_output_tokens = Some(tokens);
-        r.itl_us = vec![((e2e_ms - ttft_ms) * 1000 / (tokens as u64 - 1)) as u32; tokens as usize - 1];
+        r.itl_us =
+            vec![((e2e_ms - ttft_ms) * 1000 / (tokens as u64 - 1)) as u32; tokens as usize - 1];
         r.finish = Some(FinishReason::Length);
         r
     }
@@ -505,13 +512,19 @@ mod tests {
         d.outcome = Err(ErrorKind::Dropped);
         s.record(&d);
         let r = LevelResult::from_stats(&s, timing(14.0, 1));
-        assert_eq!((r.scheduled, r.sent, r.succeeded, r.failed, r.dropped), (14, 13, 10, 3, 1));
+        assert_eq!(
+            (r.scheduled, r.sent, r.succeeded, r.failed, r.dropped),
+            (14, 13, 10, 3, 1)
+        );
         assert_eq!(r.sent, r.succeeded + r.failed);
         assert_eq!(r.errors["HTTP 503"], 3);
         assert_eq!(r.errors["dropped (max in-flight)"], 1);
         assert_eq!(r.errors.values().sum::<u64>(), r.failed + r.dropped);
         assert!((r.success_rate - 71.429).abs() < 0.001);
-        assert!(r.client_bound, "a dropped send means the client was the limit");
+        assert!(
+            r.client_bound,
+            "a dropped send means the client was the limit"
+        );
     }
 
     #[test]

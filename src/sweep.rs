@@ -46,6 +46,8 @@ pub struct Progress {
     pub in_flight: AtomicUsize,
     /// Set while a soak is paused for a sweep on the same target.
     pub paused: AtomicBool,
+    /// Total time spent paused, nanoseconds.
+    pub paused_ns: AtomicU64,
 }
 
 /// Hooks for live sinks (Prometheus, traces). Called from request tasks:
@@ -53,10 +55,23 @@ pub struct Progress {
 pub trait Observer: Send + Sync {
     /// Extra header for this request (W3C `traceparent`), and a token the
     /// observer gets back in `request_done`.
-    fn request_start(&self, _level: &LevelSpec, _rec: &RequestRecord) -> Option<RequestHook> {
+    /// `base` is the level start: record times are offsets from it.
+    fn request_start(
+        &self,
+        _level: &LevelSpec,
+        _base: std::time::Instant,
+        _rec: &RequestRecord,
+    ) -> Option<RequestHook> {
         None
     }
-    fn request_done(&self, _level: &LevelSpec, _rec: &RequestRecord, _hook: Option<RequestHook>) {}
+    fn request_done(
+        &self,
+        _level: &LevelSpec,
+        _base: std::time::Instant,
+        _rec: &RequestRecord,
+        _hook: Option<RequestHook>,
+    ) {
+    }
 }
 
 /// Per-request state an observer carries from start to done.
@@ -230,7 +245,11 @@ fn pace(
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                shift += t0.elapsed();
+                let paused_for = t0.elapsed();
+                shift += paused_for;
+                ctx.progress
+                    .paused_ns
+                    .fetch_add(paused_for.as_nanos() as u64, Ordering::Relaxed);
                 due = std_start + shift + offset;
                 continue;
             }
@@ -251,7 +270,8 @@ fn pace(
             ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
             ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
             ctx.stats.lock().expect("stats lock poisoned").record(&rec);
-            ctx.observer.request_done(&spec, &rec, None);
+            ctx.observer
+                .request_done(&spec, ctx.start.into_std(), &rec, None);
             continue;
         }
         ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -264,7 +284,8 @@ fn pace(
 async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
     let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
-    let hook = ctx.observer.request_start(&ctx.spec, &rec);
+    let base = ctx.start.into_std();
+    let hook = ctx.observer.request_start(&ctx.spec, base, &rec);
     let header = hook.as_ref().and_then(|h| h.header.clone());
     tokio::select! {
         _ = ctx.client.send(req.body.clone(), &mut rec, ctx.start, header) => {}
@@ -273,7 +294,7 @@ async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
             rec.outcome = Err(ErrorKind::Cancelled);
         }
     }
-    ctx.observer.request_done(&ctx.spec, &rec, hook);
+    ctx.observer.request_done(&ctx.spec, base, &rec, hook);
     ctx.stats.lock().expect("stats lock poisoned").record(&rec);
     if rec.is_ok() {
         ctx.progress.completed.fetch_add(1, Ordering::Relaxed);

@@ -56,7 +56,11 @@ async fn streaming_chat_is_openai_shaped() {
         .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
         .collect();
     assert!(content.iter().all(|t| !t.is_empty()));
-    assert!(chunks[1..9].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
+    assert!(
+        chunks[1..9]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null())
+    );
     assert_eq!(chunks[9]["choices"][0]["finish_reason"], "stop");
     assert_eq!(chunks[9]["choices"][0]["delta"], serde_json::json!({}));
     assert_eq!(chunks[10]["choices"], serde_json::json!([]));
@@ -127,7 +131,9 @@ async fn slots_and_queue_reject_the_rest_at_once() {
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let url = url.clone();
-        tasks.push(tokio::spawn(async move { post(&url, chat_body(512, true, false)).await }));
+        tasks.push(tokio::spawn(async move {
+            post(&url, chat_body(512, true, false)).await
+        }));
     }
     let mut ok = 0;
     let mut rejected = Vec::new();
@@ -148,7 +154,10 @@ async fn slots_and_queue_reject_the_rest_at_once() {
         assert_eq!(v["error"]["code"], 503);
     }
     let (_, metrics) = get(&format!("{}/metrics", m.base_url())).await;
-    assert!(metrics.contains("llmload_mock_requests_rejected_total 4"), "{metrics}");
+    assert!(
+        metrics.contains("llmload_mock_requests_rejected_total 4"),
+        "{metrics}"
+    );
     assert!(metrics.contains("llmload_mock_num_requests_running 0"));
     assert!(metrics.contains("llmload_mock_num_requests_waiting 0"));
     assert!(metrics.contains("llmload_mock_generation_tokens_total 400"));
@@ -217,7 +226,9 @@ async fn token_gap_grows_with_concurrency_by_the_formula() {
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let url = m.chat_url();
-        tasks.push(tokio::spawn(async move { post(&url, chat_body(512, true, false)).await }));
+        tasks.push(tokio::spawn(async move {
+            post(&url, chat_body(512, true, false)).await
+        }));
     }
     for t in tasks {
         let g = mean_gap(&t.await.unwrap());
@@ -236,12 +247,23 @@ async fn chunk_tokens_batches_tokens_per_event() {
         .events()
         .iter()
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .filter(|s| !s.is_empty())
         .collect();
-    let sizes: Vec<usize> = contents.iter().map(|c| c.split_whitespace().count()).collect();
+    let sizes: Vec<usize> = contents
+        .iter()
+        .map(|c| c.split_whitespace().count())
+        .collect();
     assert_eq!(sizes, vec![4, 4, 2]);
-    assert!(r.events().iter().any(|e| e.contains("\"completion_tokens\":10")));
+    assert!(
+        r.events()
+            .iter()
+            .any(|e| e.contains("\"completion_tokens\":10"))
+    );
     m.shutdown().await;
 }
 
@@ -259,7 +281,12 @@ async fn seed_makes_text_and_lengths_reproducible() {
         for _ in 0..6 {
             let r = post(&m.chat_url(), chat_body(512, false, false)).await;
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            out.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+            out.push(
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         m.shutdown().await;
         out
@@ -271,7 +298,10 @@ async fn seed_makes_text_and_lengths_reproducible() {
     assert_ne!(a, c);
     let lengths: std::collections::BTreeSet<usize> =
         a.iter().map(|t| t.split_whitespace().count()).collect();
-    assert!(lengths.len() > 1, "lengths are drawn, not fixed: {lengths:?}");
+    assert!(
+        lengths.len() > 1,
+        "lengths are drawn, not fixed: {lengths:?}"
+    );
 }
 
 /// A mock where every request gets `kind`.
@@ -334,12 +364,19 @@ async fn every_fault_does_what_it_says() {
     let t = r.token_times();
     let max_gap = t.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(max_gap >= ms(300), "stall gap {max_gap:?}");
-    assert!(t[0] < ms(100), "stall is mid-stream, not before the first token");
+    assert!(
+        t[0] < ms(100),
+        "stall is mid-stream, not before the first token"
+    );
     m.shutdown().await;
 
     let m = faulty(FaultKind::SlowFirstByte).await;
     let r = post(&m.chat_url(), chat_body(512, true, true)).await;
-    assert!(r.frames[0].0 >= ms(300), "first byte at {:?}", r.frames[0].0);
+    assert!(
+        r.frames[0].0 >= ms(300),
+        "first byte at {:?}",
+        r.frames[0].0
+    );
     assert_eq!(r.events().last().unwrap(), "[DONE]");
     let (_, metrics) = get(&format!("{}/metrics", m.base_url())).await;
     assert!(metrics.contains("llmload_mock_faults_injected_total{kind=\"slow-first-byte\"} 1"));
@@ -373,7 +410,12 @@ async fn models_health_and_ground_truth() {
     assert_eq!(v["data"][0]["id"], "mock");
 
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let r = post_with(&m.chat_url(), chat_body(512, true, false), &[("traceparent", tp)]).await;
+    let r = post_with(
+        &m.chat_url(),
+        chat_body(512, true, false),
+        &[("traceparent", tp)],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let (_, body) = get(&format!("{}/debug/requests", m.base_url())).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -384,7 +426,11 @@ async fn models_health_and_ground_truth() {
     let recv = t["received_ns"].as_u64().unwrap();
     let first = t["first_token_ns"].as_u64().unwrap();
     let last = t["last_byte_ns"].as_u64().unwrap();
-    assert!(first - recv >= 20_000_000, "server TTFT {} ns", first - recv);
+    assert!(
+        first - recv >= 20_000_000,
+        "server TTFT {} ns",
+        first - recv
+    );
     assert!(last >= first);
     // The shared clock: the server's stamps are on this process's
     // CLOCK_MONOTONIC too.
@@ -399,9 +445,20 @@ fn binary_serves_and_prints_capacity() {
     // --print-capacity: 4 slots, service 40 ms + 19 × 5 ms = 135 ms.
     let out = std::process::Command::new(bin())
         .args([
-            "mock", "--print-capacity", "--slots", "4", "--ttft", "40ms",
-            "--prefill-per-token", "0", "--tpot", "5ms", "--tpot-growth", "0",
-            "--output-tokens", "20",
+            "mock",
+            "--print-capacity",
+            "--slots",
+            "4",
+            "--ttft",
+            "40ms",
+            "--prefill-per-token",
+            "0",
+            "--tpot",
+            "5ms",
+            "--tpot-growth",
+            "0",
+            "--output-tokens",
+            "20",
         ])
         .output()
         .unwrap();
@@ -428,7 +485,15 @@ async fn binary_listens_and_stops_on_sigterm() {
         l.local_addr().unwrap().port()
     };
     let mut child = tokio::process::Command::new(bin())
-        .args(["mock", "--listen", &format!("127.0.0.1:{port}"), "--tpot", "1ms", "--ttft", "1ms"])
+        .args([
+            "mock",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tpot",
+            "1ms",
+            "--ttft",
+            "1ms",
+        ])
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -436,14 +501,21 @@ async fn binary_listens_and_stops_on_sigterm() {
     let url = format!("http://127.0.0.1:{port}");
     let mut up = false;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
         tokio::time::sleep(ms(50)).await;
     }
     assert!(up, "mock binary did not listen");
-    let r = post(&format!("{url}/v1/chat/completions"), chat_body(8, true, true)).await;
+    let r = post(
+        &format!("{url}/v1/chat/completions"),
+        chat_body(8, true, true),
+    )
+    .await;
     assert_eq!(r.events().last().unwrap(), "[DONE]");
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };

@@ -29,7 +29,10 @@ fn known_capacity() -> MockConfig {
 
 async fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(bin());
-    cmd.arg("run").args(args).env_remove("LLMLOAD_API_KEY").env_remove("OPENAI_API_KEY");
+    cmd.arg("run")
+        .args(args)
+        .env_remove("LLMLOAD_API_KEY")
+        .env_remove("OPENAI_API_KEY");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -50,14 +53,21 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     let results = tmp.path().join("results");
     let out = run_bin(
         &[
-            "--endpoint", &mock.chat_url(),
-            "--api-key", "sk-test-SECRET-123",
-            "--model", "meta-llama/Llama-3.1-8B-Instruct",
-            "--dataset", dataset.to_str().unwrap(),
-            "--qps", "5,100",
-            "--duration", "3",
+            "--endpoint",
+            &mock.chat_url(),
+            "--api-key",
+            "sk-test-SECRET-123",
+            "--model",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "5,100",
+            "--duration",
+            "3",
             "--plot",
-            "--results-dir", results.to_str().unwrap(),
+            "--results-dir",
+            results.to_str().unwrap(),
         ],
         &[],
     )
@@ -65,16 +75,30 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stderr.contains("--api-key on the command line is visible"), "{stderr}");
+    assert!(
+        stderr.contains("--api-key on the command line is visible"),
+        "{stderr}"
+    );
 
     // The console table, as the seed prints it.
     let lines: Vec<&str> = stdout.lines().collect();
-    let h = lines.iter().position(|l| *l == "QPS BENCHMARK RESULTS").unwrap();
+    let h = lines
+        .iter()
+        .position(|l| *l == "QPS BENCHMARK RESULTS")
+        .unwrap();
     assert_eq!(lines[h - 1], "=".repeat(80));
     assert_eq!(lines[h + 1], "=".repeat(80));
     assert_eq!(lines[h + 2], SEED_HEADER);
-    assert!(lines[h + 3].starts_with("5.0          5.00         100.0      "), "{}", lines[h + 3]);
-    assert!(lines[h + 4].starts_with("100.0        "), "{}", lines[h + 4]);
+    assert!(
+        lines[h + 3].starts_with("5.0          5.00         100.0      "),
+        "{}",
+        lines[h + 3]
+    );
+    assert!(
+        lines[h + 4].starts_with("100.0        "),
+        "{}",
+        lines[h + 4]
+    );
     assert!(stdout.contains("QPS 100.0 - Errors ("), "{stdout}");
     assert!(stdout.contains("  - HTTP 503: "), "{stdout}");
     assert!(stdout.contains("Saturation point:       100"), "{stdout}");
@@ -86,7 +110,10 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     let dir = &dirs[0];
     let name = dir.file_name().unwrap().to_str().unwrap();
     assert_eq!(name.len(), "2024-11-14_10-30-45".len(), "{name}");
-    assert!(name.chars().all(|c| c.is_ascii_digit() || c == '-' || c == '_'));
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_digit() || c == '-' || c == '_')
+    );
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -94,14 +121,22 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     files.sort();
     assert_eq!(
         files,
-        ["benchmark_qps.png", "benchmark_qps_results.json", "metadata.json", "summary.json"]
+        [
+            "benchmark_qps.png",
+            "benchmark_qps_results.json",
+            "metadata.json",
+            "summary.json"
+        ]
     );
     assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));
 
     // metadata.json: the seed's fields, never the key.
     let meta = read_json(&dir.join("metadata.json"));
     for (k, v) in [
-        ("model", serde_json::json!("meta-llama/Llama-3.1-8B-Instruct")),
+        (
+            "model",
+            serde_json::json!("meta-llama/Llama-3.1-8B-Instruct"),
+        ),
         ("qps_levels", serde_json::json!([5.0, 100.0])),
         ("duration", serde_json::json!(3)),
         ("max_tokens", serde_json::json!(512)),
@@ -114,7 +149,12 @@ async fn seed_command_line_finds_the_known_saturation_point() {
         assert_eq!(meta[k], v, "metadata.{k}");
     }
     assert_eq!(meta["endpoint"], mock.chat_url());
-    assert!(meta["dataset"].as_str().unwrap().ends_with("conversations.json"));
+    assert!(
+        meta["dataset"]
+            .as_str()
+            .unwrap()
+            .ends_with("conversations.json")
+    );
     let ts = meta["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), "2024-11-14T10:30:45.123456".len(), "{ts}");
     for f in std::fs::read_dir(dir).unwrap() {
@@ -130,21 +170,55 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     let levels = levels.as_array().unwrap();
     assert_eq!(levels.len(), 2);
     for l in levels {
-        for k in ["qps_target", "actual_qps", "success_rate", "ttft", "e2e_latency", "tokens_per_sec", "errors"] {
+        for k in [
+            "qps_target",
+            "actual_qps",
+            "success_rate",
+            "ttft",
+            "e2e_latency",
+            "tokens_per_sec",
+            "errors",
+        ] {
             assert!(l.get(k).is_some(), "missing seed field {k}");
         }
-        for d in ["ttft", "e2e_latency", "tokens_per_sec", "itl", "tpot", "schedule_lag"] {
+        for d in [
+            "ttft",
+            "e2e_latency",
+            "tokens_per_sec",
+            "itl",
+            "tpot",
+            "schedule_lag",
+        ] {
             for p in ["p50", "p90", "p95", "p99", "mean", "min", "max"] {
                 assert!(l[d][p].is_number(), "{d}.{p}");
             }
         }
-        for k in ["sent", "succeeded", "failed", "completed_qps", "client_bound", "histograms", "tokens"] {
+        for k in [
+            "sent",
+            "succeeded",
+            "failed",
+            "completed_qps",
+            "client_bound",
+            "histograms",
+            "tokens",
+        ] {
             assert!(l.get(k).is_some(), "missing field {k}");
         }
         let sent = l["sent"].as_u64().unwrap();
-        assert_eq!(sent, l["succeeded"].as_u64().unwrap() + l["failed"].as_u64().unwrap());
-        let errors: u64 = l["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-        assert_eq!(errors, l["failed"].as_u64().unwrap() + l["dropped"].as_u64().unwrap());
+        assert_eq!(
+            sent,
+            l["succeeded"].as_u64().unwrap() + l["failed"].as_u64().unwrap()
+        );
+        let errors: u64 = l["errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            errors,
+            l["failed"].as_u64().unwrap() + l["dropped"].as_u64().unwrap()
+        );
         assert_eq!(l["client_bound"], false, "{}", l["schedule_lag"]);
     }
     let low = &levels[0];
@@ -164,7 +238,11 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     assert!((tpot - 0.005).abs() <= 0.0005, "TPOT p50 {tpot}");
     let e2e = low["e2e_latency"]["p50"].as_f64().unwrap();
     assert!((e2e - 0.135).abs() <= 0.004, "E2E p50 {e2e}");
-    assert!(high["errors"]["HTTP 503"].as_u64().unwrap() > 50, "{}", high["errors"]);
+    assert!(
+        high["errors"]["HTTP 503"].as_u64().unwrap() > 50,
+        "{}",
+        high["errors"]
+    );
     assert!(high["success_rate"].as_f64().unwrap() < 60.0);
 
     let summary = read_json(&dir.join("summary.json"));
@@ -203,13 +281,20 @@ async fn key_from_env_or_file_and_the_body_sent() {
                     if let Some(h) = text.find("\r\n\r\n") {
                         let len: usize = text
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap_or(0);
                         if got.len() >= h + 4 + len {
                             seen.lock().await.push(text);
                             got.clear();
                             let body = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
-                            let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
                             let _ = s.write_all(resp.as_bytes()).await;
                         }
                     }
@@ -222,8 +307,18 @@ async fn key_from_env_or_file_and_the_body_sent() {
     let results = tmp.path().join("results");
     let url = format!("http://{addr}/v1/chat/completions");
     let common = [
-        "--endpoint", &url, "--model", "m", "--dataset", dataset.to_str().unwrap(),
-        "--qps", "1", "--duration", "1", "--results-dir", results.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--qps",
+        "1",
+        "--duration",
+        "1",
+        "--results-dir",
+        results.to_str().unwrap(),
     ];
     let out = run_bin(&common, &[("LLMLOAD_API_KEY", "sk-from-env")]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -231,17 +326,27 @@ async fn key_from_env_or_file_and_the_body_sent() {
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, "\nsk-from-file\n").unwrap();
     let mut with_file = common.to_vec();
-    with_file.extend(["--api-key-file", key_file.to_str().unwrap(), "--no-stream-usage", "--header", "X-Team: capacity"]);
+    with_file.extend([
+        "--api-key-file",
+        key_file.to_str().unwrap(),
+        "--no-stream-usage",
+        "--header",
+        "X-Team: capacity",
+    ]);
     let out = run_bin(&with_file, &[("OPENAI_API_KEY", "sk-ignored")]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let seen = seen.lock().await;
     assert_eq!(seen.len(), 2);
     let first = seen[0].to_ascii_lowercase();
-    assert!(first.starts_with("post /v1/chat/completions http/1.1"), "{first}");
+    assert!(
+        first.starts_with("post /v1/chat/completions http/1.1"),
+        "{first}"
+    );
     assert!(first.contains("authorization: bearer sk-from-env"));
     assert!(first.contains("content-type: application/json"));
-    let body: serde_json::Value = serde_json::from_str(&seen[0][seen[0].find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&seen[0][seen[0].find("\r\n\r\n").unwrap() + 4..]).unwrap();
     assert_eq!(
         body,
         serde_json::json!({
@@ -273,18 +378,40 @@ async fn fractional_rate_sends_exactly_one_request() {
     let results = tmp.path().join("r");
     let t0 = Instant::now();
     let out = run_bin(
-        &["--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-          "--qps", "0.1", "--duration", "10", "--results-dir", results.to_str().unwrap()],
+        &[
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "0.1",
+            "--duration",
+            "10",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ],
         &[],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(t0.elapsed() < Duration::from_secs(8), "a lone request need not wait out the window");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "a lone request need not wait out the window"
+    );
     let levels = read_json(&run_dirs(&results)[0].join("benchmark_qps_results.json"));
     assert_eq!(levels[0]["sent"], 1);
     assert_eq!(levels[0]["actual_qps"], 0.1);
     let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&truth).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&truth)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     mock.shutdown().await;
 }
 
@@ -303,21 +430,41 @@ async fn errors_are_categorised_and_books_balance() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let out = run_bin(
-        &["--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-          "--qps", "100", "--duration", "2", "--results-dir", results.to_str().unwrap()],
+        &[
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "100",
+            "--duration",
+            "2",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ],
         &[],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let l = &read_json(&run_dirs(&results)[0].join("benchmark_qps_results.json"))[0];
     let errors = l["errors"].as_object().unwrap();
-    for key in ["HTTP 500", "stream truncated", "malformed stream", "connection reset"] {
+    for key in [
+        "HTTP 500",
+        "stream truncated",
+        "malformed stream",
+        "connection reset",
+    ] {
         let n = errors.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
         assert!(n >= 5, "{key}: {n} in {errors:?}");
     }
     assert_eq!(errors.len(), 4, "{errors:?}");
     assert_eq!(l["sent"], 200);
-    assert_eq!(l["sent"].as_u64().unwrap(), l["succeeded"].as_u64().unwrap() + l["failed"].as_u64().unwrap());
+    assert_eq!(
+        l["sent"].as_u64().unwrap(),
+        l["succeeded"].as_u64().unwrap() + l["failed"].as_u64().unwrap()
+    );
     mock.shutdown().await;
 }
 
@@ -325,15 +472,47 @@ async fn errors_are_categorised_and_books_balance() {
 async fn bad_input_exits_2_naming_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.json");
-    std::fs::write(&bad, r#"[{"prompt_content": "a", "cut_chat_history": [{"role": "robot", "content": "x"}]}]"#).unwrap();
-    let base = ["--endpoint", "http://127.0.0.1:9/v1/chat/completions", "--model", "m"];
+    std::fs::write(
+        &bad,
+        r#"[{"prompt_content": "a", "cut_chat_history": [{"role": "robot", "content": "x"}]}]"#,
+    )
+    .unwrap();
+    let base = [
+        "--endpoint",
+        "http://127.0.0.1:9/v1/chat/completions",
+        "--model",
+        "m",
+    ];
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--dataset", bad.to_str().unwrap()], "sample 0: field `cut_chat_history[0].role`: unknown variant `robot`"),
-        (vec!["--dataset", "/nonexistent.json"], "/nonexistent.json: cannot read dataset"),
-        (vec!["--dataset", bad.to_str().unwrap(), "--qps", "1,0"], "'0' must be a rate above 0"),
-        (vec!["--dataset", bad.to_str().unwrap(), "--qps", "fast"], "'fast' is not a number"),
-        (vec!["--dataset", bad.to_str().unwrap(), "--percentiles", "50,100"], "between 0 and 100"),
-        (vec!["--dataset", bad.to_str().unwrap(), "--duration", "soon"], "'soon' is not a duration"),
+        (
+            vec!["--dataset", bad.to_str().unwrap()],
+            "sample 0: field `cut_chat_history[0].role`: unknown variant `robot`",
+        ),
+        (
+            vec!["--dataset", "/nonexistent.json"],
+            "/nonexistent.json: cannot read dataset",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--qps", "1,0"],
+            "'0' must be a rate above 0",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--qps", "fast"],
+            "'fast' is not a number",
+        ),
+        (
+            vec![
+                "--dataset",
+                bad.to_str().unwrap(),
+                "--percentiles",
+                "50,100",
+            ],
+            "between 0 and 100",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--duration", "soon"],
+            "'soon' is not a duration",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = base.to_vec();
@@ -347,9 +526,24 @@ async fn bad_input_exits_2_naming_the_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--endpoint"));
     let good = write_dataset(tmp.path());
-    let out = run_bin(&["--endpoint", "ftp://x/y", "--model", "m", "--dataset", good.to_str().unwrap()], &[]).await;
+    let out = run_bin(
+        &[
+            "--endpoint",
+            "ftp://x/y",
+            "--model",
+            "m",
+            "--dataset",
+            good.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("http:// or https://"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("http:// or https://"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -359,8 +553,22 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let child = tokio::process::Command::new(bin())
-        .args(["run", "--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-               "--qps", "10,10,10", "--duration", "1.5", "--plot", "--results-dir", results.to_str().unwrap()])
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "10,10,10",
+            "--duration",
+            "1.5",
+            "--plot",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -410,16 +618,32 @@ async fn plot_redraws_from_the_json_alone() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let out = run_bin(
-        &["--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-          "--qps", "2,4", "--duration", "1", "--results-dir", results.to_str().unwrap(),
-          "--output", "custom.json"],
+        &[
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "2,4",
+            "--duration",
+            "1",
+            "--results-dir",
+            results.to_str().unwrap(),
+            "--output",
+            "custom.json",
+        ],
         &[],
     )
     .await;
     assert!(out.status.success());
     let dir = run_dirs(&results).remove(0);
     assert!(dir.join("custom.json").exists());
-    assert!(!dir.join("benchmark_qps.png").exists(), "no PNG without --plot");
+    assert!(
+        !dir.join("benchmark_qps.png").exists(),
+        "no PNG without --plot"
+    );
     // Only the results JSON is needed.
     std::fs::remove_file(dir.join("metadata.json")).unwrap();
     std::fs::remove_file(dir.join("summary.json")).unwrap();
@@ -444,8 +668,21 @@ async fn builtin_mock_endpoint_runs_the_readme_demo() {
     let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
     let results = tmp.path().join("r");
     let out = run_bin(
-        &["--endpoint", "mock", "--model", "demo", "--dataset", dataset.to_str().unwrap(),
-          "--qps", "4", "--duration", "1", "--plot", "--results-dir", results.to_str().unwrap()],
+        &[
+            "--endpoint",
+            "mock",
+            "--model",
+            "demo",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "4",
+            "--duration",
+            "1",
+            "--plot",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ],
         &[],
     )
     .await;
@@ -462,9 +699,25 @@ async fn same_second_runs_do_not_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
-    let args = ["--endpoint", mock.chat_url().leak(), "--model", "m", "--dataset", dataset.to_str().unwrap().to_string().leak(),
-                "--qps", "1", "--duration", "0.5", "--results-dir", results.to_str().unwrap().to_string().leak()];
-    let (a, b, c) = tokio::join!(run_bin(&args, &[]), run_bin(&args, &[]), run_bin(&args, &[]));
+    let args = [
+        "--endpoint",
+        mock.chat_url().leak(),
+        "--model",
+        "m",
+        "--dataset",
+        dataset.to_str().unwrap().to_string().leak(),
+        "--qps",
+        "1",
+        "--duration",
+        "0.5",
+        "--results-dir",
+        results.to_str().unwrap().to_string().leak(),
+    ];
+    let (a, b, c) = tokio::join!(
+        run_bin(&args, &[]),
+        run_bin(&args, &[]),
+        run_bin(&args, &[])
+    );
     assert!(a.status.success() && b.status.success() && c.status.success());
     let dirs = run_dirs(&results);
     assert_eq!(dirs.len(), 3, "{dirs:?}");

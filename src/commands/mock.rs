@@ -8,7 +8,10 @@ use crate::saturation::fmt_qps;
 pub async fn mock(args: MockArgs) -> anyhow::Result<u8> {
     let cfg = args.to_config().map_err(UsageError::new)?;
     if args.print_capacity {
-        print!("{}", capacity_report(&cfg, args.assume_input_tokens, args.assume_max_tokens));
+        print!(
+            "{}",
+            capacity_report(&cfg, args.assume_input_tokens, args.assume_max_tokens)
+        );
         return Ok(EXIT_OK);
     }
     let server = MockServer::start(cfg, args.listen)

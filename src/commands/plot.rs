@@ -23,7 +23,10 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
         Err(_) => format!("llmload run {}", dir.id),
     };
     let analysis = crate::results::summarize(&levels, "complete").analysis;
-    let out = dir.file(&file_name_only(&args.output, crate::results::DEFAULT_PLOT_FILE));
+    let out = dir.file(&file_name_only(
+        &args.output,
+        crate::results::DEFAULT_PLOT_FILE,
+    ));
     crate::plot::render(&out, &levels, &analysis, &title)
         .with_context(|| format!("drawing {}", out.display()))?;
     println!("{}", out.display());

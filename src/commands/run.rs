@@ -55,6 +55,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         args.endpoint.clone()
     };
 
+    let env = |k: &str| std::env::var(k).ok();
+    let telemetry = match crate::telemetry::Settings::resolve(args.otlp_endpoint.as_deref(), None, &env)
+        .map_err(UsageError::new)?
+    {
+        Some(mut s) => {
+            s.propagate = !args.no_trace_propagation;
+            Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?)
+        }
+        None => None,
+    };
     let mut client_cfg = ClientConfig::new(&endpoint);
     client_cfg.api_key = api_key;
     client_cfg.headers = parse_headers(&args.headers)?;
@@ -65,6 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     client_cfg.idle_timeout = args.idle_timeout;
     client_cfg.request_timeout = args.request_timeout;
     client_cfg.max_token_chunks = args.max_tokens.saturating_mul(4).max(4096);
+    client_cfg.keep_response_ids = telemetry.is_some();
     let client = Arc::new(LlmClient::new(client_cfg)?);
 
     let params = BodyParams {
@@ -82,14 +93,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             args.results_dir.display()
         )
     })?;
-    let results_file =
-        results::file_name_only(&args.output, results::DEFAULT_RESULTS_FILE);
+    let results_file = results::file_name_only(&args.output, results::DEFAULT_RESULTS_FILE);
     let plot_file = args
         .plot
         .then(|| results::file_name_only(&args.plot_output, results::DEFAULT_PLOT_FILE));
-    let meta = metadata(&args, &endpoint, &dir, &now, &results_file, plot_file.clone());
+    let meta = metadata(
+        &args,
+        &endpoint,
+        &dir,
+        &now,
+        &results_file,
+        plot_file.clone(),
+    );
 
-    let observer: Arc<dyn Observer> = Arc::new(NoObserver);
+    let sweep_span = telemetry.as_ref().map(|t| {
+        t.sweep_started(&crate::telemetry::SweepAttrs {
+            target: &results::redact_url(&endpoint),
+            model: &args.model,
+            qps: &args.qps,
+            run_id: &dir.id,
+            job: None,
+        })
+    });
+    let observer: Arc<dyn Observer> = match (&telemetry, &sweep_span) {
+        (Some(t), Some(s)) => Arc::new(t.request_observer(
+            s,
+            &args.model,
+            client.uri(),
+            args.max_tokens,
+            args.temperature,
+        )),
+        _ => Arc::new(NoObserver),
+    };
     let engine = Engine {
         client,
         requests,
@@ -119,11 +154,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         results::redact_url(&endpoint),
         dir.path.display()
     );
-    let console = ConsoleHooks::new();
+    let console = ConsoleHooks::new(telemetry.clone().zip(sweep_span.clone()));
     let report = runner::execute(&engine, &plan, &outputs, meta, &console, &stop, &cancel).await;
     signals.abort();
+    if let (Some(t), Some(s)) = (&telemetry, &sweep_span) {
+        t.sweep_finished(s, &report.summary);
+        t.shutdown().await;
+    }
 
-    print!("\n{}", table::render_table(&report.levels, &args.percentiles));
+    print!(
+        "\n{}",
+        table::render_table(&report.levels, &args.percentiles)
+    );
     print!(
         "{}",
         table::render_analysis(
@@ -215,8 +257,9 @@ pub fn resolve_api_key(args: &RunArgs) -> Result<Option<ApiKey>, UsageError> {
 
 /// First non-empty line of a key file.
 pub fn read_key_file(path: &Path) -> Result<ApiKey, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError::new(format!("{}: cannot read API key file: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError::new(format!("{}: cannot read API key file: {e}", path.display()))
+    })?;
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
@@ -231,9 +274,7 @@ pub fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, UsageError
             h.split_once(':')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                 .filter(|(k, _)| !k.is_empty())
-                .ok_or_else(|| {
-                    UsageError::new(format!("--header '{h}': expected 'Name: value'"))
-                })
+                .ok_or_else(|| UsageError::new(format!("--header '{h}': expected 'Name: value'")))
         })
         .collect()
 }
@@ -297,19 +338,24 @@ pub fn hostname() -> String {
 struct ConsoleHooks {
     tty: bool,
     current: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>>,
+    traces: Option<(crate::telemetry::Telemetry, crate::telemetry::SweepSpan)>,
 }
 
 impl ConsoleHooks {
-    fn new() -> Self {
+    fn new(traces: Option<(crate::telemetry::Telemetry, crate::telemetry::SweepSpan)>) -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
             current: Mutex::new(None),
+            traces,
         }
     }
 }
 
 impl SweepHooks for ConsoleHooks {
     fn level_started(&self, spec: &LevelSpec, levels: usize, planned: u64, run: &LevelRun) {
+        if let Some((t, s)) = &self.traces {
+            t.level_started(s, spec);
+        }
         let label = format!(
             "level {}/{levels}: {} QPS",
             spec.index + 1,
@@ -344,6 +390,9 @@ impl SweepHooks for ConsoleHooks {
     }
 
     fn level_finished(&self, _spec: &LevelSpec, r: &LevelResult) {
+        if let Some((t, s)) = &self.traces {
+            t.level_finished(s, r);
+        }
         if let Some((bar, ticker)) = self.current.lock().expect("console lock").take() {
             ticker.abort();
             bar.finish_and_clear();

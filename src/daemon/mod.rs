@@ -1,7 +1,250 @@
-//! `llmload daemon`: scheduled and continuous sweeps.
+//! `llmload daemon`: scheduled and continuous sweeps, live Prometheus
+//! metrics, a control API, and the same results directories as `run`.
+//!
+//! Layout: [`config`] (the TOML file), [`fire`] (when jobs fire),
+//! [`jobs`] (running sweeps and soaks, target coordination), [`state`]
+//! (what the daemon knows), [`metrics`] (`/metrics`), [`api`] (HTTP),
+//! [`index`] (run history and retention).
+
+pub mod api;
+pub mod config;
+pub mod fire;
+pub mod index;
+pub mod jobs;
+pub mod metrics;
+pub mod state;
 
 use crate::cli::DaemonArgs;
+use crate::error::{EXIT_OK, UsageError};
+use state::State;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-pub async fn command(_args: DaemonArgs) -> anyhow::Result<u8> {
-    Err(crate::error::UsageError::new("the daemon is not built yet").into())
+pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
+    let mut cfg = config::load(&args.config).map_err(|errs| {
+        UsageError::new(format!(
+            "{} problem(s) in {}:\n  {}",
+            errs.len(),
+            args.config.display(),
+            errs.join("\n  ")
+        ))
+    })?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let tel_settings =
+        crate::telemetry::Settings::resolve(args.otlp_endpoint.as_deref(), Some(&cfg.telemetry), &env)
+            .map_err(UsageError::new)?;
+    if args.check {
+        print!("{}", plan_report(&cfg, tel_settings.as_ref()));
+        return Ok(EXIT_OK);
+    }
+    let telemetry = match tel_settings {
+        Some(s) => Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr()?;
+    let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
+    // Announce the real address (port 0 picks one): scripts and tests read it.
+    eprintln!("llmload daemon listening on http://{addr}");
+    tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
+    let shutdown = CancellationToken::new();
+    let code = run(state, listener, shutdown.clone(), crate::signals::next()).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    Ok(code)
+}
+
+/// Serve until `stop` resolves (SIGTERM/SIGINT in production; tests pass
+/// their own future), then shut down gracefully.
+pub async fn run(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    http_stop: CancellationToken,
+    stop: impl std::future::Future<Output = ()>,
+) -> u8 {
+    state.metrics.up.set(1);
+    let server = tokio::spawn(crate::serve::serve(
+        listener,
+        api::router(state.clone()),
+        http_stop.clone(),
+    ));
+    let mut schedulers = Vec::new();
+    for job in state.config.jobs.clone() {
+        schedulers.push(tokio::spawn(schedule_loop(state.clone(), job)));
+    }
+    let ticker = tokio::spawn(gauge_ticker(state.clone()));
+    state.ready.store(true, Ordering::Release);
+
+    stop.await;
+    tracing::info!(
+        "stopping: no new runs; in-flight requests get {}",
+        crate::duration::format(state.config.shutdown_grace)
+    );
+    state.shutting_down.cancel();
+    for s in &schedulers {
+        s.abort();
+    }
+    for a in state.active() {
+        a.stop.cancel();
+    }
+    let grace = state.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    while !state.active().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for a in state.active() {
+        a.cancel.cancel();
+    }
+    // Runs now write their partial results; give them a bounded moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !state.active().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ticker.abort();
+    state.metrics.up.set(0);
+    http_stop.cancel();
+    let _ = server.await;
+    tracing::info!("daemon stopped");
+    EXIT_OK
+}
+
+/// Fire a job at each time its schedule names, until shutdown.
+async fn schedule_loop(state: Arc<State>, job: config::Job) {
+    let mut previous = None;
+    loop {
+        let now = chrono::Utc::now();
+        let Some(next) = job.schedule.next(now, previous) else {
+            state.next_fires.lock().expect("fires lock").remove(&job.name);
+            return;
+        };
+        state
+            .next_fires
+            .lock()
+            .expect("fires lock")
+            .insert(job.name.clone(), next.to_rfc3339());
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.shutting_down.cancelled() => return,
+        }
+        previous = Some(next);
+        let _ = jobs::fire(&state, &job);
+    }
+}
+
+/// Once a second: in-flight and achieved-rate gauges from live progress.
+async fn gauge_ticker(state: Arc<State>) {
+    const WINDOW: usize = 5;
+    let mut history: std::collections::HashMap<String, std::collections::VecDeque<u64>> =
+        Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let active = state.active();
+        history.retain(|id, _| active.iter().any(|a| &a.run_id == id));
+        for a in active {
+            let p = a.progress.lock().expect("progress lock").clone();
+            let level = a.level.load(Ordering::Relaxed) as u64;
+            let sent = p.scheduled.load(Ordering::Relaxed);
+            let m = state.metrics.for_job(&a.target, &a.model, &a.job);
+            m.in_flight.set(p.in_flight.load(Ordering::Relaxed) as i64);
+            // A new level restarts the count: start the window afresh.
+            if a.last_sent.swap(level, Ordering::Relaxed) != level {
+                history.remove(&a.run_id);
+            }
+            let h = history.entry(a.run_id.clone()).or_default();
+            h.push_back(sent);
+            if h.len() > WINDOW + 1 {
+                h.pop_front();
+            }
+            if h.len() >= 2 {
+                let span = (h.len() - 1) as f64;
+                let rate = (h.back().copied().unwrap_or(0) as f64
+                    - h.front().copied().unwrap_or(0) as f64)
+                    / span;
+                m.achieved_qps.set(rate.max(0.0));
+            }
+        }
+    }
+}
+
+/// `--check`: the resolved plan, without sending anything.
+pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: OK ({} target(s), {} job(s))",
+        cfg.path.display(),
+        cfg.targets.len(),
+        cfg.jobs.len()
+    );
+    let _ = writeln!(
+        out,
+        "listen {}  results {}  control API {}",
+        cfg.listen,
+        cfg.results_dir.display(),
+        if cfg.api_token.is_some() { "token required for POST" } else { "open (no token)" }
+    );
+    match tel {
+        Some(t) => {
+            let _ = writeln!(out, "traces -> {} (request sample ratio {})", t.endpoint, t.sample_ratio);
+        }
+        None => {
+            let _ = writeln!(out, "traces off");
+        }
+    }
+    for t in &cfg.targets {
+        let _ = writeln!(
+            out,
+            "target {}: {} model {} dataset {}",
+            t.name,
+            crate::results::redact_url(&t.endpoint),
+            t.model,
+            t.dataset.display()
+        );
+    }
+    let now = chrono::Utc::now();
+    for j in &cfg.jobs {
+        let qps: Vec<String> = j.qps.iter().map(|q| crate::saturation::fmt_qps(*q)).collect();
+        let dur = j
+            .duration
+            .map(crate::duration::format)
+            .unwrap_or_else(|| "forever".into());
+        let _ = writeln!(
+            out,
+            "job {} ({}) on {}: qps [{}] x {dur}, {}",
+            j.name,
+            j.kind.as_str(),
+            j.target,
+            qps.join(", "),
+            j.schedule.describe()
+        );
+        let mut prev = None;
+        let mut at = now;
+        let mut fires = Vec::new();
+        for _ in 0..3 {
+            match j.schedule.next(at, prev) {
+                Some(n) => {
+                    fires.push(n.to_rfc3339());
+                    prev = Some(n);
+                    at = n;
+                }
+                None => break,
+            }
+        }
+        let _ = writeln!(out, "  next fires: {}", if fires.is_empty() { "none".into() } else { fires.join(", ") });
+    }
+    out
 }

@@ -45,7 +45,9 @@ impl CapacityModel {
 
     /// Requests/s the server completes without the queue growing.
     pub fn capacity_rps(&self, input_tokens: u32, output_tokens: u32) -> f64 {
-        let s = self.service_time(input_tokens, output_tokens, self.slots).as_secs_f64();
+        let s = self
+            .service_time(input_tokens, output_tokens, self.slots)
+            .as_secs_f64();
         if s <= 0.0 {
             f64::INFINITY
         } else {

@@ -73,14 +73,19 @@ impl FromStr for FaultSpec {
             .find(|k| k.name() == name.trim())
             .ok_or_else(|| {
                 let names: Vec<_> = FaultKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown fault '{name}': expected one of {}", names.join(", "))
+                format!(
+                    "unknown fault '{name}': expected one of {}",
+                    names.join(", ")
+                )
             })?;
         let fraction: f64 = frac
             .trim()
             .parse()
             .map_err(|_| format!("'{frac}' in '{s}' is not a number"))?;
         if !(0.0..=1.0).contains(&fraction) {
-            return Err(format!("fault fraction {fraction} in '{s}' must be within 0..1"));
+            return Err(format!(
+                "fault fraction {fraction} in '{s}' must be within 0..1"
+            ));
         }
         Ok(FaultSpec { kind, fraction })
     }
@@ -111,7 +116,12 @@ mod tests {
         assert_eq!(pick(&[a, b], 0.1), Some(FaultKind::Http503));
         assert_eq!(pick(&[a, b], 0.3), Some(FaultKind::SlowFirstByte));
         assert_eq!(pick(&[a, b], 0.8), None);
-        assert!("nope=0.1".parse::<FaultSpec>().unwrap_err().contains("http500"));
+        assert!(
+            "nope=0.1"
+                .parse::<FaultSpec>()
+                .unwrap_err()
+                .contains("http500")
+        );
         assert!("reset=2".parse::<FaultSpec>().is_err());
         assert!("reset".parse::<FaultSpec>().is_err());
     }

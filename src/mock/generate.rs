@@ -18,8 +18,8 @@ use std::io;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::OwnedSemaphorePermit;
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Which OpenAI API shape to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,54 @@ pub enum Api {
 /// Words the mock "generates", one per token. Plain ASCII without quotes
 /// or backslashes, so they go into JSON unescaped.
 const VOCAB: [&str; 48] = [
-    "the", "model", "answers", "with", "a", "steady", "stream", "of", "tokens", "that", "look",
-    "like", "text", "and", "cost", "nothing", "to", "make", "while", "queue", "slots", "fill",
-    "up", "under", "load", "so", "latency", "grows", "as", "batch", "size", "rises", "until",
-    "requests", "are", "turned", "away", "at", "capacity", "which", "is", "what", "this",
-    "benchmark", "measures", "for", "you", "today",
+    "the",
+    "model",
+    "answers",
+    "with",
+    "a",
+    "steady",
+    "stream",
+    "of",
+    "tokens",
+    "that",
+    "look",
+    "like",
+    "text",
+    "and",
+    "cost",
+    "nothing",
+    "to",
+    "make",
+    "while",
+    "queue",
+    "slots",
+    "fill",
+    "up",
+    "under",
+    "load",
+    "so",
+    "latency",
+    "grows",
+    "as",
+    "batch",
+    "size",
+    "rises",
+    "until",
+    "requests",
+    "are",
+    "turned",
+    "away",
+    "at",
+    "capacity",
+    "which",
+    "is",
+    "what",
+    "this",
+    "benchmark",
+    "measures",
+    "for",
+    "you",
+    "today",
 ];
 
 /// Seed for request `seq`: SplitMix64 of the run seed and the sequence
@@ -125,7 +168,11 @@ impl Job {
     }
 
     fn finish_reason(&self) -> &'static str {
-        if self.hit_max_tokens { "length" } else { "stop" }
+        if self.hit_max_tokens {
+            "length"
+        } else {
+            "stop"
+        }
     }
 
     fn usage_json(&self) -> String {
@@ -186,7 +233,10 @@ impl Drop for Gen {
             },
         );
         t.output_tokens = self.emitted;
-        self.st.metrics.generation_tokens.inc_by(self.emitted as u64);
+        self.st
+            .metrics
+            .generation_tokens
+            .inc_by(self.emitted as u64);
         self.st.truth.push(t);
     }
 }
@@ -257,9 +307,8 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
                 }
                 g.job.push_words(&mut out, k, first);
                 match g.job.api {
-                    Api::Chat => out.extend_from_slice(
-                        b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-                    ),
+                    Api::Chat => out
+                        .extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"),
                     Api::Completions => {
                         out.extend_from_slice(b"\",\"logprobs\":null,\"finish_reason\":null}]}\n\n")
                     }
@@ -273,7 +322,9 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
 
                 if g.job.fault == Some(FaultKind::Malformed) && midway && !g.fault_fired {
                     g.fault_fired = true;
-                    out.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n");
+                    out.extend_from_slice(
+                        b"data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n",
+                    );
                 }
                 if g.job.fault == Some(FaultKind::Truncate) && midway && !g.fault_fired {
                     // Stop after this event: no finish chunk, no [DONE].
@@ -355,7 +406,8 @@ pub async fn non_streaming(st: Arc<MockState>, mut job: Job, mut occupancy: Occu
     let body = match job.api {
         Api::Chat => format!(
             r#"{},"object":"chat.completion","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"logprobs":null,"finish_reason":"{reason}"}}],"usage":{}}}"#,
-            job.envelope().replace(r#","object":"chat.completion.chunk""#, ""),
+            job.envelope()
+                .replace(r#","object":"chat.completion.chunk""#, ""),
             job.usage_json()
         ),
         Api::Completions => format!(
@@ -366,7 +418,9 @@ pub async fn non_streaming(st: Arc<MockState>, mut job: Job, mut occupancy: Occu
     };
     job.truth.last_byte_ns = mono_ns();
     job.truth.output_tokens = job.output_tokens;
-    st.metrics.generation_tokens.inc_by(job.output_tokens as u64);
+    st.metrics
+        .generation_tokens
+        .inc_by(job.output_tokens as u64);
     st.truth.push(job.truth);
     Bytes::from(body)
 }

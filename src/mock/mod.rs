@@ -45,7 +45,9 @@ impl std::str::FromStr for OutputTokens {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
                 if a == 0 || a > b {
-                    return Err(format!("output-tokens range '{s}' must be A..B with 1 <= A <= B"));
+                    return Err(format!(
+                        "output-tokens range '{s}' must be A..B with 1 <= A <= B"
+                    ));
                 }
                 Ok(Self::Range(a, b))
             }

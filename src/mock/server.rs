@@ -271,7 +271,10 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
     if req.stream {
         let mut resp = Response::new(Body::from_stream(generate::sse(st, job, occupancy)));
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         resp
     } else {
@@ -301,10 +304,8 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
 fn reject(st: &MockState, status: StatusCode, message: &str) -> Response {
     let mut resp = openai_error(status, message, "server_error");
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(st.cfg.retry_after_s),
-        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(st.cfg.retry_after_s));
     }
     resp
 }
@@ -333,9 +334,6 @@ struct DebugQuery {
     clear: bool,
 }
 
-async fn debug_requests(
-    State(st): State<Arc<MockState>>,
-    Query(q): Query<DebugQuery>,
-) -> Response {
+async fn debug_requests(State(st): State<Arc<MockState>>, Query(q): Query<DebugQuery>) -> Response {
     axum::Json(st.truth.snapshot(q.since, q.clear)).into_response()
 }

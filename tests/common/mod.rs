@@ -86,9 +86,7 @@ pub async fn post_with(url: &str, body: serde_json::Value, headers: &[(&str, &st
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let t0 = Instant::now();
     let resp = client.request(req).await.expect("request sent");
     let status = resp.status().as_u16();
@@ -125,7 +123,11 @@ pub async fn post_with(url: &str, body: serde_json::Value, headers: &[(&str, &st
 pub async fn get(url: &str) -> (u16, String) {
     let client = http_client();
     let resp = client
-        .request(http::Request::get(url).body(Full::new(Bytes::new())).unwrap())
+        .request(
+            http::Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .expect("GET sent");
     let status = resp.status().as_u16();
@@ -184,7 +186,11 @@ pub fn write_dataset(dir: &Path) -> PathBuf {
 /// The run directories under `root`.
 pub fn run_dirs(root: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -204,6 +210,8 @@ pub fn png_size(path: &Path) -> (u32, u32) {
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap()
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }

@@ -1,0 +1,275 @@
+//! The daemon's HTTP face.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/metrics` | Prometheus text exposition |
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 once the scheduler runs, 503 while starting or stopping |
+//! | GET | `/api/v1/status` | runs in progress, jobs and their next fire |
+//! | GET | `/api/v1/runs` | history, newest first (`?target=`, `?job=`, `?limit=`) |
+//! | GET | `/api/v1/runs/{id}` | a run's metadata, summary and results |
+//! | GET | `/api/v1/runs/{id}/plot.png` | its PNG |
+//! | POST | `/api/v1/jobs/{name}/trigger` | fire a job now |
+//! | POST | `/api/v1/runs/current/stop` | stop the runs in progress (`?job=` to pick one) |
+//!
+//! POSTs need `Authorization: Bearer <token>` when a token is configured;
+//! errors are `{"error": "..."}` with a fitting status code.
+//!
+//! How to add an endpoint: 1) a handler here; 2) a route in [`router`];
+//! 3) a row in the table above and in the README; 4) a test in
+//! `tests/daemon.rs`.
+
+use super::jobs::{self, FireRefusal};
+use super::state::State;
+use crate::results::{METADATA_FILE, RunDir, SUMMARY_FILE};
+use axum::Router;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/runs", get(runs))
+        .route("/api/v1/runs/{id}", get(run))
+        .route("/api/v1/runs/{id}/plot.png", get(plot))
+        .route("/api/v1/jobs/{name}/trigger", post(trigger))
+        .route("/api/v1/runs/current/stop", post(stop))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": msg.into()}))).into_response()
+}
+
+/// Compare without an early exit on the first differing byte, so response
+/// timing does not reveal how much of a guessed token was right. (The
+/// length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn authorized(state: &State, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.config.api_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs 'Authorization: Bearer <token>'",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Err(r)
+    }
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(AxState(state): AxState<Arc<State>>) -> Response {
+    if state.ready.load(Ordering::Acquire) && !state.shutting_down.is_cancelled() {
+        "ready".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn status(AxState(state): AxState<Arc<State>>) -> Response {
+    let running: Vec<_> = state.active().iter().map(|a| a.status()).collect();
+    let next = state.next_fires.lock().expect("fires lock").clone();
+    let busy = state.busy_jobs.lock().expect("busy lock").clone();
+    let jobs: Vec<_> = state
+        .config
+        .jobs
+        .iter()
+        .map(|j| {
+            let last = state
+                .index
+                .list()
+                .into_iter()
+                .find(|e| e.job == j.name && e.status != "running");
+            json!({
+                "name": j.name,
+                "target": j.target,
+                "kind": j.kind.as_str(),
+                "schedule": j.schedule.describe(),
+                "qps": j.qps,
+                "busy": busy.contains(&j.name),
+                "next_fire": next.get(&j.name),
+                "last_run": last,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": state.ready.load(Ordering::Acquire),
+        "shutting_down": state.shutting_down.is_cancelled(),
+        "running": running,
+        "jobs": jobs,
+        "results_write_errors": state.write_errors.load(Ordering::Relaxed),
+        "last_write_error": state.last_write_error.lock().expect("error lock").clone(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    target: Option<String>,
+    job: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn runs(AxState(state): AxState<Arc<State>>, Query(q): Query<RunsQuery>) -> Response {
+    let list: Vec<_> = state
+        .index
+        .list()
+        .into_iter()
+        .filter(|e| q.target.as_ref().is_none_or(|t| &e.target == t))
+        .filter(|e| q.job.as_ref().is_none_or(|j| &e.job == j))
+        .take(q.limit.unwrap_or(usize::MAX))
+        .collect();
+    axum::Json(json!({"runs": list})).into_response()
+}
+
+async fn run(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    let Some(entry) = state.index.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no run '{id}'"));
+    };
+    let dir = RunDir::open(&state.index.dir_of(&entry));
+    let metadata: Option<serde_json::Value> = dir.read_json(METADATA_FILE).ok();
+    let results_file = metadata
+        .as_ref()
+        .and_then(|m| m["results_file"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| crate::results::DEFAULT_RESULTS_FILE.into());
+    let results: Option<serde_json::Value> = dir.read_json(&results_file).ok();
+    let summary: Option<serde_json::Value> = dir.read_json(SUMMARY_FILE).ok();
+    axum::Json(json!({
+        "run": entry,
+        "metadata": metadata,
+        "summary": summary,
+        "results": results,
+    }))
+    .into_response()
+}
+
+async fn plot(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    let Some(entry) = state.index.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no run '{id}'"));
+    };
+    let path = state
+        .index
+        .dir_of(&entry)
+        .join(crate::results::DEFAULT_PLOT_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "image/png")], bytes).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            format!("run '{id}' has no plot (yet)"),
+        ),
+    }
+}
+
+async fn trigger(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let Some(job) = state.job(&name).cloned() else {
+        return error(StatusCode::NOT_FOUND, format!("no job '{name}'"));
+    };
+    match jobs::fire(&state, &job) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"job": name, "status": "started"})),
+        )
+            .into_response(),
+        Err(FireRefusal::AlreadyRunning) => error(
+            StatusCode::CONFLICT,
+            format!("job '{name}' is already running"),
+        ),
+        Err(FireRefusal::ShuttingDown) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct StopQuery {
+    job: Option<String>,
+}
+
+/// In-flight requests get this long to finish after a stop request.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+async fn stop(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<StopQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let targets: Vec<_> = state
+        .active()
+        .into_iter()
+        .filter(|a| q.job.as_ref().is_none_or(|j| &a.job == j))
+        .collect();
+    if targets.is_empty() {
+        return error(StatusCode::NOT_FOUND, "no run in progress");
+    }
+    let ids: Vec<String> = targets.iter().map(|a| a.run_id.clone()).collect();
+    for a in targets {
+        a.stop.cancel();
+        let cancel = a.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_GRACE).await;
+            cancel.cancel();
+        });
+    }
+    axum::Json(json!({"stopped": ids})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

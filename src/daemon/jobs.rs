@@ -1,0 +1,594 @@
+//! Running jobs: firing, target coordination, sweeps and soaks.
+//!
+//! One target never carries two jobs' load at once:
+//! * a sweep holds its target's `sweep_lock` for its whole run, so a sweep
+//!   that fires while another sweep runs there waits ("delayed");
+//! * a sweep that starts while a soak runs on its target pauses the soak's
+//!   pacer and resumes it afterwards ("soak pause");
+//! * a soak only starts when no sweep holds the target;
+//! * a job that fires while it is still running is skipped.
+//!
+//! Each is logged and counted in `llmload_job_fires_total` /
+//! `llmload_soak_pauses_total`.
+
+use super::config::{Job, JobKind};
+use super::index::RunEntry;
+use super::metrics::{JobMetrics, MetricsObserver};
+use super::state::{ActiveRun, State, TargetSlot};
+use crate::results::{self, Metadata, RunDir, json_number};
+use crate::runner::{self, Outputs, RunStatus, SweepHooks, SweepPlan};
+use crate::stats::{LevelResult, LevelTiming};
+use crate::sweep::{Engine, LevelRun, LevelSpec, Observer, Progress};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why a fire did not start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireRefusal {
+    AlreadyRunning,
+    ShuttingDown,
+}
+
+/// Fire `job` now (from the schedule or the API). The run proceeds in
+/// the background; this only decides whether it starts.
+pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
+    if state.shutting_down.is_cancelled() {
+        return Err(FireRefusal::ShuttingDown);
+    }
+    if !state
+        .busy_jobs
+        .lock()
+        .expect("busy lock")
+        .insert(job.name.clone())
+    {
+        state
+            .metrics
+            .fires
+            .with_label_values(&[&job.name, "skipped"])
+            .inc();
+        tracing::warn!(job = %job.name, "fire skipped: the previous run of this job is still going");
+        return Err(FireRefusal::AlreadyRunning);
+    }
+    let state = state.clone();
+    let job = job.clone();
+    tokio::spawn(async move {
+        let slot = state.slots[&job.target].clone();
+        match job.kind {
+            JobKind::Sweep => run_sweep(&state, &job, &slot).await,
+            JobKind::Soak => run_soak(&state, &job, &slot).await,
+        }
+        state.busy_jobs.lock().expect("busy lock").remove(&job.name);
+    });
+    Ok(())
+}
+
+/// Everything a run of either kind needs, created when it starts.
+struct Started {
+    active: Arc<ActiveRun>,
+    dir: RunDir,
+    meta: Metadata,
+    entry: RunEntry,
+    engine: Engine,
+    job_metrics: JobMetrics,
+    sweep_span: Option<crate::telemetry::SweepSpan>,
+}
+
+fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started, String> {
+    let t = &slot.target;
+    let now = chrono::Local::now();
+    let root = state.config.results_dir.join(&t.name);
+    let dir = RunDir::create(&root, &results::stamp(&now))
+        .map_err(|e| format!("cannot create a run directory under {}: {e}", root.display()))?;
+    let run_id = format!("{}.{}", t.name, dir.id);
+    let meta = Metadata {
+        timestamp: results::seed_timestamp(&now),
+        endpoint: results::redact_url(&t.endpoint),
+        model: t.model.clone(),
+        dataset: t.dataset.display().to_string(),
+        qps_levels: job.qps.clone(),
+        duration: match job.duration {
+            Some(d) => json_number(d.as_secs_f64()),
+            None => serde_json::Value::from("forever"),
+        },
+        max_tokens: t.max_tokens,
+        temperature: t.temperature,
+        percentiles: vec![50.into(), 95.into(), 99.into()],
+        show_tokens: true,
+        schema_version: results::SCHEMA_VERSION,
+        tool: "llmload".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        run_id: run_id.clone(),
+        status: "running".into(),
+        partial: true,
+        levels_completed: 0,
+        arrival: job.arrival.to_string(),
+        seed: job.seed,
+        request_timeout_s: t.request_timeout.as_secs_f64(),
+        stream_usage: t.stream_usage,
+        max_in_flight: t.max_in_flight,
+        host: crate::commands::run::hostname(),
+        extra_headers: t.headers.iter().map(|(k, _)| k.clone()).collect(),
+        results_file: results::DEFAULT_RESULTS_FILE.into(),
+        plot_file: job.plot.then(|| results::DEFAULT_PLOT_FILE.into()),
+        started_at: now.to_rfc3339(),
+        finished_at: None,
+        job: Some(job.name.clone()),
+        target: Some(t.name.clone()),
+        kind: Some(job.kind.as_str().into()),
+        error: None,
+    };
+    let entry = RunEntry {
+        id: run_id.clone(),
+        target: t.name.clone(),
+        job: job.name.clone(),
+        kind: job.kind.as_str().into(),
+        dir: format!("{}/{}", t.name, dir.id),
+        started_at: now.to_rfc3339(),
+        finished_at: None,
+        status: "running".into(),
+        max_qps_without_errors: None,
+        saturation_qps: None,
+        recommended_qps: None,
+        error: None,
+    };
+    if let Err(e) = state.index.put(entry.clone()) {
+        state.record_write_errors(&t.name, &[format!("run index: {e}")]);
+    }
+    let job_metrics = state.metrics.for_job(&t.name, &t.model, &job.name);
+    let sweep_span = state.telemetry.as_ref().map(|tel| {
+        tel.sweep_started(&crate::telemetry::SweepAttrs {
+            target: &t.name,
+            model: &t.model,
+            qps: &job.qps,
+            run_id: &run_id,
+            job: Some(&job.name),
+        })
+    });
+    let next: Option<Arc<dyn Observer>> = match (&state.telemetry, &sweep_span) {
+        (Some(tel), Some(span)) => Some(Arc::new(tel.request_observer(
+            span,
+            &t.model,
+            slot.client.uri(),
+            t.max_tokens,
+            t.temperature,
+        ))),
+        _ => None,
+    };
+    let engine = Engine {
+        client: slot.client.clone(),
+        requests: slot.requests.clone(),
+        max_in_flight: t.max_in_flight,
+        observer: Arc::new(MetricsObserver {
+            job: job_metrics.clone(),
+            next,
+        }),
+    };
+    let active = Arc::new(ActiveRun {
+        run_id,
+        job: job.name.clone(),
+        target: t.name.clone(),
+        model: t.model.clone(),
+        kind: job.kind,
+        levels: job.qps.clone(),
+        started_at: now.to_rfc3339(),
+        level: Default::default(),
+        progress: std::sync::Mutex::new(Arc::new(Progress::default())),
+        stop: CancellationToken::new(),
+        cancel: CancellationToken::new(),
+        last_sent: Default::default(),
+    });
+    state
+        .active
+        .lock()
+        .expect("active lock")
+        .push(active.clone());
+    state
+        .metrics
+        .runs
+        .with_label_values(&[&t.name, &job.name, job.kind.as_str(), "started"])
+        .inc();
+    tracing::info!(job = %job.name, target = %t.name, run = %active.run_id, "run started");
+    Ok(Started {
+        active,
+        dir,
+        meta,
+        entry,
+        engine,
+        job_metrics,
+        sweep_span,
+    })
+}
+
+fn finish_run(
+    state: &Arc<State>,
+    job: &Job,
+    slot: &TargetSlot,
+    s: &Started,
+    status: RunStatus,
+    levels: &[LevelResult],
+    summary: &results::Summary,
+    write_errors: &[String],
+) {
+    let t = &slot.target;
+    state
+        .active
+        .lock()
+        .expect("active lock")
+        .retain(|a| !Arc::ptr_eq(a, &s.active));
+    state.record_write_errors(&t.name, write_errors);
+    let event = match status {
+        RunStatus::Complete => "completed",
+        RunStatus::Partial => "partial",
+    };
+    state
+        .metrics
+        .runs
+        .with_label_values(&[&t.name, &job.name, job.kind.as_str(), event])
+        .inc();
+    state
+        .metrics
+        .current_level
+        .with_label_values(&[&t.name, &job.name])
+        .set(0);
+    s.job_metrics.target_qps.set(0.0);
+    s.job_metrics.achieved_qps.set(0.0);
+    s.job_metrics.in_flight.set(0);
+    let mut entry = s.entry.clone();
+    entry.status = status.as_str().into();
+    entry.finished_at = Some(chrono::Local::now().to_rfc3339());
+    entry.max_qps_without_errors = summary.analysis.max_qps_without_errors;
+    entry.saturation_qps = summary.analysis.saturation_qps;
+    entry.recommended_qps = summary.analysis.recommended_qps;
+    entry.error = (!write_errors.is_empty()).then(|| write_errors.join("; "));
+    if let Err(e) = state.index.put(entry) {
+        state.record_write_errors(&t.name, &[format!("run index: {e}")]);
+    }
+    if let (Some(tel), Some(span)) = (&state.telemetry, &s.sweep_span) {
+        tel.sweep_finished(span, summary);
+    }
+    tracing::info!(
+        job = %job.name, target = %t.name, run = %s.active.run_id,
+        status = status.as_str(), levels = levels.len(),
+        max_qps = ?summary.analysis.max_qps_without_errors,
+        saturation = ?summary.analysis.saturation_qps,
+        "run finished"
+    );
+    match state
+        .index
+        .prune(&t.name, t.keep_runs, t.keep_days, chrono::Utc::now())
+    {
+        Ok(gone) if !gone.is_empty() => {
+            state
+                .metrics
+                .pruned
+                .with_label_values(&[&t.name])
+                .inc_by(gone.len() as u64);
+            tracing::info!(target = %t.name, pruned = ?gone, "retention removed old runs");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(target = %t.name, "retention failed: {e}");
+            state.record_write_errors(&t.name, &[format!("retention: {e}")]);
+        }
+    }
+}
+
+/// Live status and gauges as levels change.
+struct DaemonHooks<'a> {
+    state: &'a State,
+    active: Arc<ActiveRun>,
+    job: &'a Job,
+    metrics: JobMetrics,
+    span: Option<crate::telemetry::SweepSpan>,
+}
+
+impl SweepHooks for DaemonHooks<'_> {
+    fn level_started(&self, spec: &LevelSpec, _levels: usize, _planned: u64, run: &LevelRun) {
+        self.active.level.store(spec.index, Ordering::Relaxed);
+        *self.active.progress.lock().expect("progress lock") = run.progress.clone();
+        self.active.last_sent.store(0, Ordering::Relaxed);
+        self.state
+            .metrics
+            .current_level
+            .with_label_values(&[&self.job.target, &self.job.name])
+            .set(spec.index as i64 + 1);
+        self.metrics.target_qps.set(spec.qps);
+        if let (Some(tel), Some(span)) = (&self.state.telemetry, &self.span) {
+            tel.level_started(span, spec);
+        }
+        tracing::info!(job = %self.job.name, level = spec.index + 1, qps = spec.qps, "level started");
+    }
+
+    fn level_finished(&self, _spec: &LevelSpec, r: &LevelResult) {
+        if let (Some(tel), Some(span)) = (&self.state.telemetry, &self.span) {
+            tel.level_finished(span, r);
+        }
+        tracing::info!(
+            job = %self.job.name, qps = r.qps_target, sent = r.sent,
+            success = r.success_rate, ttft_p95 = r.ttft.p95, client_bound = r.client_bound,
+            "level finished"
+        );
+    }
+}
+
+async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
+    let _guard = match slot.sweep_lock.try_lock() {
+        Ok(g) => g,
+        Err(_) => {
+            state
+                .metrics
+                .fires
+                .with_label_values(&[&job.name, "delayed"])
+                .inc();
+            tracing::info!(job = %job.name, target = %job.target, "sweep waits: another sweep is using the target");
+            tokio::select! {
+                g = slot.sweep_lock.lock() => g,
+                _ = state.shutting_down.cancelled() => return,
+            }
+        }
+    };
+    state
+        .metrics
+        .fires
+        .with_label_values(&[&job.name, "started"])
+        .inc();
+    // Pause a soak on this target for the sweep's duration.
+    let paused = slot.soak.lock().expect("soak lock").clone();
+    if let Some(p) = &paused {
+        p.paused.store(true, Ordering::Release);
+        if let Some(soak) = state
+            .config
+            .jobs
+            .iter()
+            .find(|j| j.kind == JobKind::Soak && j.target == job.target)
+        {
+            state
+                .metrics
+                .soak_pauses
+                .with_label_values(&[&soak.name])
+                .inc();
+        }
+        tracing::info!(job = %job.name, target = %job.target, "soak paused for the sweep");
+    }
+    let started = match start_run(state, job, slot) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(job = %job.name, "{e}");
+            state.record_write_errors(&job.target, &[e]);
+            if let Some(p) = &paused {
+                p.paused.store(false, Ordering::Release);
+            }
+            return;
+        }
+    };
+    let plan = SweepPlan {
+        levels: job.qps.clone(),
+        duration: job.duration.unwrap_or(Duration::from_secs(60)),
+        arrival: job.arrival,
+        seed: job.seed,
+    };
+    let outputs = Outputs {
+        dir: started.dir.clone(),
+        results_file: results::DEFAULT_RESULTS_FILE.into(),
+        plot_file: job.plot.then(|| results::DEFAULT_PLOT_FILE.into()),
+        plot_title: format!(
+            "{} @ {} ({}): run {}",
+            slot.target.model, slot.target.name, job.name, started.dir.id
+        ),
+    };
+    let hooks = DaemonHooks {
+        state,
+        active: started.active.clone(),
+        job,
+        metrics: started.job_metrics.clone(),
+        span: started.sweep_span.clone(),
+    };
+    let t0 = Instant::now();
+    let report = runner::execute(
+        &started.engine,
+        &plan,
+        &outputs,
+        started.meta.clone(),
+        &hooks,
+        &started.active.stop,
+        &started.active.cancel,
+    )
+    .await;
+    if report.status == RunStatus::Complete {
+        state.metrics.publish_capacity(
+            &slot.target.name,
+            &slot.target.model,
+            &job.name,
+            &report.levels,
+            &report.summary.analysis,
+            chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+            t0.elapsed().as_secs_f64(),
+        );
+    }
+    finish_run(
+        state,
+        job,
+        slot,
+        &started,
+        report.status,
+        &report.levels,
+        &report.summary,
+        &report.write_errors,
+    );
+    if let Some(p) = &paused {
+        p.paused.store(false, Ordering::Release);
+        tracing::info!(target = %job.target, "soak resumed");
+    }
+}
+
+async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
+    if slot.soak.lock().expect("soak lock").is_some() {
+        state
+            .metrics
+            .fires
+            .with_label_values(&[&job.name, "skipped"])
+            .inc();
+        tracing::warn!(job = %job.name, target = %job.target, "soak skipped: another soak runs on this target");
+        return;
+    }
+    // Do not start in the middle of a sweep on this target.
+    if slot.sweep_lock.try_lock().is_err() {
+        state
+            .metrics
+            .fires
+            .with_label_values(&[&job.name, "delayed"])
+            .inc();
+        tokio::select! {
+            g = slot.sweep_lock.lock() => drop(g),
+            _ = state.shutting_down.cancelled() => return,
+        }
+    }
+    state
+        .metrics
+        .fires
+        .with_label_values(&[&job.name, "started"])
+        .inc();
+    let started = match start_run(state, job, slot) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(job = %job.name, "{e}");
+            state.record_write_errors(&job.target, &[e]);
+            return;
+        }
+    };
+    let run = LevelRun::new();
+    *slot.soak.lock().expect("soak lock") = Some(run.progress.clone());
+    let qps = job.qps[0];
+    let spec = LevelSpec {
+        index: 0,
+        qps,
+        duration: job.duration,
+        arrival: job.arrival,
+        seed: job.seed,
+    };
+    let hooks = DaemonHooks {
+        state,
+        active: started.active.clone(),
+        job,
+        metrics: started.job_metrics.clone(),
+        span: started.sweep_span.clone(),
+    };
+    hooks.level_started(&spec, 1, 0, &run);
+    let mut meta = started.meta.clone();
+    let mut errors: Vec<String> = Vec::new();
+    let write = |name: &str, v: &dyn erased::Json, errors: &mut Vec<String>| {
+        if let Err(e) = erased::write(&started.dir, name, v) {
+            let msg = format!("cannot write {}: {e}", started.dir.file(name).display());
+            tracing::error!("{msg}");
+            if !errors.contains(&msg) {
+                errors.push(msg);
+            }
+        }
+    };
+    write(results::METADATA_FILE, &meta, &mut errors);
+
+    let t0 = Instant::now();
+    let snapshot = |run: &LevelRun, interrupted: bool| {
+        let stats = run.snapshot();
+        let paused = Duration::from_nanos(run.progress.paused_ns.load(Ordering::Relaxed));
+        let window = t0.elapsed().saturating_sub(paused);
+        let mut r = LevelResult::from_stats(
+            &stats,
+            LevelTiming {
+                qps_target: qps,
+                duration: window,
+                send_window: window,
+                drain: Duration::ZERO,
+            },
+        );
+        r.interrupted = interrupted;
+        r
+    };
+    let level = started.engine.run_level(
+        spec,
+        &run,
+        started.active.stop.clone(),
+        started.active.cancel.clone(),
+        0,
+    );
+    tokio::pin!(level);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut level => break o,
+            _ = tokio::time::sleep(job.snapshot_every) => {
+                let r = snapshot(&run, false);
+                let levels = vec![r];
+                write(results::DEFAULT_RESULTS_FILE, &levels, &mut errors);
+                write(results::SUMMARY_FILE, &results::summarize(&levels, "running"), &mut errors);
+                tracing::info!(job = %job.name, sent = levels[0].sent, success = levels[0].success_rate, "soak snapshot written");
+            }
+        }
+    };
+    *slot.soak.lock().expect("soak lock") = None;
+    let status = if outcome.interrupted {
+        RunStatus::Partial
+    } else {
+        RunStatus::Complete
+    };
+    let mut r = LevelResult::from_stats(&outcome.stats, outcome.timing);
+    r.interrupted = outcome.interrupted;
+    // The pacer paused for sweeps: rates count the time actually sending.
+    let paused = Duration::from_nanos(run.progress.paused_ns.load(Ordering::Relaxed));
+    if !paused.is_zero() {
+        let window = t0.elapsed().saturating_sub(paused);
+        r = LevelResult::from_stats(
+            &outcome.stats,
+            LevelTiming {
+                qps_target: qps,
+                duration: window,
+                send_window: window,
+                drain: outcome.timing.drain,
+            },
+        );
+        r.interrupted = outcome.interrupted;
+    }
+    hooks.level_finished(&spec, &r);
+    let levels = vec![r];
+    let summary = results::summarize(&levels, status.as_str());
+    write(results::DEFAULT_RESULTS_FILE, &levels, &mut errors);
+    write(results::SUMMARY_FILE, &summary, &mut errors);
+    if job.plot {
+        let path = started.dir.file(results::DEFAULT_PLOT_FILE);
+        let title = format!(
+            "{} @ {} (soak {}): run {}",
+            slot.target.model, slot.target.name, job.name, started.dir.id
+        );
+        if let Err(e) = crate::plot::render(&path, &levels, &summary.analysis, &title) {
+            errors.push(e.to_string());
+        }
+    }
+    meta.status = status.as_str().into();
+    meta.partial = status == RunStatus::Partial;
+    meta.levels_completed = 1;
+    meta.finished_at = Some(chrono::Local::now().to_rfc3339());
+    if !errors.is_empty() {
+        meta.error = Some(errors.join("; "));
+    }
+    write(results::METADATA_FILE, &meta, &mut errors);
+    finish_run(state, job, slot, &started, status, &levels, &summary, &errors);
+}
+
+/// Writing different serializable types through one closure.
+mod erased {
+    use crate::results::RunDir;
+
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+            serde_json::to_value(self)
+        }
+    }
+    pub fn write(dir: &RunDir, name: &str, v: &dyn Json) -> std::io::Result<()> {
+        let value = v.to_json().map_err(std::io::Error::other)?;
+        dir.write_json(name, &value)
+    }
+}

@@ -1,0 +1,200 @@
+//! What the daemon knows while it runs: config, per-target resources, the
+//! runs in progress, history, metrics. Shared behind one `Arc` by the
+//! scheduler, the job runners and the HTTP API.
+
+use super::config::{Config, Job, JobKind, Target};
+use super::index::RunIndex;
+use super::metrics::Metrics;
+use crate::client::{ClientConfig, LlmClient};
+use crate::request::{BodyParams, PreparedRequest, prepare_all};
+use crate::secret::ApiKey;
+use crate::sweep::Progress;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Resources shared by every job on one target.
+pub struct TargetSlot {
+    pub target: Target,
+    pub client: Arc<LlmClient>,
+    pub requests: Arc<Vec<PreparedRequest>>,
+    /// Held by a sweep for its whole run: sweeps on one target queue up.
+    pub sweep_lock: tokio::sync::Mutex<()>,
+    /// The soak running on this target, if any, so a sweep can pause it.
+    pub soak: Mutex<Option<Arc<Progress>>>,
+}
+
+/// A run in progress, for `/api/v1/status` and the gauges.
+pub struct ActiveRun {
+    pub run_id: String,
+    pub job: String,
+    pub target: String,
+    pub model: String,
+    pub kind: JobKind,
+    pub levels: Vec<f64>,
+    pub started_at: String,
+    /// 0-based index of the level running now.
+    pub level: AtomicUsize,
+    pub progress: Mutex<Arc<Progress>>,
+    pub stop: CancellationToken,
+    pub cancel: CancellationToken,
+    /// Sends seen at the last gauge tick, for the achieved-rate gauge.
+    pub last_sent: AtomicU64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActiveStatus {
+    pub run_id: String,
+    pub job: String,
+    pub target: String,
+    pub kind: &'static str,
+    pub started_at: String,
+    pub level: usize,
+    pub levels: usize,
+    pub qps: f64,
+    pub paused: bool,
+    pub scheduled: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub in_flight: usize,
+}
+
+impl ActiveRun {
+    pub fn status(&self) -> ActiveStatus {
+        let p = self.progress.lock().expect("progress lock").clone();
+        let level = self.level.load(Ordering::Relaxed);
+        ActiveStatus {
+            run_id: self.run_id.clone(),
+            job: self.job.clone(),
+            target: self.target.clone(),
+            kind: self.kind.as_str(),
+            started_at: self.started_at.clone(),
+            level: level + 1,
+            levels: self.levels.len(),
+            qps: self.levels.get(level).copied().unwrap_or(0.0),
+            paused: p.paused.load(Ordering::Relaxed),
+            scheduled: p.scheduled.load(Ordering::Relaxed),
+            completed: p.completed.load(Ordering::Relaxed),
+            failed: p.failed.load(Ordering::Relaxed),
+            in_flight: p.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub struct State {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub index: RunIndex,
+    pub slots: BTreeMap<String, Arc<TargetSlot>>,
+    pub active: Mutex<Vec<Arc<ActiveRun>>>,
+    /// Jobs fired and not finished (including those waiting for a target).
+    pub busy_jobs: Mutex<HashSet<String>>,
+    /// Set by SIGTERM: no new fires.
+    pub shutting_down: CancellationToken,
+    pub ready: AtomicBool,
+    pub write_errors: AtomicU64,
+    pub last_write_error: Mutex<Option<String>>,
+    pub next_fires: Mutex<BTreeMap<String, String>>,
+    pub telemetry: Option<crate::telemetry::Telemetry>,
+}
+
+impl State {
+    /// Build per-target clients and prepared requests. Errors name the
+    /// target and what is wrong.
+    pub fn new(
+        config: Config,
+        telemetry: Option<crate::telemetry::Telemetry>,
+    ) -> Result<Arc<Self>, String> {
+        let index = RunIndex::open(&config.results_dir).map_err(|e| {
+            format!(
+                "results directory {}: {e}",
+                config.results_dir.display()
+            )
+        })?;
+        let mut slots = BTreeMap::new();
+        for t in &config.targets {
+            let convs = crate::dataset::load(&t.dataset).map_err(|e| e.to_string())?;
+            let params = BodyParams {
+                model: t.model.clone(),
+                max_tokens: t.max_tokens,
+                temperature: t.temperature,
+                stream_usage: t.stream_usage,
+            };
+            let mut cc = ClientConfig::new(&t.endpoint);
+            cc.api_key = target_key(t)?;
+            cc.headers = t.headers.clone();
+            cc.ca_cert = t.ca_cert.clone();
+            cc.insecure = t.insecure;
+            cc.connect_timeout = t.connect_timeout;
+            cc.first_token_timeout = t.first_token_timeout;
+            cc.idle_timeout = t.idle_timeout;
+            cc.request_timeout = t.request_timeout;
+            cc.max_token_chunks = t.max_tokens.saturating_mul(4).max(4096);
+            cc.keep_response_ids = telemetry.is_some();
+            let client = LlmClient::new(cc).map_err(|e| format!("target '{}': {e}", t.name))?;
+            slots.insert(
+                t.name.clone(),
+                Arc::new(TargetSlot {
+                    target: t.clone(),
+                    client: Arc::new(client),
+                    requests: Arc::new(prepare_all(&convs, &params)),
+                    sweep_lock: tokio::sync::Mutex::new(()),
+                    soak: Mutex::new(None),
+                }),
+            );
+        }
+        Ok(Arc::new(Self {
+            config,
+            metrics: Metrics::new(),
+            index,
+            slots,
+            active: Mutex::new(Vec::new()),
+            busy_jobs: Mutex::new(HashSet::new()),
+            shutting_down: CancellationToken::new(),
+            ready: AtomicBool::new(false),
+            write_errors: AtomicU64::new(0),
+            last_write_error: Mutex::new(None),
+            next_fires: Mutex::new(BTreeMap::new()),
+            telemetry,
+        }))
+    }
+
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.config.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn active(&self) -> Vec<Arc<ActiveRun>> {
+        self.active.lock().expect("active lock").clone()
+    }
+
+    pub fn record_write_errors(&self, target: &str, errors: &[String]) {
+        if errors.is_empty() {
+            return;
+        }
+        self.write_errors
+            .fetch_add(errors.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .write_errors
+            .with_label_values(&[target])
+            .inc_by(errors.len() as u64);
+        *self.last_write_error.lock().expect("error lock") = errors.last().cloned();
+    }
+}
+
+/// The target's key from its env var or file; never from the config text.
+fn target_key(t: &Target) -> Result<Option<ApiKey>, String> {
+    if let Some(var) = &t.api_key_env {
+        return Ok(std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| ApiKey::new(v.trim().to_string())));
+    }
+    if let Some(f) = &t.api_key_file {
+        return crate::commands::run::read_key_file(f)
+            .map(Some)
+            .map_err(|e| format!("target '{}': {e}", t.name));
+    }
+    Ok(None)
+}
