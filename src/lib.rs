@@ -48,5 +48,5 @@ pub mod sse;
 pub mod stats;
 pub mod sweep;
 pub mod table;
-pub mod timer;
 pub mod telemetry;
+pub mod timer;

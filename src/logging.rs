@@ -1,5 +1,6 @@
 //! Log lines to stderr, filtered by `LLMLOAD_LOG` (or `RUST_LOG`).
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(default_level: &str) {
@@ -14,5 +15,6 @@ pub fn init(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

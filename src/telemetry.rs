@@ -57,7 +57,11 @@ impl Settings {
     ) -> Result<Option<Self>, String> {
         let endpoint = flag
             .map(base_or_full)
-            .or_else(|| config.and_then(|c| c.otlp_endpoint.as_deref()).map(base_or_full))
+            .or_else(|| {
+                config
+                    .and_then(|c| c.otlp_endpoint.as_deref())
+                    .map(base_or_full)
+            })
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
             .or_else(|| {
                 env("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -84,9 +88,7 @@ impl Settings {
             env("OTEL_TRACES_SAMPLER").as_deref(),
             env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
         )?;
-        let sample_ratio = config
-            .and_then(|c| c.sample_ratio)
-            .unwrap_or(env_ratio);
+        let sample_ratio = config.and_then(|c| c.sample_ratio).unwrap_or(env_ratio);
         Ok(Some(Self {
             endpoint,
             sample_ratio,
@@ -235,7 +237,11 @@ impl Telemetry {
             .enable_http1()
             .wrap_connector(http);
         let client = OnTokio {
-            inner: opentelemetry_http::hyper::HyperClient::new(https, Duration::from_secs(10), None),
+            inner: opentelemetry_http::hyper::HyperClient::new(
+                https,
+                Duration::from_secs(10),
+                None,
+            ),
             handle: tokio::runtime::Handle::current(),
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -295,10 +301,7 @@ impl Telemetry {
         let mut attrs = vec![
             KeyValue::new("llmload.target", a.target.to_string()),
             KeyValue::new("gen_ai.request.model", a.model.to_string()),
-            KeyValue::new(
-                "llmload.qps_levels",
-                Value::Array(a.qps.to_vec().into()),
-            ),
+            KeyValue::new("llmload.qps_levels", Value::Array(a.qps.to_vec().into())),
             KeyValue::new("llmload.run_id", a.run_id.to_string()),
         ];
         if let Some(j) = a.job {
@@ -387,7 +390,11 @@ impl Telemetry {
             host: uri.host().unwrap_or("").to_string(),
             port: uri
                 .port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 }),
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                }),
             max_tokens,
             temperature,
         }
@@ -523,7 +530,8 @@ impl Observer for TraceObserver {
             ));
             span.add_event_with_timestamp(
                 "llmload.first_token",
-                self.tel.wall(base + rec.first_token_at.unwrap_or(rec.scheduled_at)),
+                self.tel
+                    .wall(base + rec.first_token_at.unwrap_or(rec.scheduled_at)),
                 vec![KeyValue::new("llmload.ttft_s", ttft.as_secs_f64())],
             );
         }
@@ -561,7 +569,9 @@ mod tests {
     fn endpoint_resolution() {
         let none = env_of(&[]);
         assert_eq!(Settings::resolve(None, None, &none).unwrap(), None);
-        let s = Settings::resolve(Some("http://c:4318"), None, &none).unwrap().unwrap();
+        let s = Settings::resolve(Some("http://c:4318"), None, &none)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.endpoint, "http://c:4318/v1/traces");
         let s = Settings::resolve(Some("http://c:4318/custom/path"), None, &none)
             .unwrap()
@@ -576,19 +586,29 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1/x"),
         ]);
-        assert_eq!(Settings::resolve(None, None, &e).unwrap().unwrap().endpoint, "http://t:1/x");
+        assert_eq!(
+            Settings::resolve(None, None, &e).unwrap().unwrap().endpoint,
+            "http://t:1/x"
+        );
         let e = env_of(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]);
-        assert!(Settings::resolve(None, None, &e).unwrap_err().contains("grpc"));
+        assert!(
+            Settings::resolve(None, None, &e)
+                .unwrap_err()
+                .contains("grpc")
+        );
     }
 
     #[test]
     fn sampler_variables() {
         assert_eq!(sampler_ratio(None, None), Ok(1.0));
         assert_eq!(sampler_ratio(Some("always_off"), None), Ok(0.0));
-        assert_eq!(sampler_ratio(Some("parentbased_traceidratio"), Some("0.25")), Ok(0.25));
+        assert_eq!(
+            sampler_ratio(Some("parentbased_traceidratio"), Some("0.25")),
+            Ok(0.25)
+        );
         assert!(sampler_ratio(Some("traceidratio"), Some("2")).is_err());
         assert!(sampler_ratio(Some("jaeger_remote"), None).is_err());
     }

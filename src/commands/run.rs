@@ -56,15 +56,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
 
     let env = |k: &str| std::env::var(k).ok();
-    let telemetry = match crate::telemetry::Settings::resolve(args.otlp_endpoint.as_deref(), None, &env)
-        .map_err(UsageError::new)?
-    {
-        Some(mut s) => {
-            s.propagate = !args.no_trace_propagation;
-            Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?)
-        }
-        None => None,
-    };
+    let telemetry =
+        match crate::telemetry::Settings::resolve(args.otlp_endpoint.as_deref(), None, &env)
+            .map_err(UsageError::new)?
+        {
+            Some(mut s) => {
+                s.propagate = !args.no_trace_propagation;
+                Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?)
+            }
+            None => None,
+        };
     let mut client_cfg = ClientConfig::new(&endpoint);
     client_cfg.api_key = api_key;
     client_cfg.headers = parse_headers(&args.headers)?;

@@ -62,17 +62,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-fn authorized(state: &State, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &state.config.api_token else {
-        return Ok(());
-    };
+/// `Some(401 response)` when a token is configured and not presented.
+fn unauthorized(state: &State, headers: &HeaderMap) -> Option<Response> {
+    let token = state.config.api_token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        Ok(())
+        None
     } else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -82,13 +81,16 @@ fn authorized(state: &State, headers: &HeaderMap) -> Result<(), Response> {
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        Err(r)
+        Some(r)
     }
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -202,7 +204,7 @@ async fn trigger(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     let Some(job) = state.job(&name).cloned() else {
@@ -218,9 +220,10 @@ async fn trigger(
             StatusCode::CONFLICT,
             format!("job '{name}' is already running"),
         ),
-        Err(FireRefusal::ShuttingDown) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down")
-        }
+        Err(FireRefusal::ShuttingDown) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        ),
     }
 }
 
@@ -237,7 +240,7 @@ async fn stop(
     Query(q): Query<StopQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     let targets: Vec<_> = state

@@ -247,8 +247,7 @@ fn finite_duration(v: &DurationValue) -> Result<Duration, String> {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
@@ -280,7 +279,10 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             DEFAULT_LISTEN.parse().expect("valid default")
         }
     };
-    let results_dir = rel(&base, raw.server.results_dir.as_deref().unwrap_or("results"));
+    let results_dir = rel(
+        &base,
+        raw.server.results_dir.as_deref().unwrap_or("results"),
+    );
     let shutdown_grace = match &raw.server.shutdown_grace {
         None => Duration::from_secs(10),
         Some(s) => crate::duration::parse(s).unwrap_or_else(|e| {
@@ -333,10 +335,14 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             err(&key("name"), format!("duplicate target name '{}'", t.name));
         }
         match t.endpoint.parse::<http::Uri>() {
+            _ if t.endpoint == "mock" => {}
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => err(
                 &key("endpoint"),
-                format!("'{}' is not an http:// or https:// URL", t.endpoint),
+                format!(
+                    "'{}' is not an http:// or https:// URL (or \"mock\" for the built-in mock)",
+                    t.endpoint
+                ),
             ),
         }
         if t.model.trim().is_empty() {
@@ -347,10 +353,15 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             err(&key("dataset"), e.to_string());
         }
         if t.api_key_env.is_some() && t.api_key_file.is_some() {
-            err(&key("api_key_env"), "set api_key_env or api_key_file, not both".into());
+            err(
+                &key("api_key_env"),
+                "set api_key_env or api_key_file, not both".into(),
+            );
         }
         if let Some(var) = &t.api_key_env
-            && std::env::var(var).map(|v| v.trim().is_empty()).unwrap_or(true)
+            && std::env::var(var)
+                .map(|v| v.trim().is_empty())
+                .unwrap_or(true)
         {
             warnings.push(format!(
                 "{file}: {}: environment variable {var} is not set: requests will carry no key",
@@ -377,10 +388,18 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
                 }
             },
         };
-        let request_timeout = dur("request_timeout", &t.request_timeout, Some(Duration::from_secs(300)))
-            .expect("default set");
-        let connect_timeout = dur("connect_timeout", &t.connect_timeout, Some(Duration::from_secs(10)))
-            .expect("default set");
+        let request_timeout = dur(
+            "request_timeout",
+            &t.request_timeout,
+            Some(Duration::from_secs(300)),
+        )
+        .expect("default set");
+        let connect_timeout = dur(
+            "connect_timeout",
+            &t.connect_timeout,
+            Some(Duration::from_secs(10)),
+        )
+        .expect("default set");
         let first_token_timeout = dur("first_token_timeout", &t.first_token_timeout, None);
         let idle_timeout = dur("idle_timeout", &t.idle_timeout, None);
         let temperature = t.temperature.unwrap_or(0.7);
@@ -399,7 +418,10 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             err(&key("keep_days"), format!("{d} must be > 0"));
         }
         if t.keep_runs == Some(0) {
-            err(&key("keep_runs"), "must be at least 1 (omit it to keep everything)".into());
+            err(
+                &key("keep_runs"),
+                "must be at least 1 (omit it to keep everything)".into(),
+            );
         }
         let ca_cert = t.ca_cert.as_deref().map(|c| rel(&base, c));
         if let Some(c) = &ca_cert
@@ -421,7 +443,11 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             dataset,
             api_key_env: t.api_key_env.clone(),
             api_key_file,
-            headers: t.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: t
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             request_timeout,
             connect_timeout,
             first_token_timeout,
@@ -696,7 +722,10 @@ arrival = "bursty"
         assert!(e.contains("a.toml:2:"), "{e}");
         let p = write(tmp.path(), "b.toml", "[server]\nlistn = \"x\"\n");
         let e = load(&p).unwrap_err().join("\n");
-        assert!(e.contains("b.toml:2:1") && e.contains("unknown field `listn`"), "{e}");
+        assert!(
+            e.contains("b.toml:2:1") && e.contains("unknown field `listn`"),
+            "{e}"
+        );
         let p = write(
             tmp.path(),
             "c.toml",
@@ -737,6 +766,9 @@ schedule = "at_start"
         );
         let e = load(&p).unwrap_err().join("\n");
         assert!(e.contains("job[0].qps: a soak runs one rate"), "{e}");
-        assert!(e.contains("job[1].duration: 'forever' is only allowed"), "{e}");
+        assert!(
+            e.contains("job[1].duration: 'forever' is only allowed"),
+            "{e}"
+        );
     }
 }

@@ -24,9 +24,14 @@ impl PartialEq for FireSchedule {
         match (self, o) {
             (Self::AtStart, Self::AtStart) => true,
             (Self::Every(a), Self::Every(b)) => a == b,
-            (Self::Cron { expr: a, tz: ta, .. }, Self::Cron { expr: b, tz: tb, .. }) => {
-                a == b && ta == tb
-            }
+            (
+                Self::Cron {
+                    expr: a, tz: ta, ..
+                },
+                Self::Cron {
+                    expr: b, tz: tb, ..
+                },
+            ) => a == b && ta == tb,
             _ => false,
         }
     }
@@ -41,8 +46,7 @@ impl FireSchedule {
             return Ok(Self::AtStart);
         }
         if let Some(rest) = s.strip_prefix("every ") {
-            let d = crate::duration::parse(rest)
-                .map_err(|e| format!("'{s}': {e}"))?;
+            let d = crate::duration::parse(rest).map_err(|e| format!("'{s}': {e}"))?;
             if d < Duration::from_secs(1) {
                 return Err(format!("'{s}': the interval must be at least 1s"));
             }
@@ -50,17 +54,18 @@ impl FireSchedule {
         }
         let (tz_name, expr) = match s.strip_prefix("CRON_TZ=") {
             Some(rest) => {
-                let (tz, expr) = rest
-                    .split_once(char::is_whitespace)
-                    .ok_or_else(|| format!("'{s}': expected CRON_TZ=Zone followed by a cron expression"))?;
+                let (tz, expr) = rest.split_once(char::is_whitespace).ok_or_else(|| {
+                    format!("'{s}': expected CRON_TZ=Zone followed by a cron expression")
+                })?;
                 (Some(tz), expr.trim())
             }
             None => (timezone, s),
         };
         let tz = match tz_name {
             None => chrono_tz::UTC,
-            Some(name) => chrono_tz::Tz::from_str(name)
-                .map_err(|_| format!("unknown time zone '{name}' (use an IANA name such as Europe/Paris)"))?,
+            Some(name) => chrono_tz::Tz::from_str(name).map_err(|_| {
+                format!("unknown time zone '{name}' (use an IANA name such as Europe/Paris)")
+            })?,
         };
         let fields = expr.split_whitespace().count();
         if !(5..=6).contains(&fields) {
@@ -167,7 +172,11 @@ mod tests {
         for (s, tz, needle) in [
             ("daily", None, "not a schedule"),
             ("61 3 * * *", None, "61 3"),
-            ("0 3 * * *", Some("Mars/Base"), "unknown time zone 'Mars/Base'"),
+            (
+                "0 3 * * *",
+                Some("Mars/Base"),
+                "unknown time zone 'Mars/Base'",
+            ),
             ("every soon", None, "'every soon'"),
         ] {
             let e = FireSchedule::parse(s, tz).unwrap_err();

@@ -88,7 +88,13 @@ impl RunIndex {
 
     /// Newest first.
     pub fn list(&self) -> Vec<RunEntry> {
-        let mut v: Vec<RunEntry> = self.runs.lock().expect("index lock").values().cloned().collect();
+        let mut v: Vec<RunEntry> = self
+            .runs
+            .lock()
+            .expect("index lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
         v
     }
@@ -122,7 +128,10 @@ impl RunIndex {
                 let too_many = keep_runs.is_some_and(|k| i >= k);
                 let too_old = keep_days.is_some_and(|d| {
                     chrono::DateTime::parse_from_rfc3339(&e.started_at)
-                        .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() as f64 > d * 86_400.0)
+                        .map(|t| {
+                            (now - t.with_timezone(&chrono::Utc)).num_seconds() as f64
+                                > d * 86_400.0
+                        })
                         .unwrap_or(false)
                 });
                 if too_many || too_old {
@@ -135,12 +144,12 @@ impl RunIndex {
         }
         for (_, dir) in &doomed {
             let path = self.root.join(dir);
-            if path.starts_with(&self.root) && path != self.root {
-                if let Err(e) = std::fs::remove_dir_all(&path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(e);
-                }
+            if path.starts_with(&self.root)
+                && path != self.root
+                && let Err(e) = std::fs::remove_dir_all(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e);
             }
         }
         let mut runs = self.runs.lock().expect("index lock");
@@ -182,9 +191,12 @@ mod tests {
     fn survives_restart_and_marks_interrupted_runs() {
         let tmp = tempfile::tempdir().unwrap();
         let idx = RunIndex::open(tmp.path()).unwrap();
-        idx.put(entry("a", "t", "2026-01-01T00:00:00+00:00", "running")).unwrap();
-        idx.put(entry("b", "t", "2026-01-02T00:00:00+00:00", "running")).unwrap();
-        idx.put(entry("a", "t", "2026-01-01T00:00:00+00:00", "complete")).unwrap();
+        idx.put(entry("a", "t", "2026-01-01T00:00:00+00:00", "running"))
+            .unwrap();
+        idx.put(entry("b", "t", "2026-01-02T00:00:00+00:00", "running"))
+            .unwrap();
+        idx.put(entry("a", "t", "2026-01-01T00:00:00+00:00", "complete"))
+            .unwrap();
         drop(idx);
         let idx = RunIndex::open(tmp.path()).unwrap();
         let list = idx.list();
@@ -201,10 +213,16 @@ mod tests {
         for (i, day) in ["01", "02", "03", "04"].iter().enumerate() {
             let id = format!("r{i}");
             std::fs::create_dir_all(tmp.path().join("t").join(&id)).unwrap();
-            idx.put(entry(&id, "t", &format!("2026-01-{day}T00:00:00+00:00"), "complete"))
-                .unwrap();
+            idx.put(entry(
+                &id,
+                "t",
+                &format!("2026-01-{day}T00:00:00+00:00"),
+                "complete",
+            ))
+            .unwrap();
         }
-        idx.put(entry("other", "u", "2020-01-01T00:00:00+00:00", "complete")).unwrap();
+        idx.put(entry("other", "u", "2020-01-01T00:00:00+00:00", "complete"))
+            .unwrap();
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-05T00:00:00+00:00")
             .unwrap()
             .with_timezone(&chrono::Utc);

@@ -79,8 +79,12 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     let t = &slot.target;
     let now = chrono::Local::now();
     let root = state.config.results_dir.join(&t.name);
-    let dir = RunDir::create(&root, &results::stamp(&now))
-        .map_err(|e| format!("cannot create a run directory under {}: {e}", root.display()))?;
+    let dir = RunDir::create(&root, &results::stamp(&now)).map_err(|e| {
+        format!(
+            "cannot create a run directory under {}: {e}",
+            root.display()
+        )
+    })?;
     let run_id = format!("{}.{}", t.name, dir.id);
     let meta = Metadata {
         timestamp: results::seed_timestamp(&now),
@@ -201,16 +205,21 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     })
 }
 
-fn finish_run(
-    state: &Arc<State>,
-    job: &Job,
-    slot: &TargetSlot,
-    s: &Started,
+/// How a run ended, for [`finish_run`].
+struct Ended<'a> {
     status: RunStatus,
-    levels: &[LevelResult],
-    summary: &results::Summary,
-    write_errors: &[String],
-) {
+    levels: &'a [LevelResult],
+    summary: &'a results::Summary,
+    write_errors: &'a [String],
+}
+
+fn finish_run(state: &Arc<State>, job: &Job, slot: &TargetSlot, s: &Started, end: Ended<'_>) {
+    let Ended {
+        status,
+        levels,
+        summary,
+        write_errors,
+    } = end;
     let t = &slot.target;
     state
         .active
@@ -398,9 +407,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     .await;
     if report.status == RunStatus::Complete {
         state.metrics.publish_capacity(
-            &slot.target.name,
-            &slot.target.model,
-            &job.name,
+            [&slot.target.name, &slot.target.model, &job.name],
             &report.levels,
             &report.summary.analysis,
             chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
@@ -412,10 +419,12 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         job,
         slot,
         &started,
-        report.status,
-        &report.levels,
-        &report.summary,
-        &report.write_errors,
+        Ended {
+            status: report.status,
+            levels: &report.levels,
+            summary: &report.summary,
+            write_errors: &report.write_errors,
+        },
     );
     if let Some(p) = &paused {
         p.paused.store(false, Ordering::Release);
@@ -572,7 +581,18 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         meta.error = Some(errors.join("; "));
     }
     write(results::METADATA_FILE, &meta, &mut errors);
-    finish_run(state, job, slot, &started, status, &levels, &summary, &errors);
+    finish_run(
+        state,
+        job,
+        slot,
+        &started,
+        Ended {
+            status,
+            levels: &levels,
+            summary: &summary,
+            write_errors: &errors,
+        },
+    );
 }
 
 /// Writing different serializable types through one closure.

@@ -19,8 +19,8 @@ use std::sync::Arc;
 /// below 1 ms prepended for fast endpoints. Sharing vLLM's boundaries lets
 /// PromQL subtract server from client quantiles bucket for bucket.
 pub const TTFT_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
 /// vLLM's `vllm:inter_token_latency_seconds` /
 /// `vllm:request_time_per_output_token_seconds` buckets, plus finer ones.
@@ -30,13 +30,13 @@ pub const ITL_BUCKETS: &[f64] = &[
 ];
 /// vLLM's `vllm:e2e_request_latency_seconds` buckets, plus finer ones.
 pub const E2E_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0,
-    20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 ];
 /// Schedule lag: healthy is well under 1 ms; 10 ms flags client-bound.
 pub const LAG_BUCKETS: &[f64] = &[
-    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 5.0,
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 5.0,
 ];
 pub const TOKEN_BUCKETS: &[f64] = &[
     1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
@@ -300,9 +300,15 @@ impl Metrics {
             tpot: self.tpot.with_label_values(&l),
             lag: self.lag.with_label_values(&l),
             out_per_req: self.output_tokens_per_request.with_label_values(&l),
-            ok: self.requests.with_label_values(&[target, model, job, "success"]),
-            failed: self.requests.with_label_values(&[target, model, job, "error"]),
-            dropped: self.requests.with_label_values(&[target, model, job, "dropped"]),
+            ok: self
+                .requests
+                .with_label_values(&[target, model, job, "success"]),
+            failed: self
+                .requests
+                .with_label_values(&[target, model, job, "error"]),
+            dropped: self
+                .requests
+                .with_label_values(&[target, model, job, "dropped"]),
             input_tokens: self.input_tokens.with_label_values(&l),
             output_tokens: self.output_tokens.with_label_values(&l),
             late: self.late.with_label_values(&l),
@@ -316,9 +322,7 @@ impl Metrics {
     /// Publish a finished sweep's capacity numbers (the ones alerts read).
     pub fn publish_capacity(
         &self,
-        target: &str,
-        model: &str,
-        job: &str,
+        [target, model, job]: [&str; 3],
         levels: &[LevelResult],
         analysis: &crate::saturation::Analysis,
         finished_unix: f64,
@@ -483,7 +487,13 @@ mod tests {
 
     #[test]
     fn buckets_are_sorted_and_include_vllms() {
-        for b in [TTFT_BUCKETS, ITL_BUCKETS, E2E_BUCKETS, LAG_BUCKETS, TOKEN_BUCKETS] {
+        for b in [
+            TTFT_BUCKETS,
+            ITL_BUCKETS,
+            E2E_BUCKETS,
+            LAG_BUCKETS,
+            TOKEN_BUCKETS,
+        ] {
             assert!(b.windows(2).all(|w| w[0] < w[1]));
         }
         for v in [0.001, 0.005, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 2560.0] {

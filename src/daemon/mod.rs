@@ -38,9 +38,12 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
         eprintln!("warning: {w}");
     }
     let env = |k: &str| std::env::var(k).ok();
-    let tel_settings =
-        crate::telemetry::Settings::resolve(args.otlp_endpoint.as_deref(), Some(&cfg.telemetry), &env)
-            .map_err(UsageError::new)?;
+    let tel_settings = crate::telemetry::Settings::resolve(
+        args.otlp_endpoint.as_deref(),
+        Some(&cfg.telemetry),
+        &env,
+    )
+    .map_err(UsageError::new)?;
     if args.check {
         print!("{}", plan_report(&cfg, tel_settings.as_ref()));
         return Ok(EXIT_OK);
@@ -49,6 +52,18 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
         Some(s) => Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?),
         None => None,
     };
+    // `endpoint = "mock"`: an embedded mock per such target, for demos.
+    let mut mocks = Vec::new();
+    for t in cfg.targets.iter_mut().filter(|t| t.endpoint == "mock") {
+        let m = crate::mock::MockServer::start(
+            crate::mock::MockConfig::default(),
+            "127.0.0.1:0".parse().expect("valid address"),
+        )
+        .await?;
+        tracing::info!(target = %t.name, url = %m.chat_url(), "built-in mock started");
+        t.endpoint = m.chat_url();
+        mocks.push(m);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -61,6 +76,9 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     let code = run(state, listener, shutdown.clone(), crate::signals::next()).await;
     if let Some(t) = telemetry {
         t.shutdown().await;
+    }
+    for m in mocks {
+        m.shutdown().await;
     }
     Ok(code)
 }
@@ -125,7 +143,11 @@ async fn schedule_loop(state: Arc<State>, job: config::Job) {
     loop {
         let now = chrono::Utc::now();
         let Some(next) = job.schedule.next(now, previous) else {
-            state.next_fires.lock().expect("fires lock").remove(&job.name);
+            state
+                .next_fires
+                .lock()
+                .expect("fires lock")
+                .remove(&job.name);
             return;
         };
         state
@@ -133,7 +155,9 @@ async fn schedule_loop(state: Arc<State>, job: config::Job) {
             .lock()
             .expect("fires lock")
             .insert(job.name.clone(), next.to_rfc3339());
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let wait = (next - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = state.shutting_down.cancelled() => return,
@@ -195,11 +219,19 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
         "listen {}  results {}  control API {}",
         cfg.listen,
         cfg.results_dir.display(),
-        if cfg.api_token.is_some() { "token required for POST" } else { "open (no token)" }
+        if cfg.api_token.is_some() {
+            "token required for POST"
+        } else {
+            "open (no token)"
+        }
     );
     match tel {
         Some(t) => {
-            let _ = writeln!(out, "traces -> {} (request sample ratio {})", t.endpoint, t.sample_ratio);
+            let _ = writeln!(
+                out,
+                "traces -> {} (request sample ratio {})",
+                t.endpoint, t.sample_ratio
+            );
         }
         None => {
             let _ = writeln!(out, "traces off");
@@ -217,7 +249,11 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
     }
     let now = chrono::Utc::now();
     for j in &cfg.jobs {
-        let qps: Vec<String> = j.qps.iter().map(|q| crate::saturation::fmt_qps(*q)).collect();
+        let qps: Vec<String> = j
+            .qps
+            .iter()
+            .map(|q| crate::saturation::fmt_qps(*q))
+            .collect();
         let dur = j
             .duration
             .map(crate::duration::format)
@@ -244,7 +280,15 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
                 None => break,
             }
         }
-        let _ = writeln!(out, "  next fires: {}", if fires.is_empty() { "none".into() } else { fires.join(", ") });
+        let _ = writeln!(
+            out,
+            "  next fires: {}",
+            if fires.is_empty() {
+                "none".into()
+            } else {
+                fires.join(", ")
+            }
+        );
     }
     out
 }

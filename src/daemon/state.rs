@@ -107,12 +107,8 @@ impl State {
         config: Config,
         telemetry: Option<crate::telemetry::Telemetry>,
     ) -> Result<Arc<Self>, String> {
-        let index = RunIndex::open(&config.results_dir).map_err(|e| {
-            format!(
-                "results directory {}: {e}",
-                config.results_dir.display()
-            )
-        })?;
+        let index = RunIndex::open(&config.results_dir)
+            .map_err(|e| format!("results directory {}: {e}", config.results_dir.display()))?;
         let mut slots = BTreeMap::new();
         for t in &config.targets {
             let convs = crate::dataset::load(&t.dataset).map_err(|e| e.to_string())?;

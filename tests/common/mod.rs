@@ -215,3 +215,252 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     )
     .unwrap()
 }
+
+/// A daemon child process and everything it printed on stderr.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Start `llmload daemon --config <config> --listen 127.0.0.1:0` and
+    /// wait for it to announce its address.
+    pub async fn start(config: &Path, envs: &[(&str, &str)]) -> Daemon {
+        use tokio::io::AsyncBufReadExt;
+        init();
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args([
+            "daemon",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("LLMLOAD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("daemon starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(a) = l.strip_prefix("llmload daemon listening on http://") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                log2.lock().unwrap().push(l);
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "daemon did not announce its address: {:?}",
+                    log.lock().unwrap()
+                )
+            })
+            .expect("daemon exited early")
+            .parse()
+            .unwrap();
+        Daemon { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id().unwrap() as i32, sig) };
+    }
+
+    /// Poll `GET path` until `pred` holds on the JSON, or panic at the deadline.
+    pub async fn wait_json(
+        &self,
+        path: &str,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, body) = get(&self.url(path)).await;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+                && pred(&v)
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out on {path}: {body}\nlog:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// POST with optional bearer token; returns status and JSON body.
+pub async fn post_empty(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let client = http_client();
+    let mut b = http::Request::post(url);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on loopback, scraping
+/// `targets` every second. Killed on drop.
+pub struct Prometheus {
+    pub port: u16,
+    pub child: tokio::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(
+        targets: &[std::net::SocketAddr],
+        rule_files: &[PathBuf],
+        alertmanager: Option<u16>,
+    ) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|r| format!("'{}'", r.display()))
+            .collect();
+        let alerting = match alertmanager {
+            Some(p) => format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{p}']\n"
+            ),
+            None => String::new(),
+        };
+        let cfg = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\n{alerting}scrape_configs:\n  - job_name: llmload\n    honor_labels: true\n    static_configs:\n      - targets: [{}]\n",
+            rules.join(", "),
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
+        let child = tokio::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("`prometheus` must be installed: run ./scripts/test.sh, which installs it");
+        let p = Prometheus { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), async {
+                let c = http_client();
+                c.request(
+                    http::Request::get(format!("http://127.0.0.1:{port}/-/ready"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+            })
+            .await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        p
+    }
+
+    /// Instant query; the `data.result` array.
+    pub async fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/query?query={}",
+            self.port,
+            urlencode(expr)
+        );
+        let (status, body) = get(&url).await;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("{expr}: HTTP {status}: {body}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Poll until the query returns at least one series for which `pred`
+    /// holds on its value.
+    pub async fn wait_for(
+        &self,
+        expr: &str,
+        secs: u64,
+        pred: impl Fn(f64) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.query(expr).await.unwrap();
+            if r.iter().any(|s| sample_value(s).is_some_and(&pred)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {expr}: last {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+pub fn sample_value(series: &serde_json::Value) -> Option<f64> {
+    series["value"][1].as_str().and_then(|s| s.parse().ok())
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

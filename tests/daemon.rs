@@ -1,0 +1,614 @@
+//! `llmload daemon` end to end: a real child process, a real Prometheus
+//! scraping it, the control API, soak/sweep coordination, SIGTERM.
+
+mod common;
+
+use common::*;
+use llmload::mock::capacity::CapacityModel;
+use llmload::mock::{MockConfig, OutputTokens};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn fast_mock() -> MockConfig {
+    MockConfig {
+        capacity: CapacityModel {
+            slots: 4,
+            queue: 2,
+            ttft: Duration::from_millis(20),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_millis(4),
+            tpot_growth: 0.0,
+        },
+        // Capacity 4 / (20 ms + 19 × 4 ms) = 41.7 requests/s.
+        output_tokens: Some(OutputTokens::Cap(20)),
+        ..MockConfig::default()
+    }
+}
+
+fn target(name: &str, url: &str, dataset: &Path, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nendpoint = \"{url}\"\nmodel = \"m\"\ndataset = \"{}\"\napi_key_env = \"LLMLOAD_TEST_KEY\"\n{extra}\n",
+        dataset.display()
+    )
+}
+
+fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("llmload.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nresults_dir = \"{}\"\napi_token_env = \"LLMLOAD_TEST_TOKEN\"\nshutdown_grace = \"3s\"\n\n{body}",
+        dir.join("results").display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const TOKEN: &str = "test-token-xyz";
+const KEY: &str = "sk-daemon-SECRET-777";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_sweep_and_the_api_answers() {
+    let mock = start_mock(fast_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}\n[[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"2s\"\nschedule = \"at_start\"\n",
+            target("t", &mock.chat_url(), &dataset, "")
+        ),
+    );
+    let d = Daemon::start(
+        &cfg,
+        &[("LLMLOAD_TEST_TOKEN", TOKEN), ("LLMLOAD_TEST_KEY", KEY)],
+    )
+    .await;
+    let prom = Prometheus::start(&[d.addr], &[], None).await;
+
+    let runs = d
+        .wait_json("/api/v1/runs", 60, |v| v["runs"][0]["status"] == "complete")
+        .await;
+    let run = &runs["runs"][0];
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(run["job"], "capacity");
+    assert_eq!(run["max_qps_without_errors"], 5.0);
+    assert_eq!(run["saturation_qps"], 100.0);
+
+    // The run's files, as `llmload run` writes them.
+    let dir = tmp
+        .path()
+        .join("results")
+        .join(run["dir"].as_str().unwrap());
+    for f in [
+        "metadata.json",
+        "benchmark_qps_results.json",
+        "summary.json",
+        "benchmark_qps.png",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));
+    let detail = d
+        .wait_json(&format!("/api/v1/runs/{id}"), 5, |v| {
+            v["results"].is_array()
+        })
+        .await;
+    let levels = detail["results"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    assert_eq!(detail["metadata"]["job"], "capacity");
+    assert_eq!(detail["summary"]["status"], "complete");
+    let succeeded: u64 = levels
+        .iter()
+        .map(|l| l["succeeded"].as_u64().unwrap())
+        .sum();
+    let e503 = levels[1]["errors"]["HTTP 503"].as_u64().unwrap();
+    assert!(e503 > 0);
+
+    // Prometheus agrees with the results file.
+    let q = |e: &str| e.to_string();
+    prom.wait_for(
+        &q("sum(llmload_time_to_first_token_seconds_count{job=\"capacity\"})"),
+        30,
+        |v| v == succeeded as f64,
+    )
+    .await;
+    prom.wait_for(
+        &q("sum(llmload_requests_total{job=\"capacity\",outcome=\"success\"})"),
+        30,
+        |v| v == succeeded as f64,
+    )
+    .await;
+    prom.wait_for(
+        &q("sum(llmload_request_errors_total{job=\"capacity\",kind=\"http\",status=\"503\"})"),
+        30,
+        |v| v == e503 as f64,
+    )
+    .await;
+    prom.wait_for(
+        &q("llmload_capacity_max_qps_without_errors{target=\"t\",job=\"capacity\"}"),
+        30,
+        |v| v == 5.0,
+    )
+    .await;
+    prom.wait_for(
+        &q("llmload_capacity_saturation_qps{target=\"t\"}"),
+        30,
+        |v| v == 100.0,
+    )
+    .await;
+    prom.wait_for(
+        &q("llmload_capacity_recommended_qps{target=\"t\"}"),
+        30,
+        |v| v == 3.75,
+    )
+    .await;
+    prom.wait_for(
+        &q("llmload_sweep_level_success_ratio{target=\"t\",level=\"5\"}"),
+        30,
+        |v| v == 1.0,
+    )
+    .await;
+    let p95 = levels[0]["ttft"]["p95"].as_f64().unwrap();
+    prom.wait_for(
+        &q("llmload_sweep_level_ttft_p95_seconds{target=\"t\",level=\"5\"}"),
+        30,
+        |v| (v - p95).abs() < 1e-9,
+    )
+    .await;
+    // The histogram's quantile is in the right place: TTFT ≈ 20 ms.
+    let r = prom
+        .wait_for(
+            &q("histogram_quantile(0.5, sum by (le) (llmload_time_to_first_token_seconds_bucket{job=\"capacity\"}))"),
+            30,
+            |v| v > 0.0,
+        )
+        .await;
+    let p50 = sample_value(&r[0]).unwrap();
+    assert!((0.01..=0.04).contains(&p50), "TTFT p50 from buckets {p50}");
+    prom.wait_for(
+        &q("llmload_last_successful_sweep_timestamp_seconds{job=\"capacity\"}"),
+        30,
+        |v| v > 1.7e9,
+    )
+    .await;
+    prom.wait_for(&q("up{job=\"llmload\"}"), 30, |v| v == 1.0)
+        .await;
+
+    // The control API.
+    assert_eq!(get(&d.url("/healthz")).await.0, 200);
+    assert_eq!(get(&d.url("/readyz")).await.0, 200);
+    let png = get(&d.url(&format!("/api/v1/runs/{id}/plot.png"))).await;
+    assert_eq!(png.0, 200);
+    assert_eq!(get(&d.url("/api/v1/runs/nope")).await.0, 404);
+    assert_eq!(get(&d.url("/api/v1/runs/nope/plot.png")).await.0, 404);
+    assert_eq!(get(&d.url("/api/v1/nothing")).await.0, 404);
+    let (s, body) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), None).await;
+    assert_eq!(s, 401, "{body}");
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), Some("wrong")).await;
+    assert_eq!(s, 401);
+    let (s, body) = post_empty(&d.url("/api/v1/jobs/nope/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+    let (s, _) = post_empty(&d.url("/api/v1/runs/current/stop"), Some(TOKEN)).await;
+    assert_eq!(s, 404, "nothing runs yet");
+    let (s, body) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 202, "{body}");
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 409, "already running");
+    let status = d
+        .wait_json("/api/v1/status", 10, |v| {
+            v["running"].as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await;
+    let running = &status["running"][0];
+    assert_eq!(running["job"], "capacity");
+    assert_eq!(running["kind"], "sweep");
+    assert_eq!(running["levels"], 2);
+    assert!(running["in_flight"].is_number());
+    let (s, body) = post_empty(&d.url("/api/v1/runs/current/stop"), Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["stopped"].as_array().unwrap().len(), 1);
+    let runs = d
+        .wait_json("/api/v1/runs", 20, |v| {
+            v["runs"].as_array().unwrap().len() == 2 && v["runs"][0]["status"] == "partial"
+        })
+        .await;
+    assert_eq!(runs["runs"][1]["status"], "complete", "newest first");
+
+    // The key never shows up anywhere the daemon writes or serves.
+    let (_, metrics) = get(&d.url("/metrics")).await;
+    assert!(!metrics.contains("SECRET"));
+    assert!(!d.log_text().contains("SECRET"));
+    for entry in walk(&tmp.path().join("results")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"SECRET"),
+            "{}",
+            entry.display()
+        );
+    }
+    mock.shutdown().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_sweep_writes_partial_results_and_exits_0() {
+    let mock = start_mock(fast_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}\n[[job]]\nname = \"long\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 5, 5]\nduration = \"3s\"\nschedule = \"at_start\"\n",
+            target("t", &mock.chat_url(), &dataset, "")
+        ),
+    );
+    let mut d = Daemon::start(&cfg, &[]).await;
+    d.wait_json("/api/v1/status", 20, |v| {
+        v["running"][0]["completed"].as_u64().unwrap_or(0) >= 3
+    })
+    .await;
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(20), d.child.wait())
+        .await
+        .expect("daemon exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "stopped within the grace period"
+    );
+    let results = tmp.path().join("results");
+    let index = std::fs::read_to_string(results.join("index.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(index.lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "partial");
+    let dir = results.join(last["dir"].as_str().unwrap());
+    let meta = read_json(&dir.join("metadata.json"));
+    assert_eq!(meta["partial"], true);
+    assert_eq!(meta["status"], "partial");
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    assert_eq!(levels.as_array().unwrap().len(), 1);
+    assert_eq!(levels[0]["interrupted"], true);
+    let sent = levels[0]["sent"].as_u64().unwrap();
+    assert!(sent >= 3);
+    assert_eq!(
+        sent,
+        levels[0]["succeeded"].as_u64().unwrap() + levels[0]["failed"].as_u64().unwrap()
+    );
+    // In-flight requests finished during the grace: nothing was cancelled.
+    assert!(
+        levels[0]["errors"].get("cancelled").is_none(),
+        "{}",
+        levels[0]["errors"]
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_pauses_for_a_sweep_then_resumes() {
+    let mock = start_mock(fast_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}\n[[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 10\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"sweep\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [3]\nduration = \"2s\"\nschedule = \"0 0 1 1 *\"\n",
+            target("t", &mock.chat_url(), &dataset, "")
+        ),
+    );
+    let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;
+    // The soak writes snapshots while it runs.
+    let status = d
+        .wait_json("/api/v1/status", 20, |v| {
+            v["running"][0]["completed"].as_u64().unwrap_or(0) >= 10
+        })
+        .await;
+    let soak_run = status["running"][0]["run_id"].as_str().unwrap().to_string();
+    let runs = d
+        .wait_json("/api/v1/runs", 5, |v| v["runs"][0]["id"].is_string())
+        .await;
+    let soak_dir = tmp
+        .path()
+        .join("results")
+        .join(runs["runs"][0]["dir"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !soak_dir.join("benchmark_qps_results.json").exists() {
+        assert!(Instant::now() < deadline, "no soak snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/sweep/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 202);
+    let status = d
+        .wait_json("/api/v1/status", 10, |v| {
+            v["running"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x["job"] == "sweep"))
+        })
+        .await;
+    let soak = status["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["job"] == "soak")
+        .unwrap()
+        .clone();
+    assert_eq!(soak["paused"], true, "{status}");
+    let during = soak["scheduled"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, body) = get(&d.url("/api/v1/status")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let soak_now = v["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["job"] == "soak")
+        .unwrap()
+        .clone();
+    assert!(
+        soak_now["scheduled"].as_u64().unwrap() <= during + 1,
+        "a paused soak sends nothing"
+    );
+    // After the sweep the soak resumes.
+    let resumed = d
+        .wait_json("/api/v1/status", 15, |v| {
+            let r = v["running"].as_array().unwrap();
+            r.len() == 1 && r[0]["job"] == "soak" && r[0]["paused"] == false
+        })
+        .await;
+    let before = resumed["running"][0]["scheduled"].as_u64().unwrap();
+    d.wait_json("/api/v1/status", 10, |v| {
+        v["running"][0]["scheduled"].as_u64().unwrap_or(0) >= before + 5
+    })
+    .await;
+    let (_, metrics) = get(&d.url("/metrics")).await;
+    assert!(
+        metrics.contains("llmload_soak_pauses_total{job=\"soak\"} 1"),
+        "{metrics}"
+    );
+    // Stop the soak: its results are written, marked partial.
+    let (s, body) = post_empty(&d.url("/api/v1/runs/current/stop"), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["stopped"][0], soak_run);
+    let runs = d
+        .wait_json("/api/v1/runs?job=soak", 15, |v| {
+            v["runs"][0]["status"] == "partial"
+        })
+        .await;
+    let dir = tmp
+        .path()
+        .join("results")
+        .join(runs["runs"][0]["dir"].as_str().unwrap());
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    let l = &levels[0];
+    assert_eq!(l["qps_target"], 10.0);
+    assert!(l["succeeded"].as_u64().unwrap() >= 12, "{l}");
+    // The time paused is not counted as sending time: the rate stays true.
+    let actual = l["actual_qps"].as_f64().unwrap();
+    assert!((8.0..=11.0).contains(&actual), "actual_qps {actual}");
+    assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));
+    mock.shutdown().await;
+}
+
+#[test]
+fn check_validates_and_prints_the_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(tmp.path());
+    // The issue's file, exactly as written.
+    let example = r#"[server]
+listen = "127.0.0.1:9464"
+results_dir = "results"
+
+[[target]]
+name = "staging-llama"
+endpoint = "http://127.0.0.1:8000/v1/chat/completions"
+model = "meta-llama/Llama-3.1-8B-Instruct"
+dataset = "conversations.json"
+api_key_env = "STAGING_API_KEY"     # or api_key_file = "/run/secrets/key"
+
+[[job]]
+name = "nightly-sweep"
+target = "staging-llama"
+kind = "sweep"
+qps = [1, 5, 10, 20]
+duration = "60s"
+schedule = "0 3 * * *"              # cron; or "every 6h"; or "at_start"
+
+[[job]]
+name = "soak"
+target = "staging-llama"
+kind = "soak"
+qps = 5
+duration = "forever"                # or "24h"
+snapshot_every = "10m"
+schedule = "at_start"
+"#;
+    let p = tmp.path().join("llmload.toml");
+    std::fs::write(&p, example).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["daemon", "--config", p.to_str().unwrap(), "--check"])
+        .env("STAGING_API_KEY", "x")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK (1 target(s), 2 job(s))"), "{stdout}");
+    assert!(stdout.contains("job nightly-sweep (sweep) on staging-llama: qps [1, 5, 10, 20] x 1m, cron '0 3 * * *' (UTC)"), "{stdout}");
+    assert!(stdout.contains("T03:00:00+00:00"), "{stdout}");
+    assert!(
+        stdout.contains("job soak (soak) on staging-llama: qps [5] x forever, at_start"),
+        "{stdout}"
+    );
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        example
+            .replace("qps = 5\n", "qps = -5\n")
+            .replace("\"0 3 * * *\"", "\"sometimes\"")
+            .replace(
+                "target = \"staging-llama\"\nkind = \"soak\"",
+                "target = \"prod\"\nkind = \"soak\"",
+            ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["daemon", "--config", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    assert!(stderr.contains("job[0].schedule: 'sometimes'"), "{stderr}");
+    assert!(
+        stderr.contains("job[1].target: no target named 'prod'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("job[1].qps: -5 must be a rate above 0"),
+        "{stderr}"
+    );
+}
+
+/// The metrics table in the README, between its markers: (name, type).
+fn readme_metrics() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- metrics:start -->")
+        .expect("README metrics markers");
+    let end = readme.find("<!-- metrics:end -->").unwrap();
+    readme[start..end]
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cols.len() > 3 && cols[1].starts_with("`llmload_"))
+                .then(|| (cols[1].trim_matches('`').to_string(), cols[2].to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_readme_lists_moves() {
+    let fast = start_mock(fast_mock()).await;
+    let mut slow_cfg = fast_mock();
+    slow_cfg.capacity.ttft = Duration::from_millis(800);
+    let slow = start_mock(slow_cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    // A file where the "broken" target's directory should be: its runs
+    // cannot be written (works even as root, unlike chmod).
+    std::fs::write(results.join("broken"), "not a directory").unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}{}{}\
+             [[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"1.5s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"drops\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n",
+            target("t", &fast.chat_url(), &dataset, "keep_runs = 1"),
+            target("slow", &slow.chat_url(), &dataset, "max_in_flight = 2"),
+            target("broken", &fast.chat_url(), &dataset, ""),
+        ),
+    );
+    let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;
+    // First sweep completes; the soak (delayed by it) then runs.
+    d.wait_json("/api/v1/runs?job=capacity", 30, |v| {
+        v["runs"][0]["status"] == "complete"
+    })
+    .await;
+    d.wait_json("/api/v1/status", 15, |v| {
+        v["running"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|x| x["job"] == "soak" && x["completed"].as_u64().unwrap_or(0) > 2)
+        })
+    })
+    .await;
+    // Freeze the whole daemon for 600 ms (three soak sends at 5/s): its
+    // sends fall behind schedule, as under CPU starvation, and must be
+    // counted late.
+    d.signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    d.signal(libc::SIGCONT);
+    // A second sweep pauses the soak; retention (keep_runs = 1) prunes.
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 202);
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 409);
+    d.wait_json("/api/v1/runs?job=capacity", 30, |v| {
+        v["runs"].as_array().unwrap().len() == 1 && v["runs"][0]["status"] == "complete"
+    })
+    .await;
+    let status = d
+        .wait_json("/api/v1/status", 10, |v| {
+            v["results_write_errors"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert!(
+        status["last_write_error"]
+            .as_str()
+            .unwrap()
+            .contains("broken"),
+        "{status}"
+    );
+    assert_eq!(
+        status["ready"], true,
+        "the daemon keeps running after a write failure"
+    );
+
+    let (_, text) = get(&d.url("/metrics")).await;
+    let listed = readme_metrics();
+    assert!(listed.len() >= 25, "README lists {} metrics", listed.len());
+    for (name, kind) in &listed {
+        let series = match kind.as_str() {
+            "histogram" => format!("{name}_count"),
+            _ => name.clone(),
+        };
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{series}{{")) || l.starts_with(&format!("{series} "))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "{name} ({kind}) is not exported:\n{text}"
+        );
+        if kind == "counter" || kind == "histogram" {
+            assert!(
+                values.iter().any(|v| *v > 0.0),
+                "{name} never moved: {values:?}"
+            );
+        }
+    }
+    // And nothing is exported that the README does not document.
+    for l in text.lines().filter(|l| l.starts_with("# TYPE llmload_")) {
+        let name = l.split_whitespace().nth(2).unwrap();
+        assert!(
+            listed.iter().any(|(n, _)| n == name),
+            "{name} is exported but not in the README"
+        );
+    }
+    fast.shutdown().await;
+    slow.shutdown().await;
+}
