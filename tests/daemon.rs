@@ -524,7 +524,8 @@ async fn every_metric_the_readme_lists_moves() {
              [[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"1.5s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"drops\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
-             [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n",
+             [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n",
             target("t", &fast.chat_url(), &dataset, "keep_runs = 1"),
             target("slow", &slow.chat_url(), &dataset, "max_in_flight = 2"),
             target("broken", &fast.chat_url(), &dataset, ""),

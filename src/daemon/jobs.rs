@@ -193,6 +193,11 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         .runs
         .with_label_values(&[&t.name, &job.name, job.kind.as_str(), "started"])
         .inc();
+    state
+        .metrics
+        .job_running
+        .with_label_values(&[&t.name, &job.name, job.kind.as_str()])
+        .set(1);
     tracing::info!(job = %job.name, target = %t.name, run = %active.run_id, "run started");
     Ok(Started {
         active,
@@ -240,6 +245,11 @@ fn finish_run(state: &Arc<State>, job: &Job, slot: &TargetSlot, s: &Started, end
         .metrics
         .current_level
         .with_label_values(&[&t.name, &job.name])
+        .set(0);
+    state
+        .metrics
+        .job_running
+        .with_label_values(&[&t.name, &job.name, job.kind.as_str()])
         .set(0);
     s.job_metrics.target_qps.set(0.0);
     s.job_metrics.achieved_qps.set(0.0);

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub last_success: GaugeVec,
     pub last_duration: GaugeVec,
     pub up: IntGauge,
+    pub start_time: Gauge,
+    pub job_running: IntGaugeVec,
+    pub schedule_interval: GaugeVec,
 }
 
 fn hist(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -243,6 +246,21 @@ impl Metrics {
                 &["target", "job"],
             ),
             up: IntGauge::new("daemon_up", "1 while the daemon runs.").expect("valid gauge"),
+            start_time: Gauge::new(
+                "daemon_start_time_seconds",
+                "Unix time the daemon started.",
+            )
+            .expect("valid gauge"),
+            job_running: igauge(
+                "job_running",
+                "1 while a run of the job is in progress (kind: sweep or soak).",
+                &["target", "job", "kind"],
+            ),
+            schedule_interval: gauge(
+                "job_schedule_interval_seconds",
+                "Nominal time between fires of a scheduled job (absent for at_start).",
+                &["target", "job"],
+            ),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -276,6 +294,9 @@ impl Metrics {
             Box::new(m.last_success.clone()),
             Box::new(m.last_duration.clone()),
             Box::new(m.up.clone()),
+            Box::new(m.start_time.clone()),
+            Box::new(m.job_running.clone()),
+            Box::new(m.schedule_interval.clone()),
         ];
         for c in all {
             m.registry.register(c).expect("metric names are unique");

@@ -92,6 +92,24 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> u8 {
     state.metrics.up.set(1);
+    state
+        .metrics
+        .start_time
+        .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    for job in &state.config.jobs {
+        state
+            .metrics
+            .job_running
+            .with_label_values(&[&job.target, &job.name, job.kind.as_str()])
+            .set(0);
+        if let Some(i) = job.schedule.interval(chrono::Utc::now()) {
+            state
+                .metrics
+                .schedule_interval
+                .with_label_values(&[&job.target, &job.name])
+                .set(i.as_secs_f64());
+        }
+    }
     let server = tokio::spawn(crate::serve::serve(
         listener,
         api::router(state.clone()),
