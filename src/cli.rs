@@ -33,6 +33,8 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Re-draw benchmark_qps.png from a results directory.
     Plot(PlotArgs),
+    /// Print the Prometheus alert rules, thresholds filled in.
+    AlertRules(AlertRulesArgs),
 }
 
 fn parse_qps_list(s: &str) -> Result<Vec<f64>, String> {
@@ -296,4 +298,17 @@ pub struct PlotArgs {
     /// PNG file name inside the directory.
     #[arg(long, default_value = "benchmark_qps.png")]
     pub output: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AlertRulesArgs {
+    /// Override a threshold or window: NAME=VALUE. Repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Render this template instead of the built-in one.
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// List the parameters and their defaults.
+    #[arg(long)]
+    pub list: bool,
 }

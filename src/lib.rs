@@ -22,6 +22,7 @@
 //! * [`mock`]: the built-in OpenAI-compatible endpoint with a capacity model.
 //! * [`cli`]: command-line definitions and the `run` glue.
 
+pub mod alerts;
 pub mod chunk;
 pub mod cli;
 pub mod client;

@@ -1,5 +1,6 @@
 //! The subcommands: thin glue from parsed flags to the library.
 
+pub mod alert_rules;
 pub mod mock;
 pub mod plot;
 pub mod run;
@@ -13,5 +14,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Mock(args) => mock::mock(*args).await,
         Command::Daemon(args) => crate::daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),
+        Command::AlertRules(args) => alert_rules::alert_rules(args),
     }
 }

@@ -246,11 +246,8 @@ impl Metrics {
                 &["target", "job"],
             ),
             up: IntGauge::new("daemon_up", "1 while the daemon runs.").expect("valid gauge"),
-            start_time: Gauge::new(
-                "daemon_start_time_seconds",
-                "Unix time the daemon started.",
-            )
-            .expect("valid gauge"),
+            start_time: Gauge::new("daemon_start_time_seconds", "Unix time the daemon started.")
+                .expect("valid gauge"),
             job_running: igauge(
                 "job_running",
                 "1 while a run of the job is in progress (kind: sweep or soak).",
