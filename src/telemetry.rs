@@ -273,7 +273,11 @@ impl Telemetry {
         let resource = resource
             .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))])
             .build();
+        // Our own sampling (KeepProcessor) needs every span recorded; the
+        // SDK would otherwise apply OTEL_TRACES_SAMPLER itself and drop the
+        // sweep and level spans, and the failures, too.
         let provider = SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .with_span_processor(KeepProcessor { inner: batch })
             .with_resource(resource)
             .build();

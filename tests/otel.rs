@@ -1,0 +1,468 @@
+//! OpenTelemetry traces: a real OTLP/HTTP receiver written here decodes
+//! the exported protobuf (`opentelemetry-proto` + prost) and the tests
+//! check the tree, the attributes, error spans, sampling and propagation.
+
+mod common;
+
+use axum::body::Bytes;
+use common::*;
+use llmload::mock::capacity::CapacityModel;
+use llmload::mock::{MockConfig, OutputTokens};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An in-process OTLP/HTTP traces receiver on 127.0.0.1:0.
+struct Receiver {
+    url: String,
+    spans: Arc<Mutex<Vec<Span>>>,
+    resources: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+async fn receiver() -> Receiver {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let resources = Arc::new(Mutex::new(Vec::new()));
+    let (s2, r2) = (spans.clone(), resources.clone());
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let (spans, resources) = (s2.clone(), r2.clone());
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+                for rs in req.resource_spans {
+                    if let Some(r) = rs.resource {
+                        resources.lock().unwrap().push(attrs_of(&r.attributes));
+                    }
+                    for ss in rs.scope_spans {
+                        spans.lock().unwrap().extend(ss.spans);
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        url: format!("http://{addr}"),
+        spans,
+        resources,
+    }
+}
+
+fn value_str(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|a| a.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::ArrayValue(a)) => format!(
+            "[{}]",
+            a.values
+                .iter()
+                .map(|x| value_str(&Some(x.clone())))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attrs_of(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), value_str(&kv.value)))
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn mock_cfg(error_fraction: f64) -> MockConfig {
+    MockConfig {
+        capacity: CapacityModel {
+            slots: 16,
+            queue: 16,
+            ttft: Duration::from_millis(15),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_millis(2),
+            tpot_growth: 0.0,
+        },
+        output_tokens: Some(OutputTokens::Cap(8)),
+        faults: vec![llmload::mock::faults::FaultSpec {
+            kind: llmload::mock::faults::FaultKind::Http503,
+            fraction: error_fraction,
+        }],
+        seed: 3,
+        ..MockConfig::default()
+    }
+}
+
+async fn run_with_traces(mock: &llmload::mock::MockServer, rx: &Receiver, envs: &[(&str, &str)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args([
+        "run",
+        "--endpoint",
+        &mock.chat_url(),
+        "--model",
+        "m",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--qps",
+        "10,20",
+        "--duration",
+        "1",
+        "--results-dir",
+        tmp.path().join("r").to_str().unwrap(),
+        "--otlp-endpoint",
+        &rx.url,
+    ])
+    .env("LLMLOAD_API_KEY", "sk-otel-SECRET-42")
+    .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_level_request_tree_with_genai_attributes_and_propagation() {
+    let mock = start_mock(mock_cfg(0.2)).await;
+    let rx = receiver().await;
+    run_with_traces(&mock, &rx, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
+    let spans = rx.spans.lock().unwrap().clone();
+
+    let roots: Vec<&Span> = spans.iter().filter(|s| s.name == "llmload.sweep").collect();
+    assert_eq!(roots.len(), 1, "one sweep span");
+    let root = roots[0];
+    assert!(root.parent_span_id.is_empty());
+    let ra = attrs_of(&root.attributes);
+    assert_eq!(ra["gen_ai.request.model"], "m");
+    assert_eq!(ra["llmload.qps_levels"], "[10,20]");
+    assert!(
+        ra.contains_key("llmload.max_qps_without_errors")
+            || ra.contains_key("llmload.saturation_qps")
+    );
+
+    let levels: Vec<&Span> = spans.iter().filter(|s| s.name == "llmload.level").collect();
+    assert_eq!(levels.len(), 2);
+    for l in &levels {
+        assert_eq!(l.parent_span_id, root.span_id);
+        assert_eq!(l.trace_id, root.trace_id);
+        let a = attrs_of(&l.attributes);
+        for k in [
+            "llmload.qps.target",
+            "llmload.qps.achieved",
+            "llmload.success_rate",
+            "llmload.ttft.p95",
+            "llmload.e2e.p95",
+        ] {
+            assert!(a.contains_key(k), "level span lacks {k}");
+        }
+    }
+    let level_ids: Vec<&Vec<u8>> = levels.iter().map(|l| &l.span_id).collect();
+
+    let requests: Vec<&Span> = spans.iter().filter(|s| s.name == "chat m").collect();
+    assert_eq!(requests.len(), 30, "every request has a span (ratio 1)");
+    let mut errors = 0;
+    for r in &requests {
+        assert_eq!(r.kind, 3, "SPAN_KIND_CLIENT");
+        assert!(
+            level_ids.contains(&&r.parent_span_id),
+            "request under a level"
+        );
+        assert_eq!(r.trace_id, root.trace_id);
+        let a = attrs_of(&r.attributes);
+        for (k, v) in [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", "openai"),
+            ("gen_ai.request.model", "m"),
+            ("gen_ai.request.max_tokens", "512"),
+            ("gen_ai.request.temperature", "0.7"),
+            ("gen_ai.request.stream", "true"),
+            ("server.address", "127.0.0.1"),
+        ] {
+            assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} in {a:?}");
+        }
+        assert_eq!(a["server.port"], mock.addr.port().to_string());
+        assert!(a.contains_key("llmload.scheduled_offset_s"));
+        assert!(a.contains_key("llmload.send_lag_s"));
+        let status = r.status.as_ref().map(|s| s.code).unwrap_or(0);
+        if a.get("http.response.status_code").map(String::as_str) == Some("503") {
+            errors += 1;
+            assert_eq!(a["error.type"], "503");
+            assert_eq!(status, 2, "STATUS_CODE_ERROR");
+        } else {
+            assert_eq!(a["http.response.status_code"], "200");
+            assert!(a["gen_ai.response.id"].starts_with("chatcmpl-mock-"));
+            assert_eq!(a["gen_ai.response.model"], "m");
+            assert_eq!(a["gen_ai.response.finish_reasons"], "[stop]");
+            assert_eq!(a["gen_ai.usage.output_tokens"], "8");
+            assert!(a["gen_ai.usage.input_tokens"].parse::<u32>().unwrap() > 0);
+            let ttft: f64 = a["gen_ai.response.time_to_first_chunk"].parse().unwrap();
+            assert!((0.014..0.05).contains(&ttft), "{ttft}");
+            assert!(a.contains_key("llmload.tpot_s"));
+            assert!(!a.contains_key("error.type"));
+            assert!(r.events.iter().any(|e| e.name == "llmload.first_token"));
+            // The span starts at the scheduled send and lasts the E2E.
+            let dur = (r.end_time_unix_nano - r.start_time_unix_nano) as f64 / 1e9;
+            assert!((0.02..0.2).contains(&dur), "duration {dur}");
+        }
+    }
+    assert!(errors >= 2, "20% injected 503s: {errors}");
+
+    // The mock received a traceparent on every request, naming our trace
+    // and the exported span.
+    let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
+    let truth: Vec<serde_json::Value> = serde_json::from_str(&truth).unwrap();
+    assert_eq!(truth.len(), 30);
+    let span_ids: std::collections::HashSet<String> =
+        requests.iter().map(|r| hex(&r.span_id)).collect();
+    for t in &truth {
+        let tp = t["traceparent"].as_str().expect("traceparent sent");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], hex(&root.trace_id));
+        assert!(
+            span_ids.contains(parts[2]),
+            "traceparent span {} was exported",
+            parts[2]
+        );
+        assert_eq!(parts[3], "01");
+    }
+
+    // Resource: the service name from OTEL_SERVICE_NAME; no key anywhere.
+    let res = rx.resources.lock().unwrap().clone();
+    assert!(res.iter().all(|r| r["service.name"] == "capacity-tests"));
+    for s in &spans {
+        for kv in &s.attributes {
+            assert!(!value_str(&kv.value).contains("SECRET"));
+        }
+    }
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ratio_sampling_keeps_every_failure_and_all_structure() {
+    let mock = start_mock(mock_cfg(0.2)).await;
+    let rx = receiver().await;
+    run_with_traces(
+        &mock,
+        &rx,
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    let spans = rx.spans.lock().unwrap().clone();
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "llmload.sweep").count(),
+        1
+    );
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "llmload.level").count(),
+        2
+    );
+    let requests: Vec<&Span> = spans.iter().filter(|s| s.name == "chat m").collect();
+    let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
+    let truth: Vec<serde_json::Value> = serde_json::from_str(&truth).unwrap();
+    let failed = truth.iter().filter(|t| t["status"] == 503).count();
+    assert!(failed >= 2);
+    assert_eq!(
+        requests.len(),
+        failed,
+        "ratio 0: only the failures are exported"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| attrs_of(&r.attributes)["error.type"] == "503")
+    );
+    // The server was told not to sample.
+    assert!(
+        truth
+            .iter()
+            .all(|t| t["traceparent"].as_str().unwrap().ends_with("-00"))
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_export_and_no_header_unless_asked() {
+    let mock = start_mock(mock_cfg(0.0)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "5",
+            "--duration",
+            "0.6",
+            "--results-dir",
+            tmp.path().join("r").to_str().unwrap(),
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
+    let truth: Vec<serde_json::Value> = serde_json::from_str(&truth).unwrap();
+    assert_eq!(truth.len(), 3);
+    assert!(truth.iter().all(|t| t.get("traceparent").is_none()));
+
+    // With traces on but propagation off: spans, no header.
+    let rx = receiver().await;
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "5",
+            "--duration",
+            "0.6",
+            "--results-dir",
+            tmp.path().join("r").to_str().unwrap(),
+            "--no-trace-propagation",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rx.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name == "chat m")
+            .count(),
+        3
+    );
+    let (_, truth) = get(&format!("{}/debug/requests?since=3", mock.base_url())).await;
+    let truth: Vec<serde_json::Value> = serde_json::from_str(&truth).unwrap();
+    assert_eq!(truth.len(), 3);
+    assert!(truth.iter().all(|t| t.get("traceparent").is_none()));
+
+    // grpc is refused with a clear message, before any load.
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http/protobuf"));
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_sweeps_are_traced_and_a_dead_collector_is_harmless() {
+    let mock = start_mock(mock_cfg(0.0)).await;
+    let rx = receiver().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let cfg = tmp.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nresults_dir = \"{}\"\n[telemetry]\notlp_endpoint = \"{}\"\n\
+             [[target]]\nname = \"t\"\nendpoint = \"{}\"\nmodel = \"m\"\ndataset = \"{}\"\n\
+             [[job]]\nname = \"traced\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [10]\nduration = \"1s\"\nschedule = \"at_start\"\n",
+            tmp.path().join("results").display(),
+            rx.url,
+            mock.chat_url(),
+            dataset.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&cfg, &[]).await;
+    d.wait_json("/api/v1/runs", 20, |v| v["runs"][0]["status"] == "complete")
+        .await;
+    d.signal(libc::SIGTERM);
+    tokio::time::timeout(Duration::from_secs(20), d.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let spans = rx.spans.lock().unwrap().clone();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "llmload.sweep")
+        .expect("sweep span");
+    assert_eq!(attrs_of(&root.attributes)["llmload.job"], "traced");
+    assert_eq!(spans.iter().filter(|s| s.name == "chat m").count(), 10);
+
+    // A collector that is down: the run completes, the failure is logged.
+    let port = free_port();
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "5",
+            "--duration",
+            "0.6",
+            "--results-dir",
+            tmp.path().join("r").to_str().unwrap(),
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mock.shutdown().await;
+}
