@@ -35,6 +35,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// Print the Prometheus alert rules, thresholds filled in.
     AlertRules(AlertRulesArgs),
+    /// Measure the load generator itself: throughput, cost, accuracy, memory.
+    Selftest(SelftestArgs),
 }
 
 fn parse_qps_list(s: &str) -> Result<Vec<f64>, String> {
@@ -311,4 +313,17 @@ pub struct AlertRulesArgs {
     /// List the parameters and their defaults.
     #[arg(long)]
     pub list: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SelftestArgs {
+    /// Shorter probes, 2x10^5 requests for the memory check (about 2 minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Do not use nginx as the bulk server even if it is installed.
+    #[arg(long)]
+    pub skip_nginx: bool,
+    /// Exit 1 when a target is missed.
+    #[arg(long)]
+    pub strict: bool,
 }

@@ -43,6 +43,7 @@ pub mod runner;
 pub mod saturation;
 pub mod schedule;
 pub mod secret;
+pub mod selftest;
 pub mod serve;
 pub mod signals;
 pub mod sse;

@@ -4,6 +4,7 @@ pub mod alert_rules;
 pub mod mock;
 pub mod plot;
 pub mod run;
+pub mod selftest;
 
 use crate::cli::{Cli, Command};
 
@@ -15,5 +16,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon(args) => crate::daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),
         Command::AlertRules(args) => alert_rules::alert_rules(args),
+        Command::Selftest(args) => selftest::selftest(args).await,
     }
 }

@@ -1,0 +1,22 @@
+//! `llmload selftest`: measure the client itself (see `selftest` module).
+
+use crate::cli::SelftestArgs;
+use crate::error::{EXIT_FAILURE, EXIT_OK};
+
+pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
+    let opts = crate::selftest::Options {
+        quick: args.quick,
+        skip_nginx: args.skip_nginx,
+    };
+    let log = |l: &str| eprintln!("{l}");
+    let report = crate::selftest::run(&opts, &log)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print!("{}", crate::selftest::render(&report));
+    println!("{}", serde_json::json!({ "selftest": report }));
+    Ok(if args.strict && report.targets.iter().any(|t| !t.1) {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    })
+}
