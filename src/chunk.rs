@@ -6,10 +6,7 @@
 //! purpose-built types skips everything else (logprobs, ids of every chunk)
 //! and allocates nothing for unescaped strings.
 
-use serde::Deserialize;
-use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use std::borrow::Cow;
-use std::fmt;
 
 /// Why generation stopped, as reported in `finish_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -76,180 +73,503 @@ pub enum Payload<'a> {
     Chunk(ChunkInfo<'a>),
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("chunk is not valid JSON: {0}")]
-pub struct ChunkError(#[from] serde_json::Error);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk is not valid JSON: {what} at byte {at}")]
+pub struct ChunkError {
+    pub what: &'static str,
+    pub at: usize,
+}
 
 /// Read one `data:` payload.
+///
+/// A purpose-built scanner walks the JSON once: it reads the handful of
+/// fields we need (which strings are non-empty, `finish_reason`, `usage`,
+/// `error`, and `id`/`model`) and skips everything else without decoding
+/// it. No tree, no allocation for unescaped strings, no UTF-8 validation
+/// of text we never look at. Structure is still checked: a truncated or
+/// malformed chunk is an error. `reference::parse` (serde, tests only)
+/// gives the same answers; a property test holds them to it.
 pub fn parse(data: &[u8]) -> Result<Payload<'_>, ChunkError> {
+    parse_with(data, true)
+}
+
+/// [`parse`], reading `id` and `model` only when `want_ids` (the client
+/// needs them once per request, for traces; skipping them saves a UTF-8
+/// check of two strings per chunk).
+pub fn parse_with(data: &[u8], want_ids: bool) -> Result<Payload<'_>, ChunkError> {
     let trimmed = data.trim_ascii();
     if trimmed == b"[DONE]" {
         return Ok(Payload::Done);
     }
-    let raw: RawChunk<'_> = serde_json::from_slice(trimmed)?;
-    let choices = raw.choices.unwrap_or_default();
-    Ok(Payload::Chunk(ChunkInfo {
-        content: choices.content,
-        other_tokens: choices.other_tokens,
-        finish: choices.finish,
-        completion_tokens: raw.usage.as_ref().and_then(|u| u.completion_tokens),
-        prompt_tokens: raw.usage.as_ref().and_then(|u| u.prompt_tokens),
-        error: raw.error.is_some_and(|e| !matches!(e, MaybeNull::Null)),
-        id: raw.id,
-        model: raw.model,
-    }))
-}
-
-#[derive(Deserialize)]
-struct RawChunk<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    choices: Option<Choices>,
-    #[serde(default)]
-    usage: Option<RawUsage>,
-    #[serde(default)]
-    error: Option<MaybeNull>,
-}
-
-#[derive(Deserialize)]
-struct RawUsage {
-    #[serde(default)]
-    completion_tokens: Option<u32>,
-    #[serde(default)]
-    prompt_tokens: Option<u32>,
-}
-
-/// `null` or anything else, without keeping it.
-enum MaybeNull {
-    Null,
-    Some,
-}
-
-impl<'de> Deserialize<'de> for MaybeNull {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MaybeNull;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("anything")
+    let mut sc = Scanner { b: trimmed, i: 0 };
+    let mut info = ChunkInfo::default();
+    sc.ws();
+    sc.object(|sc, key| match key {
+        b"id" if want_ids => {
+            info.id = sc.opt_str()?;
+            Ok(())
+        }
+        b"model" if want_ids => {
+            info.model = sc.opt_str()?;
+            Ok(())
+        }
+        b"choices" => {
+            if !sc.null()? {
+                sc.array(|sc| {
+                    if sc.null()? {
+                        return Ok(());
+                    }
+                    sc.object(|sc, k| match k {
+                        b"delta" => {
+                            if sc.null()? {
+                                return Ok(());
+                            }
+                            sc.object(|sc, dk| match dk {
+                                b"content" => {
+                                    info.content |= sc.non_empty()?;
+                                    Ok(())
+                                }
+                                b"reasoning_content" | b"reasoning" | b"tool_calls" => {
+                                    info.other_tokens |= sc.non_empty()?;
+                                    Ok(())
+                                }
+                                _ => sc.skip_value(0),
+                            })
+                        }
+                        b"text" => {
+                            info.content |= sc.non_empty()?;
+                            Ok(())
+                        }
+                        b"finish_reason" => {
+                            if let Some(r) = sc.opt_str()? {
+                                info.finish = Some(FinishReason::parse(&r));
+                            }
+                            Ok(())
+                        }
+                        _ => sc.skip_value(0),
+                    })
+                })?;
             }
-            fn visit_unit<E>(self) -> Result<MaybeNull, E> {
-                Ok(MaybeNull::Null)
+            Ok(())
+        }
+        b"usage" => {
+            if !sc.null()? {
+                sc.object(|sc, uk| match uk {
+                    b"completion_tokens" => {
+                        info.completion_tokens = sc.opt_u32()?;
+                        Ok(())
+                    }
+                    b"prompt_tokens" => {
+                        info.prompt_tokens = sc.opt_u32()?;
+                        Ok(())
+                    }
+                    _ => sc.skip_value(0),
+                })?;
             }
-            fn visit_none<E>(self) -> Result<MaybeNull, E> {
-                Ok(MaybeNull::Null)
+            Ok(())
+        }
+        b"error" => {
+            info.error |= !sc.null()?;
+            if info.error {
+                sc.skip_value(0)?;
             }
-            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<MaybeNull, D::Error> {
-                IgnoredAny::deserialize(d)?;
-                Ok(MaybeNull::Some)
+            Ok(())
+        }
+        _ => sc.skip_value(0),
+    })?;
+    sc.ws();
+    if sc.i != sc.b.len() {
+        return Err(sc.err("trailing bytes"));
+    }
+    Ok(Payload::Chunk(info))
+}
+
+/// Nesting deeper than this is refused rather than recursed into.
+const MAX_DEPTH: usize = 64;
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+type Res<T> = Result<T, ChunkError>;
+
+impl<'a> Scanner<'a> {
+    fn err(&self, what: &'static str) -> ChunkError {
+        ChunkError { what, at: self.i }
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
             }
         }
-        // `deserialize_option` makes serde_json report null as none and
-        // hand everything else to visit_some.
-        d.deserialize_option(V)
     }
-}
 
-/// The `choices` array folded into three facts, without a `Vec`.
-#[derive(Default)]
-struct Choices {
-    content: bool,
-    other_tokens: bool,
-    finish: Option<FinishReason>,
-}
+    #[inline]
+    fn peek(&mut self) -> Res<u8> {
+        self.ws();
+        self.b
+            .get(self.i)
+            .copied()
+            .ok_or_else(|| self.err("unexpected end"))
+    }
 
-impl<'de> Deserialize<'de> for Choices {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choices;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of choices")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
-                let mut acc = Choices::default();
-                while let Some(c) = seq.next_element::<RawChoice<'de>>()? {
-                    if let Some(delta) = c.delta {
-                        acc.content |= delta.content.0;
-                        acc.other_tokens |= delta.reasoning_content.0
-                            || delta.reasoning.0
-                            || delta
-                                .tool_calls
-                                .is_some_and(|t| matches!(t, MaybeNull::Some));
+    fn eat(&mut self, c: u8) -> Res<()> {
+        if self.peek()? == c {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err("unexpected character"))
+        }
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Res<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("bad literal"))
+        }
+    }
+
+    /// Consume `null` if it is next; report whether it was.
+    fn null(&mut self) -> Res<bool> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// A string's raw bytes (escapes not decoded) and whether it had any.
+    /// The opening quote must be next.
+    fn raw_str(&mut self) -> Res<(&'a [u8], bool)> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            // Keys and most values are short: a plain loop over the first
+            // bytes beats SIMD set-up; long strings go to memchr.
+            let rest = &self.b[self.i..];
+            let found = match rest.iter().take(24).position(|&c| c == b'"' || c == b'\\') {
+                Some(off) => Some(off),
+                None if rest.len() <= 24 => None,
+                None => memchr::memchr2(b'"', b'\\', &rest[24..]).map(|o| o + 24),
+            };
+            match found {
+                None => {
+                    self.i = self.b.len();
+                    return Err(self.err("unterminated string"));
+                }
+                Some(off) => {
+                    self.i += off;
+                    if self.b[self.i] == b'"' {
+                        let s = &self.b[start..self.i];
+                        self.i += 1;
+                        return Ok((s, escaped));
                     }
-                    // Legacy /v1/completions chunks carry `text` instead of a delta.
-                    acc.content |= c.text.0;
-                    if let Some(r) = c.finish_reason {
-                        acc.finish = Some(FinishReason::parse(&r));
+                    escaped = true;
+                    // Skip the backslash and the escaped byte.
+                    self.i += 2;
+                    if self.i > self.b.len() {
+                        return Err(self.err("unterminated escape"));
                     }
                 }
-                Ok(acc)
             }
         }
-        d.deserialize_seq(V)
     }
-}
 
-#[derive(Deserialize)]
-struct RawChoice<'a> {
-    #[serde(default)]
-    delta: Option<RawDelta>,
-    #[serde(default)]
-    text: NonEmpty,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
-}
+    /// A string or null, decoded only when it has escapes.
+    fn opt_str(&mut self) -> Res<Option<Cow<'a, str>>> {
+        match self.peek()? {
+            b'"' => {
+                let at = self.i;
+                let (raw, escaped) = self.raw_str()?;
+                if escaped {
+                    let quoted = &self.b[at..self.i];
+                    serde_json::from_slice::<String>(quoted)
+                        .map(|s| Some(Cow::Owned(s)))
+                        .map_err(|_| self.err("bad string escape"))
+                } else {
+                    std::str::from_utf8(raw)
+                        .map(|s| Some(Cow::Borrowed(s)))
+                        .map_err(|_| self.err("invalid UTF-8"))
+                }
+            }
+            b'n' => self.literal(b"null").map(|_| None),
+            _ => self.skip_value(0).map(|_| None),
+        }
+    }
 
-#[derive(Deserialize)]
-struct RawDelta {
-    #[serde(default)]
-    content: NonEmpty,
-    #[serde(default)]
-    reasoning_content: NonEmpty,
-    #[serde(default)]
-    reasoning: NonEmpty,
-    #[serde(default)]
-    tool_calls: Option<MaybeNull>,
-}
-
-/// Whether a string field is present and non-empty, without copying it.
-#[derive(Default)]
-struct NonEmpty(bool);
-
-impl<'de> Deserialize<'de> for NonEmpty {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NonEmpty;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or null")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<NonEmpty, E> {
-                Ok(NonEmpty(!s.is_empty()))
-            }
-            fn visit_unit<E>(self) -> Result<NonEmpty, E> {
-                Ok(NonEmpty(false))
-            }
-            fn visit_none<E>(self) -> Result<NonEmpty, E> {
-                Ok(NonEmpty(false))
-            }
-            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<NonEmpty, D::Error> {
-                d.deserialize_any(V)
-            }
-            // Some servers send content as an array of parts; any non-empty
-            // value counts as text.
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
+    /// Whether the value is a non-empty string, a non-empty array or an
+    /// object (content parts, tool calls); consumes it either way.
+    fn non_empty(&mut self) -> Res<bool> {
+        match self.peek()? {
+            b'"' => self.raw_str().map(|(s, _)| !s.is_empty()),
+            b'[' => {
                 let mut any = false;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
+                self.array(|sc| {
                     any = true;
-                }
-                Ok(NonEmpty(any))
+                    sc.skip_value(1)
+                })?;
+                Ok(any)
+            }
+            b'{' => self.skip_value(0).map(|_| true),
+            _ => self.skip_value(0).map(|_| false),
+        }
+    }
+
+    /// A non-negative integer that fits u32, or null; other numbers are
+    /// skipped and read as absent.
+    fn opt_u32(&mut self) -> Res<Option<u32>> {
+        match self.peek()? {
+            b'0'..=b'9' => {
+                let start = self.i;
+                self.number()?;
+                let text = &self.b[start..self.i];
+                Ok(std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()))
+            }
+            b'n' => self.literal(b"null").map(|_| None),
+            _ => self.skip_value(0).map(|_| None),
+        }
+    }
+
+    fn number(&mut self) -> Res<()> {
+        let start = self.i;
+        while let Some(&c) = self.b.get(self.i) {
+            if c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E') {
+                self.i += 1;
+            } else {
+                break;
             }
         }
-        d.deserialize_option(V)
+        if self.i == start {
+            Err(self.err("expected a value"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Iterate an object's keys; `f` must consume each value.
+    fn object(&mut self, mut f: impl FnMut(&mut Self, &[u8]) -> Res<()>) -> Res<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            let (key, _) = self.raw_str()?;
+            self.eat(b':')?;
+            f(self, key)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or '}'")),
+            }
+        }
+    }
+
+    /// Iterate an array's elements; `f` must consume each element.
+    fn array(&mut self, mut f: impl FnMut(&mut Self) -> Res<()>) -> Res<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            f(self)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or ']'")),
+            }
+        }
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Res<()> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        match self.peek()? {
+            b'"' => self.raw_str().map(|_| ()),
+            b'{' => self.object(|sc, _| sc.skip_value(depth + 1)),
+            b'[' => self.array(|sc| sc.skip_value(depth + 1)),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+}
+
+/// The serde-based reader the scanner replaced, kept as the reference
+/// the property tests compare against.
+#[cfg(test)]
+pub mod reference {
+    use super::*;
+    use serde::Deserialize;
+    use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+    use std::fmt;
+
+    pub fn parse(data: &[u8]) -> Result<Payload<'_>, serde_json::Error> {
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            return Ok(Payload::Done);
+        }
+        let raw: RawChunk<'_> = serde_json::from_slice(trimmed)?;
+        let choices = raw.choices.unwrap_or_default();
+        Ok(Payload::Chunk(ChunkInfo {
+            content: choices.content,
+            other_tokens: choices.other_tokens,
+            finish: choices.finish,
+            completion_tokens: raw.usage.as_ref().and_then(|u| u.completion_tokens),
+            prompt_tokens: raw.usage.as_ref().and_then(|u| u.prompt_tokens),
+            error: raw.error.is_some_and(|e| e.0),
+            id: raw.id,
+            model: raw.model,
+        }))
+    }
+
+    #[derive(Deserialize)]
+    struct RawChunk<'a> {
+        #[serde(borrow, default)]
+        id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+        #[serde(default)]
+        choices: Option<Choices>,
+        #[serde(default)]
+        usage: Option<RawUsage>,
+        #[serde(default)]
+        error: Option<NonEmpty>,
+    }
+
+    #[derive(Deserialize)]
+    struct RawUsage {
+        #[serde(default)]
+        completion_tokens: Option<u32>,
+        #[serde(default)]
+        prompt_tokens: Option<u32>,
+    }
+
+    #[derive(Default)]
+    struct Choices {
+        content: bool,
+        other_tokens: bool,
+        finish: Option<FinishReason>,
+    }
+
+    impl<'de> Deserialize<'de> for Choices {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Choices;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an array of choices")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                    let mut acc = Choices::default();
+                    while let Some(c) = seq.next_element::<Option<RawChoice<'de>>>()? {
+                        let Some(c) = c else { continue };
+                        if let Some(delta) = c.delta {
+                            acc.content |= delta.content.0;
+                            acc.other_tokens |= delta.reasoning_content.0
+                                || delta.reasoning.0
+                                || delta.tool_calls.0;
+                        }
+                        acc.content |= c.text.0;
+                        if let Some(r) = c.finish_reason {
+                            acc.finish = Some(FinishReason::parse(&r));
+                        }
+                    }
+                    Ok(acc)
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct RawChoice<'a> {
+        #[serde(default)]
+        delta: Option<RawDelta>,
+        #[serde(default)]
+        text: NonEmpty,
+        #[serde(borrow, default)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct RawDelta {
+        #[serde(default)]
+        content: NonEmpty,
+        #[serde(default)]
+        reasoning_content: NonEmpty,
+        #[serde(default)]
+        reasoning: NonEmpty,
+        #[serde(default)]
+        tool_calls: NonEmpty,
+    }
+
+    /// Non-empty string, non-empty array, or any object.
+    #[derive(Default)]
+    struct NonEmpty(bool);
+
+    impl<'de> Deserialize<'de> for NonEmpty {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = NonEmpty;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("anything")
+                }
+                fn visit_str<E>(self, s: &str) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(!s.is_empty()))
+                }
+                fn visit_unit<E>(self) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(false))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(false))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(false))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(false))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<NonEmpty, E> {
+                    Ok(NonEmpty(false))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
+                    let mut any = false;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        any = true;
+                    }
+                    Ok(NonEmpty(any))
+                }
+                fn visit_map<A: de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<NonEmpty, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(NonEmpty(true))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 }
 
@@ -317,6 +637,167 @@ mod tests {
         assert!(chunk(r#"{"error":{"message":"overloaded","code":503}}"#).error);
         assert!(chunk(r#"{"object":"error","error":"boom"}"#).error);
         assert!(!chunk(r#"{"choices":[],"error":null}"#).error);
+    }
+
+    /// JSON for a chunk built from parts, keys in the given order.
+    fn chunk_json(parts: &[(String, String)]) -> String {
+        let body: Vec<String> = parts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    fn strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just("\"\"".to_string()),
+            Just("null".to_string()),
+            Just("\"hi\"".to_string()),
+            Just("\"h\\\"i\\\\ \\u00e9\"".to_string()),
+            Just("\"é€ 😀\"".to_string()),
+            Just("[]".to_string()),
+            Just("[{\"type\":\"text\",\"text\":\"x\"}]".to_string()),
+            Just("{\"a\":1}".to_string()),
+            Just("7".to_string()),
+        ];
+        let finish = prop_oneof![
+            Just("null".to_string()),
+            Just("\"stop\"".to_string()),
+            Just("\"length\"".to_string()),
+            Just("\"tool_calls\"".to_string()),
+            Just("\"weird\"".to_string()),
+        ];
+        let extra = prop_oneof![
+            Just(("logprobs".to_string(), "null".to_string())),
+            Just(("index".to_string(), "0".to_string())),
+            Just((
+                "x\\\"y".to_string(),
+                "[1,2.5e3,-4,true,false,{\"k\":[null]}]".to_string()
+            )),
+        ];
+        let delta = (
+            text.clone(),
+            text.clone(),
+            text.clone(),
+            text.clone(),
+            any::<[bool; 4]>(),
+        )
+            .prop_map(|(c, rc, r, tc, on)| {
+                let mut p = Vec::new();
+                if on[0] {
+                    p.push(("content".to_string(), c));
+                }
+                if on[1] {
+                    p.push(("reasoning_content".to_string(), rc));
+                }
+                if on[2] {
+                    p.push(("reasoning".to_string(), r));
+                }
+                if on[3] {
+                    p.push(("tool_calls".to_string(), tc));
+                }
+                chunk_json(&p)
+            });
+        let choice = (
+            prop::option::of(delta),
+            prop::option::of(text.clone()),
+            prop::option::of(finish),
+            prop::option::of(extra.clone()),
+        )
+            .prop_map(|(d, t, f, e)| {
+                let mut p = Vec::new();
+                if let Some(d) = d {
+                    p.push(("delta".to_string(), d));
+                }
+                if let Some(t) = t {
+                    p.push(("text".to_string(), t));
+                }
+                if let Some(f) = f {
+                    p.push(("finish_reason".to_string(), f));
+                }
+                if let Some(e) = e {
+                    p.push(e);
+                }
+                chunk_json(&p)
+            });
+        let usage = prop_oneof![
+            Just("null".to_string()),
+            (0u32..100_000, 0u32..100_000).prop_map(|(a, b)| format!(
+                "{{\"prompt_tokens\":{a},\"completion_tokens\":{b},\"total_tokens\":{}}}",
+                a as u64 + b as u64
+            )),
+        ];
+        (
+            prop::collection::vec(prop_oneof![choice, Just("null".to_string())], 0..3),
+            prop::option::of(usage),
+            prop::option::of(prop_oneof![
+                Just("null".to_string()),
+                Just("{\"message\":\"e\"}".to_string())
+            ]),
+            prop::option::of(prop_oneof![
+                Just("\"chatcmpl-1\"".to_string()),
+                Just("\"id\\u0041\"".to_string())
+            ]),
+            prop::option::of(extra),
+            any::<u64>(),
+        )
+            .prop_map(|(choices, usage, error, id, extra, order)| {
+                let mut p = vec![("choices".to_string(), format!("[{}]", choices.join(",")))];
+                if let Some(u) = usage {
+                    p.push(("usage".to_string(), u));
+                }
+                if let Some(e) = error {
+                    p.push(("error".to_string(), e));
+                }
+                if let Some(i) = id {
+                    p.push(("id".to_string(), i));
+                }
+                if let Some(x) = extra {
+                    p.push(x);
+                }
+                p.push(("model".to_string(), "\"m\"".to_string()));
+                // Shuffle deterministically by the drawn number.
+                let n = p.len();
+                for i in (1..n).rev() {
+                    p.swap(i, (order as usize / (i + 1)) % (i + 1));
+                }
+                chunk_json(&p)
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The scanner reads exactly what serde reads.
+        #[test]
+        fn scanner_agrees_with_serde(json in strategy()) {
+            let fast = parse(json.as_bytes()).unwrap();
+            let slow = reference::parse(json.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(fast, slow, "{}", json);
+        }
+
+        /// A chunk cut anywhere is an error, never a silently wrong read.
+        #[test]
+        fn every_prefix_is_an_error(json in strategy()) {
+            let b = json.as_bytes();
+            for cut in 1..b.len() {
+                proptest::prop_assert!(parse(&b[..cut]).is_err(), "prefix {:?}", &json[..cut.min(json.len())]);
+            }
+        }
+
+        /// Arbitrary bytes never panic, and whatever serde accepts the
+        /// scanner reads the same way.
+        #[test]
+        fn arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let fast = parse(&bytes);
+            if let Ok(slow) = reference::parse(&bytes) {
+                proptest::prop_assert_eq!(fast.unwrap(), slow);
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(deep.as_bytes()).is_err());
     }
 
     #[test]

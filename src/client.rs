@@ -358,7 +358,8 @@ impl StreamState {
             self.end = Some(End::Failed(ErrorKind::ServerErrorEvent));
             return false;
         }
-        let info = match chunk::parse(data) {
+        let want_ids = cfg.keep_response_ids && rec.response_id.is_none();
+        let info = match chunk::parse_with(data, want_ids) {
             Ok(Payload::Done) => {
                 self.end = Some(End::Done);
                 return false;

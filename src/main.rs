@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("llmload-worker")
+        // New requests arrive through the global queue (spawned by the
+        // pacer thread): look there often, or they wait behind a busy
+        // worker's local queue and show up as schedule lag.
+        .global_queue_interval(llmload::sweep::GLOBAL_QUEUE_INTERVAL)
         .build()
     {
         Ok(rt) => rt,

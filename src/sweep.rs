@@ -25,6 +25,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// tokio's `global_queue_interval` for runtimes that drive sweeps: how
+/// many local tasks a worker runs before checking the global queue, where
+/// the pacer's new requests land (default 31 or 61).
+pub const GLOBAL_QUEUE_INTERVAL: u32 = 4;
+
 /// What one level should do.
 #[derive(Debug, Clone, Copy)]
 pub struct LevelSpec {
@@ -311,8 +316,14 @@ async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
 /// of the default 50 µs slack.
 fn set_fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer and affects only the
-    // calling thread.
+    // calling thread; setpriority on our own thread id only lowers its
+    // nice value, and fails harmlessly without the privilege to.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+        // A pacer that wakes late makes every later send late: ask the
+        // scheduler to prefer it (it sleeps almost all the time, so this
+        // costs the machine nothing). Needs CAP_SYS_NICE; best effort.
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, -10);
     }
 }

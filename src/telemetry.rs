@@ -390,8 +390,11 @@ impl Telemetry {
             tel: self.clone(),
             level: sweep.level.clone(),
             name: format!("chat {model}"),
-            model: model.to_string(),
-            host: uri.host().unwrap_or("").to_string(),
+            // Shared strings: cloning an Arc per span, not the text.
+            model: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(model))),
+            host: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(
+                uri.host().unwrap_or(""),
+            ))),
             port: uri
                 .port_u16()
                 .unwrap_or(if uri.scheme_str() == Some("https") {
@@ -436,8 +439,8 @@ pub struct TraceObserver {
     tel: Telemetry,
     level: Arc<Mutex<Option<Context>>>,
     name: String,
-    model: String,
-    host: String,
+    model: Value,
+    host: Value,
     port: u16,
     max_tokens: u32,
     temperature: f64,

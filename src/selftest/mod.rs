@@ -166,10 +166,10 @@ async fn probe(e: &Engine, qps: f64, dur: Duration) -> Probe {
 /// Highest rate held: double from 1,000 until a probe fails, then bisect.
 async fn find_max(e: &Engine, probe_for: Duration, bisect: usize, log: &dyn Fn(&str)) -> Probe {
     // Warm the pool so the first probe does not pay for connections.
-    let _ = probe(e, 500.0, Duration::from_secs(1)).await;
+    let _ = probe(e, 200.0, Duration::from_secs(1)).await;
     let mut best: Option<Probe> = None;
     let mut fail: Option<f64> = None;
-    let mut rate = 1000.0;
+    let mut rate = 500.0;
     while rate <= 64_000.0 {
         let p = probe(e, rate, probe_for).await;
         log(&format!(
@@ -474,7 +474,16 @@ async fn discard_collector() -> String {
     format!("http://{addr}/v1/traces")
 }
 
-async fn overheads(mock: &servers::ServerProcess, rates: &[f64], dur: Duration) -> Vec<Overhead> {
+/// Metrics and traces on vs off. Variants are interleaved over several
+/// rounds and the median taken, so a noisy neighbour does not land on one
+/// variant only.
+async fn overheads(
+    mock: &servers::ServerProcess,
+    rates: &[f64],
+    dur: Duration,
+    rounds: usize,
+) -> Vec<Overhead> {
+    const VARIANTS: [&str; 4] = ["off", "metrics", "traces", "metrics+traces"];
     let otlp = discard_collector().await;
     let tel = crate::telemetry::Telemetry::start(crate::telemetry::Settings {
         endpoint: otlp,
@@ -485,58 +494,85 @@ async fn overheads(mock: &servers::ServerProcess, rates: &[f64], dur: Duration) 
     .ok();
     let mut out = Vec::new();
     for &rate in rates {
-        let mut base_cpu = None;
-        for variant in ["off", "metrics", "traces", "metrics+traces"] {
-            let c = client(&mock.url, variant.contains("traces"));
-            let metrics = crate::daemon::metrics::Metrics::new();
-            let span = tel.as_ref().map(|t| {
-                t.sweep_started(&crate::telemetry::SweepAttrs {
-                    target: "selftest",
-                    model: "selftest",
-                    qps: &[rate],
-                    run_id: "selftest",
-                    job: None,
-                })
-            });
-            let trace_obs: Option<Arc<dyn Observer>> = match (&tel, &span) {
-                (Some(t), Some(s)) if variant.contains("traces") => Some(Arc::new(
-                    t.request_observer(s, "selftest", c.uri(), 512, 0.0),
-                )),
-                _ => None,
-            };
-            let observer: Arc<dyn Observer> = if variant.contains("metrics") {
-                Arc::new(crate::daemon::metrics::MetricsObserver {
-                    job: metrics.for_job("selftest", "selftest", "selftest"),
-                    next: trace_obs,
-                })
-            } else {
-                trace_obs.unwrap_or_else(|| Arc::new(NoObserver))
-            };
-            let e = engine(c, observer, 512);
-            let spec = LevelSpec {
-                index: 0,
-                qps: rate,
-                duration: Some(dur),
-                arrival: Arrival::Constant,
-                seed: 0,
-            };
-            if let (Some(t), Some(s)) = (&tel, &span) {
-                t.level_started(s, &spec);
+        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); VARIANTS.len()];
+        for _ in 0..rounds {
+            for (vi, variant) in VARIANTS.iter().enumerate() {
+                let traced = variant.contains("traces");
+                let c = client(&mock.url, traced);
+                let metrics = crate::daemon::metrics::Metrics::new();
+                let span = tel.as_ref().filter(|_| traced).map(|t| {
+                    t.sweep_started(&crate::telemetry::SweepAttrs {
+                        target: "selftest",
+                        model: "selftest",
+                        qps: &[rate],
+                        run_id: "selftest",
+                        job: None,
+                    })
+                });
+                let trace_obs: Option<Arc<dyn Observer>> = match (&tel, &span) {
+                    (Some(t), Some(s)) => Some(Arc::new(t.request_observer(
+                        s,
+                        "selftest",
+                        c.uri(),
+                        512,
+                        0.0,
+                    ))),
+                    _ => None,
+                };
+                let observer: Arc<dyn Observer> = if variant.contains("metrics") {
+                    Arc::new(crate::daemon::metrics::MetricsObserver {
+                        job: metrics.for_job("selftest", "selftest", "selftest"),
+                        next: trace_obs,
+                    })
+                } else {
+                    trace_obs.unwrap_or_else(|| Arc::new(NoObserver))
+                };
+                let e = engine(c, observer, 512);
+                let spec = LevelSpec {
+                    index: 0,
+                    qps: rate,
+                    duration: Some(dur),
+                    arrival: Arrival::Constant,
+                    seed: 0,
+                };
+                if let (Some(t), Some(s)) = (&tel, &span) {
+                    t.level_started(s, &spec);
+                }
+                let _ = probe(&e, rate.min(200.0), Duration::from_millis(300)).await;
+                let p = probe(&e, rate, dur).await;
+                if let Some(t) = &tel
+                    && traced
+                {
+                    // Export inside the measured process, outside the
+                    // measured window: the batch processor's work is paid
+                    // by the client either way; flush makes it land in
+                    // this variant's round, not the next one's.
+                    let cpu0 = cpu_seconds();
+                    t.flush().await;
+                    let flush_cpu = cpu_seconds() - cpu0;
+                    samples[vi].push((
+                        (p.cpu_s + flush_cpu) / p.sent.max(1) as f64 * 1000.0,
+                        p.ttft_p50_ms,
+                    ));
+                } else {
+                    samples[vi].push((p.cpu_s / p.sent.max(1) as f64 * 1000.0, p.ttft_p50_ms));
+                }
             }
-            let _ = probe(&e, rate.min(200.0), Duration::from_millis(500)).await;
-            let p = probe(&e, rate, dur).await;
-            if let (Some(t), Some(s)) = (&tel, &span) {
-                t.flush().await;
-                let _ = s;
-            }
-            let per_1k = p.cpu_s / p.sent.max(1) as f64 * 1000.0;
-            let base = *base_cpu.get_or_insert(per_1k);
+        }
+        let median = |v: &[(f64, f64)], k: usize| {
+            let mut x: Vec<f64> = v.iter().map(|s| if k == 0 { s.0 } else { s.1 }).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        let base = median(&samples[0], 0);
+        for (vi, variant) in VARIANTS.iter().enumerate() {
+            let per_1k = median(&samples[vi], 0);
             out.push(Overhead {
                 rate,
-                variant: variant.into(),
+                variant: (*variant).into(),
                 cpu_s_per_1k_requests: per_1k,
                 cpu_overhead_pct: (per_1k / base - 1.0) * 100.0,
-                ttft_p50_ms: p.ttft_p50_ms,
+                ttft_p50_ms: median(&samples[vi], 1),
             });
         }
     }
@@ -553,6 +589,9 @@ pub struct Report {
     pub accuracy: Vec<Accuracy>,
     pub memory: Option<Memory>,
     pub overhead: Vec<Overhead>,
+    /// Peak RSS after the memory run alone (steady load, before the
+    /// throughput search overloads the client on purpose).
+    pub peak_rss_steady_mb: f64,
     pub peak_rss_mb: f64,
     pub targets: Vec<(String, bool, String)>,
 }
@@ -580,12 +619,54 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
     };
     let bisect = if opts.quick { 1 } else { 2 };
     let mut throughput = Vec::new();
-    let mut best_bulk: Option<(String, f64)> = None;
 
     let use_nginx = !opts.skip_nginx && servers::nginx_path().is_some();
     if !use_nginx {
         log("nginx not found or skipped: bulk-server rows omitted (apt-get install nginx-light)");
     }
+    // Memory first, in a fresh process state: later probes that overload
+    // the client on purpose leave freed heap that glibc keeps, which would
+    // hide the steady-state figure.
+    let total: u64 = if opts.quick { 200_000 } else { 1_000_000 };
+    let memory = if use_nginx {
+        let srv = servers::nginx(64)?;
+        let rate = 8000.0;
+        log(&format!(
+            "memory: {total} requests at {rate:.0} req/s against nginx"
+        ));
+        let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
+        Some(memory(&e, "nginx (bulk)", rate, total).await)
+    } else {
+        let srv = servers::mock(
+            "llmload mock",
+            &[
+                "--slots",
+                "1000000",
+                "--queue",
+                "0",
+                "--ttft",
+                "0",
+                "--prefill-per-token",
+                "0",
+                "--tpot",
+                "0",
+                "--tpot-growth",
+                "0",
+                "--output-tokens",
+                "64",
+                "--truth-capacity",
+                "0",
+            ],
+        )?;
+        let rate = 2500.0;
+        log(&format!(
+            "memory: {total} requests at {rate:.0} req/s against the mock"
+        ));
+        let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
+        Some(memory(&e, "llmload mock", rate, total).await)
+    };
+    let peak_after_memory = peak_rss();
+
     if use_nginx {
         for tokens in [64usize, 512] {
             let srv = servers::nginx(tokens)?;
@@ -595,9 +676,6 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             ));
             let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
             let p = find_max(&e, probe_for, bisect, log).await;
-            if tokens == 64 {
-                best_bulk = Some((srv.url.clone(), p.target));
-            }
             throughput.push(throughput_row(
                 "nginx (bulk)",
                 &format!("{tokens} tokens, no gap"),
@@ -672,50 +750,6 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         acc.push(a);
     }
 
-    let total: u64 = if opts.quick { 200_000 } else { 1_000_000 };
-    let memory = match &best_bulk {
-        Some((url, held)) => {
-            let rate = (held * 0.8).clamp(1000.0, 20_000.0);
-            log(&format!(
-                "memory: {total} requests at {rate:.0} req/s against nginx"
-            ));
-            let e = engine(client(url, false), Arc::new(NoObserver), 512);
-            Some(memory(&e, "nginx (bulk)", rate, total).await)
-        }
-        None => {
-            let srv = servers::mock(
-                "llmload mock",
-                &[
-                    "--slots",
-                    "1000000",
-                    "--queue",
-                    "0",
-                    "--ttft",
-                    "0",
-                    "--prefill-per-token",
-                    "0",
-                    "--tpot",
-                    "0",
-                    "--tpot-growth",
-                    "0",
-                    "--output-tokens",
-                    "64",
-                    "--truth-capacity",
-                    "0",
-                ],
-            )?;
-            let held = throughput
-                .iter()
-                .find(|t| t.server == "llmload mock")
-                .map_or(1000.0, |t| t.held_rps);
-            let rate = (held * 0.8).clamp(500.0, 20_000.0);
-            log(&format!(
-                "memory: {total} requests at {rate:.0} req/s against the mock"
-            ));
-            let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
-            Some(memory(&e, "llmload mock", rate, total).await)
-        }
-    };
     drop(acc_mock);
 
     log("overheads: metrics and traces on vs off (mock, 64 tokens, TTFT 5 ms)");
@@ -743,9 +777,15 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
     let ov_dur = if opts.quick {
         Duration::from_secs(3)
     } else {
-        Duration::from_secs(6)
+        Duration::from_secs(5)
     };
-    let overhead = overheads(&ov_mock, &[100.0, 1000.0], ov_dur).await;
+    let overhead = overheads(
+        &ov_mock,
+        &[100.0, 1000.0],
+        ov_dur,
+        if opts.quick { 2 } else { 3 },
+    )
+    .await;
 
     let mut targets = Vec::new();
     if let Some(t) = throughput
@@ -805,6 +845,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         memory,
         overhead,
         peak_rss_mb: peak_rss() as f64 / 1e6,
+        peak_rss_steady_mb: peak_after_memory as f64 / 1e6,
         targets,
     })
 }
@@ -884,7 +925,11 @@ pub fn render(r: &Report) -> String {
             ov.rate, ov.variant, ov.cpu_s_per_1k_requests, ov.cpu_overhead_pct, ov.ttft_p50_ms
         );
     }
-    let _ = writeln!(o, "\npeak RSS {:.1} MB", r.peak_rss_mb);
+    let _ = writeln!(
+        o,
+        "\npeak RSS {:.1} MB under steady load; {:.1} MB after the throughput search (which overloads the client on purpose)",
+        r.peak_rss_steady_mb, r.peak_rss_mb
+    );
     let _ = writeln!(o, "\nTARGETS");
     for (what, ok, value) in &r.targets {
         let _ = writeln!(

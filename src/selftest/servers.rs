@@ -17,7 +17,18 @@ pub struct ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// SIGTERM first: nginx's master then stops its workers (a SIGKILLed
+    /// master leaves them running); SIGKILL if it lingers.
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
