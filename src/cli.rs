@@ -326,4 +326,7 @@ pub struct SelftestArgs {
     /// Exit 1 when a target is missed.
     #[arg(long)]
     pub strict: bool,
+    /// Run only some sections: memory, throughput, accuracy, overhead (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }

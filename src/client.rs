@@ -154,9 +154,14 @@ impl LlmClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // Connections left idle by a burst are closed after 30 s, and each
+        // reads into a fixed 16 KiB buffer (hyper's adaptive buffer grows
+        // to hundreds of KB per connection): memory follows the live
+        // concurrency, not the longest burst ever seen.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::MAX)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .http1_read_buf_exact_size(16 * 1024)
             .build(https);
         Ok(Self {
             http: client,

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         }
     };
     llmload::limits::raise_nofile();
+    llmload::limits::spawn_memory_trimmer(std::time::Duration::from_secs(5));
     let result = runtime.block_on(llmload::commands::dispatch(cli));
     // Do not wait for stragglers (pooled connections, timers) to wind down.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -7,6 +7,7 @@ pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
     let opts = crate::selftest::Options {
         quick: args.quick,
         skip_nginx: args.skip_nginx,
+        only: args.only.clone(),
     };
     let log = |l: &str| eprintln!("{l}");
     let report = crate::selftest::run(&opts, &log)

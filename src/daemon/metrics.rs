@@ -441,9 +441,13 @@ impl JobMetrics {
                     self.ttft.observe(t.as_secs_f64());
                 }
                 self.e2e.observe(r.e2e().as_secs_f64());
+                // One flush of local bucket counts instead of an atomic
+                // update per token gap.
+                let local = self.itl.local();
                 for gap in &r.itl_us {
-                    self.itl.observe(*gap as f64 * 1e-6);
+                    local.observe(*gap as f64 * 1e-6);
                 }
+                local.flush();
                 if let Some(t) = r.tpot() {
                     self.tpot.observe(t.as_secs_f64());
                 }
