@@ -96,7 +96,27 @@ pub async fn run(
         .metrics
         .start_time
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    // Counters exist at 0 from the start, so rate() and increase() see
+    // their first increment and dashboards show 0, not "no data".
+    for t in &state.config.targets {
+        state.metrics.write_errors.with_label_values(&[&t.name]);
+        state.metrics.pruned.with_label_values(&[&t.name]);
+    }
     for job in &state.config.jobs {
+        for r in ["started", "delayed", "skipped"] {
+            state.metrics.fires.with_label_values(&[&job.name, r]);
+        }
+        for e in ["started", "completed", "partial"] {
+            state
+                .metrics
+                .runs
+                .with_label_values(&[&job.target, &job.name, job.kind.as_str(), e]);
+        }
+        if job.kind == config::JobKind::Soak {
+            state.metrics.soak_pauses.with_label_values(&[&job.name]);
+        }
+        let model = &state.slots[&job.target].target.model;
+        state.metrics.for_job(&job.target, model, &job.name);
         state
             .metrics
             .job_running
