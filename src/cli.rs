@@ -120,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
     /// Generation temperature.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Draw benchmark_qps.png.
     #[arg(long)]
@@ -326,7 +326,14 @@ pub struct SelftestArgs {
     /// Exit 1 when a target is missed.
     #[arg(long)]
     pub strict: bool,
-    /// Run only some sections: memory, throughput, accuracy, overhead (comma-separated).
+    /// Run only some sections: memory, throughput, accuracy, overhead
+    /// (comma-separated); `soak` runs the fault soak alone.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Length of `--only soak`.
+    #[arg(long, default_value_t = 15)]
+    pub soak_minutes: u64,
+    /// Request rate of `--only soak`.
+    #[arg(long, default_value_t = 50.0)]
+    pub soak_rate: f64,
 }

@@ -442,12 +442,11 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return ErrorKind::Tls;
         }
+        // `io::Error::source` skips the error it wraps (it returns the
+        // wrapped error's *source*), so descend through `get_ref` instead:
+        // hyper-rustls nests rustls errors two io::Errors deep.
+        let mut next = e.source();
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref()
-                && inner.downcast_ref::<rustls::Error>().is_some()
-            {
-                return ErrorKind::Tls;
-            }
             use std::io::ErrorKind as K;
             match io.kind() {
                 K::ConnectionRefused => return ErrorKind::ConnectionRefused,
@@ -456,6 +455,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
                 }
                 K::TimedOut if is_connect => return ErrorKind::Timeout(TimeoutPhase::Connect),
                 _ => {}
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn StdError + 'static));
             }
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>()
@@ -470,7 +472,7 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
         if msg.contains("invalid peer certificate") || msg.contains("tls handshake") {
             return ErrorKind::Tls;
         }
-        cur = e.source();
+        cur = next;
     }
     if is_connect {
         ErrorKind::ConnectionError

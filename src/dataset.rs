@@ -286,6 +286,46 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Fuzz: any bytes either load or fail with a message that names
+        /// the file; never a panic.
+        #[test]
+        fn any_bytes_load_or_explain(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Err(e) = parse(Path::new("f.json"), &bytes) {
+                proptest::prop_assert!(e.to_string().starts_with("f.json"));
+            }
+        }
+
+        /// Fuzz: structurally plausible JSON with wrong types in random
+        /// places always names a sample index when it fails inside one.
+        #[test]
+        fn wrong_types_name_the_sample(
+            n in 1usize..5,
+            bad in 0usize..5,
+            which in 0usize..4,
+        ) {
+            let bad = bad % n;
+            let mut samples = Vec::new();
+            for i in 0..n {
+                let s = if i == bad {
+                    match which {
+                        0 => r#"{"prompt_content":1,"cut_chat_history":[]}"#,
+                        1 => r#"{"prompt_content":"a","cut_chat_history":{}}"#,
+                        2 => r#"{"prompt_content":"a","cut_chat_history":[{"role":"user","content":[]}]}"#,
+                        _ => r#"{"prompt_content":"a","cut_chat_history":[{"role":"x","content":"y"}]}"#,
+                    }
+                } else {
+                    r#"{"prompt_content":"a","cut_chat_history":[{"role":"user","content":"y"}]}"#
+                };
+                samples.push(s);
+            }
+            let json = format!("[{}]", samples.join(","));
+            let e = parse(Path::new("f.json"), json.as_bytes()).unwrap_err().to_string();
+            let needle = format!("sample {bad}:");
+            proptest::prop_assert!(e.contains(&needle), "{}", e);
+        }
+    }
+
     #[test]
     fn missing_file() {
         let e = load(Path::new("/nonexistent/x.json")).unwrap_err();

@@ -10,6 +10,18 @@ pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
         only: args.only.clone(),
     };
     let log = |l: &str| eprintln!("{l}");
+    if args.only.iter().any(|o| o == "soak") {
+        log(&format!(
+            "soak: {} minute(s) at {} req/s against the mock with every fault kind at 1 %",
+            args.soak_minutes, args.soak_rate
+        ));
+        let minutes = crate::selftest::soak(args.soak_minutes, args.soak_rate, &log)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let ok = minutes.iter().all(|m| m.balanced);
+        println!("{}", serde_json::json!({ "soak": minutes }));
+        return Ok(if ok { EXIT_OK } else { EXIT_FAILURE });
+    }
     let report = crate::selftest::run(&opts, &log)
         .await
         .map_err(anyhow::Error::msg)?;

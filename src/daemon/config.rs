@@ -735,6 +735,20 @@ arrival = "bursty"
         assert!(e.contains("c.toml:4:9"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Fuzz: any text either parses or fails with messages that each
+        /// name the file; never a panic.
+        #[test]
+        fn any_text_parses_or_explains(text in "[\\[\\]a-z_=\" 0-9.\n#{}]{0,200}") {
+            if let Err(errs) = parse(Path::new("c.toml"), &text) {
+                proptest::prop_assert!(!errs.is_empty());
+                for e in errs {
+                    proptest::prop_assert!(e.starts_with("c.toml"), "{}", e);
+                }
+            }
+        }
+    }
+
     #[test]
     fn soak_rules() {
         let tmp = tempfile::tempdir().unwrap();

@@ -1,0 +1,646 @@
+//! The fault matrix: hostile endpoints on 127.0.0.1 (the mock's fault
+//! injection, raw TCP servers for protocol abuse, TLS servers with bad
+//! certificates). For each case: the right error key, the level ends on
+//! time, no panic, bounded memory, and `sent = succeeded + failed`.
+
+mod common;
+
+use common::*;
+use llmload::client::{ClientConfig, LlmClient};
+use llmload::dataset::{Conversation, Message, Role};
+use llmload::mock::capacity::CapacityModel;
+use llmload::mock::{MockConfig, OutputTokens};
+use llmload::request::{BodyParams, prepare_all};
+use llmload::schedule::Arrival;
+use llmload::stats::{LevelResult, LevelTiming};
+use llmload::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Run `n` requests at 20/s against `url`; returns the level and how long
+/// it took.
+async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
+    init();
+    let client = Arc::new(LlmClient::new(cfg).expect("client builds"));
+    let conv = vec![Conversation {
+        messages: vec![
+            Message { role: Role::System, content: "s".into() },
+            Message { role: Role::User, content: "hi".into() },
+        ],
+    }];
+    let engine = Engine {
+        client,
+        requests: Arc::new(prepare_all(
+            &conv,
+            &BodyParams { model: "m".into(), max_tokens: 16, temperature: 0.0, stream_usage: true },
+        )),
+        max_in_flight: 1000,
+        observer: Arc::new(NoObserver),
+    };
+    let qps = 20.0;
+    let dur = Duration::from_secs_f64(n as f64 / qps);
+    let t0 = Instant::now();
+    let out = engine
+        .run_level(
+            LevelSpec { index: 0, qps, duration: Some(dur), arrival: Arrival::Constant, seed: 0 },
+            &LevelRun::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+            0,
+        )
+        .await;
+    let r = LevelResult::from_stats(
+        &out.stats,
+        LevelTiming { qps_target: qps, duration: dur, send_window: dur, drain: out.timing.drain },
+    );
+    assert_eq!(r.sent, r.succeeded + r.failed, "books balance");
+    assert_eq!(r.sent, n as u64);
+    (r, t0.elapsed())
+}
+
+fn cfg(url: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(url);
+    c.request_timeout = Duration::from_secs(5);
+    c.connect_timeout = Duration::from_secs(2);
+    c
+}
+
+fn only_error(r: &LevelResult) -> String {
+    assert_eq!(r.errors.len(), 1, "exactly one kind of error: {:?}", r.errors);
+    r.errors.keys().next().unwrap().clone()
+}
+
+/// A raw TCP server: `serve(stream, request bytes)` for every connection.
+async fn raw<F, Fut>(serve: F) -> String
+where
+    F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                if let Some(req) = read_request(&mut s).await {
+                    serve(s, req).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1/chat/completions")
+}
+
+/// Read one HTTP/1.1 request (headers + content-length body).
+async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                return Some(buf);
+            }
+        }
+    }
+}
+
+const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+const DONE: &str = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+
+fn sse_head() -> &'static str {
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+}
+
+fn chunked(s: &str) -> String {
+    format!("{:x}\r\n{s}\r\n", s.len())
+}
+
+#[tokio::test]
+async fn connection_refused_and_dns_failure() {
+    let port = free_port();
+    let (r, t) = level(cfg(&format!("http://127.0.0.1:{port}/v1/chat/completions")), 4).await;
+    assert_eq!(only_error(&r), "connection refused");
+    assert!(t < Duration::from_secs(2));
+    // A label over 63 characters fails in the resolver itself: no query
+    // leaves the machine.
+    let host = format!("{}.invalid", "a".repeat(70));
+    let (r, t) = level(cfg(&format!("http://{host}:9/v1/chat/completions")), 2).await;
+    assert_eq!(only_error(&r), "DNS error");
+    assert!(t < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn http_error_statuses_are_counted_by_code() {
+    for code in [401u16, 403, 404, 429, 500, 502, 503, 504] {
+        let url = raw(move |mut s, _| async move {
+            let extra = if code == 429 { "retry-after: 3\r\n" } else { "" };
+            let body = r#"{"error":{"message":"no"}}"#;
+            let _ = s
+                .write_all(format!("HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}", body.len()).as_bytes())
+                .await;
+            // Keep the connection for reuse, as servers do.
+            let mut sink = [0u8; 1024];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 { break; }
+                let _ = s.write_all(format!("HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+            }
+        })
+        .await;
+        let (r, _) = level(cfg(&url), 3).await;
+        assert_eq!(only_error(&r), format!("HTTP {code}"));
+    }
+}
+
+#[tokio::test]
+async fn not_sse_html_and_json_bodies_are_malformed_streams() {
+    for (ct, body) in [
+        ("text/html", "<html><body>502 Bad Gateway</body></html>"),
+        ("application/json", r#"{"choices":[{"message":{"content":"hi"}}]}"#),
+    ] {
+        let url = raw(move |mut s, _| async move {
+            let _ = s
+                .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                .await;
+        })
+        .await;
+        let (r, _) = level(cfg(&url), 2).await;
+        assert_eq!(only_error(&r), "malformed stream", "{ct}");
+    }
+}
+
+#[tokio::test]
+async fn truncated_errored_and_split_utf8_streams() {
+    // SSE without [DONE].
+    let url = raw(|mut s, _| async move {
+        let _ = s.write_all(format!("{}{}{}0\r\n\r\n", sse_head(), chunked(CHUNK), chunked(CHUNK)).as_bytes()).await;
+    })
+    .await;
+    let (r, _) = level(cfg(&url), 2).await;
+    assert_eq!(only_error(&r), "stream truncated");
+
+    // An error object mid-stream, as vLLM sends once streaming began.
+    let url = raw(|mut s, _| async move {
+        let err = "data: {\"error\":{\"message\":\"out of KV cache\",\"code\":500}}\n\n";
+        let _ = s.write_all(format!("{}{}{}0\r\n\r\n", sse_head(), chunked(CHUNK), chunked(err)).as_bytes()).await;
+    })
+    .await;
+    let (r, _) = level(cfg(&url), 2).await;
+    assert_eq!(only_error(&r), "server error event");
+
+    // A UTF-8 character cut across two TCP writes and two HTTP chunks: fine.
+    let url = raw(|mut s, _| async move {
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"h\u{e9}llo \u{20ac}\"}}]}\n\n";
+        let bytes = text.as_bytes();
+        let cut = text.find('\u{e9}').unwrap() + 1; // inside the 2-byte é
+        let _ = s.write_all(sse_head().as_bytes()).await;
+        let _ = s.write_all(format!("{:x}\r\n", cut).as_bytes()).await;
+        let _ = s.write_all(&bytes[..cut]).await;
+        let _ = s.flush().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = s.write_all(b"\r\n").await;
+        let rest = &bytes[cut..];
+        let _ = s.write_all(format!("{:x}\r\n", rest.len()).as_bytes()).await;
+        let _ = s.write_all(rest).await;
+        let _ = s.write_all(format!("\r\n{}0\r\n\r\n", chunked(DONE)).as_bytes()).await;
+    })
+    .await;
+    let (r, _) = level(cfg(&url), 2).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.succeeded, 2);
+}
+
+#[tokio::test]
+async fn a_ten_megabyte_line_is_an_error_with_bounded_memory() {
+    let url = raw(|mut s, _| async move {
+        let _ = s.write_all(sse_head().as_bytes()).await;
+        let blob = vec![b'x'; 64 * 1024];
+        let _ = s.write_all(chunked("data: ").as_bytes()).await;
+        for _ in 0..160 {
+            // 10 MB of one line, no newline.
+            if s.write_all(format!("{:x}\r\n", blob.len()).as_bytes()).await.is_err()
+                || s.write_all(&blob).await.is_err()
+                || s.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let before = llmload::selftest::rss();
+    let (r, t) = level(cfg(&url), 4).await;
+    let grew = llmload::selftest::rss().saturating_sub(before);
+    assert_eq!(only_error(&r), "malformed stream");
+    assert!(t < Duration::from_secs(3), "{t:?}");
+    // Four concurrent 10 MB lines would be 40 MB if buffered; the decoder
+    // stops at 1 MiB each.
+    assert!(grew < 16_000_000, "RSS grew {grew} bytes");
+}
+
+#[tokio::test]
+async fn endless_streams_end_by_token_cap_or_timeout() {
+    // Fast and endless: the token cap (4 x max_tokens, at least 4096) ends it.
+    let url = raw(|mut s, _| async move {
+        let _ = s.write_all(sse_head().as_bytes()).await;
+        let burst = chunked(&CHUNK.repeat(64));
+        while s.write_all(burst.as_bytes()).await.is_ok() {}
+    })
+    .await;
+    let mut c = cfg(&url);
+    c.max_token_chunks = 500;
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "stream too long");
+    assert!(t < Duration::from_secs(3));
+
+    // Slow and endless: the request timeout ends it, on time.
+    let url = raw(|mut s, _| async move {
+        let _ = s.write_all(sse_head().as_bytes()).await;
+        loop {
+            if s.write_all(chunked(CHUNK).as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut c = cfg(&url);
+    c.request_timeout = Duration::from_millis(800);
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "timeout (total)");
+    assert!(t < Duration::from_secs(2), "{t:?}");
+}
+
+fn stalling_mock(kind: &str) -> MockConfig {
+    MockConfig {
+        capacity: CapacityModel {
+            slots: 8,
+            queue: 8,
+            ttft: Duration::from_millis(5),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_millis(2),
+            tpot_growth: 0.0,
+        },
+        output_tokens: Some(OutputTokens::Cap(10)),
+        faults: vec![format!("{kind}=1").parse().unwrap()],
+        stall_for: Duration::from_secs(3),
+        ..MockConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn stalls_hit_their_own_timeouts() {
+    // Before the first byte: the first-token timeout.
+    let m = start_mock(stalling_mock("slow-first-byte")).await;
+    let mut c = cfg(&m.chat_url());
+    c.first_token_timeout = Some(Duration::from_millis(300));
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "timeout (first token)");
+    assert!(t < Duration::from_millis(1500), "{t:?}");
+    m.shutdown().await;
+
+    // Mid-stream: the idle timeout.
+    let m = start_mock(stalling_mock("stall")).await;
+    let mut c = cfg(&m.chat_url());
+    c.idle_timeout = Some(Duration::from_millis(300));
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "timeout (idle)");
+    assert!(t < Duration::from_millis(1500), "{t:?}");
+    m.shutdown().await;
+
+    // Connect: a listener that never accepts (backlog full) is not
+    // portable; a black-hole address is not loopback. The connect timeout
+    // path is covered by the classifier's unit of `TimedOut` instead.
+}
+
+#[tokio::test]
+async fn mock_faults_map_to_their_keys() {
+    for (kind, key) in [
+        ("truncate", "stream truncated"),
+        ("malformed", "malformed stream"),
+        ("reset", "connection reset"),
+        ("http500", "HTTP 500"),
+        ("http429", "HTTP 429"),
+    ] {
+        let m = start_mock(stalling_mock(kind)).await;
+        let (r, _) = level(cfg(&m.chat_url()), 3).await;
+        assert_eq!(only_error(&r), key, "{kind}");
+        m.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn server_closing_kept_alive_connections_and_slow_loris() {
+    // One response per connection, then close without saying so: the
+    // pooled connection is dead when reused.
+    let url = raw(|mut s, _| async move {
+        let body = format!("{CHUNK}{DONE}");
+        let _ = s
+            .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes())
+            .await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let (r, _) = level(cfg(&url), 6).await;
+    assert_eq!(r.succeeded, 6, "{:?}", r.errors);
+
+    // Slow-loris: headers dribble out a byte every 200 ms.
+    let url = raw(|mut s, _| async move {
+        for b in sse_head().bytes() {
+            if s.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let mut c = cfg(&url);
+    c.first_token_timeout = Some(Duration::from_millis(500));
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "timeout (first token)");
+    assert!(t < Duration::from_millis(1500), "{t:?}");
+}
+
+/// A TLS server on loopback with `cert`, answering one SSE stream.
+async fn tls_server(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
+    let certs = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                loop {
+                    let Ok(n) = tls.read(&mut buf).await else { return };
+                    if n == 0 { return; }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(h) = text.find("\r\n\r\n") {
+                        let len: usize = text.to_ascii_lowercase().lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if got.len() >= h + 4 + len {
+                            got.clear();
+                            let body = format!("{CHUNK}{DONE}");
+                            let _ = tls.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn cert_for(names: &[&str], expired: bool) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    rcgen::CertifiedKey { cert, signing_key: key }
+}
+
+#[tokio::test]
+async fn tls_failures_and_the_ca_cert_fix() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = cert_for(&["127.0.0.1", "localhost"], false);
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, good.cert.pem()).unwrap();
+    let port = tls_server(&good).await;
+    let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
+
+    // Self-signed, not trusted: refused (verification is on by default).
+    let (r, _) = level(cfg(&url), 2).await;
+    assert_eq!(only_error(&r), "TLS error");
+    // --ca-cert fixes it.
+    let mut c = cfg(&url);
+    c.ca_cert = Some(ca.clone());
+    let (r, _) = level(c, 2).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.succeeded, 2);
+    // --insecure also works (and is warned about at the CLI).
+    let mut c = cfg(&url);
+    c.insecure = true;
+    let (r, _) = level(c, 2).await;
+    assert_eq!(r.succeeded, 2);
+
+    // Wrong host name: trusted certificate for another name.
+    let other = cert_for(&["example.com"], false);
+    let other_ca = tmp.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let port = tls_server(&other).await;
+    let mut c = cfg(&format!("https://127.0.0.1:{port}/v1/chat/completions"));
+    c.ca_cert = Some(other_ca);
+    let (r, _) = level(c, 2).await;
+    assert_eq!(only_error(&r), "TLS error");
+
+    // Expired, though trusted.
+    let old = cert_for(&["127.0.0.1"], true);
+    let old_ca = tmp.path().join("old.pem");
+    std::fs::write(&old_ca, old.cert.pem()).unwrap();
+    let port = tls_server(&old).await;
+    let mut c = cfg(&format!("https://127.0.0.1:{port}/v1/chat/completions"));
+    c.ca_cert = Some(old_ca);
+    let (r, _) = level(c, 2).await;
+    assert_eq!(only_error(&r), "TLS error");
+
+    // TLS handshake against a plain-HTTP server.
+    let m = start_mock(stalling_mock("http500")).await;
+    let (r, _) = level(cfg(&format!("https://{}/v1/chat/completions", m.addr)), 2).await;
+    assert_eq!(only_error(&r), "TLS error");
+    m.shutdown().await;
+
+    // A --ca-cert file that is not a certificate is a usage error.
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a cert").unwrap();
+    let mut c = cfg(&url);
+    c.ca_cert = Some(junk);
+    let e = LlmClient::new(c).unwrap_err().to_string();
+    assert!(e.contains("junk.pem"), "{e}");
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_leaves_readable_partial_results() {
+    let mock = start_mock(stalling_mock("http500")).await;
+    let mut m2 = stalling_mock("http500");
+    m2.faults.clear();
+    let mock2 = start_mock(m2).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut child = tokio::process::Command::new(bin())
+        .args(["run", "--endpoint", &mock2.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
+               "--qps", "10,10,10", "--duration", "1", "--results-dir", results.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(d) = run_dirs(&results).first()
+            && let Ok(text) = std::fs::read_to_string(d.join("benchmark_qps_results.json"))
+            && text.contains("qps_target")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "level 1 never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    let _ = child.wait().await;
+    let dir = &run_dirs(&results)[0];
+    let meta = read_json(&dir.join("metadata.json"));
+    assert_eq!(meta["partial"], true, "a killed run reads as partial");
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    assert!(!levels.as_array().unwrap().is_empty());
+    assert_eq!(levels[0]["sent"], 10);
+    // No half-written temporary files are mistaken for results.
+    for f in std::fs::read_dir(dir).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".json") {
+            let _ = read_json(&dir.join(&name));
+        }
+    }
+    mock.shutdown().await;
+    mock2.shutdown().await;
+}
+
+#[tokio::test]
+async fn unwritable_results_still_print_the_report_and_exit_1() {
+    let mut mc = stalling_mock("http500");
+    mc.faults.clear();
+    let mock = start_mock(mc).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let child = tokio::process::Command::new(bin())
+        .args(["run", "--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
+               "--qps", "10,10", "--duration", "1", "--plot", "--results-dir", results.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Once the run directory exists, put a file where it was: every later
+    // write fails (ENOTDIR), as a full or read-only disk would make it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dir = loop {
+        if let Some(d) = run_dirs(&results).first()
+            && d.join("metadata.json").exists()
+        {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "in the way").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("QPS BENCHMARK RESULTS"), "the report is still printed");
+    assert!(stdout.contains("10.0         10.00        100.0"), "{stdout}");
+    assert!(stderr.contains("error: cannot write"), "{stderr}");
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_flags_exit_2_with_the_flag_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_dataset(tmp.path());
+    let ds = ds.to_str().unwrap();
+    let base = ["run", "--endpoint", "http://127.0.0.1:9/v1/chat/completions", "--model", "m", "--dataset", ds];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--header", "no-colon"], "--header 'no-colon': expected 'Name: value'"),
+        (&["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (&["--temperature", "-1"], "--temperature -1 must be a number >= 0"),
+        (&["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
+        (&["--api-key-file", "/nonexistent/key"], "/nonexistent/key: cannot read API key file"),
+        (&["--ca-cert", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
+        (&["--arrival", "burst"], "unknown arrival 'burst'"),
+        (&["--request-timeout", "0"], "must be longer than zero"),
+        (&["--qps", ""], "give at least one rate"),
+        (&["--unknown-flag"], "unexpected argument '--unknown-flag'"),
+    ];
+    for (extra, needle) in cases {
+        let out = tokio::process::Command::new(bin())
+            .args(base)
+            .args(*extra)
+            .env_remove("LLMLOAD_API_KEY")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_key_never_leaks_into_output_logs_or_process_args() {
+    let mut mc = stalling_mock("http500");
+    mc.faults.clear();
+    let mock = start_mock(mc).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let key = "sk-leak-CANARY-31337";
+    let child = tokio::process::Command::new(bin())
+        .args(["run", "--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
+               "--qps", "10", "--duration", "1", "--plot", "--results-dir", results.to_str().unwrap(),
+               "--header", "X-Api-Key: hdr-CANARY-42"])
+        .env("LLMLOAD_API_KEY", key)
+        .env("LLMLOAD_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Given by environment, the key is not on the command line (`ps`).
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id().unwrap())).unwrap_or_default();
+    assert!(!cmdline.windows(6).any(|w| w == b"CANARY"));
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let mut all = out.stdout.clone();
+    all.extend_from_slice(&out.stderr);
+    for f in std::fs::read_dir(&run_dirs(&results)[0]).unwrap() {
+        all.extend(std::fs::read(f.unwrap().path()).unwrap());
+    }
+    assert!(!all.is_empty());
+    assert!(!all.windows(6).any(|w| w == b"CANARY"), "a secret leaked into output, logs or results");
+    let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
+    assert!(truth.contains("\"status\":200"), "the requests did go out");
+    mock.shutdown().await;
+}
