@@ -174,6 +174,9 @@ pub struct RunArgs {
     /// Do not send a W3C traceparent header with each request.
     #[arg(long)]
     pub no_trace_propagation: bool,
+    /// Also write requests.jsonl: one line per request (timings, status, error).
+    #[arg(long)]
+    pub record_requests: bool,
 }
 
 #[derive(Debug, Clone, Args)]

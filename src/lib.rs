@@ -37,6 +37,7 @@ pub mod logging;
 pub mod mock;
 pub mod plot;
 pub mod record;
+pub mod records;
 pub mod request;
 pub mod results;
 pub mod runner;

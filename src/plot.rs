@@ -268,37 +268,23 @@ fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResul
     let mut lines: Vec<(String, u32, bool)> = vec![
         ("Summary and recommendations".into(), 36, true),
         (String::new(), 16, false),
-        (
-            format!("Max QPS without errors: {}", opt(a.max_qps_without_errors)),
-            30,
-            true,
-        ),
     ];
-    lines.extend(
-        wrap(&a.max_qps_reason, 62)
-            .into_iter()
-            .map(|l| (format!("  {l}"), 24, false)),
-    );
-    lines.push((
-        format!("Saturation point: {}", opt(a.saturation_qps)),
-        30,
-        true,
-    ));
-    lines.extend(
-        wrap(&a.saturation_reason, 62)
-            .into_iter()
-            .map(|l| (format!("  {l}"), 24, false)),
-    );
-    lines.push((
-        format!("Recommended limit: {}", opt(a.recommended_qps)),
-        30,
-        true,
-    ));
-    lines.extend(
-        wrap(&a.recommendation, 62)
-            .into_iter()
-            .map(|l| (format!("  {l}"), 24, false)),
-    );
+    for (head, value, reason) in [
+        (
+            "Max QPS without errors",
+            a.max_qps_without_errors,
+            &a.max_qps_reason,
+        ),
+        ("Saturation point", a.saturation_qps, &a.saturation_reason),
+        ("Recommended limit", a.recommended_qps, &a.recommendation),
+    ] {
+        lines.push((format!("{head}: {}", opt(value)), 30, true));
+        lines.extend(
+            wrap(reason, 62)
+                .into_iter()
+                .map(|l| (format!("  {l}"), 24, false)),
+        );
+    }
     if !a.client_bound_levels.is_empty() {
         let qs: Vec<String> = a.client_bound_levels.iter().map(|q| fmt_qps(*q)).collect();
         lines.push((

@@ -42,13 +42,19 @@ fn expressions(d: &serde_json::Value) -> Vec<(String, String)> {
     for p in d["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().into_iter().flatten() {
             if let Some(e) = t["expr"].as_str() {
-                out.push((format!("panel {} '{}'", p["id"], p["title"].as_str().unwrap_or("")), e.to_string()));
+                out.push((
+                    format!("panel {} '{}'", p["id"], p["title"].as_str().unwrap_or("")),
+                    e.to_string(),
+                ));
             }
         }
     }
     for v in d["templating"]["list"].as_array().unwrap() {
         if v["type"] == "query" {
-            let q = v["query"].as_str().map(str::to_owned).or_else(|| v["query"]["query"].as_str().map(str::to_owned));
+            let q = v["query"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| v["query"]["query"].as_str().map(str::to_owned));
             if let Some(q) = q {
                 out.push((format!("variable {}", v["name"]), q));
             }
@@ -71,7 +77,11 @@ fn to_promql(e: &str) -> String {
         .replace("$target", ".*")
         .replace("$model", ".*")
         .replace("$job", ".*");
-    if let Some(inner) = e.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')) {
+    if let Some(inner) = e
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
         let (sel, label) = inner.rsplit_once(',').unwrap();
         return format!("count by ({}) ({})", label.trim(), sel.trim());
     }
@@ -153,16 +163,30 @@ fn dashboards_type_check_against_grafana_schema() {
     let tsc = |file: &str| {
         Command::new("npx")
             .args([
-                "tsc", "--noEmit", "--strict", "--resolveJsonModule", "--esModuleInterop",
-                "--moduleResolution", "bundler", "--module", "esnext", "--target", "es2022",
-                "--skipLibCheck", file,
+                "tsc",
+                "--noEmit",
+                "--strict",
+                "--resolveJsonModule",
+                "--esModuleInterop",
+                "--moduleResolution",
+                "bundler",
+                "--module",
+                "esnext",
+                "--target",
+                "es2022",
+                "--skipLibCheck",
+                file,
             ])
             .current_dir(&dir)
             .output()
             .unwrap()
     };
     let out = tsc("check.ts");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // The check can fail: a dashboard with a string gridPos.h is refused.
     let (_, mut broken) = dashboards().remove(0);
@@ -181,7 +205,10 @@ fn dashboards_type_check_against_grafana_schema() {
     let out = tsc(ts.file_name().unwrap().to_str().unwrap());
     let _ = std::fs::remove_file(&json);
     let _ = std::fs::remove_file(&ts);
-    assert!(!out.status.success(), "a broken dashboard must fail the type check");
+    assert!(
+        !out.status.success(),
+        "a broken dashboard must fail the type check"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("not assignable to type 'number'"));
 }
 
@@ -189,7 +216,10 @@ fn dashboards_type_check_against_grafana_schema() {
 fn dashboards_are_well_formed_and_use_only_documented_metrics() {
     let documented = readme_metric_names();
     for (name, d) in dashboards() {
-        assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "{name}: uid");
+        assert!(
+            d["uid"].as_str().is_some_and(|u| !u.is_empty()),
+            "{name}: uid"
+        );
         let vars: Vec<&str> = d["templating"]["list"]
             .as_array()
             .unwrap()
@@ -202,23 +232,45 @@ fn dashboards_are_well_formed_and_use_only_documented_metrics() {
         let mut ids = BTreeSet::new();
         for p in d["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap_or("?");
-            assert!(ids.insert(p["id"].as_i64().unwrap()), "{name}: duplicate panel id {}", p["id"]);
+            assert!(
+                ids.insert(p["id"].as_i64().unwrap()),
+                "{name}: duplicate panel id {}",
+                p["id"]
+            );
             let g = &p["gridPos"];
             let (x, w) = (g["x"].as_i64().unwrap(), g["w"].as_i64().unwrap());
-            assert!(x >= 0 && w > 0 && x + w <= 24, "{name}/{title}: gridPos {g}");
+            assert!(
+                x >= 0 && w > 0 && x + w <= 24,
+                "{name}/{title}: gridPos {g}"
+            );
             assert!(g["h"].as_i64().unwrap() > 0 && g["y"].as_i64().unwrap() >= 0);
-            assert!(p["description"].as_str().is_some_and(|s| s.len() > 10), "{name}/{title}: description");
+            assert!(
+                p["description"].as_str().is_some_and(|s| s.len() > 10),
+                "{name}/{title}: description"
+            );
             if p["type"] != "row" {
-                assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{name}/{title}: unit");
-                assert_eq!(p["datasource"]["uid"], "${datasource}", "{name}/{title}: datasource");
+                assert!(
+                    p["fieldConfig"]["defaults"]["unit"].is_string(),
+                    "{name}/{title}: unit"
+                );
+                assert_eq!(
+                    p["datasource"]["uid"], "${datasource}",
+                    "{name}/{title}: datasource"
+                );
                 for t in p["targets"].as_array().unwrap() {
-                    assert_eq!(t["datasource"]["uid"], "${datasource}", "{name}/{title}: target datasource");
+                    assert_eq!(
+                        t["datasource"]["uid"], "${datasource}",
+                        "{name}/{title}: target datasource"
+                    );
                 }
             }
         }
         for (where_, e) in expressions(&d) {
             for m in metric_names(&e) {
-                assert!(documented.contains(&m), "{name} {where_}: {m} is not a documented metric");
+                assert!(
+                    documented.contains(&m),
+                    "{name} {where_}: {m} is not a documented metric"
+                );
             }
         }
     }
@@ -241,7 +293,9 @@ impl Proxy {
         let (b, c) = (backend.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 let target = *b.lock().unwrap();
                 let h = tokio::spawn(async move {
                     if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
@@ -251,7 +305,11 @@ impl Proxy {
                 c.lock().unwrap().push(h.abort_handle());
             }
         });
-        Proxy { addr, backend, conns }
+        Proxy {
+            addr,
+            backend,
+            conns,
+        }
     }
 
     fn switch(&self, to: SocketAddr) {
@@ -293,8 +351,14 @@ async fn start_alertmanager() -> Alertmanager {
     )
     .unwrap();
     let child = tokio::process::Command::new("prometheus-alertmanager")
-        .arg(format!("--config.file={}", dir.path().join("am.yml").display()))
-        .arg(format!("--storage.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("am.yml").display()
+        ))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--cluster.listen-address=")
         .stdout(std::process::Stdio::null())
@@ -304,15 +368,24 @@ async fn start_alertmanager() -> Alertmanager {
         .expect("`prometheus-alertmanager` must be installed: ./scripts/test.sh installs it");
     let deadline = Instant::now() + Duration::from_secs(20);
     while get_ok(&format!("http://127.0.0.1:{port}/-/ready")).await != Some(200) {
-        assert!(Instant::now() < deadline, "alertmanager did not become ready");
+        assert!(
+            Instant::now() < deadline,
+            "alertmanager did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Alertmanager { port, _child: child, _dir: dir }
+    Alertmanager {
+        port,
+        _child: child,
+        _dir: dir,
+    }
 }
 
 async fn get_ok(url: &str) -> Option<u16> {
     let c = http_client();
-    let req = http::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(2), c.request(req))
         .await
         .ok()?
@@ -336,8 +409,15 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     let rules = tmp.path().join("alerts.yml");
     let out = Command::new(bin())
         .args([
-            "alert-rules", "--set", "CAPACITY_LOOKBACK=10m", "--set", "SOAK_FOR=0s",
-            "--set", "RATE_WINDOW=20s", "--set", "DAEMON_DOWN_FOR=0s",
+            "alert-rules",
+            "--set",
+            "CAPACITY_LOOKBACK=10m",
+            "--set",
+            "SOAK_FOR=0s",
+            "--set",
+            "RATE_WINDOW=20s",
+            "--set",
+            "DAEMON_DOWN_FOR=0s",
         ])
         .output()
         .unwrap();
@@ -366,11 +446,22 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     let prom = Prometheus::start(&[d.addr], &[rules.clone()], Some(am.port)).await;
 
     // Sweep 1 at full capacity: 30 QPS holds, 60 does not.
-    d.wait_json("/api/v1/runs?job=capacity", 60, |v| v["runs"][0]["status"] == "complete").await;
-    prom.wait_for("llmload_capacity_max_qps_without_errors{target=\"prod\"}", 30, |v| v == 30.0).await;
+    d.wait_json("/api/v1/runs?job=capacity", 60, |v| {
+        v["runs"][0]["status"] == "complete"
+    })
+    .await;
+    prom.wait_for(
+        "llmload_capacity_max_qps_without_errors{target=\"prod\"}",
+        30,
+        |v| v == 30.0,
+    )
+    .await;
     // Let the baseline accumulate samples in the look-back window.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let firing = prom.query("ALERTS{alertname=\"LLMLoadCapacityRegression\"}").await.unwrap();
+    let firing = prom
+        .query("ALERTS{alertname=\"LLMLoadCapacityRegression\"}")
+        .await
+        .unwrap();
     assert!(firing.is_empty(), "no regression yet: {firing:?}");
 
     // Sweep 2 at half capacity.
@@ -381,24 +472,47 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         v["runs"].as_array().unwrap().len() == 2 && v["runs"][0]["status"] == "complete"
     })
     .await;
-    prom.wait_for("llmload_capacity_max_qps_without_errors{target=\"prod\"}", 30, |v| v == 10.0).await;
-    prom.wait_for("ALERTS{alertname=\"LLMLoadCapacityRegression\",alertstate=\"firing\",target=\"prod\"}", 30, |v| v == 1.0)
-        .await;
+    prom.wait_for(
+        "llmload_capacity_max_qps_without_errors{target=\"prod\"}",
+        30,
+        |v| v == 10.0,
+    )
+    .await;
+    prom.wait_for(
+        "ALERTS{alertname=\"LLMLoadCapacityRegression\",alertstate=\"firing\",target=\"prod\"}",
+        30,
+        |v| v == 1.0,
+    )
+    .await;
     // …and it reached Alertmanager.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = get(&format!("http://127.0.0.1:{}/api/v2/alerts", am.port)).await;
         let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let hit = alerts.as_array().into_iter().flatten().find(|a| {
-            a["labels"]["alertname"] == "LLMLoadCapacityRegression" && a["labels"]["target"] == "prod"
+            a["labels"]["alertname"] == "LLMLoadCapacityRegression"
+                && a["labels"]["target"] == "prod"
         });
         if let Some(a) = hit {
             assert_eq!(a["labels"]["severity"], "warning");
-            assert!(a["annotations"]["summary"].as_str().unwrap().contains("holds only 10 QPS"));
-            assert!(a["annotations"]["runbook"].as_str().unwrap().contains("/api/v1/jobs/capacity/trigger"));
+            assert!(
+                a["annotations"]["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains("holds only 10 QPS")
+            );
+            assert!(
+                a["annotations"]["runbook"]
+                    .as_str()
+                    .unwrap()
+                    .contains("/api/v1/jobs/capacity/trigger")
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "alert never reached alertmanager: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "alert never reached alertmanager: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -414,7 +528,10 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     for (name, dash) in dashboards() {
         for (where_, expr) in expressions(&dash) {
             for m in metric_names(&expr) {
-                assert!(exported.contains(&m), "{name} {where_}: {m} is not exported by the daemon");
+                assert!(
+                    exported.contains(&m),
+                    "{name} {where_}: {m} is not exported by the daemon"
+                );
             }
             let q = to_promql(&expr);
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -423,7 +540,10 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
                     Err(e) => panic!("{name} {where_}: does not evaluate: {e}"),
                     Ok(r) if !r.is_empty() => break,
                     Ok(_) => {
-                        assert!(Instant::now() < deadline, "{name} {where_}: no series for {q}");
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name} {where_}: no series for {q}"
+                        );
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }

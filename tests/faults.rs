@@ -28,15 +28,26 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
     let client = Arc::new(LlmClient::new(cfg).expect("client builds"));
     let conv = vec![Conversation {
         messages: vec![
-            Message { role: Role::System, content: "s".into() },
-            Message { role: Role::User, content: "hi".into() },
+            Message {
+                role: Role::System,
+                content: "s".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "hi".into(),
+            },
         ],
     }];
     let engine = Engine {
         client,
         requests: Arc::new(prepare_all(
             &conv,
-            &BodyParams { model: "m".into(), max_tokens: 16, temperature: 0.0, stream_usage: true },
+            &BodyParams {
+                model: "m".into(),
+                max_tokens: 16,
+                temperature: 0.0,
+                stream_usage: true,
+            },
         )),
         max_in_flight: 1000,
         observer: Arc::new(NoObserver),
@@ -46,7 +57,13 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
     let t0 = Instant::now();
     let out = engine
         .run_level(
-            LevelSpec { index: 0, qps, duration: Some(dur), arrival: Arrival::Constant, seed: 0 },
+            LevelSpec {
+                index: 0,
+                qps,
+                duration: Some(dur),
+                arrival: Arrival::Constant,
+                seed: 0,
+            },
             &LevelRun::new(),
             CancellationToken::new(),
             CancellationToken::new(),
@@ -55,7 +72,12 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
         .await;
     let r = LevelResult::from_stats(
         &out.stats,
-        LevelTiming { qps_target: qps, duration: dur, send_window: dur, drain: out.timing.drain },
+        LevelTiming {
+            qps_target: qps,
+            duration: dur,
+            send_window: dur,
+            drain: out.timing.drain,
+        },
     );
     assert_eq!(r.sent, r.succeeded + r.failed, "books balance");
     assert_eq!(r.sent, n as u64);
@@ -70,7 +92,12 @@ fn cfg(url: &str) -> ClientConfig {
 }
 
 fn only_error(r: &LevelResult) -> String {
-    assert_eq!(r.errors.len(), 1, "exactly one kind of error: {:?}", r.errors);
+    assert_eq!(
+        r.errors.len(),
+        1,
+        "exactly one kind of error: {:?}",
+        r.errors
+    );
     r.errors.keys().next().unwrap().clone()
 }
 
@@ -85,7 +112,9 @@ where
     let serve = Arc::new(serve);
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let serve = serve.clone();
             tokio::spawn(async move {
                 if let Some(req) = read_request(&mut s).await {
@@ -111,7 +140,10 @@ async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
             let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= h + 4 + len {
                 return Some(buf);
@@ -134,7 +166,11 @@ fn chunked(s: &str) -> String {
 #[tokio::test]
 async fn connection_refused_and_dns_failure() {
     let port = free_port();
-    let (r, t) = level(cfg(&format!("http://127.0.0.1:{port}/v1/chat/completions")), 4).await;
+    let (r, t) = level(
+        cfg(&format!("http://127.0.0.1:{port}/v1/chat/completions")),
+        4,
+    )
+    .await;
     assert_eq!(only_error(&r), "connection refused");
     assert!(t < Duration::from_secs(2));
     // A label over 63 characters fails in the resolver itself: no query
@@ -171,7 +207,10 @@ async fn http_error_statuses_are_counted_by_code() {
 async fn not_sse_html_and_json_bodies_are_malformed_streams() {
     for (ct, body) in [
         ("text/html", "<html><body>502 Bad Gateway</body></html>"),
-        ("application/json", r#"{"choices":[{"message":{"content":"hi"}}]}"#),
+        (
+            "application/json",
+            r#"{"choices":[{"message":{"content":"hi"}}]}"#,
+        ),
     ] {
         let url = raw(move |mut s, _| async move {
             let _ = s
@@ -188,7 +227,17 @@ async fn not_sse_html_and_json_bodies_are_malformed_streams() {
 async fn truncated_errored_and_split_utf8_streams() {
     // SSE without [DONE].
     let url = raw(|mut s, _| async move {
-        let _ = s.write_all(format!("{}{}{}0\r\n\r\n", sse_head(), chunked(CHUNK), chunked(CHUNK)).as_bytes()).await;
+        let _ = s
+            .write_all(
+                format!(
+                    "{}{}{}0\r\n\r\n",
+                    sse_head(),
+                    chunked(CHUNK),
+                    chunked(CHUNK)
+                )
+                .as_bytes(),
+            )
+            .await;
     })
     .await;
     let (r, _) = level(cfg(&url), 2).await;
@@ -197,7 +246,11 @@ async fn truncated_errored_and_split_utf8_streams() {
     // An error object mid-stream, as vLLM sends once streaming began.
     let url = raw(|mut s, _| async move {
         let err = "data: {\"error\":{\"message\":\"out of KV cache\",\"code\":500}}\n\n";
-        let _ = s.write_all(format!("{}{}{}0\r\n\r\n", sse_head(), chunked(CHUNK), chunked(err)).as_bytes()).await;
+        let _ = s
+            .write_all(
+                format!("{}{}{}0\r\n\r\n", sse_head(), chunked(CHUNK), chunked(err)).as_bytes(),
+            )
+            .await;
     })
     .await;
     let (r, _) = level(cfg(&url), 2).await;
@@ -215,9 +268,13 @@ async fn truncated_errored_and_split_utf8_streams() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let _ = s.write_all(b"\r\n").await;
         let rest = &bytes[cut..];
-        let _ = s.write_all(format!("{:x}\r\n", rest.len()).as_bytes()).await;
+        let _ = s
+            .write_all(format!("{:x}\r\n", rest.len()).as_bytes())
+            .await;
         let _ = s.write_all(rest).await;
-        let _ = s.write_all(format!("\r\n{}0\r\n\r\n", chunked(DONE)).as_bytes()).await;
+        let _ = s
+            .write_all(format!("\r\n{}0\r\n\r\n", chunked(DONE)).as_bytes())
+            .await;
     })
     .await;
     let (r, _) = level(cfg(&url), 2).await;
@@ -233,7 +290,9 @@ async fn a_ten_megabyte_line_is_an_error_with_bounded_memory() {
         let _ = s.write_all(chunked("data: ").as_bytes()).await;
         for _ in 0..160 {
             // 10 MB of one line, no newline.
-            if s.write_all(format!("{:x}\r\n", blob.len()).as_bytes()).await.is_err()
+            if s.write_all(format!("{:x}\r\n", blob.len()).as_bytes())
+                .await
+                .is_err()
                 || s.write_all(&blob).await.is_err()
                 || s.write_all(b"\r\n").await.is_err()
             {
@@ -379,12 +438,14 @@ async fn server_closing_kept_alive_connections_and_slow_loris() {
 async fn tls_server(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
     let certs = vec![cert.cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -394,17 +455,28 @@ async fn tls_server(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
             let Ok((s, _)) = l.accept().await else { return };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
                 loop {
-                    let Ok(n) = tls.read(&mut buf).await else { return };
-                    if n == 0 { return; }
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
                     got.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&got).to_string();
                     if let Some(h) = text.find("\r\n\r\n") {
-                        let len: usize = text.to_ascii_lowercase().lines()
-                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        let len: usize = text
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if got.len() >= h + 4 + len {
                             got.clear();
@@ -420,14 +492,19 @@ async fn tls_server(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
 }
 
 fn cert_for(names: &[&str], expired: bool) -> rcgen::CertifiedKey<rcgen::KeyPair> {
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     if expired {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     }
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    rcgen::CertifiedKey { cert, signing_key: key }
+    rcgen::CertifiedKey {
+        cert,
+        signing_key: key,
+    }
 }
 
 #[tokio::test]
@@ -500,8 +577,21 @@ async fn kill_9_mid_run_leaves_readable_partial_results() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let mut child = tokio::process::Command::new(bin())
-        .args(["run", "--endpoint", &mock2.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-               "--qps", "10,10,10", "--duration", "1", "--results-dir", results.to_str().unwrap()])
+        .args([
+            "run",
+            "--endpoint",
+            &mock2.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "10,10,10",
+            "--duration",
+            "1",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -546,8 +636,22 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let child = tokio::process::Command::new(bin())
-        .args(["run", "--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-               "--qps", "10,10", "--duration", "1", "--plot", "--results-dir", results.to_str().unwrap()])
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "10,10",
+            "--duration",
+            "1",
+            "--plot",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -567,12 +671,21 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
     };
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::write(&dir, "in the way").unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stdout.contains("QPS BENCHMARK RESULTS"), "the report is still printed");
-    assert!(stdout.contains("10.0         10.00        100.0"), "{stdout}");
+    assert!(
+        stdout.contains("QPS BENCHMARK RESULTS"),
+        "the report is still printed"
+    );
+    assert!(
+        stdout.contains("10.0         10.00        100.0"),
+        "{stdout}"
+    );
     assert!(stderr.contains("error: cannot write"), "{stderr}");
     mock.shutdown().await;
 }
@@ -582,13 +695,33 @@ async fn bad_flags_exit_2_with_the_flag_named() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = write_dataset(tmp.path());
     let ds = ds.to_str().unwrap();
-    let base = ["run", "--endpoint", "http://127.0.0.1:9/v1/chat/completions", "--model", "m", "--dataset", ds];
+    let base = [
+        "run",
+        "--endpoint",
+        "http://127.0.0.1:9/v1/chat/completions",
+        "--model",
+        "m",
+        "--dataset",
+        ds,
+    ];
     let cases: &[(&[&str], &str)] = &[
-        (&["--header", "no-colon"], "--header 'no-colon': expected 'Name: value'"),
+        (
+            &["--header", "no-colon"],
+            "--header 'no-colon': expected 'Name: value'",
+        ),
         (&["--max-tokens", "0"], "--max-tokens must be at least 1"),
-        (&["--temperature", "-1"], "--temperature -1 must be a number >= 0"),
-        (&["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
-        (&["--api-key-file", "/nonexistent/key"], "/nonexistent/key: cannot read API key file"),
+        (
+            &["--temperature", "-1"],
+            "--temperature -1 must be a number >= 0",
+        ),
+        (
+            &["--max-in-flight", "0"],
+            "--max-in-flight must be at least 1",
+        ),
+        (
+            &["--api-key-file", "/nonexistent/key"],
+            "/nonexistent/key: cannot read API key file",
+        ),
         (&["--ca-cert", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
         (&["--arrival", "burst"], "unknown arrival 'burst'"),
         (&["--request-timeout", "0"], "must be longer than zero"),
@@ -619,9 +752,24 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
     let results = tmp.path().join("r");
     let key = "sk-leak-CANARY-31337";
     let child = tokio::process::Command::new(bin())
-        .args(["run", "--endpoint", &mock.chat_url(), "--model", "m", "--dataset", dataset.to_str().unwrap(),
-               "--qps", "10", "--duration", "1", "--plot", "--results-dir", results.to_str().unwrap(),
-               "--header", "X-Api-Key: hdr-CANARY-42"])
+        .args([
+            "run",
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "10",
+            "--duration",
+            "1",
+            "--plot",
+            "--results-dir",
+            results.to_str().unwrap(),
+            "--header",
+            "X-Api-Key: hdr-CANARY-42",
+        ])
         .env("LLMLOAD_API_KEY", key)
         .env("LLMLOAD_LOG", "trace")
         .stdout(std::process::Stdio::piped())
@@ -629,7 +777,8 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
         .spawn()
         .unwrap();
     // Given by environment, the key is not on the command line (`ps`).
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id().unwrap())).unwrap_or_default();
+    let cmdline =
+        std::fs::read(format!("/proc/{}/cmdline", child.id().unwrap())).unwrap_or_default();
     assert!(!cmdline.windows(6).any(|w| w == b"CANARY"));
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success());
@@ -639,7 +788,10 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
         all.extend(std::fs::read(f.unwrap().path()).unwrap());
     }
     assert!(!all.is_empty());
-    assert!(!all.windows(6).any(|w| w == b"CANARY"), "a secret leaked into output, logs or results");
+    assert!(
+        !all.windows(6).any(|w| w == b"CANARY"),
+        "a secret leaked into output, logs or results"
+    );
     let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
     assert!(truth.contains("\"status\":200"), "the requests did go out");
     mock.shutdown().await;

@@ -662,6 +662,66 @@ async fn plot_redraws_from_the_json_alone() {
 }
 
 #[tokio::test]
+async fn record_requests_writes_one_line_per_request() {
+    let mock = start_mock(known_capacity()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let out = run_bin(
+        &[
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "10,200",
+            "--duration",
+            "1",
+            "--results-dir",
+            results.to_str().unwrap(),
+            "--record-requests",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = &run_dirs(&results)[0];
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("requests.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 210);
+    let ok = lines.iter().filter(|l| l["error"].is_null()).count();
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    let succeeded: u64 = levels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["succeeded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ok as u64, succeeded, "the log agrees with the histograms");
+    let first = &lines[0];
+    for k in [
+        "level",
+        "qps",
+        "seq",
+        "scheduled_at",
+        "sent_at",
+        "ttft",
+        "e2e",
+        "output_tokens",
+        "status",
+    ] {
+        assert!(first.get(k).is_some(), "{k}");
+    }
+    assert!(lines.iter().any(|l| l["error"] == "HTTP 503"));
+    mock.shutdown().await;
+}
+
+#[tokio::test]
 async fn builtin_mock_endpoint_runs_the_readme_demo() {
     init();
     let tmp = tempfile::tempdir().unwrap();

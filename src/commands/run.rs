@@ -126,6 +126,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         )),
         _ => Arc::new(NoObserver),
     };
+    let records = if args.record_requests {
+        Some(Arc::new(
+            crate::records::RecordsObserver::create(&dir.path, Some(observer.clone()))
+                .with_context(|| {
+                    format!(
+                        "creating {}",
+                        dir.file(crate::records::RECORDS_FILE).display()
+                    )
+                })?,
+        ))
+    } else {
+        None
+    };
+    let observer: Arc<dyn Observer> = match &records {
+        Some(r) => r.clone(),
+        None => observer,
+    };
     let engine = Engine {
         client,
         requests,
@@ -158,6 +175,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let console = ConsoleHooks::new(telemetry.clone().zip(sweep_span.clone()));
     let report = runner::execute(&engine, &plan, &outputs, meta, &console, &stop, &cancel).await;
     signals.abort();
+    if let Some(r) = &records {
+        r.flush();
+    }
     if let (Some(t), Some(s)) = (&telemetry, &sweep_span) {
         t.sweep_finished(s, &report.summary);
         t.shutdown().await;

@@ -112,6 +112,8 @@ pub struct RawJob {
     pub snapshot_every: Option<DurationValue>,
     /// Draw the PNG (default true).
     pub plot: Option<bool>,
+    /// Also write requests.jsonl, a line per request (default false).
+    pub record_requests: Option<bool>,
 }
 
 /// A validated configuration.
@@ -180,6 +182,7 @@ pub struct Job {
     pub seed: u64,
     pub snapshot_every: Duration,
     pub plot: bool,
+    pub record_requests: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -576,6 +579,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             seed: j.seed.unwrap_or(0),
             snapshot_every,
             plot: j.plot.unwrap_or(true),
+            record_requests: j.record_requests.unwrap_or(false),
         });
     }
 

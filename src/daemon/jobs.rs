@@ -24,6 +24,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// `llmload_job_fires_total{job, result}`.
+fn count_fire(state: &State, job: &Job, result: &str) {
+    state
+        .metrics
+        .fires
+        .with_label_values(&[&job.name, result])
+        .inc();
+}
+
 /// Why a fire did not start a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FireRefusal {
@@ -43,11 +52,7 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
         .expect("busy lock")
         .insert(job.name.clone())
     {
-        state
-            .metrics
-            .fires
-            .with_label_values(&[&job.name, "skipped"])
-            .inc();
+        count_fire(state, job, "skipped");
         tracing::warn!(job = %job.name, "fire skipped: the previous run of this job is still going");
         return Err(FireRefusal::AlreadyRunning);
     }
@@ -159,6 +164,23 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
             t.temperature,
         ))),
         _ => None,
+    };
+    let next: Option<Arc<dyn Observer>> = if job.record_requests {
+        match crate::records::RecordsObserver::create(&dir.path, next.clone()) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                state.record_write_errors(
+                    &t.name,
+                    &[format!(
+                        "cannot write {}: {e}",
+                        dir.file(crate::records::RECORDS_FILE).display()
+                    )],
+                );
+                next
+            }
+        }
+    } else {
+        next
     };
     let engine = Engine {
         client: slot.client.clone(),
@@ -336,11 +358,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     let _guard = match slot.sweep_lock.try_lock() {
         Ok(g) => g,
         Err(_) => {
-            state
-                .metrics
-                .fires
-                .with_label_values(&[&job.name, "delayed"])
-                .inc();
+            count_fire(state, job, "delayed");
             tracing::info!(job = %job.name, target = %job.target, "sweep waits: another sweep is using the target");
             tokio::select! {
                 g = slot.sweep_lock.lock() => g,
@@ -348,11 +366,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             }
         }
     };
-    state
-        .metrics
-        .fires
-        .with_label_values(&[&job.name, "started"])
-        .inc();
+    count_fire(state, job, "started");
     // Pause a soak on this target for the sweep's duration.
     let paused = slot.soak.lock().expect("soak lock").clone();
     if let Some(p) = &paused {
@@ -444,31 +458,19 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
 
 async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     if slot.soak.lock().expect("soak lock").is_some() {
-        state
-            .metrics
-            .fires
-            .with_label_values(&[&job.name, "skipped"])
-            .inc();
+        count_fire(state, job, "skipped");
         tracing::warn!(job = %job.name, target = %job.target, "soak skipped: another soak runs on this target");
         return;
     }
     // Do not start in the middle of a sweep on this target.
     if slot.sweep_lock.try_lock().is_err() {
-        state
-            .metrics
-            .fires
-            .with_label_values(&[&job.name, "delayed"])
-            .inc();
+        count_fire(state, job, "delayed");
         tokio::select! {
             g = slot.sweep_lock.lock() => drop(g),
             _ = state.shutting_down.cancelled() => return,
         }
     }
-    state
-        .metrics
-        .fires
-        .with_label_values(&[&job.name, "started"])
-        .inc();
+    count_fire(state, job, "started");
     let started = match start_run(state, job, slot) {
         Ok(s) => s,
         Err(e) => {

@@ -113,6 +113,40 @@ fn client(url: &str, keep_ids: bool) -> Arc<LlmClient> {
     Arc::new(LlmClient::new(c).expect("a loopback URL is valid"))
 }
 
+/// The mock knobs the sections vary; prefill and TPOT growth are off.
+struct MockKnobs<'a> {
+    slots: &'a str,
+    queue: &'a str,
+    ttft: &'a str,
+    tpot: &'a str,
+    tokens: &'a str,
+    truth: &'a str,
+}
+
+fn mock_with(k: &MockKnobs) -> Result<servers::ServerProcess, String> {
+    servers::mock(
+        "llmload mock",
+        &[
+            "--slots",
+            k.slots,
+            "--queue",
+            k.queue,
+            "--ttft",
+            k.ttft,
+            "--prefill-per-token",
+            "0",
+            "--tpot",
+            k.tpot,
+            "--tpot-growth",
+            "0",
+            "--output-tokens",
+            k.tokens,
+            "--truth-capacity",
+            k.truth,
+        ],
+    )
+}
+
 /// One fixed-rate probe's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
@@ -125,6 +159,10 @@ pub struct Probe {
     pub tokens: u64,
     pub cpu_s: f64,
     pub ttft_p50_ms: f64,
+    /// Mean E2E: with the rate it gives the streams open at once (Little).
+    pub e2e_mean_s: f64,
+    /// CPU seconds the server process used during the probe.
+    pub server_cpu_s: f64,
     pub held: bool,
 }
 
@@ -162,19 +200,50 @@ async fn probe(e: &Engine, qps: f64, dur: Duration) -> Probe {
         tokens: s.output_tokens_total,
         cpu_s,
         ttft_p50_ms: s.ttft.value_at_quantile(0.5) as f64 / 1000.0,
+        e2e_mean_s: s.e2e.mean() / 1e6,
+        server_cpu_s: 0.0,
         held: achieved >= 0.99 * qps && lag_p99_ms < 5.0 && success >= 0.999 && s.dropped == 0,
     }
 }
 
-/// Highest rate held: double from 1,000 until a probe fails, then bisect.
-async fn find_max(e: &Engine, probe_for: Duration, bisect: usize, log: &dyn Fn(&str)) -> Probe {
+/// CPU seconds (user + system) another process has used.
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A probe with the server's CPU time measured too.
+async fn probe_with_server(e: &Engine, qps: f64, dur: Duration, server_pid: u32) -> Probe {
+    let s0 = process_cpu(server_pid);
+    let mut p = probe(e, qps, dur).await;
+    p.server_cpu_s = process_cpu(server_pid) - s0;
+    p
+}
+
+/// Highest rate held: double from 500 until a probe fails, then bisect.
+async fn find_max(
+    e: &Engine,
+    server_pid: u32,
+    probe_for: Duration,
+    bisect: usize,
+    log: &dyn Fn(&str),
+) -> Probe {
     // Warm the pool so the first probe does not pay for connections.
     let _ = probe(e, 200.0, Duration::from_secs(1)).await;
     let mut best: Option<Probe> = None;
     let mut fail: Option<f64> = None;
     let mut rate = 500.0;
     while rate <= 64_000.0 {
-        let p = probe(e, rate, probe_for).await;
+        let p = probe_with_server(e, rate, probe_for, server_pid).await;
         log(&format!(
             "    {rate:>7.0} req/s: achieved {:.0}, lag p99 {:.2} ms, success {:.2}%, {}",
             p.achieved,
@@ -198,7 +267,7 @@ async fn find_max(e: &Engine, probe_for: Duration, bisect: usize, log: &dyn Fn(&
             if mid <= lo || mid >= hi {
                 break;
             }
-            let p = probe(e, mid, probe_for).await;
+            let p = probe_with_server(e, mid, probe_for, server_pid).await;
             log(&format!(
                 "    {mid:>7.0} req/s: achieved {:.0}, lag p99 {:.2} ms, success {:.2}%, {}",
                 p.achieved,
@@ -225,6 +294,8 @@ async fn find_max(e: &Engine, probe_for: Duration, bisect: usize, log: &dyn Fn(&
         tokens: 0,
         cpu_s: 0.0,
         ttft_p50_ms: 0.0,
+        e2e_mean_s: 0.0,
+        server_cpu_s: 0.0,
         held: false,
     })
 }
@@ -239,6 +310,11 @@ pub struct Throughput {
     pub client_cores: f64,
     pub cpu_s_per_1k_requests: f64,
     pub cpu_s_per_1m_tokens: f64,
+    /// Streams open at once on average (rate x mean E2E).
+    pub concurrent_streams: f64,
+    /// Server CPU per 1M tokens, to compare with the client's.
+    pub server_cpu_s_per_1m_tokens: f64,
+    pub server_cores: f64,
 }
 
 fn throughput_row(server: &str, stream: &str, p: &Probe, dur: Duration) -> Throughput {
@@ -251,6 +327,9 @@ fn throughput_row(server: &str, stream: &str, p: &Probe, dur: Duration) -> Throu
         client_cores: p.cpu_s / dur.as_secs_f64(),
         cpu_s_per_1k_requests: p.cpu_s / p.sent.max(1) as f64 * 1000.0,
         cpu_s_per_1m_tokens: p.cpu_s / p.tokens.max(1) as f64 * 1e6,
+        concurrent_streams: p.achieved * p.e2e_mean_s,
+        server_cpu_s_per_1m_tokens: p.server_cpu_s / p.tokens.max(1) as f64 * 1e6,
+        server_cores: p.server_cpu_s / dur.as_secs_f64(),
     }
 }
 
@@ -727,19 +806,51 @@ pub async fn soak(minutes: u64, rate: f64, log: &dyn Fn(&str)) -> Result<Vec<Soa
     let srv = servers::mock(
         "llmload mock",
         &[
-            "--slots", "256", "--queue", "256", "--ttft", "50ms", "--prefill-per-token", "0",
-            "--tpot", "10ms", "--tpot-growth", "0", "--output-tokens", "32", "--stall-for", "2s",
-            "--truth-capacity", "1000",
-            "--fault", "http500=0.01", "--fault", "http503=0.01", "--fault", "http429=0.01",
-            "--fault", "reset=0.01", "--fault", "truncate=0.01", "--fault", "malformed=0.01",
-            "--fault", "stall=0.01", "--fault", "slow-first-byte=0.01",
+            "--slots",
+            "256",
+            "--queue",
+            "256",
+            "--ttft",
+            "50ms",
+            "--prefill-per-token",
+            "0",
+            "--tpot",
+            "10ms",
+            "--tpot-growth",
+            "0",
+            "--output-tokens",
+            "32",
+            "--stall-for",
+            "2s",
+            "--truth-capacity",
+            "1000",
+            "--fault",
+            "http500=0.01",
+            "--fault",
+            "http503=0.01",
+            "--fault",
+            "http429=0.01",
+            "--fault",
+            "reset=0.01",
+            "--fault",
+            "truncate=0.01",
+            "--fault",
+            "malformed=0.01",
+            "--fault",
+            "stall=0.01",
+            "--fault",
+            "slow-first-byte=0.01",
         ],
     )?;
     let mut c = ClientConfig::new(&srv.url);
     c.first_token_timeout = Some(Duration::from_secs(1));
     c.idle_timeout = Some(Duration::from_secs(1));
     c.request_timeout = Duration::from_secs(10);
-    let e = engine(Arc::new(LlmClient::new(c).map_err(|e| e.to_string())?), Arc::new(NoObserver), 512);
+    let e = engine(
+        Arc::new(LlmClient::new(c).map_err(|e| e.to_string())?),
+        Arc::new(NoObserver),
+        512,
+    );
     let mut out = Vec::new();
     let mut seq = 0;
     for minute in 1..=minutes {
@@ -838,27 +949,14 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
         Some(memory(&e, "nginx (bulk)", rate, total).await)
     } else {
-        let srv = servers::mock(
-            "llmload mock",
-            &[
-                "--slots",
-                "1000000",
-                "--queue",
-                "0",
-                "--ttft",
-                "0",
-                "--prefill-per-token",
-                "0",
-                "--tpot",
-                "0",
-                "--tpot-growth",
-                "0",
-                "--output-tokens",
-                "64",
-                "--truth-capacity",
-                "0",
-            ],
-        )?;
+        let srv = mock_with(&MockKnobs {
+            slots: "1000000",
+            queue: "0",
+            ttft: "0",
+            tpot: "0",
+            tokens: "64",
+            truth: "0",
+        })?;
         let rate = 2500.0;
         log(&format!(
             "memory: {total} requests at {rate:.0} req/s against the mock"
@@ -876,7 +974,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
                 srv.name
             ));
             let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
-            let p = find_max(&e, probe_for, bisect, log).await;
+            let p = find_max(&e, srv.pid(), probe_for, bisect, log).await;
             throughput.push(throughput_row(
                 "nginx (bulk)",
                 &format!("{tokens} tokens, no gap"),
@@ -894,55 +992,29 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             break;
         }
         let t = tokens.to_string();
-        let srv = servers::mock(
-            "llmload mock",
-            &[
-                "--slots",
-                "1000000",
-                "--queue",
-                "0",
-                "--ttft",
-                "0",
-                "--prefill-per-token",
-                "0",
-                "--tpot",
-                tpot,
-                "--tpot-growth",
-                "0",
-                "--output-tokens",
-                &t,
-                "--truth-capacity",
-                "0",
-            ],
-        )?;
+        let srv = mock_with(&MockKnobs {
+            slots: "1000000",
+            queue: "0",
+            ttft: "0",
+            tpot,
+            tokens: &t,
+            truth: "0",
+        })?;
         log(&format!("throughput: llmload mock, {label}"));
         let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
-        let p = find_max(&e, probe_for, bisect, log).await;
+        let p = find_max(&e, srv.pid(), probe_for, bisect, log).await;
         throughput.push(throughput_row("llmload mock", label, &p, probe_for));
     }
 
     log("accuracy: client vs the mock's own stamps (TTFT 20 ms, 16 tokens 2 ms apart)");
-    let acc_mock = servers::mock(
-        "llmload mock",
-        &[
-            "--slots",
-            "100000",
-            "--queue",
-            "0",
-            "--ttft",
-            "20ms",
-            "--prefill-per-token",
-            "0",
-            "--tpot",
-            "2ms",
-            "--tpot-growth",
-            "0",
-            "--output-tokens",
-            "16",
-            "--truth-capacity",
-            "200000",
-        ],
-    )?;
+    let acc_mock = mock_with(&MockKnobs {
+        slots: "100000",
+        queue: "0",
+        ttft: "20ms",
+        tpot: "2ms",
+        tokens: "16",
+        truth: "200000",
+    })?;
     let mut acc = Vec::new();
     for (rate, secs) in [(10.0, 5.0), (100.0, 5.0), (1000.0, 3.0)] {
         if !want("accuracy") {
@@ -960,27 +1032,14 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
     drop(acc_mock);
 
     log("overheads: metrics and traces on vs off (mock, 64 tokens, TTFT 5 ms)");
-    let ov_mock = servers::mock(
-        "llmload mock",
-        &[
-            "--slots",
-            "100000",
-            "--queue",
-            "0",
-            "--ttft",
-            "5ms",
-            "--prefill-per-token",
-            "0",
-            "--tpot",
-            "0",
-            "--tpot-growth",
-            "0",
-            "--output-tokens",
-            "64",
-            "--truth-capacity",
-            "0",
-        ],
-    )?;
+    let ov_mock = mock_with(&MockKnobs {
+        slots: "100000",
+        queue: "0",
+        ttft: "5ms",
+        tpot: "0",
+        tokens: "64",
+        truth: "0",
+    })?;
     let ov_dur = if opts.quick {
         Duration::from_secs(3)
     } else {
@@ -1083,23 +1142,40 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:<14} {:<22} {:>10} {:>12} {:>9} {:>7} {:>12} {:>12}",
-        "server", "stream", "req/s", "tokens/s", "lag p99", "cores", "CPU s/1k req", "CPU s/1M tok"
+        "  {:<14} {:<22} {:>7} {:>9} {:>8} {:>8} {:>6} {:>11} {:>11} {:>8} {:>11}",
+        "server",
+        "stream",
+        "req/s",
+        "tokens/s",
+        "streams",
+        "lag p99",
+        "cores",
+        "s/1k req",
+        "s/1M tok",
+        "srv cores",
+        "srv s/1M tok"
     );
     for t in &r.throughput {
         let _ = writeln!(
             o,
-            "  {:<14} {:<22} {:>10.0} {:>12.0} {:>6.2} ms {:>7.2} {:>12.4} {:>12.2}",
+            "  {:<14} {:<22} {:>7.0} {:>9.0} {:>8.0} {:>5.2} ms {:>6.2} {:>11.4} {:>11.2} {:>9.2} {:>11.2}",
             t.server,
             t.stream,
             t.held_rps,
             t.tokens_per_s,
+            t.concurrent_streams,
             t.lag_p99_ms,
             t.client_cores,
             t.cpu_s_per_1k_requests,
-            t.cpu_s_per_1m_tokens
+            t.cpu_s_per_1m_tokens,
+            t.server_cores,
+            t.server_cpu_s_per_1m_tokens
         );
     }
+    let _ = writeln!(
+        o,
+        "  (client columns: cores used, CPU seconds per 1,000 requests and per 1,000,000 tokens; srv: the server process)"
+    );
     let _ = writeln!(
         o,
         "\nACCURACY (|client − server| on the shared monotonic clock; µs)"

@@ -16,6 +16,12 @@ pub struct ServerProcess {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl ServerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for ServerProcess {
     /// SIGTERM first: nginx's master then stops its workers (a SIGKILLed
     /// master leaves them running); SIGKILL if it lingers.
@@ -125,7 +131,7 @@ pub fn nginx(tokens: usize) -> Result<ServerProcess, String> {
         .map_err(|e| e.to_string())?;
     let port = free_port().map_err(|e| e.to_string())?;
     let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 16384; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
            server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\

@@ -1,0 +1,101 @@
+//! Optional per-request log: `requests.jsonl` in the run directory, one
+//! line per request, written only when asked (`--record-requests`, or
+//! `record_requests = true` on a daemon job). Off by default so memory and
+//! disk stay flat over days; the histograms carry the statistics.
+
+use crate::record::RequestRecord;
+use crate::sweep::{LevelSpec, Observer, RequestHook};
+use serde::Serialize;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub const RECORDS_FILE: &str = "requests.jsonl";
+
+/// One line of `requests.jsonl`. Times are seconds from the level start.
+#[derive(Serialize)]
+struct Line<'a> {
+    level: usize,
+    qps: f64,
+    seq: u64,
+    scheduled_at: f64,
+    sent_at: f64,
+    ttft: Option<f64>,
+    e2e: f64,
+    output_tokens: u32,
+    status: Option<u16>,
+    error: Option<String>,
+    finish_reason: Option<&'a str>,
+}
+
+/// Appends a line per finished request, then passes the request on.
+pub struct RecordsObserver {
+    out: Mutex<BufWriter<std::fs::File>>,
+    pub next: Option<Arc<dyn Observer>>,
+}
+
+impl RecordsObserver {
+    pub fn create(dir: &Path, next: Option<Arc<dyn Observer>>) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(RECORDS_FILE))?;
+        Ok(Self {
+            out: Mutex::new(BufWriter::with_capacity(64 * 1024, f)),
+            next,
+        })
+    }
+
+    /// Push buffered lines to the file (called at level ends and exit).
+    pub fn flush(&self) {
+        let _ = self.out.lock().expect("records lock").flush();
+    }
+}
+
+impl Observer for RecordsObserver {
+    fn request_start(
+        &self,
+        level: &LevelSpec,
+        base: std::time::Instant,
+        rec: &RequestRecord,
+    ) -> Option<RequestHook> {
+        self.next
+            .as_ref()
+            .and_then(|n| n.request_start(level, base, rec))
+    }
+
+    fn request_done(
+        &self,
+        level: &LevelSpec,
+        base: std::time::Instant,
+        rec: &RequestRecord,
+        hook: Option<RequestHook>,
+    ) {
+        let line = Line {
+            level: level.index,
+            qps: level.qps,
+            seq: rec.seq,
+            scheduled_at: rec.scheduled_at.as_secs_f64(),
+            sent_at: rec.sent_at.as_secs_f64(),
+            ttft: rec.ttft().map(|d| d.as_secs_f64()),
+            e2e: rec.e2e().as_secs_f64(),
+            output_tokens: rec.output_tokens().0,
+            status: rec.status,
+            error: rec.outcome.err().map(|k| k.key()),
+            finish_reason: rec.finish.map(|f| f.as_str()),
+        };
+        if let Ok(mut text) = serde_json::to_vec(&line) {
+            text.push(b'\n');
+            let _ = self.out.lock().expect("records lock").write_all(&text);
+        }
+        if let Some(n) = &self.next {
+            n.request_done(level, base, rec, hook);
+        }
+    }
+}
+
+impl Drop for RecordsObserver {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
