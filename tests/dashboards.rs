@@ -443,7 +443,7 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     .unwrap();
     let am = start_alertmanager().await;
     let d = Daemon::start(&cfg, &[]).await;
-    let prom = Prometheus::start(&[d.addr], &[rules.clone()], Some(am.port)).await;
+    let prom = Prometheus::start(&[d.addr], std::slice::from_ref(&rules), Some(am.port)).await;
 
     // Sweep 1 at full capacity: 30 QPS holds, 60 does not.
     d.wait_json("/api/v1/runs?job=capacity", 60, |v| {
