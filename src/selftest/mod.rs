@@ -593,7 +593,9 @@ async fn overheads(
     dur: Duration,
     rounds: usize,
 ) -> Vec<Overhead> {
-    const VARIANTS: [&str; 4] = ["off", "metrics", "traces", "metrics+traces"];
+    // "off again" is a second, independent baseline: how far it lands from
+    // "off" is the noise floor of this end-to-end comparison.
+    const VARIANTS: [&str; 5] = ["off", "metrics", "traces", "metrics+traces", "off again"];
     let otlp = discard_collector().await;
     let tel = crate::telemetry::Telemetry::start(crate::telemetry::Settings {
         endpoint: otlp,
@@ -605,8 +607,12 @@ async fn overheads(
     let mut out = Vec::new();
     for &rate in rates {
         let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); VARIANTS.len()];
-        for _ in 0..rounds {
-            for (vi, variant) in VARIANTS.iter().enumerate() {
+        for round in 0..rounds {
+            // Rotate the order each round so no variant always runs first
+            // or last (drift within a round would otherwise bias them).
+            for step in 0..VARIANTS.len() {
+                let vi = (step + round) % VARIANTS.len();
+                let variant = &VARIANTS[vi];
                 let traced = variant.contains("traces");
                 let c = client(&mock.url, traced);
                 let metrics = crate::daemon::metrics::Metrics::new();
@@ -1050,7 +1056,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             &ov_mock,
             &[100.0, 1000.0],
             ov_dur,
-            if opts.quick { 2 } else { 3 },
+            if opts.quick { 2 } else { 5 },
         )
         .await
     } else {
@@ -1106,17 +1112,36 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             format!("{:+.1} MB", m.growth_mb),
         ));
     }
-    targets.push((
-        "metrics + traces CPU overhead <= 5 % at 1,000 req/s (measured directly)".to_string(),
-        observer_cost.both_pct <= 5.0,
-        format!(
-            "{:.1} µs + {:.1} µs per request = {:.1} % of {:.0} µs",
-            observer_cost.metrics_us_per_request,
-            observer_cost.traces_us_per_request,
-            observer_cost.both_pct,
-            observer_cost.baseline_us_per_request
-        ),
-    ));
+    let e2e = |v: &str| {
+        overhead
+            .iter()
+            .find(|o| o.rate == 1000.0 && o.variant == v)
+            .map(|o| o.cpu_overhead_pct)
+    };
+    if let (Some(both), Some(metrics), Some(traces), Some(noise)) = (
+        e2e("metrics+traces"),
+        e2e("metrics"),
+        e2e("traces"),
+        e2e("off again"),
+    ) {
+        targets.push((
+            "metrics CPU overhead <= 5 % at 1,000 req/s (end to end)".to_string(),
+            metrics <= 5.0,
+            format!("{metrics:+.1} % (noise floor {noise:+.1} %)"),
+        ));
+        targets.push((
+            "metrics + traces CPU overhead <= 5 % at 1,000 req/s (end to end, every request span kept)"
+                .to_string(),
+            both <= 5.0,
+            format!(
+                "{both:+.1} % (traces alone {traces:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
+                observer_cost.metrics_us_per_request,
+                observer_cost.traces_us_per_request,
+                observer_cost.baseline_us_per_request,
+                observer_cost.both_pct
+            ),
+        ));
+    }
 
     Ok(Report {
         machine: machine(),
