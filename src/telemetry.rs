@@ -9,11 +9,11 @@
 //!   its own span, so a server with tracing (vLLM, a gateway) joins the
 //!   trace. Its sampled flag is our ratio decision for that request.
 //! * **Sampling.** Sweep and level spans are always exported. A request
-//!   span is exported when its ratio draw (from its span id) says so **or**
-//!   the request failed: the decision is taken at span end by
-//!   [`KeepProcessor`] in front of the batch processor, which is why errors
-//!   can always be kept. The cost is that unsampled successful spans are
-//!   still built (cheap; see the README's overhead figures).
+//!   is sampled by a ratio draw when it starts: sampled ones get a live
+//!   span; the others get no span at all unless they fail, in which case
+//!   one is built at the end from the scheduled instant, so every failure
+//!   is kept and unsampled successes cost nothing. [`KeepProcessor`] is
+//!   the backstop that drops any unsampled success span that reaches it.
 //! * **Content.** Prompt and completion text are never recorded; the API
 //!   key never leaves the client's sensitive header.
 //! * **Export.** The batch processor runs on its own OS thread; our hyper
@@ -404,6 +404,9 @@ impl Telemetry {
                 }),
             max_tokens,
             temperature,
+            salt: mix(SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)),
         }
     }
 
@@ -444,26 +447,42 @@ pub struct TraceObserver {
     port: u16,
     max_tokens: u32,
     temperature: f64,
+    /// Per-observer salt for the sampling draw (by request sequence).
+    salt: u64,
 }
 
-struct RequestSpan {
-    span: opentelemetry_sdk::trace::Span,
-    sampled: bool,
+/// A request's tracing state between start and done. It travels boxed in
+/// the request hook, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum RequestSpan {
+    /// Sampled: the span is live from the scheduled send.
+    Live(opentelemetry_sdk::trace::Span),
+    /// Not sampled: no span is built unless the request fails, in which
+    /// case it is built at the end with its true start time. (Its span id
+    /// then differs from the one in the `traceparent` we sent, which told
+    /// the server not to sample, so no server span points at it.)
+    Deferred(Context),
 }
 
-impl Observer for TraceObserver {
-    fn request_start(
+/// SplitMix64: a fast, well-mixed hash for the sampling draw and ids.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl TraceObserver {
+    fn start_span(
         &self,
-        _level: &LevelSpec,
-        base: Instant,
-        rec: &RequestRecord,
-    ) -> Option<RequestHook> {
-        let parent = self.level.lock().expect("level lock").clone()?;
+        parent: &Context,
+        start: SystemTime,
+        seq: u64,
+    ) -> opentelemetry_sdk::trace::Span {
         let t = &self.tel.inner.tracer;
-        let span = t
-            .span_builder(self.name.clone())
+        t.span_builder(self.name.clone())
             .with_kind(SpanKind::Client)
-            .with_start_time(self.tel.wall(base + rec.scheduled_at))
+            .with_start_time(start)
             .with_attributes([
                 KeyValue::new("gen_ai.operation.name", "chat"),
                 KeyValue::new("gen_ai.provider.name", "openai"),
@@ -473,42 +492,18 @@ impl Observer for TraceObserver {
                 KeyValue::new("gen_ai.request.stream", true),
                 KeyValue::new("server.address", self.host.clone()),
                 KeyValue::new("server.port", self.port as i64),
-                KeyValue::new("llmload.seq", rec.seq as i64),
+                KeyValue::new("llmload.seq", seq as i64),
             ])
-            .start_with_context(t, &parent);
-        let sc: SpanContext = span.span_context().clone();
-        let draw = u64::from_be_bytes(sc.span_id().to_bytes()) as f64 / u64::MAX as f64;
-        let sampled = draw < self.tel.inner.settings.sample_ratio;
-        let header = self.tel.inner.settings.propagate.then(|| {
-            let v = format!(
-                "00-{}-{}-{}",
-                sc.trace_id(),
-                sc.span_id(),
-                if sampled { "01" } else { "00" }
-            );
-            (
-                http::HeaderName::from_static("traceparent"),
-                http::HeaderValue::from_str(&v).expect("hex and dashes are a valid header"),
-            )
-        });
-        Some(RequestHook {
-            header,
-            state: Box::new(RequestSpan { span, sampled }),
-        })
+            .start_with_context(t, parent)
     }
 
-    fn request_done(
+    fn finish(
         &self,
-        _level: &LevelSpec,
+        mut span: opentelemetry_sdk::trace::Span,
         base: Instant,
         rec: &RequestRecord,
-        hook: Option<RequestHook>,
+        sampled: bool,
     ) {
-        let Some(hook) = hook else { return };
-        let Ok(state) = hook.state.downcast::<RequestSpan>() else {
-            return;
-        };
-        let RequestSpan { mut span, sampled } = *state;
         span.set_attribute(KeyValue::new(SAMPLED_ATTR, sampled));
         span.set_attribute(KeyValue::new(
             "llmload.scheduled_offset_s",
@@ -557,6 +552,71 @@ impl Observer for TraceObserver {
             span.set_status(Status::error(kind.key()));
         }
         span.end_with_timestamp(self.tel.wall(base + rec.done_at));
+    }
+}
+
+impl Observer for TraceObserver {
+    fn request_start(
+        &self,
+        _level: &LevelSpec,
+        base: Instant,
+        rec: &RequestRecord,
+    ) -> Option<RequestHook> {
+        let parent = self.level.lock().expect("level lock").clone()?;
+        let draw = mix(rec.seq ^ self.salt);
+        let unit = (draw >> 11) as f64 / ((1u64 << 53) as f64);
+        let sampled = unit < self.tel.inner.settings.sample_ratio;
+        let (state, trace_id, span_id) = if sampled {
+            let span = self.start_span(&parent, self.tel.wall(base + rec.scheduled_at), rec.seq);
+            let sc: SpanContext = span.span_context().clone();
+            (RequestSpan::Live(span), sc.trace_id(), sc.span_id())
+        } else {
+            let trace_id = parent.span().span_context().trace_id();
+            let id = mix(draw).max(1);
+            (
+                RequestSpan::Deferred(parent),
+                trace_id,
+                opentelemetry::trace::SpanId::from_bytes(id.to_be_bytes()),
+            )
+        };
+        let header = self.tel.inner.settings.propagate.then(|| {
+            let v = format!(
+                "00-{trace_id}-{span_id}-{}",
+                if sampled { "01" } else { "00" }
+            );
+            (
+                http::HeaderName::from_static("traceparent"),
+                http::HeaderValue::from_str(&v).expect("hex and dashes are a valid header"),
+            )
+        });
+        Some(RequestHook {
+            header,
+            state: Box::new(state),
+        })
+    }
+
+    fn request_done(
+        &self,
+        _level: &LevelSpec,
+        base: Instant,
+        rec: &RequestRecord,
+        hook: Option<RequestHook>,
+    ) {
+        let Some(hook) = hook else { return };
+        let Ok(state) = hook.state.downcast::<RequestSpan>() else {
+            return;
+        };
+        match *state {
+            RequestSpan::Live(span) => self.finish(span, base, rec, true),
+            // Failures are always kept: build the span now, from the
+            // scheduled instant, under the same level.
+            RequestSpan::Deferred(parent) if !rec.is_ok() => {
+                let span =
+                    self.start_span(&parent, self.tel.wall(base + rec.scheduled_at), rec.seq);
+                self.finish(span, base, rec, false);
+            }
+            RequestSpan::Deferred(_) => {}
+        }
     }
 }
 
