@@ -595,15 +595,26 @@ async fn overheads(
 ) -> Vec<Overhead> {
     // "off again" is a second, independent baseline: how far it lands from
     // "off" is the noise floor of this end-to-end comparison.
-    const VARIANTS: [&str; 5] = ["off", "metrics", "traces", "metrics+traces", "off again"];
+    const VARIANTS: [&str; 6] = [
+        "off",
+        "metrics",
+        "traces",
+        "traces 10%",
+        "metrics+traces",
+        "off again",
+    ];
     let otlp = discard_collector().await;
-    let tel = crate::telemetry::Telemetry::start(crate::telemetry::Settings {
-        endpoint: otlp,
-        sample_ratio: 1.0,
-        propagate: true,
-        service_name: Some("llmload-selftest".into()),
-    })
-    .ok();
+    let start = |ratio: f64| {
+        crate::telemetry::Telemetry::start(crate::telemetry::Settings {
+            endpoint: otlp.clone(),
+            sample_ratio: ratio,
+            propagate: true,
+            service_name: Some("llmload-selftest".into()),
+        })
+        .ok()
+    };
+    let tel_all = start(1.0);
+    let tel_tenth = start(0.1);
     let mut out = Vec::new();
     for &rate in rates {
         let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); VARIANTS.len()];
@@ -614,6 +625,11 @@ async fn overheads(
                 let vi = (step + round) % VARIANTS.len();
                 let variant = &VARIANTS[vi];
                 let traced = variant.contains("traces");
+                let tel = if variant.contains("10%") {
+                    &tel_tenth
+                } else {
+                    &tel_all
+                };
                 let c = client(&mock.url, traced);
                 let metrics = crate::daemon::metrics::Metrics::new();
                 let span = tel.as_ref().filter(|_| traced).map(|t| {
@@ -625,7 +641,7 @@ async fn overheads(
                         job: None,
                     })
                 });
-                let trace_obs: Option<Arc<dyn Observer>> = match (&tel, &span) {
+                let trace_obs: Option<Arc<dyn Observer>> = match (tel, &span) {
                     (Some(t), Some(s)) => Some(Arc::new(t.request_observer(
                         s,
                         "selftest",
@@ -651,12 +667,12 @@ async fn overheads(
                     arrival: Arrival::Constant,
                     seed: 0,
                 };
-                if let (Some(t), Some(s)) = (&tel, &span) {
+                if let (Some(t), Some(s)) = (tel, &span) {
                     t.level_started(s, &spec);
                 }
                 let _ = probe(&e, rate.min(200.0), Duration::from_millis(300)).await;
                 let p = probe(&e, rate, dur).await;
-                if let Some(t) = &tel
+                if let Some(t) = tel
                     && traced
                 {
                     // Export inside the measured process, outside the
@@ -692,7 +708,7 @@ async fn overheads(
             });
         }
     }
-    if let Some(t) = tel {
+    for t in [tel_all, tel_tenth].into_iter().flatten() {
         t.shutdown().await;
     }
     out
