@@ -51,6 +51,13 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Allow a stream four times the request's `max_tokens` in token
+    /// chunks (at least 4,096) before it counts as runaway.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_token_chunks = max_tokens.saturating_mul(4).max(4096);
+        self
+    }
+
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),

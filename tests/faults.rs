@@ -577,14 +577,8 @@ async fn kill_9_mid_run_leaves_readable_partial_results() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let mut child = tokio::process::Command::new(bin())
+        .args(base_run(&mock2.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock2.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "10,10,10",
             "--duration",
@@ -636,14 +630,8 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let child = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "10,10",
             "--duration",
@@ -752,14 +740,8 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
     let results = tmp.path().join("r");
     let key = "sk-leak-CANARY-31337";
     let child = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "10",
             "--duration",

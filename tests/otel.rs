@@ -311,14 +311,8 @@ async fn no_export_and_no_header_unless_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
     let out = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "5",
             "--duration",
@@ -340,14 +334,8 @@ async fn no_export_and_no_header_unless_asked() {
     // With traces on but propagation off: spans, no header.
     let rx = receiver().await;
     let out = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "5",
             "--duration",
@@ -381,15 +369,7 @@ async fn no_export_and_no_header_unless_asked() {
 
     // grpc is refused with a clear message, before any load.
     let out = tokio::process::Command::new(bin())
-        .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
-        ])
+        .args(base_run(&mock.chat_url(), &dataset))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .output()
@@ -439,14 +419,8 @@ async fn daemon_sweeps_are_traced_and_a_dead_collector_is_harmless() {
     // A collector that is down: the run completes, the failure is logged.
     let port = free_port();
     let out = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "5",
             "--duration",

@@ -553,14 +553,8 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("r");
     let child = tokio::process::Command::new(bin())
+        .args(base_run(&mock.chat_url(), &dataset))
         .args([
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            dataset.to_str().unwrap(),
             "--qps",
             "10,10,10",
             "--duration",

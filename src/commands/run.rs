@@ -66,7 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             None => None,
         };
-    let mut client_cfg = ClientConfig::new(&endpoint);
+    let mut client_cfg = ClientConfig::new(&endpoint).with_max_tokens(args.max_tokens);
     client_cfg.api_key = api_key;
     client_cfg.headers = parse_headers(&args.headers)?;
     client_cfg.ca_cert = args.ca_cert.clone();
@@ -75,7 +75,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     client_cfg.first_token_timeout = args.first_token_timeout;
     client_cfg.idle_timeout = args.idle_timeout;
     client_cfg.request_timeout = args.request_timeout;
-    client_cfg.max_token_chunks = args.max_tokens.saturating_mul(4).max(4096);
     client_cfg.keep_response_ids = telemetry.is_some();
     let client = Arc::new(LlmClient::new(client_cfg)?);
 

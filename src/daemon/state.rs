@@ -118,7 +118,7 @@ impl State {
                 temperature: t.temperature,
                 stream_usage: t.stream_usage,
             };
-            let mut cc = ClientConfig::new(&t.endpoint);
+            let mut cc = ClientConfig::new(&t.endpoint).with_max_tokens(t.max_tokens);
             cc.api_key = target_key(t)?;
             cc.headers = t.headers.clone();
             cc.ca_cert = t.ca_cert.clone();
@@ -127,7 +127,6 @@ impl State {
             cc.first_token_timeout = t.first_token_timeout;
             cc.idle_timeout = t.idle_timeout;
             cc.request_timeout = t.request_timeout;
-            cc.max_token_chunks = t.max_tokens.saturating_mul(4).max(4096);
             cc.keep_response_ids = telemetry.is_some();
             let client = LlmClient::new(cc).map_err(|e| format!("target '{}': {e}", t.name))?;
             slots.insert(

@@ -464,3 +464,20 @@ pub fn urlencode(s: &str) -> String {
     }
     out
 }
+
+/// `run --endpoint <url> --model m --dataset <dataset>`: the arguments
+/// every `llmload run` test starts with.
+pub fn base_run(endpoint: &str, dataset: &Path) -> Vec<String> {
+    [
+        "run",
+        "--endpoint",
+        endpoint,
+        "--model",
+        "m",
+        "--dataset",
+        dataset.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
