@@ -737,44 +737,81 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
     let mock = start_mock(mc).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
-    let results = tmp.path().join("r");
     let key = "sk-leak-CANARY-31337";
-    let child = tokio::process::Command::new(bin())
-        .args(base_run(&mock.chat_url(), &dataset))
-        .args([
-            "--qps",
-            "10",
-            "--duration",
-            "1",
-            "--plot",
-            "--results-dir",
-            results.to_str().unwrap(),
-            "--header",
-            "X-Api-Key: hdr-CANARY-42",
-        ])
-        .env("LLMLOAD_API_KEY", key)
-        .env("LLMLOAD_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Given by environment, the key is not on the command line (`ps`).
-    let cmdline =
-        std::fs::read(format!("/proc/{}/cmdline", child.id().unwrap())).unwrap_or_default();
-    assert!(!cmdline.windows(6).any(|w| w == b"CANARY"));
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success());
-    let mut all = out.stdout.clone();
-    all.extend_from_slice(&out.stderr);
-    for f in std::fs::read_dir(&run_dirs(&results)[0]).unwrap() {
-        all.extend(std::fs::read(f.unwrap().path()).unwrap());
+    let key_file = tmp.path().join("key.txt");
+    std::fs::write(&key_file, format!("\n{key}\n")).unwrap();
+    // The key by environment, then by file: neither may reach `ps`.
+    for (n, by_file) in [(0, false), (1, true)] {
+        let results = tmp.path().join(format!("r{n}"));
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(base_run(&mock.chat_url(), &dataset))
+            .args([
+                "--qps",
+                "10",
+                "--duration",
+                "1",
+                "--plot",
+                "--results-dir",
+                results.to_str().unwrap(),
+                "--header",
+                "X-Api-Key: hdr-CANARY-42",
+            ])
+            .env_remove("OPENAI_API_KEY")
+            .env("LLMLOAD_LOG", "trace")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if by_file {
+            cmd.arg("--api-key-file").arg(&key_file);
+            cmd.env_remove("LLMLOAD_API_KEY");
+        } else {
+            cmd.env("LLMLOAD_API_KEY", key);
+        }
+        let child = cmd.spawn().unwrap();
+        // The header value is on the command line by design (it was
+        // given as a flag); the key must not be.
+        let cmdline = cmdline_after_exec(child.id().unwrap()).await;
+        assert!(
+            contains(&cmdline, b"--results-dir"),
+            "read llmload's own command line"
+        );
+        assert!(!contains(&cmdline, key.as_bytes()), "the key is in ps");
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut all = out.stdout.clone();
+        all.extend_from_slice(&out.stderr);
+        for f in std::fs::read_dir(&run_dirs(&results)[0]).unwrap() {
+            all.extend(std::fs::read(f.unwrap().path()).unwrap());
+        }
+        assert!(!all.is_empty());
+        assert!(
+            !contains(&all, b"CANARY"),
+            "a secret leaked into output, logs or results"
+        );
     }
-    assert!(!all.is_empty());
-    assert!(
-        !all.windows(6).any(|w| w == b"CANARY"),
-        "a secret leaked into output, logs or results"
-    );
     let (_, truth) = get(&format!("{}/debug/requests", mock.base_url())).await;
     assert!(truth.contains("\"status\":200"), "the requests did go out");
     mock.shutdown().await;
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `/proc/<pid>/cmdline` once the child has exec'd our binary. Read any
+/// earlier and it is the test binary's own command line (the fork before
+/// `exec`), which proves nothing: wait for `/proc/<pid>/exe` to name
+/// llmload first. Bounded: a child that never execs fails the test.
+async fn cmdline_after_exec(pid: u32) -> Vec<u8> {
+    let want = std::fs::canonicalize(bin()).unwrap();
+    for _ in 0..1000 {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&want) {
+            return std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("process {pid} did not exec {} within 5 s", want.display());
 }
