@@ -29,7 +29,12 @@ ensure_venv() {
     if [[ ! -x "$VENV/bin/python" ]]; then
         log "creating venv in $VENV"
         mkdir -p "$CACHE"
-        python3 -m venv "$VENV"
+        # Debian's own python3 needs the python3-venv package for this.
+        python3 -m venv "$VENV" || {
+            log "python3 -m venv failed; on Debian: apt-get install -y python3-venv"
+            rm -rf "$VENV"
+            exit 1
+        }
     fi
 }
 
@@ -56,6 +61,11 @@ cmd_build() {
         log "llama-server already built: $BIN"
         return 0
     fi
+    # The compiler is the one thing pip cannot provide.
+    command -v c++ >/dev/null || {
+        log "no C++ compiler; on Debian: apt-get install -y build-essential"
+        exit 1
+    }
     ensure_py cmake:cmake ninja:ninja
     local cmake="$VENV/bin/cmake" ninja="$VENV/bin/ninja"
 

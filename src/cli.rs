@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// Longest silence between stream frames (default: none).
     #[arg(long, value_parser = parse_positive_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Close connections idle this long (keep below the server's
+    /// keep-alive timeout: uvicorn and llama.cpp use 5 s).
+    #[arg(long, default_value = "4s", value_parser = parse_positive_duration)]
+    pub pool_idle_timeout: Duration,
     /// Extra request header, 'Name: value'. Repeatable.
     #[arg(long = "header", value_name = "'K: V'")]
     pub headers: Vec<String>,

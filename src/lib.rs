@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod dataset;
 pub mod duration;
 pub mod error;
+pub mod keepalive;
 pub mod limits;
 pub mod logging;
 pub mod mock;

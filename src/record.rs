@@ -48,6 +48,10 @@ pub enum ErrorKind {
     Dropped,
     /// Still open when the run was stopped (Ctrl-C, daemon stop).
     Cancelled,
+    /// A 200 stream that ended without a single generated token.
+    EmptyResponse,
+    /// A request task or observer panicked: our bug, counted, never lost.
+    Internal,
 }
 
 impl ErrorKind {
@@ -70,6 +74,8 @@ impl ErrorKind {
             Self::StreamTooLong => "stream too long",
             Self::Dropped => "dropped (max in-flight)",
             Self::Cancelled => "cancelled",
+            Self::EmptyResponse => "empty response",
+            Self::Internal => "internal error",
         };
         fixed.to_string()
     }
@@ -93,6 +99,8 @@ impl ErrorKind {
             Self::StreamTooLong => "stream_too_long",
             Self::Dropped => "dropped",
             Self::Cancelled => "cancelled",
+            Self::EmptyResponse => "empty_response",
+            Self::Internal => "internal_error",
         }
     }
 
@@ -146,6 +154,18 @@ pub struct RequestRecord {
     pub response_id: Option<String>,
     pub response_model: Option<String>,
     pub outcome: Result<(), ErrorKind>,
+    /// This request opened a new connection (first try or retry).
+    pub new_connection: bool,
+    /// DNS + TCP + TLS time this request spent opening connections.
+    pub connect: Option<Duration>,
+    /// Time waiting for a connection another request was opening.
+    pub pool_wait: Duration,
+    /// Sent again on a new connection after a kept-alive one turned out
+    /// to be closed by the server.
+    pub retried_stale: bool,
+    /// What the socket or TLS library said about a failure (the key stays
+    /// the stable [`ErrorKind`]); for the log and `requests.jsonl`.
+    pub error_detail: Option<std::sync::Arc<str>>,
 }
 
 impl RequestRecord {
@@ -166,6 +186,11 @@ impl RequestRecord {
             response_id: None,
             response_model: None,
             outcome: Ok(()),
+            new_connection: false,
+            connect: None,
+            pool_wait: Duration::ZERO,
+            retried_stale: false,
+            error_detail: None,
         }
     }
 
@@ -186,6 +211,12 @@ impl RequestRecord {
     pub fn ttfc(&self) -> Option<Duration> {
         self.first_content_at
             .map(|t| t.saturating_sub(self.scheduled_at))
+    }
+
+    /// Time spent inside the client before the request could go out:
+    /// opening a connection, or waiting for one.
+    pub fn client_setup(&self) -> Duration {
+        self.connect.unwrap_or_default() + self.pool_wait
     }
 
     pub fn e2e(&self) -> Duration {
@@ -277,6 +308,8 @@ mod tests {
             ),
             (ErrorKind::Dropped, "dropped (max in-flight)", "dropped"),
             (ErrorKind::Cancelled, "cancelled", "cancelled"),
+            (ErrorKind::EmptyResponse, "empty response", "empty_response"),
+            (ErrorKind::Internal, "internal error", "internal_error"),
         ];
         for (k, key, kind) in cases {
             assert_eq!(k.key(), key);

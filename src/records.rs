@@ -25,7 +25,12 @@ struct Line<'a> {
     output_tokens: u32,
     status: Option<u16>,
     error: Option<String>,
+    /// What the socket or TLS library said (e.g. a certificate problem).
+    error_detail: Option<&'a str>,
     finish_reason: Option<&'a str>,
+    new_connection: bool,
+    connect: Option<f64>,
+    retried_stale_connection: bool,
 }
 
 /// Appends a line per finished request, then passes the request on.
@@ -82,7 +87,11 @@ impl Observer for RecordsObserver {
             output_tokens: rec.output_tokens().0,
             status: rec.status,
             error: rec.outcome.err().map(|k| k.key()),
+            error_detail: rec.error_detail.as_deref(),
             finish_reason: rec.finish.map(|f| f.as_str()),
+            new_connection: rec.new_connection,
+            connect: rec.connect.map(|d| d.as_secs_f64()),
+            retried_stale_connection: rec.retried_stale,
         };
         if let Ok(mut text) = serde_json::to_vec(&line) {
             text.push(b'\n');

@@ -71,6 +71,18 @@ pub struct Metadata {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// False once the endpoint was seen to close connections after every
+    /// response, so that each request opened its own.
+    #[serde(default = "yes")]
+    pub connection_reuse: bool,
+    /// What the run noticed about the endpoint (connection reuse turned
+    /// off, TLS failure reasons), each said once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `summary.json`: the saturation analysis and the run's status.

@@ -86,6 +86,8 @@ pub struct SweepReport {
     /// Files that could not be written; the run still measured.
     pub write_errors: Vec<String>,
     pub dir: RunDir,
+    /// What the client noticed about the endpoint (see `Metadata::notices`).
+    pub notices: Vec<String>,
 }
 
 /// Record write failures instead of aborting: a full disk must not throw
@@ -147,6 +149,8 @@ pub async fn execute(
         levels.push(result);
         w.json(&out.results_file, &levels);
         meta.levels_completed = levels.len();
+        meta.connection_reuse = engine.client.reusing_connections();
+        meta.notices = engine.client.notices();
         w.json(METADATA_FILE, &meta);
         w.json(SUMMARY_FILE, &summarize(&levels, "running"));
         if outcome.interrupted {
@@ -190,5 +194,6 @@ pub async fn execute(
         status,
         write_errors: w.errors,
         dir: out.dir.clone(),
+        notices: engine.client.notices(),
     }
 }

@@ -46,6 +46,20 @@ pub struct LevelStats {
     /// 1 / TPOT: decode speed once the first token is out, milli-tokens/s.
     pub decode_tokens_per_sec: Histogram<u64>,
     pub output_tokens: Histogram<u64>,
+    /// Scheduled send → failure, over failed requests.
+    pub time_to_error: Histogram<u64>,
+    /// Scheduled send → end, over every request sent, good or not.
+    pub e2e_all: Histogram<u64>,
+    /// DNS + TCP + TLS, over requests that opened a connection.
+    pub connect: Histogram<u64>,
+    pub new_connections: u64,
+    pub retried_stale: u64,
+    /// Sends more than [`LATE_SEND`] behind schedule.
+    pub late_sends: u64,
+    /// Sums over successful requests, microseconds: the share of TTFT
+    /// spent inside the client opening or waiting for a connection.
+    pub setup_us_total: u64,
+    pub ttft_us_total: u64,
     pub output_tokens_total: u64,
     pub input_tokens_total: u64,
     pub input_tokens_reported: u64,
@@ -79,6 +93,14 @@ impl LevelStats {
             tokens_per_sec: count_histogram(),
             decode_tokens_per_sec: count_histogram(),
             output_tokens: count_histogram(),
+            time_to_error: latency_histogram(),
+            e2e_all: latency_histogram(),
+            connect: latency_histogram(),
+            new_connections: 0,
+            retried_stale: 0,
+            late_sends: 0,
+            setup_us_total: 0,
+            ttft_us_total: 0,
             output_tokens_total: 0,
             input_tokens_total: 0,
             input_tokens_reported: 0,
@@ -98,6 +120,19 @@ impl LevelStats {
         self.sent += 1;
         self.last_done_at = self.last_done_at.max(r.done_at);
         self.lag.saturating_record(micros(r.lag()));
+        if r.lag() > LATE_SEND {
+            self.late_sends += 1;
+        }
+        self.e2e_all.saturating_record(micros(r.e2e()));
+        if r.new_connection {
+            self.new_connections += 1;
+        }
+        if let Some(c) = r.connect {
+            self.connect.saturating_record(micros(c));
+        }
+        if r.retried_stale {
+            self.retried_stale += 1;
+        }
         if let Some(n) = r.usage_input_tokens {
             self.input_tokens_total += n as u64;
             self.input_tokens_reported += 1;
@@ -105,9 +140,14 @@ impl LevelStats {
         if let Err(kind) = r.outcome {
             self.failed += 1;
             *self.errors.entry(kind).or_default() += 1;
+            self.time_to_error.saturating_record(micros(r.e2e()));
             return;
         }
         self.succeeded += 1;
+        if let Some(t) = r.ttft() {
+            self.ttft_us_total += micros(t);
+            self.setup_us_total += r.client_setup().as_micros() as u64;
+        }
         if let Some(f) = r.finish {
             *self.finish_reasons.entry(f.as_str()).or_default() += 1;
         }
@@ -165,9 +205,17 @@ impl LevelStats {
             (&mut self.tokens_per_sec, &o.tokens_per_sec),
             (&mut self.decode_tokens_per_sec, &o.decode_tokens_per_sec),
             (&mut self.output_tokens, &o.output_tokens),
+            (&mut self.time_to_error, &o.time_to_error),
+            (&mut self.e2e_all, &o.e2e_all),
+            (&mut self.connect, &o.connect),
         ] {
             a.add(b).expect("histograms share bounds");
         }
+        self.new_connections += o.new_connections;
+        self.retried_stale += o.retried_stale;
+        self.late_sends += o.late_sends;
+        self.setup_us_total += o.setup_us_total;
+        self.ttft_us_total += o.ttft_us_total;
         self.output_tokens_total += o.output_tokens_total;
         self.input_tokens_total += o.input_tokens_total;
         self.input_tokens_reported += o.input_tokens_reported;
@@ -259,6 +307,16 @@ pub struct SerializedHistograms {
     pub schedule_lag_us: String,
     pub tokens_per_sec_milli: String,
     pub output_tokens: String,
+    #[serde(default)]
+    pub ttfc_us: String,
+    #[serde(default)]
+    pub decode_tokens_per_sec_milli: String,
+    #[serde(default)]
+    pub time_to_error_us: String,
+    #[serde(default)]
+    pub e2e_all_us: String,
+    #[serde(default)]
+    pub connect_us: String,
 }
 
 /// One level as written to `benchmark_qps_results.json`. The first seven
@@ -310,6 +368,35 @@ pub struct LevelResult {
     /// The level was cut short (Ctrl-C, SIGTERM, stop request).
     #[serde(default)]
     pub interrupted: bool,
+    /// Why the level is client-bound (empty when it is not).
+    #[serde(default)]
+    pub client_bound_reason: String,
+    /// Scheduled send → failure, over failed requests: how long users
+    /// waited for an error.
+    #[serde(default)]
+    pub time_to_error: Dist,
+    /// Scheduled send → end over every request sent, successful or not:
+    /// under overload, the latency users actually see.
+    #[serde(default)]
+    pub e2e_latency_all: Dist,
+    /// Connections opened during the level.
+    #[serde(default)]
+    pub new_connections: u64,
+    /// Requests sent again on a new connection because the kept-alive one
+    /// they were written on had been closed by the server.
+    #[serde(default)]
+    pub retried_stale_connection: u64,
+    /// DNS + TCP + TLS time of the requests that opened a connection.
+    #[serde(default)]
+    pub connect: Dist,
+    /// Share of the successful requests' summed TTFT spent inside the
+    /// client opening (or waiting for) a connection.
+    #[serde(default)]
+    pub connection_setup_share: f64,
+    /// `connection_setup_share` above [`SETUP_BOUND_SHARE`]: TTFT here is
+    /// largely connection set-up (a connect storm), not the model.
+    #[serde(default)]
+    pub connection_bound: bool,
     pub histograms: SerializedHistograms,
 }
 
@@ -322,8 +409,46 @@ pub struct LevelTiming {
     pub drain: Duration,
 }
 
-/// p99 schedule lag above this marks a level `client_bound`.
-pub const CLIENT_BOUND_LAG: Duration = Duration::from_millis(10);
+/// A send later than this behind its schedule is late.
+pub const LATE_SEND: Duration = Duration::from_millis(10);
+/// More than this share of sends late (and at least [`LATE_MIN`]) marks
+/// a level client-bound: one late send in a short level is noise.
+pub const LATE_SHARE: f64 = 0.01;
+pub const LATE_MIN: u64 = 3;
+/// A level that sent less than this share of its own schedule's rate
+/// over the configured duration is client-bound.
+pub const ACHIEVED_SHARE: f64 = 0.99;
+/// Connection set-up above this share of TTFT marks `connection_bound`.
+pub const SETUP_BOUND_SHARE: f64 = 0.2;
+
+/// Why the client, not the endpoint, limited a level; `None` when it
+/// did not. The evidence must be in proportion to the level's size.
+pub fn client_bound_reason(s: &LevelStats, t: &LevelTiming) -> Option<String> {
+    if s.dropped > 0 {
+        return Some(format!("{} send(s) dropped at --max-in-flight", s.dropped));
+    }
+    let late_allowed = ((s.sent as f64 * LATE_SHARE).floor() as u64).max(LATE_MIN - 1);
+    if s.late_sends > late_allowed {
+        return Some(format!(
+            "{} of {} sends more than {} ms behind schedule",
+            s.late_sends,
+            s.sent,
+            LATE_SEND.as_millis()
+        ));
+    }
+    // Against the schedule's own count, so that a Poisson level that
+    // happened to draw fewer arrivals is not blamed on the client.
+    let planned = s.sent + s.dropped;
+    let dur = t.duration.as_secs_f64();
+    let window = t.send_window.as_secs_f64().max(dur);
+    if planned >= 10 && dur > 0.0 && window > dur / ACHIEVED_SHARE {
+        return Some(format!(
+            "sending took {window:.2}s for a {dur:.2}s schedule (< {:.0}% of the rate)",
+            ACHIEVED_SHARE * 100.0
+        ));
+    }
+    None
+}
 
 impl LevelResult {
     pub fn from_stats(s: &LevelStats, t: LevelTiming) -> Self {
@@ -343,6 +468,12 @@ impl LevelResult {
             }
         };
         let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
+        let client_bound = client_bound_reason(s, &t);
+        let setup_share = if s.ttft_us_total > 0 {
+            round(s.setup_us_total as f64 / s.ttft_us_total as f64, 4)
+        } else {
+            0.0
+        };
         let wall = (window + t.drain.as_secs_f64()).max(1e-9);
         let output_source = match (s.usage_reported, s.succeeded) {
             (_, 0) => "none",
@@ -387,9 +518,16 @@ impl LevelResult {
                 usage_chunk_mismatch: s.usage_chunk_mismatch,
                 input_total: s.input_tokens_total,
             },
-            client_bound: s.dropped > 0
-                || (lag.count > 0 && lag.p99 > CLIENT_BOUND_LAG.as_secs_f64()),
+            client_bound: client_bound.is_some(),
+            client_bound_reason: client_bound.unwrap_or_default(),
             schedule_lag: lag,
+            time_to_error: Dist::from_histogram(&s.time_to_error, 1e-6, 6),
+            e2e_latency_all: Dist::from_histogram(&s.e2e_all, 1e-6, 6),
+            new_connections: s.new_connections,
+            retried_stale_connection: s.retried_stale,
+            connect: Dist::from_histogram(&s.connect, 1e-6, 6),
+            connection_setup_share: setup_share,
+            connection_bound: setup_share > SETUP_BOUND_SHARE,
             finish_reasons: s
                 .finish_reasons
                 .iter()
@@ -405,6 +543,11 @@ impl LevelResult {
                 schedule_lag_us: encode(&s.lag),
                 tokens_per_sec_milli: encode(&s.tokens_per_sec),
                 output_tokens: encode(&s.output_tokens),
+                ttfc_us: encode(&s.ttfc),
+                decode_tokens_per_sec_milli: encode(&s.decode_tokens_per_sec),
+                time_to_error_us: encode(&s.time_to_error),
+                e2e_all_us: encode(&s.e2e_all),
+                connect_us: encode(&s.connect),
             },
         }
     }

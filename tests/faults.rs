@@ -769,11 +769,7 @@ async fn the_key_never_leaks_into_output_logs_or_process_args() {
         let child = cmd.spawn().unwrap();
         // The header value is on the command line by design (it was
         // given as a flag); the key must not be.
-        let cmdline = cmdline_after_exec(child.id().unwrap()).await;
-        assert!(
-            contains(&cmdline, b"--results-dir"),
-            "read llmload's own command line"
-        );
+        let cmdline = cmdline_after_exec(child.id().unwrap(), b"--results-dir").await;
         assert!(!contains(&cmdline, key.as_bytes()), "the key is in ps");
         let out = child.wait_with_output().await.unwrap();
         assert!(
@@ -803,13 +799,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// `/proc/<pid>/cmdline` once the child has exec'd our binary. Read any
 /// earlier and it is the test binary's own command line (the fork before
-/// `exec`), which proves nothing: wait for `/proc/<pid>/exe` to name
-/// llmload first. Bounded: a child that never execs fails the test.
-async fn cmdline_after_exec(pid: u32) -> Vec<u8> {
+/// `exec`), which proves nothing; and the kernel switches `/proc/<pid>/exe`
+/// a moment before it fills in the new argument block, so in between the
+/// command line reads empty. Wait for both: the exe names llmload and the
+/// command line holds `marker`. Bounded: a child that never gets there
+/// fails the test.
+async fn cmdline_after_exec(pid: u32, marker: &[u8]) -> Vec<u8> {
     let want = std::fs::canonicalize(bin()).unwrap();
     for _ in 0..1000 {
         if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&want) {
-            return std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if contains(&cmdline, marker) {
+                return cmdline;
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -75,6 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     client_cfg.first_token_timeout = args.first_token_timeout;
     client_cfg.idle_timeout = args.idle_timeout;
     client_cfg.request_timeout = args.request_timeout;
+    client_cfg.pool_idle_timeout = args.pool_idle_timeout;
     client_cfg.keep_response_ids = telemetry.is_some();
     let client = Arc::new(LlmClient::new(client_cfg)?);
 
@@ -194,6 +195,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             report.status == RunStatus::Partial
         )
     );
+    for n in engine_notices(&report) {
+        println!("note: {n}");
+    }
     println!("\nResults saved to {}/", report.dir.path.display());
     for e in &report.write_errors {
         eprintln!("error: {e}");
@@ -208,6 +212,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// What the client noticed about the endpoint, as recorded in metadata.
+fn engine_notices(report: &runner::SweepReport) -> Vec<String> {
+    report.notices.clone()
 }
 
 /// First signal: stop sending, give in-flight requests a short grace;
@@ -344,6 +353,8 @@ fn metadata(
         target: None,
         kind: Some("sweep".into()),
         error: None,
+        connection_reuse: true,
+        notices: Vec::new(),
     }
 }
 
@@ -417,13 +428,19 @@ impl SweepHooks for ConsoleHooks {
             ticker.abort();
             bar.finish_and_clear();
         }
+        let retries = if r.retried_stale_connection > 0 {
+            format!(", {} stale-connection retries", r.retried_stale_connection)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "  QPS {}: {} sent, {:.1}% ok, TTFT p95 {:.3}s, E2E p95 {:.3}s{}{}",
+            "  QPS {}: {} sent, {:.1}% ok, TTFT p95 {:.3}s, E2E p95 {:.3}s, {} new connections{retries}{}{}",
             crate::saturation::fmt_qps(r.qps_target),
             r.sent,
             r.success_rate,
             r.ttft.p95,
             r.e2e_latency.p95,
+            r.new_connections,
             if r.client_bound { ", CLIENT-BOUND" } else { "" },
             if r.interrupted { ", interrupted" } else { "" }
         );

@@ -66,6 +66,7 @@ pub struct RawTarget {
     pub connect_timeout: Option<DurationValue>,
     pub first_token_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
+    pub pool_idle_timeout: Option<DurationValue>,
     pub ca_cert: Option<String>,
     #[serde(default)]
     pub insecure: bool,
@@ -144,6 +145,7 @@ pub struct Target {
     pub connect_timeout: Duration,
     pub first_token_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    pub pool_idle_timeout: Duration,
     pub ca_cert: Option<PathBuf>,
     pub insecure: bool,
     pub max_tokens: u32,
@@ -405,6 +407,12 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         .expect("default set");
         let first_token_timeout = dur("first_token_timeout", &t.first_token_timeout, None);
         let idle_timeout = dur("idle_timeout", &t.idle_timeout, None);
+        let pool_idle_timeout = dur(
+            "pool_idle_timeout",
+            &t.pool_idle_timeout,
+            Some(crate::client::DEFAULT_POOL_IDLE_TIMEOUT),
+        )
+        .expect("default set");
         let temperature = t.temperature.unwrap_or(0.7);
         if !temperature.is_finite() || temperature < 0.0 {
             err(&key("temperature"), format!("{temperature} must be >= 0"));
@@ -455,6 +463,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             connect_timeout,
             first_token_timeout,
             idle_timeout,
+            pool_idle_timeout,
             ca_cert,
             insecure: t.insecure,
             max_tokens: t.max_tokens.unwrap_or(512),

@@ -127,6 +127,8 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         target: Some(t.name.clone()),
         kind: Some(job.kind.as_str().into()),
         error: None,
+        connection_reuse: true,
+        notices: Vec::new(),
     };
     let entry = RunEntry {
         id: run_id.clone(),

@@ -7,7 +7,7 @@
 //! `tests/dashboards.rs` checks dashboards only use registered names.
 
 use crate::record::{ErrorKind, RequestRecord};
-use crate::stats::{CLIENT_BOUND_LAG, LevelResult};
+use crate::stats::{LATE_SEND, LevelResult};
 use crate::sweep::{LevelSpec, Observer, RequestHook};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -58,6 +58,8 @@ pub struct Metrics {
     pub input_tokens: IntCounterVec,
     pub output_tokens: IntCounterVec,
     pub late: IntCounterVec,
+    pub connections: IntCounterVec,
+    pub stale_retries: IntCounterVec,
     pub runs: IntCounterVec,
     pub fires: IntCounterVec,
     pub soak_pauses: IntCounterVec,
@@ -161,6 +163,16 @@ impl Metrics {
             late: counter(
                 "late_requests_total",
                 "Sends more than 10 ms behind schedule (the client was the bottleneck).",
+                BASE,
+            ),
+            connections: counter(
+                "connections_opened_total",
+                "Connections the client opened (TCP, plus TLS for https).",
+                BASE,
+            ),
+            stale_retries: counter(
+                "stale_connection_retries_total",
+                "Requests sent again on a new connection because the server had closed the kept-alive one they were written on.",
                 BASE,
             ),
             runs: counter(
@@ -272,6 +284,8 @@ impl Metrics {
             Box::new(m.input_tokens.clone()),
             Box::new(m.output_tokens.clone()),
             Box::new(m.late.clone()),
+            Box::new(m.connections.clone()),
+            Box::new(m.stale_retries.clone()),
             Box::new(m.runs.clone()),
             Box::new(m.fires.clone()),
             Box::new(m.soak_pauses.clone()),
@@ -330,6 +344,8 @@ impl Metrics {
             input_tokens: self.input_tokens.with_label_values(&l),
             output_tokens: self.output_tokens.with_label_values(&l),
             late: self.late.with_label_values(&l),
+            connections: self.connections.with_label_values(&l),
+            stale_retries: self.stale_retries.with_label_values(&l),
             in_flight: self.in_flight.with_label_values(&l),
             target_qps: self.target_qps.with_label_values(&l),
             achieved_qps: self.achieved_qps.with_label_values(&l),
@@ -409,6 +425,8 @@ pub struct JobMetrics {
     input_tokens: IntCounter,
     output_tokens: IntCounter,
     late: IntCounter,
+    connections: IntCounter,
+    stale_retries: IntCounter,
     pub in_flight: IntGauge,
     pub target_qps: Gauge,
     pub achieved_qps: Gauge,
@@ -424,8 +442,14 @@ impl JobMetrics {
         }
         let lag = r.lag();
         self.lag.observe(lag.as_secs_f64());
-        if lag > CLIENT_BOUND_LAG {
+        if lag > LATE_SEND {
             self.late.inc();
+        }
+        if r.new_connection {
+            self.connections.inc();
+        }
+        if r.retried_stale {
+            self.stale_retries.inc();
         }
         if let Some(n) = r.usage_input_tokens {
             self.input_tokens.inc_by(n as u64);

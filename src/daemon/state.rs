@@ -127,6 +127,7 @@ impl State {
             cc.first_token_timeout = t.first_token_timeout;
             cc.idle_timeout = t.idle_timeout;
             cc.request_timeout = t.request_timeout;
+            cc.pool_idle_timeout = t.pool_idle_timeout;
             cc.keep_response_ids = telemetry.is_some();
             let client = LlmClient::new(cc).map_err(|e| format!("target '{}': {e}", t.name))?;
             slots.insert(

@@ -2,6 +2,8 @@
 //! client that timestamps every body frame, datasets, and the binary.
 #![allow(dead_code)]
 
+pub mod closing;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -480,4 +482,61 @@ pub fn base_run(endpoint: &str, dataset: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// Run one constant-rate level of `secs` at `qps` through the real
+/// engine and client; returns the level and the client (for its notices).
+pub async fn run_level(
+    cfg: llmload::client::ClientConfig,
+    qps: f64,
+    secs: f64,
+) -> (
+    llmload::stats::LevelResult,
+    std::sync::Arc<llmload::client::LlmClient>,
+) {
+    use llmload::dataset::{Conversation, Message, Role};
+    use llmload::request::{BodyParams, prepare_all};
+    use llmload::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
+    use std::sync::Arc;
+    init();
+    let client = Arc::new(llmload::client::LlmClient::new(cfg).expect("client builds"));
+    let conv = vec![Conversation {
+        messages: vec![Message {
+            role: Role::User,
+            content: "hi".into(),
+        }],
+    }];
+    let engine = Engine {
+        client: client.clone(),
+        requests: Arc::new(prepare_all(
+            &conv,
+            &BodyParams {
+                model: "m".into(),
+                max_tokens: 16,
+                temperature: 0.0,
+                stream_usage: true,
+            },
+        )),
+        max_in_flight: 10_000,
+        observer: Arc::new(NoObserver),
+    };
+    let dur = Duration::from_secs_f64(secs);
+    let out = engine
+        .run_level(
+            LevelSpec {
+                index: 0,
+                qps,
+                duration: Some(dur),
+                arrival: llmload::schedule::Arrival::Constant,
+                seed: 0,
+            },
+            &LevelRun::new(),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+            0,
+        )
+        .await;
+    let r = llmload::stats::LevelResult::from_stats(&out.stats, out.timing);
+    assert_eq!(r.sent, r.succeeded + r.failed, "books balance");
+    (r, client)
 }

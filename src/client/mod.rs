@@ -1,33 +1,45 @@
 //! The streaming client: one POST in, one [`RequestRecord`] out.
 //!
-//! hyper 1.x through hyper-util's pooled client (HTTP/1.1 keep-alive, h2
-//! when TLS ALPN offers it), rustls with the system roots. The body is
-//! read frame by frame and fed to the pure [`SseDecoder`]; every event in
-//! a frame shares the frame's arrival instant, read once. Nothing is
-//! buffered beyond the decoder's unfinished line.
+//! hyper 1.x connections from our own single-origin [`pool`] (HTTP/1.1
+//! keep-alive, h2 when TLS ALPN offers it), rustls with the system roots.
+//! The body is read frame by frame and fed to the pure [`SseDecoder`];
+//! every event in a frame shares the frame's arrival instant, read once.
+//! Nothing is buffered beyond the decoder's unfinished line.
 //!
 //! Failures never escape as `Err`: they become an [`ErrorKind`] in the
 //! record, because a faulty endpoint is something we measure, not a
-//! reason to stop.
+//! reason to stop. One failure is ours, not the server's: a request
+//! written onto a kept-alive connection the server was already closing.
+//! It is sent again, once, on a new connection, and counted as a retry.
+
+pub mod classify;
+pub mod connect;
+pub mod pool;
+pub mod tls;
+
+pub use classify::classify;
 
 use crate::chunk::{self, Payload};
+use crate::keepalive::ServerKeepAlive;
 use crate::record::{ErrorKind, RequestRecord, TimeoutPhase};
 use crate::secret::ApiKey;
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseDecoder};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri};
+use connect::{ConnectError, Origin};
+use futures_util::future::Either;
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use std::error::Error as StdError;
+use pool::{Lease, Pool, PoolConfig, Sender};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::{Instant, timeout_at};
+
+/// Default for `--pool-idle-timeout`: below the 5 s keep-alive timeout
+/// of uvicorn (vLLM, SGLang) and cpp-httplib (llama.cpp), so we close an
+/// idle connection before they do.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Everything that shapes how requests are sent.
 #[derive(Debug, Clone)]
@@ -48,6 +60,8 @@ pub struct ClientConfig {
     pub max_token_chunks: u32,
     /// Keep the response id and model (for traces; costs two allocations).
     pub keep_response_ids: bool,
+    /// Longest an idle connection is kept for reuse.
+    pub pool_idle_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -71,6 +85,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(300),
             max_token_chunks: 1 << 20,
             keep_response_ids: false,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
         }
     }
 }
@@ -85,14 +100,17 @@ pub enum ClientBuildError {
     CaCert { path: PathBuf, reason: String },
     #[error("the API key contains characters not allowed in an HTTP header")]
     ApiKey,
+    #[error("TLS set-up: {0}")]
+    Tls(String),
 }
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled client bound to one endpoint.
 pub struct LlmClient {
-    http: HttpClient,
+    pool: Pool,
+    /// Absolute form, for HTTP/2 (`:scheme` and `:authority`).
     uri: Uri,
+    /// Origin form (`/v1/chat/completions`), for HTTP/1.1.
+    path: Uri,
     headers: HeaderMap,
     cfg: ClientConfig,
 }
@@ -103,29 +121,27 @@ impl std::fmt::Debug for LlmClient {
     }
 }
 
+/// A response on its way: the lease goes back to the pool (or not) once
+/// its body has been read.
+type Incoming = http::Response<hyper::body::Incoming>;
+
 impl LlmClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, ClientBuildError> {
-        let uri: Uri = cfg.endpoint.parse().map_err(|e: http::uri::InvalidUri| {
-            ClientBuildError::Endpoint {
-                url: cfg.endpoint.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => {
-                return Err(ClientBuildError::Endpoint {
-                    url: cfg.endpoint.clone(),
-                    reason: "the scheme must be http:// or https://".into(),
-                });
-            }
-        }
-        if uri.host().is_none() {
-            return Err(ClientBuildError::Endpoint {
-                url: cfg.endpoint.clone(),
-                reason: "no host".into(),
-            });
-        }
+        let bad = |reason: String| ClientBuildError::Endpoint {
+            url: cfg.endpoint.clone(),
+            reason,
+        };
+        let uri: Uri = cfg
+            .endpoint
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        let origin = Origin::from_uri(&uri).map_err(bad)?;
+        let path: Uri = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -149,30 +165,26 @@ impl LlmClient {
             }
             headers.insert(name, value);
         }
-
-        let tls = tls_config(cfg.ca_cert.as_ref(), cfg.insecure)?;
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        // Connections left idle by a burst are closed after 30 s, and each
-        // reads into a fixed 16 KiB buffer (hyper's adaptive buffer grows
-        // to hundreds of KB per connection): memory follows the live
-        // concurrency, not the longest burst ever seen.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .http1_read_buf_exact_size(16 * 1024)
-            .build(https);
+        // Built for http:// too, so a bad --ca-cert is reported at once.
+        let tls_cfg = tls::config(cfg.ca_cert.as_deref(), cfg.insecure)?;
+        let tls = if origin.https {
+            Some(connect::tls_connector(&origin, tls_cfg).map_err(bad)?)
+        } else {
+            None
+        };
+        let pool = Pool::new(
+            origin,
+            tls,
+            PoolConfig {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle: 64,
+            },
+        );
         Ok(Self {
-            http: client,
+            pool,
             uri,
+            path,
             headers,
             cfg,
         })
@@ -186,6 +198,17 @@ impl LlmClient {
         &self.cfg
     }
 
+    /// What the user should know about this endpoint's connections
+    /// (reuse turned off, TLS failure reasons), each said once.
+    pub fn notices(&self) -> Vec<String> {
+        self.pool.notices()
+    }
+
+    /// Whether kept-alive connections are being reused.
+    pub fn reusing_connections(&self) -> bool {
+        self.pool.reusing()
+    }
+
     /// Send one request and fill `rec`. `base` is the level start; the
     /// record's `scheduled_at` must already be set. `extra` adds per-request
     /// headers (trace context).
@@ -196,25 +219,107 @@ impl LlmClient {
         base: Instant,
         extra: Option<(HeaderName, HeaderValue)>,
     ) {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        if let Some((k, v)) = extra {
-            req.headers_mut().insert(k, v);
-        }
         let sent = Instant::now();
         rec.sent_at = sent - base;
-        let outcome = self.exchange(req, rec, base, sent).await;
+        let outcome = self.exchange(body, extra, rec, base, sent).await;
         if rec.done_at < rec.sent_at {
             rec.done_at = Instant::now() - base;
         }
         rec.outcome = outcome;
     }
 
+    fn request(
+        &self,
+        lease: &Lease,
+        body: Bytes,
+        extra: Option<(HeaderName, HeaderValue)>,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.headers_mut() = self.headers.clone();
+        if let Some((k, v)) = extra {
+            req.headers_mut().insert(k, v);
+        }
+        if lease.is_h2() {
+            *req.uri_mut() = self.uri.clone();
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            *req.uri_mut() = self.path.clone();
+            req.headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| self.pool.origin().host_header.clone());
+            if lease.close {
+                req.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        req
+    }
+
+    /// Headers of the response, on a connection from the pool: retried
+    /// once on a new connection when a reused one turns out to be stale.
+    async fn response(
+        &self,
+        body: Bytes,
+        extra: Option<(HeaderName, HeaderValue)>,
+        rec: &mut RequestRecord,
+        first: Instant,
+    ) -> Result<(Incoming, Lease), Result<ErrorKind, ()>> {
+        let mut fresh = false;
+        loop {
+            let mut lease = match timeout_at(first, self.pool.checkout(fresh)).await {
+                Err(_) => return Err(Err(())),
+                Ok(Err(e)) => return Err(Ok(self.connect_failed(e, rec))),
+                Ok(Ok(l)) => l,
+            };
+            if let Some(took) = lease.opened {
+                rec.new_connection = true;
+                rec.connect = Some(rec.connect.unwrap_or_default() + took);
+            }
+            rec.pool_wait += lease.waited;
+            let req = self.request(&lease, body.clone(), extra.clone());
+            let pending = match &mut lease.sender {
+                Sender::H1(tx) => Either::Left(tx.send_request(req)),
+                Sender::H2(tx, _) => Either::Right(tx.send_request(req)),
+            };
+            match timeout_at(first, pending).await {
+                Err(_) => return Err(Err(())),
+                Ok(Ok(resp)) => return Ok((resp, lease)),
+                Ok(Err(e)) => {
+                    if !fresh && lease.reused() && classify::is_stale_connection(&e) {
+                        tracing::debug!(
+                            connection = lease.id,
+                            served = lease.served,
+                            "stale kept-alive connection ({e}); retrying on a new one"
+                        );
+                        self.pool.stale(&lease);
+                        rec.retried_stale = true;
+                        fresh = true;
+                        continue;
+                    }
+                    rec.error_detail = Some(e.to_string().into());
+                    return Err(Ok(classify(&e)));
+                }
+            }
+        }
+    }
+
+    fn connect_failed(&self, e: ConnectError, rec: &mut RequestRecord) -> ErrorKind {
+        if e.kind == ErrorKind::Tls {
+            self.pool.notice_once(format!(
+                "TLS error talking to {}: {}",
+                crate::results::redact_url(&self.cfg.endpoint),
+                e.detail
+            ));
+        }
+        rec.error_detail = Some(e.detail.into());
+        e.kind
+    }
+
     async fn exchange(
         &self,
-        req: Request<Full<Bytes>>,
+        body: Bytes,
+        extra: Option<(HeaderName, HeaderValue)>,
         rec: &mut RequestRecord,
         base: Instant,
         sent: Instant,
@@ -233,13 +338,18 @@ impl LlmClient {
             }
         };
 
-        let resp = match timeout_at(first, self.http.request(req)).await {
-            Err(_) => return Err(ErrorKind::Timeout(phase_at(first))),
-            Ok(Err(e)) => return Err(classify(&e)),
-            Ok(Ok(r)) => r,
+        let (resp, lease) = match self.response(body, extra, rec, first).await {
+            Ok(r) => r,
+            Err(Ok(kind)) => return Err(kind),
+            Err(Err(())) => return Err(ErrorKind::Timeout(phase_at(first))),
         };
         let status = resp.status().as_u16();
         rec.status = Some(status);
+        let keep_alive = ServerKeepAlive::parse(
+            resp.headers().get(CONNECTION).map(|v| v.as_bytes()),
+            resp.headers().get("keep-alive").map(|v| v.as_bytes()),
+            resp.version() == Version::HTTP_10,
+        );
         let (parts, mut body) = resp.into_parts();
         if status != 200 {
             // Read (a bounded amount of) the error body so the connection
@@ -247,13 +357,19 @@ impl LlmClient {
             // connection per request.
             let drain_until = (Instant::now() + Duration::from_secs(1)).min(total);
             let mut seen = 0usize;
+            let mut ended = false;
             while seen < 64 * 1024 {
                 match timeout_at(drain_until, body.frame()).await {
                     Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, |d| d.len()),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
                     _ => break,
                 }
             }
             rec.done_at = Instant::now() - base;
+            self.pool.release(lease, ended.then_some(keep_alive));
             return Err(ErrorKind::Http(status));
         }
         if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
@@ -298,6 +414,7 @@ impl LlmClient {
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     rec.done_at = Instant::now() - base;
+                    rec.error_detail = Some(e.to_string().into());
                     return Err(classify(&e));
                 }
                 Ok(Some(Ok(f))) => f,
@@ -313,7 +430,7 @@ impl LlmClient {
                 rec.done_at = at;
                 return Err(ErrorKind::MalformedStream);
             }
-            if let Some(end) = state.end {
+            if let Some(end) = state.end.take() {
                 rec.done_at = at;
                 return match end {
                     End::Done => {
@@ -321,8 +438,15 @@ impl LlmClient {
                         // are reused; bounded so a server that keeps
                         // talking after [DONE] cannot hold us.
                         let until = (Instant::now() + Duration::from_millis(200)).min(total);
-                        while let Ok(Some(Ok(_))) = timeout_at(until, body.frame()).await {}
-                        Ok(())
+                        let ended = loop {
+                            match timeout_at(until, body.frame()).await {
+                                Ok(Some(Ok(_))) => continue,
+                                Ok(None) => break true,
+                                _ => break false,
+                            }
+                        };
+                        self.pool.release(lease, ended.then_some(keep_alive));
+                        empty_is_an_error(rec)
                     }
                     End::Failed(kind) => Err(kind),
                 };
@@ -338,10 +462,24 @@ impl LlmClient {
             return Err(ErrorKind::MalformedStream);
         }
         match state.end {
-            Some(End::Done) => Ok(()),
+            Some(End::Done) => {
+                self.pool.release(lease, Some(keep_alive));
+                empty_is_an_error(rec)
+            }
             Some(End::Failed(kind)) => Err(kind),
             None => Err(ErrorKind::StreamTruncated),
         }
+    }
+}
+
+/// A stream that ended properly but carried no generated token (only
+/// `[DONE]`, a role chunk, empty deltas or a bare `finish_reason`) is a
+/// failure: a user got nothing.
+fn empty_is_an_error(rec: &RequestRecord) -> Result<(), ErrorKind> {
+    if rec.first_token_at.is_none() {
+        Err(ErrorKind::EmptyResponse)
+    } else {
+        Ok(())
     }
 }
 
@@ -434,157 +572,4 @@ fn is_sensitive_header(name: &str) -> bool {
         || n.contains("token")
         || n.contains("secret")
         || n == "cookie"
-}
-
-/// Map a hyper / connector / TLS error to our stable kind by walking the
-/// cause chain. Only types and fixed library messages are inspected,
-/// never text a server sent.
-pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
-    let mut is_connect = false;
-    if let Some(e) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
-        is_connect = e.is_connect();
-    }
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return ErrorKind::Tls;
-        }
-        // `io::Error::source` skips the error it wraps (it returns the
-        // wrapped error's *source*), so descend through `get_ref` instead:
-        // hyper-rustls nests rustls errors two io::Errors deep.
-        let mut next = e.source();
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            match io.kind() {
-                K::ConnectionRefused => return ErrorKind::ConnectionRefused,
-                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-                    return ErrorKind::ConnectionReset;
-                }
-                K::TimedOut if is_connect => return ErrorKind::Timeout(TimeoutPhase::Connect),
-                _ => {}
-            }
-            if let Some(inner) = io.get_ref() {
-                next = Some(inner as &(dyn StdError + 'static));
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
-        {
-            return ErrorKind::ConnectionReset;
-        }
-        let msg = e.to_string();
-        if msg.starts_with("dns error") {
-            return ErrorKind::Dns;
-        }
-        if msg.contains("invalid peer certificate") || msg.contains("tls handshake") {
-            return ErrorKind::Tls;
-        }
-        cur = next;
-    }
-    if is_connect {
-        ErrorKind::ConnectionError
-    } else {
-        ErrorKind::ConnectionReset
-    }
-}
-
-fn tls_config(
-    ca_cert: Option<&PathBuf>,
-    insecure: bool,
-) -> Result<rustls::ClientConfig, ClientBuildError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        // No system store (minimal containers): fall back to Mozilla's.
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    if let Some(path) = ca_cert {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ClientBuildError::CaCert {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(ClientBuildError::CaCert {
-                path: path.clone(),
-                reason: "no PEM certificate found".into(),
-            });
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| ClientBuildError::CaCert {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions");
-    // ALPN (h2, http/1.1) is set by the hyper-rustls builder.
-    let cfg = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(cfg)
-}
-
-/// `--insecure`: accept any certificate (signatures still checked so the
-/// handshake is well-formed). Loudly warned about at the CLI.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

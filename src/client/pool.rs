@@ -1,0 +1,374 @@
+//! A connection pool for one origin, written for measuring: it knows, for
+//! every request, whether its connection was new or reused, how long
+//! opening it took, and how long the request waited for one. A general
+//! pool (hyper-util's) hides all three, and cannot tell a request that
+//! died on a stale kept-alive connection from one the server refused.
+//!
+//! * HTTP/1.1: one request per connection at a time; idle connections
+//!   are kept (most recently used first) until the server's advertised
+//!   `Keep-Alive` timeout, less a margin, or our own `--pool-idle-timeout`.
+//! * HTTP/2 (by ALPN): requests share connections up to the server's
+//!   stream limit; when every stream is taken a new connection is opened,
+//!   so requests never queue inside the client for a stream slot. One
+//!   connection is opened at a time; requests that wait for it count the
+//!   wait as pool wait.
+//! * A server that keeps closing connections right after their first
+//!   response (see [`CloseDetector`]) gets no reuse at all: each request
+//!   opens its own connection and says `Connection: close`.
+
+use super::connect::{self, ConnectError, Origin};
+use crate::keepalive::{CloseDetector, ServerKeepAlive, idle_limit};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub type Body = Full<Bytes>;
+
+/// Reads are made into a fixed 16 KiB buffer per connection (hyper's
+/// adaptive buffer grows to hundreds of KB): memory follows the live
+/// concurrency, not the longest burst ever seen.
+const READ_BUF: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub connect_timeout: Duration,
+    /// Longest an idle connection is kept (shortened further by a
+    /// server's `Keep-Alive: timeout`).
+    pub idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept at most.
+    pub max_idle: usize,
+}
+
+struct IdleH1 {
+    tx: http1::SendRequest<Body>,
+    id: u64,
+    served: u32,
+    expires: Instant,
+}
+
+struct H2Conn {
+    tx: http2::SendRequest<Body>,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS, as last seen.
+    limit: Arc<AtomicUsize>,
+    id: u64,
+    in_flight: AtomicUsize,
+    served: AtomicU32,
+}
+
+/// A taken HTTP/2 stream slot; given back on drop, whatever happens to
+/// the request.
+pub struct H2Slot(Arc<H2Conn>);
+
+impl Drop for H2Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>, H2Slot),
+}
+
+/// A connection lent to one request.
+pub struct Lease {
+    pub sender: Sender,
+    pub id: u64,
+    /// Responses this connection carried before this request.
+    pub served: u32,
+    /// Opened for this request: DNS + TCP + TLS took this long.
+    pub opened: Option<Duration>,
+    /// Waited for another request's connection to open (HTTP/2).
+    pub waited: Duration,
+    /// Say `Connection: close` (reuse is off for this server).
+    pub close: bool,
+}
+
+impl Lease {
+    pub fn reused(&self) -> bool {
+        self.served > 0
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(..))
+    }
+}
+
+pub struct Pool {
+    origin: Origin,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    cfg: PoolConfig,
+    idle: Mutex<Vec<IdleH1>>,
+    h2: Mutex<Vec<Arc<H2Conn>>>,
+    h2_connecting: tokio::sync::Mutex<()>,
+    /// The server negotiated HTTP/2 on a connection: share connections.
+    h2_seen: AtomicBool,
+    /// False once the server is seen to close after every response.
+    reuse: AtomicBool,
+    detector: Mutex<CloseDetector>,
+    next_id: AtomicU64,
+    notices: Mutex<Vec<String>>,
+}
+
+impl Pool {
+    pub fn new(
+        origin: Origin,
+        tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+        cfg: PoolConfig,
+    ) -> Self {
+        Self {
+            origin,
+            tls,
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(Vec::new()),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            h2_seen: AtomicBool::new(false),
+            reuse: AtomicBool::new(true),
+            detector: Mutex::new(CloseDetector::default()),
+            next_id: AtomicU64::new(1),
+            notices: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Whether connections are reused (false once the server was seen to
+    /// close after every response).
+    pub fn reusing(&self) -> bool {
+        self.reuse.load(Ordering::Relaxed)
+    }
+
+    /// Things the user should know about this endpoint's connections,
+    /// each said once: reuse turned off, TLS failure reasons.
+    pub fn notices(&self) -> Vec<String> {
+        self.notices.lock().expect("notices lock").clone()
+    }
+
+    /// Log `text` and keep it for the report, unless already said.
+    pub fn notice_once(&self, text: String) {
+        let mut n = self.notices.lock().expect("notices lock");
+        if !n.contains(&text) {
+            tracing::warn!("{text}");
+            n.push(text);
+        }
+    }
+
+    /// A connection for one request. `fresh` forces a new connection (the
+    /// retry after a stale one).
+    pub async fn checkout(&self, fresh: bool) -> Result<Lease, ConnectError> {
+        let t0 = Instant::now();
+        if self.h2_seen.load(Ordering::Relaxed) {
+            if !fresh && let Some(l) = self.h2_take(Duration::ZERO) {
+                return Ok(l);
+            }
+            // One connection opens at a time; the others wait for it
+            // rather than each opening their own.
+            let _opening = self.h2_connecting.lock().await;
+            if !fresh && let Some(l) = self.h2_take(t0.elapsed()) {
+                return Ok(l);
+            }
+            let waited = t0.elapsed();
+            return self.open(waited).await;
+        }
+        if !fresh && self.reusing() {
+            while let Some(l) = self.h1_take().await {
+                if let Some(l) = l {
+                    return Ok(l);
+                }
+            }
+        }
+        self.open(Duration::ZERO).await
+    }
+
+    /// The most recently used idle connection that is still good.
+    /// `Some(None)`: one was discarded, look again; `None`: none left.
+    async fn h1_take(&self) -> Option<Option<Lease>> {
+        let now = Instant::now();
+        let mut c = {
+            let mut idle = self.idle.lock().expect("idle lock");
+            // Oldest first: drop what has outlived its idle limit.
+            let stale = idle.iter().take_while(|c| c.expires <= now).count();
+            idle.drain(..stale);
+            idle.pop()?
+        };
+        if c.tx.is_closed() {
+            self.server_closed(c.served);
+            return Some(None);
+        }
+        if !c.tx.is_ready() {
+            // Just given back: its connection task has not caught up yet.
+            match tokio::time::timeout(Duration::from_millis(5), c.tx.ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    self.server_closed(c.served);
+                    return Some(None);
+                }
+                Err(_) => return Some(None),
+            }
+        }
+        Some(Some(Lease {
+            sender: Sender::H1(c.tx),
+            id: c.id,
+            served: c.served,
+            opened: None,
+            waited: Duration::ZERO,
+            close: false,
+        }))
+    }
+
+    /// A stream slot on an open HTTP/2 connection with room.
+    fn h2_take(&self, waited: Duration) -> Option<Lease> {
+        let mut conns = self.h2.lock().expect("h2 lock");
+        conns.retain(|c| !c.tx.is_closed());
+        for c in conns.iter() {
+            let limit = c.limit.load(Ordering::Relaxed).max(1);
+            let n = c.in_flight.fetch_add(1, Ordering::AcqRel);
+            if n < limit {
+                let served = c.served.fetch_add(1, Ordering::AcqRel);
+                return Some(Lease {
+                    sender: Sender::H2(c.tx.clone(), H2Slot(c.clone())),
+                    id: c.id,
+                    served,
+                    opened: None,
+                    waited,
+                    close: false,
+                });
+            }
+            c.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        None
+    }
+
+    /// Open a new connection and lend it.
+    async fn open(&self, waited: Duration) -> Result<Lease, ConnectError> {
+        let opened =
+            connect::open(&self.origin, self.tls.as_ref(), self.cfg.connect_timeout).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let io = TokioIo::new(opened.stream);
+        let handshake_failed = |e: hyper::Error| ConnectError {
+            kind: super::classify::classify(&e),
+            detail: format!("HTTP handshake: {e}"),
+        };
+        if opened.h2 {
+            self.h2_seen.store(true, Ordering::Relaxed);
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(handshake_failed)?;
+            // The stream limit lives on the connection future, which runs
+            // in its own task: publish it after every poll.
+            let limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
+            let published = limit.clone();
+            let mut conn = Box::pin(conn);
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                let r = conn.as_mut().poll(cx);
+                published.store(conn.current_max_send_streams(), Ordering::Relaxed);
+                r.map(|_| ())
+            }));
+            let c = Arc::new(H2Conn {
+                tx: tx.clone(),
+                limit,
+                id,
+                in_flight: AtomicUsize::new(1),
+                served: AtomicU32::new(1),
+            });
+            self.h2.lock().expect("h2 lock").push(c.clone());
+            return Ok(Lease {
+                sender: Sender::H2(tx, H2Slot(c)),
+                id,
+                served: 0,
+                opened: Some(opened.took),
+                waited,
+                close: false,
+            });
+        }
+        let (tx, conn) = http1::Builder::new()
+            .read_buf_exact_size(Some(READ_BUF))
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Lease {
+            sender: Sender::H1(tx),
+            id,
+            served: 0,
+            opened: Some(opened.took),
+            waited,
+            close: !self.reusing(),
+        })
+    }
+
+    /// Give a connection back after its response. `keep` is what the
+    /// response said about the connection, when it ended cleanly (body
+    /// read to its end); `None` closes it.
+    pub fn release(&self, lease: Lease, keep: Option<ServerKeepAlive>) {
+        let Sender::H1(tx) = lease.sender else {
+            return; // HTTP/2: dropping the slot gives it back.
+        };
+        let served = lease.served + 1;
+        if served >= 2 {
+            self.detector.lock().expect("detector lock").reused_ok();
+        }
+        let Some(ka) = keep else {
+            return;
+        };
+        if !ka.reusable() || lease.close {
+            if ka.close && !lease.close {
+                self.server_closed(served);
+            }
+            return;
+        }
+        if !self.reusing() {
+            return;
+        }
+        let limit = idle_limit(self.cfg.idle_timeout, ka.timeout);
+        if limit.is_zero() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("idle lock");
+        if idle.len() >= self.cfg.max_idle.max(1) {
+            idle.remove(0);
+        }
+        idle.push(IdleH1 {
+            tx,
+            id: lease.id,
+            served,
+            expires: Instant::now() + limit,
+        });
+    }
+
+    /// A request died before any response on a reused connection: the
+    /// server had closed it.
+    pub fn stale(&self, lease: &Lease) {
+        self.server_closed(lease.served);
+    }
+
+    fn server_closed(&self, served: u32) {
+        let tripped = self
+            .detector
+            .lock()
+            .expect("detector lock")
+            .server_closed(served);
+        if tripped {
+            self.reuse.store(false, Ordering::Relaxed);
+            self.idle.lock().expect("idle lock").clear();
+            self.notice_once(format!(
+                "the server closed {} connections in a row right after their first response: \
+                 connections to it are no longer reused (each request opens its own)",
+                crate::keepalive::CLOSE_STREAK
+            ));
+        }
+    }
+}
