@@ -28,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod commands;
+pub mod console;
 pub mod daemon;
 pub mod dataset;
 pub mod duration;

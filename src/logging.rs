@@ -16,5 +16,9 @@ pub fn init(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
+        // On a failed write (stderr closed) tracing-subscriber would report
+        // the failure with eprintln!, which panics in whatever task logged:
+        // a request task's panic used to hang the drain. Drop the line.
+        .log_internal_errors(false)
         .try_init();
 }

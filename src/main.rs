@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            llmload::errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(llmload::error::EXIT_FAILURE);
         }
     };
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            llmload::errln!("error: {e:#}");
             ExitCode::from(llmload::error::exit_code_for(&e))
         }
     }

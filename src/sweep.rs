@@ -113,7 +113,7 @@ impl LevelRun {
 
     /// A copy of the numbers so far.
     pub fn snapshot(&self) -> LevelStats {
-        self.stats.lock().expect("stats lock poisoned").clone()
+        lock(&self.stats).clone()
     }
 }
 
@@ -189,7 +189,7 @@ impl Engine {
             notified.await;
         }
         let drained = Instant::now();
-        let stats = run.stats.lock().expect("stats lock poisoned").clone();
+        let stats = lock(&run.stats).clone();
         let window = match spec.duration {
             Some(d) if !interrupted => d,
             _ => last_offset.max(sent_done.saturating_duration_since(start)),
@@ -274,7 +274,7 @@ fn pace(
             rec.outcome = Err(ErrorKind::Dropped);
             ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
             ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
-            ctx.stats.lock().expect("stats lock poisoned").record(&rec);
+            lock(&ctx.stats).record(&rec);
             ctx.observer
                 .request_done(&spec, ctx.start.into_std(), &rec, None);
             continue;
@@ -286,12 +286,33 @@ fn pace(
     (last, false)
 }
 
+/// One request, from spawn to books. Whatever happens inside (a panic in
+/// the client or an observer included), the request is counted exactly
+/// once and `in_flight` goes down, so the level ends on time.
 async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
+    let _in_flight = InFlight(&ctx);
+    let mut counted = false;
+    let run = std::panic::AssertUnwindSafe(run_request(&ctx, seq, scheduled_at, &mut counted));
+    if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
+        report_panic(&*panic);
+        if !counted {
+            let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
+            rec.done_at = Instant::now() - ctx.start;
+            rec.outcome = Err(ErrorKind::Internal);
+            count(&ctx, &rec);
+        }
+    }
+}
+
+async fn run_request(ctx: &TaskCtx, seq: u64, scheduled_at: Duration, counted: &mut bool) {
     let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
     let base = ctx.start.into_std();
     let hook = ctx.observer.request_start(&ctx.spec, base, &rec);
     let header = hook.as_ref().and_then(|h| h.header.clone());
+    if inject_panic(seq) {
+        panic!("injected panic (LLMLOAD_INJECT_PANIC) in request {seq}");
+    }
     tokio::select! {
         _ = ctx.client.send(req.body.clone(), &mut rec, ctx.start, header) => {}
         _ = ctx.cancel.cancelled() => {
@@ -299,17 +320,71 @@ async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
             rec.outcome = Err(ErrorKind::Cancelled);
         }
     }
-    ctx.observer.request_done(&ctx.spec, base, &rec, hook);
-    ctx.stats.lock().expect("stats lock poisoned").record(&rec);
-    if rec.is_ok() {
-        ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
-    } else {
+    // The books first: an observer that fails cannot un-count a request.
+    count(ctx, &rec);
+    *counted = true;
+    let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.observer.request_done(&ctx.spec, base, &rec, hook)
+    }));
+    if let Err(panic) = observed {
+        report_panic(&*panic);
+    }
+}
+
+/// Add a finished request to the level's stats and progress.
+fn count(ctx: &TaskCtx, rec: &RequestRecord) {
+    lock(&ctx.stats).record(rec);
+    if !rec.is_ok() {
         ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
-        ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
     }
-    if ctx.progress.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-        ctx.idle.notify_waiters();
+    ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The stats, even if a panicking task poisoned the lock: the numbers in
+/// it are whole (every update is a single `record`).
+fn lock(m: &Mutex<LevelStats>) -> std::sync::MutexGuard<'_, LevelStats> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Decrements `in_flight` when the request task ends, however it ends.
+struct InFlight<'a>(&'a TaskCtx);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.progress.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
+}
+
+/// Log a panic caught in a request task, once per process: it is our bug,
+/// and the request was counted as `internal error`.
+fn report_panic(panic: &(dyn std::any::Any + Send)) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".into());
+    SAID.call_once(|| {
+        tracing::error!(
+            "a request task panicked ({msg}); such requests are counted as 'internal error' \
+             and the run goes on. Please report this."
+        );
+    });
+}
+
+/// Fault injection for the test suite: `LLMLOAD_INJECT_PANIC=N` makes
+/// every Nth request task panic. Read once; unset costs one branch.
+fn inject_panic(seq: u64) -> bool {
+    static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let every = *EVERY.get_or_init(|| {
+        std::env::var("LLMLOAD_INJECT_PANIC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    every > 0 && seq % every == every - 1
 }
 
 /// Ask the kernel to wake this thread within 1 µs of its deadline instead

@@ -510,6 +510,11 @@ async fn every_metric_the_readme_lists_moves() {
     let mut slow_cfg = fast_mock();
     slow_cfg.capacity.ttft = Duration::from_millis(800);
     let slow = start_mock(slow_cfg).await;
+    let closer = common::closing::start(common::closing::Habits {
+        one_request_per_connection: true,
+        ..Default::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
     let results = tmp.path().join("results");
@@ -520,15 +525,19 @@ async fn every_metric_the_readme_lists_moves() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{}{}{}\
+            "{}{}{}{}\
              [[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"1.5s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"drops\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n\
-             [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n",
+             [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
+             [[job]]\nname = \"stale\"\ntarget = \"closer\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n",
             target("t", &fast.chat_url(), &dataset, "keep_runs = 1"),
             target("slow", &slow.chat_url(), &dataset, "max_in_flight = 2"),
             target("broken", &fast.chat_url(), &dataset, ""),
+            // Closes a kept-alive connection when a second request comes:
+            // the stale-connection retries move.
+            target("closer", &closer.url, &dataset, ""),
         ),
     );
     let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;

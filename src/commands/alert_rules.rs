@@ -12,7 +12,7 @@ pub fn alert_rules(args: AlertRulesArgs) -> anyhow::Result<u8> {
     };
     if args.list {
         for (k, v) in crate::alerts::params(&template) {
-            println!("{k}={v}");
+            crate::outln!("{k}={v}");
         }
         return Ok(EXIT_OK);
     }
@@ -26,6 +26,6 @@ pub fn alert_rules(args: AlertRulesArgs) -> anyhow::Result<u8> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let out = crate::alerts::render(&template, &overrides).map_err(UsageError::new)?;
-    print!("{out}");
+    crate::out!("{out}");
     Ok(EXIT_OK)
 }

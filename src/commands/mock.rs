@@ -8,7 +8,7 @@ use crate::saturation::fmt_qps;
 pub async fn mock(args: MockArgs) -> anyhow::Result<u8> {
     let cfg = args.to_config().map_err(UsageError::new)?;
     if args.print_capacity {
-        print!(
+        crate::out!(
             "{}",
             capacity_report(&cfg, args.assume_input_tokens, args.assume_max_tokens)
         );
@@ -17,12 +17,12 @@ pub async fn mock(args: MockArgs) -> anyhow::Result<u8> {
     let server = MockServer::start(cfg, args.listen)
         .await
         .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", args.listen)))?;
-    eprintln!(
+    crate::errln!(
         "llmload mock listening on http://{} (POST /v1/chat/completions, /v1/completions; GET /v1/models /health /metrics /debug/requests)",
         server.addr
     );
     crate::signals::next().await;
-    eprintln!("llmload mock: stopping");
+    crate::errln!("llmload mock: stopping");
     server.shutdown().await;
     Ok(EXIT_OK)
 }

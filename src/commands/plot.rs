@@ -29,7 +29,7 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
     ));
     crate::plot::render(&out, &levels, &analysis, &title)
         .with_context(|| format!("drawing {}", out.display()))?;
-    println!("{}", out.display());
+    crate::outln!("{}", out.display());
     Ok(EXIT_OK)
 }
 

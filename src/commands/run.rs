@@ -23,15 +23,18 @@ use tokio_util::sync::CancellationToken;
 /// How long in-flight requests may finish after Ctrl-C before they are
 /// abandoned (a second Ctrl-C abandons them at once).
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+/// After in-flight requests are abandoned, the most the process may take
+/// to finish writing before it exits regardless.
+const STOP_BACKSTOP: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let api_key = resolve_api_key(&args)?;
     validate(&args)?;
     if args.show_tokens {
-        eprintln!("note: --show-tokens is deprecated: tokens/sec is always shown");
+        crate::errln!("note: --show-tokens is deprecated: tokens/sec is always shown");
     }
     if args.insecure {
-        eprintln!(
+        crate::errln!(
             "WARNING: --insecure: TLS certificates are NOT verified; anyone on the path can \
              read the API key and the traffic. Use --ca-cert for private CAs instead."
         );
@@ -47,7 +50,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         let m = MockServer::start(cfg, "127.0.0.1:0".parse().expect("valid address"))
             .await
             .context("starting the built-in mock")?;
-        eprintln!("using the built-in mock endpoint at {}", m.chat_url());
+        crate::errln!("using the built-in mock endpoint at {}", m.chat_url());
         let url = m.chat_url();
         mock = Some(m);
         url
@@ -165,7 +168,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(stop.clone(), cancel.clone()));
-    eprintln!(
+    crate::errln!(
         "llmload: {} level(s) x {} against {} -> {}",
         plan.levels.len(),
         crate::duration::format(plan.duration),
@@ -183,11 +186,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         t.shutdown().await;
     }
 
-    print!(
+    crate::out!(
         "\n{}",
         table::render_table(&report.levels, &args.percentiles)
     );
-    print!(
+    crate::out!(
         "{}",
         table::render_analysis(
             &report.levels,
@@ -195,12 +198,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             report.status == RunStatus::Partial
         )
     );
-    for n in engine_notices(&report) {
-        println!("note: {n}");
+    for n in &report.notices {
+        crate::outln!("note: {n}");
     }
-    println!("\nResults saved to {}/", report.dir.path.display());
+    crate::outln!("\nResults saved to {}/", report.dir.path.display());
     for e in &report.write_errors {
-        eprintln!("error: {e}");
+        crate::errln!("error: {e}");
     }
     if let Some(m) = mock {
         m.shutdown().await;
@@ -215,15 +218,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// What the client noticed about the endpoint, as recorded in metadata.
-fn engine_notices(report: &runner::SweepReport) -> Vec<String> {
-    report.notices.clone()
-}
-
 /// First signal: stop sending, give in-flight requests a short grace;
 /// second signal (or the grace running out): abandon them.
 async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
     crate::signals::next().await;
-    eprintln!(
+    crate::errln!(
         "\nstopping: waiting up to {}s for in-flight requests (Ctrl-C again to abandon them); \
          results so far are kept and marked partial",
         INTERRUPT_GRACE.as_secs()
@@ -234,6 +233,17 @@ async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
         _ = tokio::time::sleep(INTERRUPT_GRACE) => {}
     }
     cancel.cancel();
+    // Abandoned requests end at once and the runner writes the partial
+    // results in milliseconds. Should anything still hold the process up,
+    // do not hang: finished levels are already on disk, marked partial.
+    tokio::select! {
+        _ = crate::signals::next() => {}
+        _ = tokio::time::sleep(STOP_BACKSTOP) => {}
+    }
+    crate::errln!(
+        "stopping took too long: exiting now; finished levels are in the results directory"
+    );
+    std::process::exit(EXIT_INTERRUPTED.into());
 }
 
 fn validate(args: &RunArgs) -> Result<(), UsageError> {
@@ -265,7 +275,7 @@ fn validate(args: &RunArgs) -> Result<(), UsageError> {
 /// endpoints need no key.
 pub fn resolve_api_key(args: &RunArgs) -> Result<Option<ApiKey>, UsageError> {
     if let Some(k) = &args.api_key {
-        eprintln!(
+        crate::errln!(
             "warning: --api-key on the command line is visible to other users (ps, shell history); \
              prefer LLMLOAD_API_KEY=... in the environment or --api-key-file PATH"
         );
@@ -393,7 +403,7 @@ impl SweepHooks for ConsoleHooks {
             crate::saturation::fmt_qps(spec.qps)
         );
         if !self.tty {
-            eprintln!("{label}: sending {planned} requests");
+            crate::errln!("{label}: sending {planned} requests");
             return;
         }
         let bar = ProgressBar::with_draw_target(Some(planned), ProgressDrawTarget::stderr());
@@ -433,7 +443,7 @@ impl SweepHooks for ConsoleHooks {
         } else {
             String::new()
         };
-        eprintln!(
+        crate::errln!(
             "  QPS {}: {} sent, {:.1}% ok, TTFT p95 {:.3}s, E2E p95 {:.3}s, {} new connections{retries}{}{}",
             crate::saturation::fmt_qps(r.qps_target),
             r.sent,

@@ -9,7 +9,7 @@ pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
         skip_nginx: args.skip_nginx,
         only: args.only.clone(),
     };
-    let log = |l: &str| eprintln!("{l}");
+    let log = |l: &str| crate::errln!("{l}");
     if args.only.iter().any(|o| o == "soak") {
         log(&format!(
             "soak: {} minute(s) at {} req/s against the mock with every fault kind at 1 %",
@@ -19,14 +19,14 @@ pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
             .await
             .map_err(anyhow::Error::msg)?;
         let ok = minutes.iter().all(|m| m.balanced);
-        println!("{}", serde_json::json!({ "soak": minutes }));
+        crate::outln!("{}", serde_json::json!({ "soak": minutes }));
         return Ok(if ok { EXIT_OK } else { EXIT_FAILURE });
     }
     let report = crate::selftest::run(&opts, &log)
         .await
         .map_err(anyhow::Error::msg)?;
-    print!("{}", crate::selftest::render(&report));
-    println!("{}", serde_json::json!({ "selftest": report }));
+    crate::out!("{}", crate::selftest::render(&report));
+    crate::outln!("{}", serde_json::json!({ "selftest": report }));
     Ok(if args.strict && report.targets.iter().any(|t| !t.1) {
         EXIT_FAILURE
     } else {

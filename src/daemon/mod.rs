@@ -35,7 +35,7 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
         cfg.listen = l;
     }
     for w in &cfg.warnings {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
     }
     let env = |k: &str| std::env::var(k).ok();
     let tel_settings = crate::telemetry::Settings::resolve(
@@ -45,7 +45,7 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     )
     .map_err(UsageError::new)?;
     if args.check {
-        print!("{}", plan_report(&cfg, tel_settings.as_ref()));
+        crate::out!("{}", plan_report(&cfg, tel_settings.as_ref()));
         return Ok(EXIT_OK);
     }
     let telemetry = match tel_settings {
@@ -70,7 +70,7 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     let addr = listener.local_addr()?;
     let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
     // Announce the real address (port 0 picks one): scripts and tests read it.
-    eprintln!("llmload daemon listening on http://{addr}");
+    crate::errln!("llmload daemon listening on http://{addr}");
     tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
     let shutdown = CancellationToken::new();
     let code = run(state, listener, shutdown.clone(), crate::signals::next()).await;

@@ -25,6 +25,8 @@ pub struct Habits {
     /// Status to answer with; non-200 gets a small JSON body.
     pub status: u16,
     pub tokens: u32,
+    /// Send the headers and a role chunk, then nothing until vanished.
+    pub hang: bool,
 }
 
 impl Default for Habits {
@@ -36,6 +38,7 @@ impl Default for Habits {
             keep_alive: None,
             status: 200,
             tokens: 8,
+            hang: false,
         }
     }
 }
@@ -46,6 +49,7 @@ pub struct Closing {
     pub requests: Arc<AtomicU64>,
     /// Requests on a connection that the server closed without answering.
     pub refused: Arc<AtomicU64>,
+    gone: tokio_util::sync::CancellationToken,
 }
 
 impl Closing {
@@ -58,6 +62,11 @@ impl Closing {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
     }
+    /// The server goes away: its listener and every connection close at
+    /// once, mid-stream or not.
+    pub fn vanish(&self) {
+        self.gone.cancel();
+    }
 }
 
 pub async fn start(h: Habits) -> Closing {
@@ -68,7 +77,9 @@ pub async fn start(h: Habits) -> Closing {
         connections: Arc::new(AtomicU64::new(0)),
         requests: Arc::new(AtomicU64::new(0)),
         refused: Arc::new(AtomicU64::new(0)),
+        gone: tokio_util::sync::CancellationToken::new(),
     };
+    let gone = out.gone.clone();
     let (conns, reqs, refused) = (
         out.connections.clone(),
         out.requests.clone(),
@@ -76,10 +87,18 @@ pub async fn start(h: Habits) -> Closing {
     );
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else { return };
+            let s = tokio::select! {
+                a = l.accept() => match a { Ok((s, _)) => s, Err(_) => return },
+                _ = gone.cancelled() => return,
+            };
             conns.fetch_add(1, Ordering::SeqCst);
-            let (h, reqs, refused) = (h.clone(), reqs.clone(), refused.clone());
-            tokio::spawn(async move { serve(s, h, reqs, refused).await });
+            let (h, reqs, refused, gone) = (h.clone(), reqs.clone(), refused.clone(), gone.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = serve(s, h, reqs, refused) => {}
+                    _ = gone.cancelled() => {}
+                }
+            });
         }
     });
     out
@@ -107,6 +126,14 @@ async fn serve(mut s: TcpStream, h: Habits, reqs: Arc<AtomicU64>, refused: Arc<A
         }
         reqs.fetch_add(1, Ordering::SeqCst);
         served += 1;
+        if h.hang {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let role = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+            let _ = s
+                .write_all(format!("{head}{:x}\r\n{role}\r\n", role.len()).as_bytes())
+                .await;
+            std::future::pending::<()>().await;
+        }
         if s.write_all(response(&h).as_bytes()).await.is_err() {
             return;
         }

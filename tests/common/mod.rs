@@ -223,6 +223,7 @@ pub struct Daemon {
     pub child: tokio::process::Child,
     pub addr: std::net::SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -251,7 +252,7 @@ impl Daemon {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let log2 = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(l)) = lines.next_line().await {
                 if let Some(a) = l.strip_prefix("llmload daemon listening on http://") {
@@ -271,7 +272,19 @@ impl Daemon {
             .expect("daemon exited early")
             .parse()
             .unwrap();
-        Daemon { child, addr, log }
+        Daemon {
+            child,
+            addr,
+            log,
+            reader,
+        }
+    }
+
+    /// Close our end of the daemon's log pipe (a dead journald, a killed
+    /// `tee`): its later writes fail with EPIPE.
+    pub async fn close_log(&mut self) {
+        self.reader.abort();
+        let _ = (&mut self.reader).await;
     }
 
     pub fn url(&self, path: &str) -> String {
