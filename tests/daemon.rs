@@ -47,6 +47,7 @@ const KEY: &str = "sk-daemon-SECRET-777";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_sweep_and_the_api_answers() {
+    let _serial = serial();
     let mock = start_mock(fast_mock()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -244,6 +245,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_sweep_writes_partial_results_and_exits_0() {
+    let _serial = serial();
     let mock = start_mock(fast_mock()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -298,6 +300,7 @@ async fn sigterm_mid_sweep_writes_partial_results_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_pauses_for_a_sweep_then_resumes() {
+    let _serial = serial();
     let mock = start_mock(fast_mock()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -404,6 +407,7 @@ async fn soak_pauses_for_a_sweep_then_resumes() {
 
 #[test]
 fn check_validates_and_prints_the_plan() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(tmp.path());
     // The file, exactly as written.
@@ -506,6 +510,7 @@ fn readme_metrics() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_readme_lists_moves() {
+    let _serial = serial();
     let fast = start_mock(fast_mock()).await;
     let mut slow_cfg = fast_mock();
     slow_cfg.capacity.ttft = Duration::from_millis(800);

@@ -125,6 +125,7 @@ fn readme_metric_names() -> BTreeSet<String> {
 
 #[test]
 fn promtool_checks_config_rules_and_alert_unit_tests() {
+    let _serial = serial();
     let dir = root().join("deploy/prometheus");
     for args in [
         vec!["check", "config", "prometheus.yml"],
@@ -155,6 +156,7 @@ fn promtool_checks_config_rules_and_alert_unit_tests() {
 
 #[test]
 fn dashboards_type_check_against_grafana_schema() {
+    let _serial = serial();
     let dir = root().join("tests/dashboards");
     assert!(
         dir.join("node_modules/@grafana/schema").exists(),
@@ -214,6 +216,7 @@ fn dashboards_type_check_against_grafana_schema() {
 
 #[test]
 fn dashboards_are_well_formed_and_use_only_documented_metrics() {
+    let _serial = serial();
     let documented = readme_metric_names();
     for (name, d) in dashboards() {
         assert!(
@@ -395,6 +398,7 @@ async fn get_ok(url: &str) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertmanager() {
+    let _serial = serial();
     let full = start_mock(capacity_mock(4)).await;
     let half = start_mock(capacity_mock(2)).await;
     // The soak target fails now and then, so its error panels have data.

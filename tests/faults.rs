@@ -165,6 +165,7 @@ fn chunked(s: &str) -> String {
 
 #[tokio::test]
 async fn connection_refused_and_dns_failure() {
+    let _serial = serial();
     let port = free_port();
     let (r, t) = level(
         cfg(&format!("http://127.0.0.1:{port}/v1/chat/completions")),
@@ -183,6 +184,7 @@ async fn connection_refused_and_dns_failure() {
 
 #[tokio::test]
 async fn http_error_statuses_are_counted_by_code() {
+    let _serial = serial();
     for code in [401u16, 403, 404, 429, 500, 502, 503, 504] {
         let url = raw(move |mut s, _| async move {
             let extra = if code == 429 { "retry-after: 3\r\n" } else { "" };
@@ -205,6 +207,7 @@ async fn http_error_statuses_are_counted_by_code() {
 
 #[tokio::test]
 async fn not_sse_html_and_json_bodies_are_malformed_streams() {
+    let _serial = serial();
     for (ct, body) in [
         ("text/html", "<html><body>502 Bad Gateway</body></html>"),
         (
@@ -225,6 +228,7 @@ async fn not_sse_html_and_json_bodies_are_malformed_streams() {
 
 #[tokio::test]
 async fn truncated_errored_and_split_utf8_streams() {
+    let _serial = serial();
     // SSE without [DONE].
     let url = raw(|mut s, _| async move {
         let _ = s
@@ -284,6 +288,7 @@ async fn truncated_errored_and_split_utf8_streams() {
 
 #[tokio::test]
 async fn a_ten_megabyte_line_is_an_error_with_bounded_memory() {
+    let _serial = serial();
     let url = raw(|mut s, _| async move {
         let _ = s.write_all(sse_head().as_bytes()).await;
         let blob = vec![b'x'; 64 * 1024];
@@ -313,6 +318,7 @@ async fn a_ten_megabyte_line_is_an_error_with_bounded_memory() {
 
 #[tokio::test]
 async fn endless_streams_end_by_token_cap_or_timeout() {
+    let _serial = serial();
     // Fast and endless: the token cap (4 x max_tokens, at least 4096) ends it.
     let url = raw(|mut s, _| async move {
         let _ = s.write_all(sse_head().as_bytes()).await;
@@ -363,6 +369,7 @@ fn stalling_mock(kind: &str) -> MockConfig {
 
 #[tokio::test]
 async fn stalls_hit_their_own_timeouts() {
+    let _serial = serial();
     // Before the first byte: the first-token timeout.
     let m = start_mock(stalling_mock("slow-first-byte")).await;
     let mut c = cfg(&m.chat_url());
@@ -388,6 +395,7 @@ async fn stalls_hit_their_own_timeouts() {
 
 #[tokio::test]
 async fn mock_faults_map_to_their_keys() {
+    let _serial = serial();
     for (kind, key) in [
         ("truncate", "stream truncated"),
         ("malformed", "malformed stream"),
@@ -404,6 +412,7 @@ async fn mock_faults_map_to_their_keys() {
 
 #[tokio::test]
 async fn server_closing_kept_alive_connections_and_slow_loris() {
+    let _serial = serial();
     // One response per connection, then close without saying so: the
     // pooled connection is dead when reused.
     let url = raw(|mut s, _| async move {
@@ -509,6 +518,7 @@ fn cert_for(names: &[&str], expired: bool) -> rcgen::CertifiedKey<rcgen::KeyPair
 
 #[tokio::test]
 async fn tls_failures_and_the_ca_cert_fix() {
+    let _serial = serial();
     init();
     let tmp = tempfile::tempdir().unwrap();
     let good = cert_for(&["127.0.0.1", "localhost"], false);
@@ -569,6 +579,7 @@ async fn tls_failures_and_the_ca_cert_fix() {
 
 #[tokio::test]
 async fn kill_9_mid_run_leaves_readable_partial_results() {
+    let _serial = serial();
     let mock = start_mock(stalling_mock("http500")).await;
     let mut m2 = stalling_mock("http500");
     m2.faults.clear();
@@ -623,6 +634,7 @@ async fn kill_9_mid_run_leaves_readable_partial_results() {
 
 #[tokio::test]
 async fn unwritable_results_still_print_the_report_and_exit_1() {
+    let _serial = serial();
     let mut mc = stalling_mock("http500");
     mc.faults.clear();
     let mock = start_mock(mc).await;
@@ -680,6 +692,7 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
 
 #[tokio::test]
 async fn bad_flags_exit_2_with_the_flag_named() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = write_dataset(tmp.path());
     let ds = ds.to_str().unwrap();
@@ -732,6 +745,7 @@ async fn bad_flags_exit_2_with_the_flag_named() {
 
 #[tokio::test]
 async fn the_key_never_leaks_into_output_logs_or_process_args() {
+    let _serial = serial();
     let mut mc = stalling_mock("http500");
     mc.faults.clear();
     let mock = start_mock(mc).await;

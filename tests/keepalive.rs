@@ -20,6 +20,7 @@ fn cfg(url: &str) -> ClientConfig {
 /// response, while the headers promised keep-alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_closes_after_every_response_costs_no_errors() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         close_after_response: Some(Duration::from_millis(3)),
         keep_alive: Some("timeout=5, max=100".into()),
@@ -48,6 +49,7 @@ async fn a_server_that_closes_after_every_response_costs_no_errors() {
 /// after a streak of them the client stops reusing connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_stale_connection_is_retried_once_and_counted() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         one_request_per_connection: true,
         ..Habits::default()
@@ -71,6 +73,7 @@ async fn a_request_on_a_stale_connection_is_retried_once_and_counted() {
 /// on a fresh connection fails as before, and is not sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_on_a_fresh_connection_is_not_retried() {
+    let _serial = serial();
     // Every connection is closed as soon as a request arrives.
     let url = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -105,6 +108,7 @@ async fn a_failure_on_a_fresh_connection_is_not_retried() {
 /// because the client retires it before the server's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advertised_idle_timeouts_are_respected() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         idle_close: Some(Duration::from_secs(1)),
         keep_alive: Some("timeout=1".into()),
@@ -124,6 +128,7 @@ async fn advertised_idle_timeouts_are_respected() {
 /// timeout does the same job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_idle_timeout_retires_connections_before_the_server_does() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         idle_close: Some(Duration::from_secs(1)),
         ..Habits::default()
@@ -144,6 +149,7 @@ async fn pool_idle_timeout_retires_connections_before_the_server_does() {
 /// `Keep-Alive: max=0` (no more requests allowed) is honoured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_max_is_honoured() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         keep_alive: Some("timeout=5, max=0".into()),
         one_request_per_connection: true,
@@ -161,6 +167,7 @@ async fn keep_alive_max_is_honoured() {
 /// connections it has (counted at the server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_kept_for_reuse_after_http_errors() {
+    let _serial = serial();
     let srv = closing::start(Habits {
         status: 503,
         ..Habits::default()

@@ -30,6 +30,7 @@ fn cfg(slots: usize, queue: usize, ttft: u64, tpot: u64, growth: f64, tokens: u3
 
 #[tokio::test]
 async fn streaming_chat_is_openai_shaped() {
+    let _serial = serial();
     let m = start_mock(cfg(4, 4, 5, 1, 0.0, 8)).await;
     let r = post(&m.chat_url(), chat_body(512, true, true)).await;
     assert_eq!(r.status, 200);
@@ -79,6 +80,7 @@ async fn streaming_chat_is_openai_shaped() {
 
 #[tokio::test]
 async fn no_usage_chunk_unless_asked_and_max_tokens_sets_length() {
+    let _serial = serial();
     let m = start_mock(cfg(4, 4, 1, 1, 0.0, 50)).await;
     let r = post(&m.chat_url(), chat_body(3, true, false)).await;
     let events = r.events();
@@ -91,6 +93,7 @@ async fn no_usage_chunk_unless_asked_and_max_tokens_sets_length() {
 
 #[tokio::test]
 async fn non_streaming_chat_and_completions() {
+    let _serial = serial();
     let m = start_mock(cfg(4, 4, 1, 1, 0.0, 6)).await;
     let r = post(&m.chat_url(), chat_body(512, false, false)).await;
     assert_eq!(r.status, 200);
@@ -125,6 +128,7 @@ async fn non_streaming_chat_and_completions() {
 
 #[tokio::test]
 async fn slots_and_queue_reject_the_rest_at_once() {
+    let _serial = serial();
     // 4 slots + 4 queue places; 12 long requests at once: 4 rejected.
     let m = start_mock(cfg(4, 4, 50, 20, 0.0, 50)).await;
     let url = m.chat_url();
@@ -166,6 +170,7 @@ async fn slots_and_queue_reject_the_rest_at_once() {
 
 #[tokio::test]
 async fn reject_with_429_and_retry_after() {
+    let _serial = serial();
     let mut c = cfg(1, 0, 200, 1, 0.0, 1);
     c.reject_status = 429;
     c.retry_after_s = 7;
@@ -185,6 +190,7 @@ async fn reject_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn ttft_grows_by_the_queue_wait() {
+    let _serial = serial();
     // One slot: the second request waits for the first to finish.
     // Service = 100 ms + 9 × 10 ms = 190 ms.
     let m = start_mock(cfg(1, 4, 100, 10, 0.0, 10)).await;
@@ -213,6 +219,7 @@ async fn ttft_grows_by_the_queue_wait() {
 
 #[tokio::test]
 async fn token_gap_grows_with_concurrency_by_the_formula() {
+    let _serial = serial();
     // gap = tpot × (1 + growth × (running − 1)) = 20 ms × (1 + 0.5 × 3) = 50 ms
     // with 4 running; 20 ms alone. Tolerance ±10 % (timer granularity 1 ms).
     let m = start_mock(cfg(8, 8, 10, 20, 0.5, 12)).await;
@@ -239,6 +246,7 @@ async fn token_gap_grows_with_concurrency_by_the_formula() {
 
 #[tokio::test]
 async fn chunk_tokens_batches_tokens_per_event() {
+    let _serial = serial();
     let mut c = cfg(4, 4, 1, 1, 0.0, 10);
     c.chunk_tokens = 4;
     let m = start_mock(c).await;
@@ -269,6 +277,7 @@ async fn chunk_tokens_batches_tokens_per_event() {
 
 #[tokio::test]
 async fn seed_makes_text_and_lengths_reproducible() {
+    let _serial = serial();
     let mk = |seed| {
         let mut c = cfg(4, 4, 1, 1, 0.0, 1);
         c.output_tokens = Some(OutputTokens::Range(3, 30));
@@ -317,6 +326,7 @@ async fn faulty(kind: FaultKind) -> llmload::mock::MockServer {
 
 #[tokio::test]
 async fn every_fault_does_what_it_says() {
+    let _serial = serial();
     for (kind, status) in [
         (FaultKind::Http500, 500),
         (FaultKind::Http503, 503),
@@ -385,6 +395,7 @@ async fn every_fault_does_what_it_says() {
 
 #[tokio::test]
 async fn fault_fractions_are_fractions() {
+    let _serial = serial();
     let mut c = cfg(64, 64, 1, 1, 0.0, 2);
     c.faults = vec!["http503=0.3".parse().unwrap()];
     let m = start_mock(c).await;
@@ -401,6 +412,7 @@ async fn fault_fractions_are_fractions() {
 
 #[tokio::test]
 async fn models_health_and_ground_truth() {
+    let _serial = serial();
     let m = start_mock(cfg(4, 4, 20, 2, 0.0, 5)).await;
     let (s, body) = get(&format!("{}/health", m.base_url())).await;
     assert_eq!((s, body.as_str()), (200, "OK"));
@@ -442,6 +454,7 @@ async fn models_health_and_ground_truth() {
 
 #[test]
 fn binary_serves_and_prints_capacity() {
+    let _serial = serial();
     // --print-capacity: 4 slots, service 40 ms + 19 × 5 ms = 135 ms.
     let out = std::process::Command::new(bin())
         .args([
@@ -479,6 +492,7 @@ fn binary_serves_and_prints_capacity() {
 
 #[tokio::test]
 async fn binary_listens_and_stops_on_sigterm() {
+    let _serial = serial();
     init();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

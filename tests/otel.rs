@@ -144,6 +144,7 @@ async fn run_with_traces(mock: &llmload::mock::MockServer, rx: &Receiver, envs: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_level_request_tree_with_genai_attributes_and_propagation() {
+    let _serial = serial();
     let mock = start_mock(mock_cfg(0.2)).await;
     let rx = receiver().await;
     run_with_traces(&mock, &rx, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
@@ -261,6 +262,7 @@ async fn sweep_level_request_tree_with_genai_attributes_and_propagation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratio_sampling_keeps_every_failure_and_all_structure() {
+    let _serial = serial();
     let mock = start_mock(mock_cfg(0.2)).await;
     let rx = receiver().await;
     run_with_traces(
@@ -307,6 +309,7 @@ async fn ratio_sampling_keeps_every_failure_and_all_structure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_export_and_no_header_unless_asked() {
+    let _serial = serial();
     let mock = start_mock(mock_cfg(0.0)).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -382,6 +385,7 @@ async fn no_export_and_no_header_unless_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_sweeps_are_traced_and_a_dead_collector_is_harmless() {
+    let _serial = serial();
     let mock = start_mock(mock_cfg(0.0)).await;
     let rx = receiver().await;
     let tmp = tempfile::tempdir().unwrap();

@@ -80,6 +80,7 @@ async fn wait(child: &mut tokio::process::Child, secs: u64) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_output_pipes_lose_nothing() {
+    let _serial = serial();
     let mock = start_mock(quick_mock()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -108,6 +109,7 @@ async fn closed_output_pipes_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_pipes_and_a_vanished_endpoint_still_end_the_run() {
+    let _serial = serial();
     let srv = common::closing::start(common::closing::Habits {
         hang: true,
         ..Default::default()
@@ -147,6 +149,7 @@ async fn closed_pipes_and_a_vanished_endpoint_still_end_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_closed_pipes_ends_within_the_grace_with_partial_results() {
+    let _serial = serial();
     let mut slow = quick_mock();
     slow.capacity.ttft = Duration::from_secs(60);
     let mock = start_mock(slow).await;
@@ -181,6 +184,7 @@ async fn sigterm_with_closed_pipes_ends_within_the_grace_with_partial_results() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_request_is_counted_and_the_level_ends_on_time() {
+    let _serial = serial();
     let mock = start_mock(quick_mock()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -218,6 +222,7 @@ async fn a_panicking_request_is_counted_and_the_level_ends_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_whose_log_pipe_closed_still_stops_cleanly() {
+    let _serial = serial();
     let mut slow = quick_mock();
     slow.capacity.ttft = Duration::from_secs(60);
     let mock = start_mock(slow).await;

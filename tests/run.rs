@@ -47,6 +47,7 @@ const SEED_HEADER: &str = "QPS Target   Actual QPS   Success%   TTFT P50(s)  TTF
 
 #[tokio::test]
 async fn seed_command_line_finds_the_known_saturation_point() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -257,6 +258,7 @@ async fn seed_command_line_finds_the_known_saturation_point() {
 
 #[tokio::test]
 async fn key_from_env_or_file_and_the_body_sent() {
+    let _serial = serial();
     init();
     // A raw server that records the first request and answers one stream.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -372,6 +374,7 @@ async fn key_from_env_or_file_and_the_body_sent() {
 
 #[tokio::test]
 async fn fractional_rate_sends_exactly_one_request() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -417,6 +420,7 @@ async fn fractional_rate_sends_exactly_one_request() {
 
 #[tokio::test]
 async fn errors_are_categorised_and_books_balance() {
+    let _serial = serial();
     let mut cfg = known_capacity();
     cfg.faults = vec![
         "http500=0.1".parse::<FaultSpec>().unwrap(),
@@ -470,6 +474,7 @@ async fn errors_are_categorised_and_books_balance() {
 
 #[tokio::test]
 async fn bad_input_exits_2_naming_the_problem() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.json");
     std::fs::write(
@@ -548,6 +553,7 @@ async fn bad_input_exits_2_naming_the_problem() {
 
 #[tokio::test]
 async fn interrupt_keeps_finished_levels_and_marks_partial() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -607,6 +613,7 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
 
 #[tokio::test]
 async fn plot_redraws_from_the_json_alone() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -657,6 +664,7 @@ async fn plot_redraws_from_the_json_alone() {
 
 #[tokio::test]
 async fn record_requests_writes_one_line_per_request() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
@@ -717,6 +725,7 @@ async fn record_requests_writes_one_line_per_request() {
 
 #[tokio::test]
 async fn builtin_mock_endpoint_runs_the_readme_demo() {
+    let _serial = serial();
     init();
     let tmp = tempfile::tempdir().unwrap();
     let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
@@ -749,6 +758,7 @@ async fn builtin_mock_endpoint_runs_the_readme_demo() {
 
 #[tokio::test]
 async fn same_second_runs_do_not_overwrite() {
+    let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());

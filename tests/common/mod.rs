@@ -14,6 +14,27 @@ use llmload::sse::SseDecoder;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Held for the whole of every integration test: one test at a time,
+/// across test binaries too, so that `cargo test` (threads within a
+/// binary) and `cargo nextest` (binaries side by side) both give the
+/// timing tests the quiet machine they assert on. An exclusive `flock`
+/// on a file in cargo's per-target temporary directory; released when
+/// the guard drops, or by the kernel if the test process dies.
+pub fn serial() -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("llmload-serial.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    f
+}
+
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
