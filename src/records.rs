@@ -34,26 +34,71 @@ struct Line<'a> {
 }
 
 /// Appends a line per finished request, then passes the request on.
+/// A failed write is never ignored: it is counted and reported at the
+/// next flush, and the run then fails like any other results write.
 pub struct RecordsObserver {
-    out: Mutex<BufWriter<std::fs::File>>,
+    out: Mutex<Sink>,
     pub next: Option<Arc<dyn Observer>>,
+}
+
+struct Sink {
+    file: BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    /// Lines handed to the buffer since it last reached the file.
+    pending: u64,
+    /// Lines lost since the last report, and the first reason.
+    lost: u64,
+    reason: Option<String>,
+}
+
+impl Sink {
+    /// A write or flush failed: what was buffered is gone.
+    fn failed(&mut self, e: std::io::Error) {
+        self.lost += std::mem::take(&mut self.pending);
+        if self.reason.is_none() {
+            self.reason = Some(e.to_string());
+        }
+    }
 }
 
 impl RecordsObserver {
     pub fn create(dir: &Path, next: Option<Arc<dyn Observer>>) -> std::io::Result<Self> {
+        let path = dir.join(RECORDS_FILE);
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(RECORDS_FILE))?;
+            .open(&path)?;
         Ok(Self {
-            out: Mutex::new(BufWriter::with_capacity(64 * 1024, f)),
+            out: Mutex::new(Sink {
+                file: BufWriter::with_capacity(64 * 1024, f),
+                path,
+                pending: 0,
+                lost: 0,
+                reason: None,
+            }),
             next,
         })
     }
 
-    /// Push buffered lines to the file (called at level ends and exit).
-    pub fn flush(&self) {
-        let _ = self.out.lock().expect("records lock").flush();
+    /// Push buffered lines to the file; what could not be written since
+    /// the last call, as one message.
+    pub fn flush_records(&self) -> Option<String> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        match out.file.flush() {
+            Ok(()) => out.pending = 0,
+            Err(e) => out.failed(e),
+        }
+        if out.lost == 0 {
+            return None;
+        }
+        let reason = out.reason.take().unwrap_or_default();
+        let msg = format!(
+            "cannot write {}: {reason} (lines lost: {})",
+            out.path.display(),
+            out.lost
+        );
+        out.lost = 0;
+        Some(msg)
     }
 }
 
@@ -95,16 +140,28 @@ impl Observer for RecordsObserver {
         };
         if let Ok(mut text) = serde_json::to_vec(&line) {
             text.push(b'\n');
-            let _ = self.out.lock().expect("records lock").write_all(&text);
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            out.pending += 1;
+            if let Err(e) = out.file.write_all(&text) {
+                out.failed(e);
+            }
         }
         if let Some(n) = &self.next {
             n.request_done(level, base, rec, hook);
         }
     }
+
+    fn flush(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.flush_records().into_iter().collect();
+        if let Some(n) = &self.next {
+            out.extend(n.flush());
+        }
+        out
+    }
 }
 
 impl Drop for RecordsObserver {
     fn drop(&mut self) {
-        self.flush();
+        let _ = self.flush_records();
     }
 }

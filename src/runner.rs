@@ -145,6 +145,12 @@ pub async fn execute(
         seq += outcome.stats.sent + outcome.stats.dropped;
         let mut result = LevelResult::from_stats(&outcome.stats, outcome.timing);
         result.interrupted = outcome.interrupted;
+        for e in engine.observer.flush() {
+            tracing::error!("{e}");
+            if !w.errors.contains(&e) {
+                w.errors.push(e);
+            }
+        }
         hooks.level_finished(&spec, &result);
         levels.push(result);
         w.json(&out.results_file, &levels);

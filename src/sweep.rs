@@ -77,6 +77,11 @@ pub trait Observer: Send + Sync {
         _hook: Option<RequestHook>,
     ) {
     }
+    /// Called after each level: push buffered output out, and say what
+    /// could not be written since the last call (one line per problem).
+    fn flush(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Per-request state an observer carries from start to done.

@@ -180,6 +180,20 @@ async fn prometheus_scrapes_the_sweep_and_the_api_answers() {
     let png = get(&d.url(&format!("/api/v1/runs/{id}/plot.png"))).await;
     assert_eq!(png.0, 200);
     assert_eq!(get(&d.url("/api/v1/runs/nope")).await.0, 404);
+    // A results file that exists but is corrupt is a 500 naming it, not
+    // a silent null.
+    let summary = dir.join("summary.json");
+    let good = std::fs::read(&summary).unwrap();
+    std::fs::write(&summary, b"{\"status\": trunc").unwrap();
+    let (s, body) = get(&d.url(&format!("/api/v1/runs/{id}"))).await;
+    assert_eq!(s, 500, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("summary.json is not valid JSON"),
+        "{v}"
+    );
+    std::fs::write(&summary, good).unwrap();
+    assert_eq!(get(&d.url(&format!("/api/v1/runs/{id}"))).await.0, 200);
     assert_eq!(get(&d.url("/api/v1/runs/nope/plot.png")).await.0, 404);
     assert_eq!(get(&d.url("/api/v1/nothing")).await.0, 404);
     let (s, body) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), None).await;

@@ -9,6 +9,7 @@ use llmload::mock::faults::FaultSpec;
 use llmload::mock::{MockConfig, OutputTokens};
 use std::path::Path;
 use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Capacity 4 / (40 ms + 19 × 5 ms) = 29.6 requests/s.
@@ -720,6 +721,70 @@ async fn record_requests_writes_one_line_per_request() {
         assert!(first.get(k).is_some(), "{k}");
     }
     assert!(lines.iter().any(|l| l["error"] == "HTTP 503"));
+    mock.shutdown().await;
+}
+
+/// A `requests.jsonl` that cannot be written (here: the disk is full, via
+/// /dev/full) is reported by the runner like any other results write,
+/// which makes `run` exit 1; the level itself is still measured.
+#[tokio::test]
+async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
+    let _serial = serial();
+    use llmload::records::{RECORDS_FILE, RecordsObserver};
+    use llmload::runner::{NoHooks, Outputs, SweepPlan};
+    let mock = start_mock(known_capacity()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llmload::results::RunDir::create(tmp.path(), "run").unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.file(RECORDS_FILE)).unwrap();
+    let records = Arc::new(RecordsObserver::create(&dir.path, None).unwrap());
+    let client = Arc::new(
+        llmload::client::LlmClient::new(llmload::client::ClientConfig::new(mock.chat_url()))
+            .unwrap(),
+    );
+    let convs = llmload::dataset::load(&write_dataset(tmp.path())).unwrap();
+    let engine = llmload::sweep::Engine {
+        client,
+        requests: Arc::new(llmload::request::prepare_all(
+            &convs,
+            &llmload::request::BodyParams {
+                model: "m".into(),
+                max_tokens: 16,
+                temperature: 0.0,
+                stream_usage: true,
+            },
+        )),
+        max_in_flight: 100,
+        observer: records,
+    };
+    let plan = SweepPlan {
+        levels: vec![10.0],
+        duration: Duration::from_secs(1),
+        arrival: llmload::schedule::Arrival::Constant,
+        seed: 0,
+    };
+    let out = Outputs {
+        dir: dir.clone(),
+        results_file: "benchmark_qps_results.json".into(),
+        plot_file: None,
+        plot_title: "t".into(),
+    };
+    let meta: llmload::results::Metadata = serde_json::from_value(serde_json::json!({
+        "timestamp": "t", "endpoint": "e", "model": "m", "dataset": "d", "qps_levels": [10.0],
+        "duration": 1, "max_tokens": 16, "temperature": 0.0, "percentiles": [50],
+        "show_tokens": true, "schema_version": 1, "tool": "llmload", "version": "0",
+        "run_id": "run", "status": "running", "partial": true, "levels_completed": 0,
+        "arrival": "constant", "seed": 0, "request_timeout_s": 300.0, "stream_usage": true,
+        "max_in_flight": 100, "host": "h", "extra_headers": [], "results_file": "r",
+        "plot_file": null, "started_at": "s", "finished_at": null
+    }))
+    .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let report =
+        llmload::runner::execute(&engine, &plan, &out, meta, &NoHooks, &token, &token).await;
+    assert_eq!(report.levels[0].sent, 10, "the level was measured");
+    assert_eq!(report.write_errors.len(), 1, "{:?}", report.write_errors);
+    let e = &report.write_errors[0];
+    assert!(e.contains("requests.jsonl") && e.contains("lines lost: 10"), "{e}");
     mock.shutdown().await;
 }
 

@@ -176,10 +176,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         dir.path.display()
     );
     let console = ConsoleHooks::new(telemetry.clone().zip(sweep_span.clone()));
-    let report = runner::execute(&engine, &plan, &outputs, meta, &console, &stop, &cancel).await;
+    let mut report =
+        runner::execute(&engine, &plan, &outputs, meta, &console, &stop, &cancel).await;
     signals.abort();
-    if let Some(r) = &records {
-        r.flush();
+    if let Some(e) = records.as_ref().and_then(|r| r.flush_records()) {
+        report.write_errors.push(e);
     }
     if let (Some(t), Some(s)) = (&telemetry, &sweep_span) {
         t.sweep_finished(s, &report.summary);

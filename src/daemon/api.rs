@@ -166,13 +166,36 @@ async fn run(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Res
         return error(StatusCode::NOT_FOUND, format!("no run '{id}'"));
     };
     let dir = RunDir::open(&state.index.dir_of(&entry));
-    let metadata: Option<serde_json::Value> = dir.read_json(METADATA_FILE).ok();
+    // A file not written yet is null; one that exists but cannot be read
+    // or parsed is a server error that names it (never a silent null).
+    let read = |name: &str| -> Result<Option<serde_json::Value>, Response> {
+        let path = dir.file(name);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read {}: {e}", path.display()),
+            )),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{} is not valid JSON: {e}", path.display()),
+                )
+            }),
+        }
+    };
+    let metadata = match read(METADATA_FILE) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let results_file = metadata
         .as_ref()
         .and_then(|m| m["results_file"].as_str().map(str::to_owned))
         .unwrap_or_else(|| crate::results::DEFAULT_RESULTS_FILE.into());
-    let results: Option<serde_json::Value> = dir.read_json(&results_file).ok();
-    let summary: Option<serde_json::Value> = dir.read_json(SUMMARY_FILE).ok();
+    let (results, summary) = match (read(&results_file), read(SUMMARY_FILE)) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
     axum::Json(json!({
         "run": entry,
         "metadata": metadata,

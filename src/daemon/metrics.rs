@@ -525,6 +525,10 @@ impl Observer for MetricsObserver {
             n.request_done(level, base, rec, hook);
         }
     }
+
+    fn flush(&self) -> Vec<String> {
+        self.next.as_ref().map(|n| n.flush()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
