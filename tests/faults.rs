@@ -286,6 +286,40 @@ async fn truncated_errored_and_split_utf8_streams() {
     assert_eq!(r.succeeded, 2);
 }
 
+/// A 200 stream that carries no generated token is a failure: a user got
+/// nothing. Only `[DONE]`; a role chunk then `[DONE]`; empty deltas and a
+/// bare `finish_reason`. Each is `empty response`, never a success.
+#[tokio::test]
+async fn empty_streams_are_failures() {
+    let _serial = serial();
+    const ROLE: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    const EMPTY: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n";
+    const FINISH: &str = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    const END: &str = "data: [DONE]\n\n";
+    for events in [
+        vec![END],
+        vec![ROLE, END],
+        vec![ROLE, EMPTY, EMPTY, FINISH, END],
+    ] {
+        let body: String = events.iter().map(|e| chunked(e)).collect();
+        let url = raw(move |mut s, _| {
+            let body = body.clone();
+            async move {
+                let _ = s
+                    .write_all(format!("{}{body}0\r\n\r\n", sse_head()).as_bytes())
+                    .await;
+            }
+        })
+        .await;
+        let (r, _) = level(cfg(&url), 2).await;
+        assert_eq!(only_error(&r), "empty response", "{events:?}");
+        assert_eq!(r.success_rate, 0.0);
+        assert_eq!(r.ttft.count, 0);
+        assert_eq!(r.time_to_error.count, 2);
+        assert_eq!(r.e2e_latency_all.count, 2);
+    }
+}
+
 #[tokio::test]
 async fn a_ten_megabyte_line_is_an_error_with_bounded_memory() {
     let _serial = serial();
@@ -830,4 +864,171 @@ async fn cmdline_after_exec(pid: u32, marker: &[u8]) -> Vec<u8> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("process {pid} did not exec {} within 5 s", want.display());
+}
+
+/// The certificate most people make (`openssl req -x509 -newkey … -nodes
+/// -addext subjectAltName=…`) carries `basicConstraints CA:TRUE`.
+fn openssl_style_cert(names: &[&str]) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    rcgen::CertifiedKey {
+        cert,
+        signing_key: key,
+    }
+}
+
+/// An HTTP/2-over-TLS SSE server (ALPN h2, http/1.1), as nginx or a
+/// gateway would be. Counts the requests that arrived over HTTP/2.
+async fn h2_tls_server(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    h2_tls_server_slow(cert, Duration::ZERO).await
+}
+
+/// The same, starting each TLS handshake only after `handshake_delay`
+/// (a server busy accepting: the cost lands in connection set-up).
+async fn h2_tls_server_slow(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    handshake_delay: Duration,
+) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    use hyper::service::service_fn;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h2_requests = Arc::new(AtomicU64::new(0));
+    let counter = h2_requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(handshake_delay).await;
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        if req.version() == http::Version::HTTP_2 {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body = format!("{CHUNK}{DONE}");
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (port, h2_requests)
+}
+
+/// The everyday self-signed certificate: refused with its reason said
+/// once (console, log, requests.jsonl) while the key stays `TLS error`;
+/// accepted when given with --ca-cert, over HTTP/2, on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_ca_certificates_work_with_ca_cert_over_http2() {
+    let _serial = serial();
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = openssl_style_cert(&["127.0.0.1", "localhost"]);
+    let pem = tmp.path().join("cert.pem");
+    std::fs::write(&pem, cert.cert.pem()).unwrap();
+    let (port, h2) = h2_tls_server(&cert).await;
+    let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
+    let dataset = write_dataset(tmp.path());
+
+    // Not trusted: every request is a TLS error, and the reason is said.
+    let results = tmp.path().join("r1");
+    let out = tokio::process::Command::new(bin())
+        .args(base_run(&url, &dataset))
+        .args(["--qps", "10", "--duration", "1", "--record-requests"])
+        .arg("--results-dir")
+        .arg(&results)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let l = &read_json(&run_dirs(&results)[0].join("benchmark_qps_results.json"))[0];
+    assert_eq!(l["errors"]["TLS error"], 10, "{l}");
+    let reason = "is a CA certificate (basicConstraints CA:TRUE";
+    assert_eq!(stderr.matches(reason).count(), 1, "logged once: {stderr}");
+    assert_eq!(stdout.matches(reason).count(), 1, "noted once: {stdout}");
+    let lines = std::fs::read_to_string(run_dirs(&results)[0].join("requests.jsonl")).unwrap();
+    assert_eq!(lines.matches(reason).count(), 10, "{lines}");
+    let meta = read_json(&run_dirs(&results)[0].join("metadata.json"));
+    assert!(meta["notices"][0].as_str().unwrap().contains(reason), "{meta}");
+
+    // Pinned with --ca-cert: accepted, over HTTP/2, one connection.
+    let mut c = cfg(&url);
+    c.ca_cert = Some(pem.clone());
+    let (r, _) = level(c, 20).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.succeeded, 20);
+    assert_eq!(h2.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(r.new_connections, 1, "HTTP/2 requests share a connection");
+
+    // Pinning checks everything else: a pinned certificate for another
+    // host name is still refused.
+    let other = openssl_style_cert(&["example.com"]);
+    let other_pem = tmp.path().join("other.pem");
+    std::fs::write(&other_pem, other.cert.pem()).unwrap();
+    let (port, _) = h2_tls_server(&other).await;
+    let mut c = cfg(&format!("https://127.0.0.1:{port}/v1/chat/completions"));
+    c.ca_cert = Some(other_pem);
+    let (r, _) = level(c, 2).await;
+    assert_eq!(only_error(&r), "TLS error");
+}
+
+/// Time inside the client is not the endpoint's TTFT: connection set-up
+/// is measured per request, and a level whose TTFT is mostly set-up is
+/// flagged `connection_bound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_setup_is_measured_and_flagged() {
+    let _serial = serial();
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = openssl_style_cert(&["127.0.0.1"]);
+    let pem = tmp.path().join("cert.pem");
+    std::fs::write(&pem, cert.cert.pem()).unwrap();
+    // Handshakes take 200 ms; the answer then comes at once.
+    let (port, _) = h2_tls_server_slow(&cert, Duration::from_millis(200)).await;
+    let mut c = cfg(&format!("https://127.0.0.1:{port}/v1/chat/completions"));
+    c.ca_cert = Some(pem);
+    let (r, _) = level(c, 1).await;
+    assert_eq!(r.succeeded, 1);
+    assert_eq!(r.new_connections, 1);
+    assert_eq!(r.connect.count, 1);
+    assert!(r.connect.p50 >= 0.2 && r.connect.p50 < 0.5, "{:?}", r.connect);
+    assert!(r.ttft.p50 >= r.connect.p50, "TTFT still counts from the schedule");
+    assert!(r.connection_setup_share > 0.8, "{}", r.connection_setup_share);
+    assert!(r.connection_bound);
 }

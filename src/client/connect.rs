@@ -217,7 +217,7 @@ fn tls_error(e: &io::Error) -> ConnectError {
     if let Some(inner) = e.get_ref()
         && let Some(r) = inner.downcast_ref::<rustls::Error>()
     {
-        return ConnectError::new(ErrorKind::Tls, format!("TLS handshake: {r}"));
+        return ConnectError::new(ErrorKind::Tls, format!("TLS handshake: {}", explain(r)));
     }
     match e.kind() {
         io::ErrorKind::InvalidData => {
@@ -231,6 +231,32 @@ fn tls_error(e: &io::Error) -> ConnectError {
         ),
         _ => ConnectError::new(ErrorKind::Tls, format!("TLS handshake: {e}")),
     }
+}
+
+/// rustls' reason, with what to do about the common ones.
+fn explain(r: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let hint = match r {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "the server's certificate is not signed by an authority we trust: \
+             pass its CA certificate with --ca-cert"
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the server's certificate does not name this host"
+        }
+        rustls::Error::InvalidCertificate(C::Other(_))
+            if format!("{r:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "the server's certificate is a CA certificate (basicConstraints CA:TRUE, as \
+             `openssl req -x509` makes by default): pass this very certificate with \
+             --ca-cert to trust it"
+        }
+        _ => return r.to_string(),
+    };
+    format!("{hint} ({r})")
 }
 
 /// The rustls connector and the name to verify, for https origins.
