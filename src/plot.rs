@@ -9,6 +9,7 @@ use crate::saturation::{Analysis, fmt_qps};
 use crate::stats::{Dist, LevelResult};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Once;
@@ -16,6 +17,15 @@ use std::sync::Once;
 pub const WIDTH: u32 = 3200;
 pub const HEIGHT: u32 = 1200;
 const FONT: &str = "sans-serif";
+/// Height of the title band above the panels.
+const TITLE_BAND: u32 = 72;
+
+/// An axis tick: `45`, not `45.0`; `0.25`, not `0.250000`.
+fn tick(v: &f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
 
 static FONTS: Once = Once::new();
 
@@ -57,9 +67,19 @@ pub fn render(
 
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let root = root
-        .titled(title, (FONT, 44).into_font().style(FontStyle::Bold))
-        .map_err(|e| err(&e))?;
+    // The title gets its own band, drawn from its top edge: `titled`
+    // places the text by its baseline and cut off its top.
+    let (band, root) = root.split_vertically(TITLE_BAND);
+    band.draw(&Text::new(
+        title.to_string(),
+        (WIDTH as i32 / 2, 14),
+        (FONT, 44)
+            .into_font()
+            .style(FontStyle::Bold)
+            .into_text_style(&band)
+            .pos(Pos::new(HPos::Center, VPos::Top)),
+    ))
+    .map_err(|e| err(&e))?;
     let panels = root.split_evenly((2, 3));
 
     draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
@@ -138,6 +158,8 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .set_secondary_coord(xr, 0.0..105.0);
     chart
         .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .x_desc("target QPS")
         .y_desc("requests/s")
         .label_style((FONT, 24))
@@ -145,20 +167,11 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .draw()?;
     chart
         .configure_secondary_axes()
+        .y_label_formatter(&tick)
         .y_desc("success %")
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
         .draw()?;
-    let ideal: Vec<(f64, f64)> = levels
-        .iter()
-        .map(|l| (l.qps_target, l.qps_target))
-        .collect();
-    chart
-        .draw_series(LineSeries::new(ideal, BLACK.mix(0.4).stroke_width(2)))?
-        .label("target")
-        .legend(|(x, y)| {
-            PathElement::new(vec![(x, y), (x + 30, y)], BLACK.mix(0.4).stroke_width(2))
-        });
     for (name, color, get) in [
         (
             "sent (actual QPS)",
@@ -178,6 +191,19 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
             });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
+    // Target last and dashed: when the client keeps up it lies exactly on
+    // the sent line, and both must still show.
+    let ideal: Vec<(f64, f64)> = levels
+        .iter()
+        .map(|l| (l.qps_target, l.qps_target))
+        .collect();
+    let target_style = BLACK.mix(0.75).stroke_width(3);
+    chart
+        .draw_series(DashedLineSeries::new(ideal, 14, 10, target_style))?
+        .label("target")
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 12, y)], target_style)
+        });
     let succ: Vec<(f64, f64)> = levels
         .iter()
         .map(|l| (l.qps_target, l.success_rate))
@@ -222,6 +248,8 @@ fn draw_percentiles(
         .build_cartesian_2d(xr, 0.0..ymax)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .x_desc("target QPS")
         .y_desc(unit)
         .label_style((FONT, 24))
@@ -336,6 +364,8 @@ fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .build_cartesian_2d(xr, 0.0..ymax)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .x_desc("target QPS")
         .y_desc("requests")
         .label_style((FONT, 24))
@@ -402,5 +432,24 @@ mod tests {
     fn wraps_words() {
         assert_eq!(wrap("a bb ccc dddd", 6), vec!["a bb", "ccc", "dddd"]);
         assert!(wrap("", 5).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ticks_drop_needless_decimals() {
+        for (v, want) in [
+            (45.0, "45"),
+            (0.25, "0.25"),
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (0.0, "0"),
+            (-0.0, "0"),
+            (2560.0, "2560"),
+            (0.0005, "0.001"),
+        ] {
+            assert_eq!(super::tick(&v), want, "{v}");
+        }
     }
 }
