@@ -4,6 +4,8 @@
 use crate::mock::OutputTokens;
 use crate::mock::faults::FaultSpec;
 use crate::schedule::Arrival;
+use crate::secret::ApiKey;
+use crate::target::{KeySource, Target};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,6 +183,45 @@ pub struct RunArgs {
     /// Also write requests.jsonl: one line per request (timings, status, error).
     #[arg(long)]
     pub record_requests: bool,
+}
+
+impl RunArgs {
+    /// The target these flags describe (not yet validated: see
+    /// [`Target::validate`]). Only header syntax is checked here, as it is
+    /// a flag-format matter.
+    pub fn target(&self) -> Result<Target, String> {
+        let mut t = Target::new(self.endpoint.clone(), self.model.clone());
+        t.key = match (&self.api_key, &self.api_key_file) {
+            (Some(k), _) => KeySource::Value(ApiKey::new(k.clone())),
+            (None, Some(f)) => KeySource::File(f.clone()),
+            (None, None) => KeySource::StandardEnv,
+        };
+        t.client.headers = parse_headers(&self.headers)?;
+        t.client.ca_cert = self.ca_cert.clone();
+        t.client.insecure = self.insecure;
+        t.client.connect_timeout = self.connect_timeout;
+        t.client.first_token_timeout = self.first_token_timeout;
+        t.client.idle_timeout = self.idle_timeout;
+        t.client.request_timeout = self.request_timeout;
+        t.client.pool_idle_timeout = self.pool_idle_timeout;
+        t.max_tokens = self.max_tokens;
+        t.temperature = self.temperature;
+        t.stream_usage = !self.no_stream_usage;
+        t.max_in_flight = self.max_in_flight;
+        Ok(t)
+    }
+}
+
+/// `'Name: value'` pairs from repeated `--header` flags.
+pub fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, String> {
+    raw.iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("--header '{h}': expected 'Name: value'"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Args)]

@@ -433,10 +433,7 @@ mod tests {
         assert_eq!(wrap("a bb ccc dddd", 6), vec!["a bb", "ccc", "dddd"]);
         assert!(wrap("", 5).is_empty());
     }
-}
 
-#[cfg(test)]
-mod tests {
     #[test]
     fn ticks_drop_needless_decimals() {
         for (v, want) in [

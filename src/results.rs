@@ -12,6 +12,9 @@
 //!   finished are already in `benchmark_qps_results.json`.
 
 use crate::saturation::{Analysis, LevelFacts, analyze};
+use crate::schedule::Arrival;
+use crate::target::Target;
+use std::time::Duration;
 use crate::stats::LevelResult;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -83,6 +86,89 @@ pub struct Metadata {
 
 fn yes() -> bool {
     true
+}
+
+/// What a run is, for [`Metadata::new`]: the one place metadata is built.
+pub struct RunInfo<'a> {
+    pub target: &'a Target,
+    /// The dataset as the user named it.
+    pub dataset: &'a str,
+    pub qps: &'a [f64],
+    /// Per level; `None` for a soak that runs until stopped.
+    pub duration: Option<Duration>,
+    pub arrival: Arrival,
+    pub seed: u64,
+    pub run_id: String,
+    pub percentiles: &'a [f64],
+    pub now: chrono::DateTime<chrono::Local>,
+    /// Daemon runs: (job, target name).
+    pub job: Option<(&'a str, &'a str)>,
+    /// `sweep`, `soak` or `capacity`.
+    pub kind: &'a str,
+}
+
+impl Metadata {
+    pub fn new(r: &RunInfo<'_>) -> Self {
+        let t = r.target;
+        Self {
+            timestamp: seed_timestamp(&r.now),
+            endpoint: redact_url(t.endpoint()),
+            model: t.model.clone(),
+            dataset: r.dataset.to_string(),
+            qps_levels: r.qps.to_vec(),
+            duration: match r.duration {
+                Some(d) => json_number(d.as_secs_f64()),
+                None => serde_json::Value::from("forever"),
+            },
+            max_tokens: t.max_tokens,
+            temperature: t.temperature,
+            percentiles: r.percentiles.iter().map(|p| json_number(*p)).collect(),
+            show_tokens: true,
+            schema_version: SCHEMA_VERSION,
+            tool: "llmload".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            run_id: r.run_id.clone(),
+            status: "running".into(),
+            partial: true,
+            levels_completed: 0,
+            arrival: r.arrival.to_string(),
+            seed: r.seed,
+            request_timeout_s: t.client.request_timeout.as_secs_f64(),
+            stream_usage: t.stream_usage,
+            max_in_flight: t.max_in_flight,
+            host: hostname(),
+            extra_headers: t.client.headers.iter().map(|(k, _)| k.clone()).collect(),
+            results_file: DEFAULT_RESULTS_FILE.into(),
+            plot_file: None,
+            started_at: r.now.to_rfc3339(),
+            finished_at: None,
+            job: r.job.map(|(j, _)| j.to_string()),
+            target: r.job.map(|(_, t)| t.to_string()),
+            kind: Some(r.kind.to_string()),
+            error: None,
+            connection_reuse: true,
+            notices: Vec::new(),
+        }
+    }
+}
+
+impl Metadata {
+    /// The PNG's title: model, where, which run.
+    pub fn plot_title(&self) -> String {
+        match (&self.job, &self.target) {
+            (Some(job), Some(target)) => {
+                format!("{} @ {target} ({job}): run {}", self.model, self.run_id)
+            }
+            _ => format!("{} @ {}: run {}", self.model, self.endpoint, self.run_id),
+        }
+    }
+}
+
+/// This machine's name, for metadata.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `summary.json`: the saturation analysis and the run's status.

@@ -768,19 +768,24 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         plot_file: None,
         plot_title: "t".into(),
     };
-    let meta: llmload::results::Metadata = serde_json::from_value(serde_json::json!({
-        "timestamp": "t", "endpoint": "e", "model": "m", "dataset": "d", "qps_levels": [10.0],
-        "duration": 1, "max_tokens": 16, "temperature": 0.0, "percentiles": [50],
-        "show_tokens": true, "schema_version": 1, "tool": "llmload", "version": "0",
-        "run_id": "run", "status": "running", "partial": true, "levels_completed": 0,
-        "arrival": "constant", "seed": 0, "request_timeout_s": 300.0, "stream_usage": true,
-        "max_in_flight": 100, "host": "h", "extra_headers": [], "results_file": "r",
-        "plot_file": null, "started_at": "s", "finished_at": null
-    }))
-    .unwrap();
+    let target = llmload::target::Target::new(mock.chat_url(), "m");
+    let meta = llmload::results::Metadata::new(&llmload::results::RunInfo {
+        target: &target,
+        dataset: "d",
+        qps: &[10.0],
+        duration: Some(Duration::from_secs(1)),
+        arrival: llmload::schedule::Arrival::Constant,
+        seed: 0,
+        run_id: "run".into(),
+        percentiles: &[50.0],
+        now: chrono::Local::now(),
+        job: None,
+        kind: "sweep",
+    });
+    let mut writer = llmload::runner::RunWriter::start(out, meta);
     let token = tokio_util::sync::CancellationToken::new();
     let report =
-        llmload::runner::execute(&engine, &plan, &out, meta, &NoHooks, &token, &token).await;
+        llmload::runner::execute(&engine, &plan, &mut writer, &NoHooks, &token, &token).await;
     assert_eq!(report.levels[0].sent, 10, "the level was measured");
     assert_eq!(report.write_errors.len(), 1, "{:?}", report.write_errors);
     let e = &report.write_errors[0];

@@ -65,7 +65,7 @@ pub fn config(
     Ok(cfg)
 }
 
-fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientBuildError> {
+pub fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientBuildError> {
     use rustls::pki_types::pem::PemObject;
     let err = |reason: String| ClientBuildError::CaCert {
         path: path.into(),

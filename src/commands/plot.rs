@@ -18,8 +18,8 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
     let input = file_name_only(&args.input, crate::results::DEFAULT_RESULTS_FILE);
     let levels: Vec<LevelResult> = dir.read_json(&input).map_err(UsageError::new)?;
     let title = match dir.read_json::<Metadata>(METADATA_FILE) {
-        Ok(m) if m.partial => format!("{} (partial)", title_for(&m)),
-        Ok(m) => title_for(&m),
+        Ok(m) if m.partial => format!("{} (partial)", m.plot_title()),
+        Ok(m) => m.plot_title(),
         Err(_) => format!("llmload run {}", dir.id),
     };
     let analysis = crate::results::summarize(&levels, "complete").analysis;
@@ -31,9 +31,4 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("drawing {}", out.display()))?;
     crate::outln!("{}", out.display());
     Ok(EXIT_OK)
-}
-
-/// "model @ endpoint: run id" for the PNG title.
-pub fn title_for(m: &Metadata) -> String {
-    format!("{} @ {}: run {}", m.model, m.endpoint, m.run_id)
 }

@@ -132,28 +132,22 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// A `[[target]]`: a name for the shared [`crate::target::Target`], its
+/// dataset, and how long its runs are kept.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
-    pub endpoint: String,
-    pub model: String,
+    /// Endpoint, key source, headers, TLS, timeouts, request shape.
+    pub spec: crate::target::Target,
     pub dataset: PathBuf,
-    pub api_key_env: Option<String>,
-    pub api_key_file: Option<PathBuf>,
-    pub headers: Vec<(String, String)>,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub first_token_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub pool_idle_timeout: Duration,
-    pub ca_cert: Option<PathBuf>,
-    pub insecure: bool,
-    pub max_tokens: u32,
-    pub temperature: f64,
-    pub stream_usage: bool,
-    pub max_in_flight: usize,
     pub keep_runs: Option<usize>,
     pub keep_days: Option<f64>,
+}
+
+impl Target {
+    pub fn model(&self) -> &str {
+        &self.spec.model
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,20 +333,6 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         if !names.insert(t.name.clone()) {
             err(&key("name"), format!("duplicate target name '{}'", t.name));
         }
-        match t.endpoint.parse::<http::Uri>() {
-            _ if t.endpoint == "mock" => {}
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => err(
-                &key("endpoint"),
-                format!(
-                    "'{}' is not an http:// or https:// URL (or \"mock\" for the built-in mock)",
-                    t.endpoint
-                ),
-            ),
-        }
-        if t.model.trim().is_empty() {
-            err(&key("model"), "must not be empty".into());
-        }
         let dataset = rel(&base, &t.dataset);
         if let Err(e) = crate::dataset::load(&dataset) {
             err(&key("dataset"), e.to_string());
@@ -374,15 +354,6 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             ));
         }
         let api_key_file = t.api_key_file.as_deref().map(|f| rel(&base, f));
-        if let Some(f) = &api_key_file
-            && let Err(e) = std::fs::metadata(f)
-        {
-            warnings.push(format!(
-                "{file}: {}: {}: {e}",
-                key("api_key_file"),
-                f.display()
-            ));
-        }
         let mut dur = |k: &str, v: &Option<DurationValue>, default: Option<Duration>| match v {
             None => default,
             Some(v) => match finite_duration(v) {
@@ -413,16 +384,6 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             Some(crate::client::DEFAULT_POOL_IDLE_TIMEOUT),
         )
         .expect("default set");
-        let temperature = t.temperature.unwrap_or(0.7);
-        if !temperature.is_finite() || temperature < 0.0 {
-            err(&key("temperature"), format!("{temperature} must be >= 0"));
-        }
-        if t.max_tokens == Some(0) {
-            err(&key("max_tokens"), "must be at least 1".into());
-        }
-        if t.max_in_flight == Some(0) {
-            err(&key("max_in_flight"), "must be at least 1".into());
-        }
         if let Some(d) = t.keep_days
             && !(d.is_finite() && d > 0.0)
         {
@@ -434,12 +395,6 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
                 "must be at least 1 (omit it to keep everything)".into(),
             );
         }
-        let ca_cert = t.ca_cert.as_deref().map(|c| rel(&base, c));
-        if let Some(c) = &ca_cert
-            && !c.exists()
-        {
-            err(&key("ca_cert"), format!("{} does not exist", c.display()));
-        }
         if t.insecure {
             warnings.push(format!(
                 "{file}: {}: TLS verification is OFF for target '{}'",
@@ -447,29 +402,49 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
                 t.name
             ));
         }
+        let mut spec = crate::target::Target::new(t.endpoint.clone(), t.model.clone());
+        spec.key = match (&t.api_key_env, api_key_file) {
+            (Some(var), _) => crate::target::KeySource::Env(var.clone()),
+            (None, Some(f)) => crate::target::KeySource::File(f),
+            (None, None) => crate::target::KeySource::None,
+        };
+        spec.client.headers = t
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        spec.client.request_timeout = request_timeout;
+        spec.client.connect_timeout = connect_timeout;
+        spec.client.first_token_timeout = first_token_timeout;
+        spec.client.idle_timeout = idle_timeout;
+        spec.client.pool_idle_timeout = pool_idle_timeout;
+        spec.client.ca_cert = t.ca_cert.as_deref().map(|c| rel(&base, c));
+        spec.client.insecure = t.insecure;
+        if let Some(m) = t.max_tokens {
+            spec.max_tokens = m;
+        }
+        if let Some(v) = t.temperature {
+            spec.temperature = v;
+        }
+        if let Some(v) = t.stream_usage {
+            spec.stream_usage = v;
+        }
+        if let Some(v) = t.max_in_flight {
+            spec.max_in_flight = v;
+        }
+        for p in spec.validate() {
+            // A key file that is missing now may appear before the daemon
+            // starts (a mounted secret): a warning, as before.
+            if p.setting == crate::target::Setting::ApiKey {
+                warnings.push(format!("{file}: {}: {}", key(p.setting.key()), p.message));
+            } else {
+                err(&key(p.setting.key()), p.message);
+            }
+        }
         targets.push(Target {
             name: t.name.clone(),
-            endpoint: t.endpoint.clone(),
-            model: t.model.clone(),
+            spec,
             dataset,
-            api_key_env: t.api_key_env.clone(),
-            api_key_file,
-            headers: t
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            request_timeout,
-            connect_timeout,
-            first_token_timeout,
-            idle_timeout,
-            pool_idle_timeout,
-            ca_cert,
-            insecure: t.insecure,
-            max_tokens: t.max_tokens.unwrap_or(512),
-            temperature,
-            stream_usage: t.stream_usage.unwrap_or(true),
-            max_in_flight: t.max_in_flight.unwrap_or(20_000),
             keep_runs: t.keep_runs,
             keep_days: t.keep_days,
         });
@@ -671,7 +646,10 @@ schedule = "at_start"
         let c = load(&p).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.results_dir, tmp.path().join("results"));
-        assert_eq!(c.targets[0].api_key_env.as_deref(), Some("STAGING_API_KEY"));
+        assert_eq!(
+            c.targets[0].spec.key,
+            crate::target::KeySource::Env("STAGING_API_KEY".into())
+        );
         assert_eq!(c.jobs[0].qps, vec![1.0, 5.0, 10.0, 20.0]);
         assert_eq!(c.jobs[0].duration, Some(Duration::from_secs(60)));
         assert!(matches!(c.jobs[0].schedule, FireSchedule::Cron { .. }));

@@ -15,8 +15,8 @@ use super::config::{Job, JobKind};
 use super::index::RunEntry;
 use super::metrics::{JobMetrics, MetricsObserver};
 use super::state::{ActiveRun, State, TargetSlot};
-use crate::results::{self, Metadata, RunDir, json_number};
-use crate::runner::{self, Outputs, RunStatus, SweepHooks, SweepPlan};
+use crate::results::{self, Metadata, RunDir, RunInfo};
+use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
 use crate::stats::{LevelResult, LevelTiming};
 use crate::sweep::{Engine, LevelRun, LevelSpec, Observer, Progress};
 use std::sync::Arc;
@@ -72,8 +72,7 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
 /// Everything a run of either kind needs, created when it starts.
 struct Started {
     active: Arc<ActiveRun>,
-    dir: RunDir,
-    meta: Metadata,
+    writer: RunWriter,
     entry: RunEntry,
     engine: Engine,
     job_metrics: JobMetrics,
@@ -91,45 +90,28 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         )
     })?;
     let run_id = format!("{}.{}", t.name, dir.id);
-    let meta = Metadata {
-        timestamp: results::seed_timestamp(&now),
-        endpoint: results::redact_url(&t.endpoint),
-        model: t.model.clone(),
-        dataset: t.dataset.display().to_string(),
-        qps_levels: job.qps.clone(),
-        duration: match job.duration {
-            Some(d) => json_number(d.as_secs_f64()),
-            None => serde_json::Value::from("forever"),
-        },
-        max_tokens: t.max_tokens,
-        temperature: t.temperature,
-        percentiles: vec![50.into(), 95.into(), 99.into()],
-        show_tokens: true,
-        schema_version: results::SCHEMA_VERSION,
-        tool: "llmload".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        run_id: run_id.clone(),
-        status: "running".into(),
-        partial: true,
-        levels_completed: 0,
-        arrival: job.arrival.to_string(),
+    let meta = Metadata::new(&RunInfo {
+        target: &t.spec,
+        dataset: &t.dataset.display().to_string(),
+        qps: &job.qps,
+        duration: job.duration,
+        arrival: job.arrival,
         seed: job.seed,
-        request_timeout_s: t.request_timeout.as_secs_f64(),
-        stream_usage: t.stream_usage,
-        max_in_flight: t.max_in_flight,
-        host: crate::commands::run::hostname(),
-        extra_headers: t.headers.iter().map(|(k, _)| k.clone()).collect(),
-        results_file: results::DEFAULT_RESULTS_FILE.into(),
-        plot_file: job.plot.then(|| results::DEFAULT_PLOT_FILE.into()),
-        started_at: now.to_rfc3339(),
-        finished_at: None,
-        job: Some(job.name.clone()),
-        target: Some(t.name.clone()),
-        kind: Some(job.kind.as_str().into()),
-        error: None,
-        connection_reuse: true,
-        notices: Vec::new(),
-    };
+        run_id: run_id.clone(),
+        percentiles: &[50.0, 95.0, 99.0],
+        now,
+        job: Some((&job.name, &t.name)),
+        kind: job.kind.as_str(),
+    });
+    let writer = RunWriter::start(
+        Outputs {
+            dir: dir.clone(),
+            results_file: results::DEFAULT_RESULTS_FILE.into(),
+            plot_file: job.plot.then(|| results::DEFAULT_PLOT_FILE.into()),
+            plot_title: meta.plot_title(),
+        },
+        meta,
+    );
     let entry = RunEntry {
         id: run_id.clone(),
         target: t.name.clone(),
@@ -147,11 +129,11 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     if let Err(e) = state.index.put(entry.clone()) {
         state.record_write_errors(&t.name, &[format!("run index: {e}")]);
     }
-    let job_metrics = state.metrics.for_job(&t.name, &t.model, &job.name);
+    let job_metrics = state.metrics.for_job(&t.name, t.model(), &job.name);
     let sweep_span = state.telemetry.as_ref().map(|tel| {
         tel.sweep_started(&crate::telemetry::SweepAttrs {
             target: &t.name,
-            model: &t.model,
+            model: t.model(),
             qps: &job.qps,
             run_id: &run_id,
             job: Some(&job.name),
@@ -160,10 +142,10 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     let next: Option<Arc<dyn Observer>> = match (&state.telemetry, &sweep_span) {
         (Some(tel), Some(span)) => Some(Arc::new(tel.request_observer(
             span,
-            &t.model,
+            t.model(),
             slot.client.uri(),
-            t.max_tokens,
-            t.temperature,
+            t.spec.max_tokens,
+            t.spec.temperature,
         ))),
         _ => None,
     };
@@ -187,7 +169,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     let engine = Engine {
         client: slot.client.clone(),
         requests: slot.requests.clone(),
-        max_in_flight: t.max_in_flight,
+        max_in_flight: t.spec.max_in_flight,
         observer: Arc::new(MetricsObserver {
             job: job_metrics.clone(),
             next,
@@ -197,7 +179,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         run_id,
         job: job.name.clone(),
         target: t.name.clone(),
-        model: t.model.clone(),
+        model: t.model().to_string(),
         kind: job.kind,
         levels: job.qps.clone(),
         started_at: now.to_rfc3339(),
@@ -225,8 +207,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     tracing::info!(job = %job.name, target = %t.name, run = %active.run_id, "run started");
     Ok(Started {
         active,
-        dir,
-        meta,
+        writer,
         entry,
         engine,
         job_metrics,
@@ -387,7 +368,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         }
         tracing::info!(job = %job.name, target = %job.target, "soak paused for the sweep");
     }
-    let started = match start_run(state, job, slot) {
+    let mut started = match start_run(state, job, slot) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(job = %job.name, "{e}");
@@ -404,15 +385,6 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         arrival: job.arrival,
         seed: job.seed,
     };
-    let outputs = Outputs {
-        dir: started.dir.clone(),
-        results_file: results::DEFAULT_RESULTS_FILE.into(),
-        plot_file: job.plot.then(|| results::DEFAULT_PLOT_FILE.into()),
-        plot_title: format!(
-            "{} @ {} ({}): run {}",
-            slot.target.model, slot.target.name, job.name, started.dir.id
-        ),
-    };
     let hooks = DaemonHooks {
         state,
         active: started.active.clone(),
@@ -424,8 +396,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     let report = runner::execute(
         &started.engine,
         &plan,
-        &outputs,
-        started.meta.clone(),
+        &mut started.writer,
         &hooks,
         &started.active.stop,
         &started.active.cancel,
@@ -433,7 +404,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     .await;
     if report.status == RunStatus::Complete {
         state.metrics.publish_capacity(
-            [&slot.target.name, &slot.target.model, &job.name],
+            [&slot.target.name, slot.target.model(), &job.name],
             &report.levels,
             &report.summary.analysis,
             chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
@@ -473,7 +444,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         }
     }
     count_fire(state, job, "started");
-    let started = match start_run(state, job, slot) {
+    let mut started = match start_run(state, job, slot) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(job = %job.name, "{e}");
@@ -499,19 +470,6 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         span: started.sweep_span.clone(),
     };
     hooks.level_started(&spec, 1, 0, &run);
-    let mut meta = started.meta.clone();
-    let mut errors: Vec<String> = Vec::new();
-    let write = |name: &str, v: &dyn erased::Json, errors: &mut Vec<String>| {
-        if let Err(e) = erased::write(&started.dir, name, v) {
-            let msg = format!("cannot write {}: {e}", started.dir.file(name).display());
-            tracing::error!("{msg}");
-            if !errors.contains(&msg) {
-                errors.push(msg);
-            }
-        }
-    };
-    write(results::METADATA_FILE, &meta, &mut errors);
-
     let t0 = Instant::now();
     let snapshot = |run: &LevelRun, interrupted: bool| {
         let stats = run.snapshot();
@@ -541,10 +499,11 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         tokio::select! {
             o = &mut level => break o,
             _ = tokio::time::sleep(job.snapshot_every) => {
-                let r = snapshot(&run, false);
-                let levels = vec![r];
-                write(results::DEFAULT_RESULTS_FILE, &levels, &mut errors);
-                write(results::SUMMARY_FILE, &results::summarize(&levels, "running"), &mut errors);
+                // A snapshot is a results directory of exactly a sweep's
+                // shape, through the same writer.
+                let levels = vec![snapshot(&run, false)];
+                runner::note_connections(&started.engine, &mut started.writer);
+                started.writer.checkpoint(&levels, &results::summarize(&levels, "running"));
                 tracing::info!(job = %job.name, sent = levels[0].sent, success = levels[0].success_rate, "soak snapshot written");
             }
         }
@@ -575,26 +534,12 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     hooks.level_finished(&spec, &r);
     let levels = vec![r];
     let summary = results::summarize(&levels, status.as_str());
-    write(results::DEFAULT_RESULTS_FILE, &levels, &mut errors);
-    write(results::SUMMARY_FILE, &summary, &mut errors);
-    if job.plot {
-        let path = started.dir.file(results::DEFAULT_PLOT_FILE);
-        let title = format!(
-            "{} @ {} (soak {}): run {}",
-            slot.target.model, slot.target.name, job.name, started.dir.id
-        );
-        if let Err(e) = crate::plot::render(&path, &levels, &summary.analysis, &title) {
-            errors.push(e.to_string());
-        }
+    for e in started.engine.observer.flush() {
+        started.writer.add_error(e);
     }
-    meta.status = status.as_str().into();
-    meta.partial = status == RunStatus::Partial;
-    meta.levels_completed = 1;
-    meta.finished_at = Some(chrono::Local::now().to_rfc3339());
-    if !errors.is_empty() {
-        meta.error = Some(errors.join("; "));
-    }
-    write(results::METADATA_FILE, &meta, &mut errors);
+    runner::note_connections(&started.engine, &mut started.writer);
+    started.writer.finish(&levels, &summary, status);
+    let errors = started.writer.errors().to_vec();
     finish_run(
         state,
         job,
@@ -607,22 +552,4 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             write_errors: &errors,
         },
     );
-}
-
-/// Writing different serializable types through one closure.
-mod erased {
-    use crate::results::RunDir;
-
-    pub trait Json {
-        fn to_json(&self) -> serde_json::Result<serde_json::Value>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> serde_json::Result<serde_json::Value> {
-            serde_json::to_value(self)
-        }
-    }
-    pub fn write(dir: &RunDir, name: &str, v: &dyn Json) -> std::io::Result<()> {
-        let value = v.to_json().map_err(std::io::Error::other)?;
-        dir.write_json(name, &value)
-    }
 }

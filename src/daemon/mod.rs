@@ -54,14 +54,14 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     };
     // `endpoint = "mock"`: an embedded mock per such target, for demos.
     let mut mocks = Vec::new();
-    for t in cfg.targets.iter_mut().filter(|t| t.endpoint == "mock") {
+    for t in cfg.targets.iter_mut().filter(|t| t.spec.is_mock()) {
         let m = crate::mock::MockServer::start(
             crate::mock::MockConfig::default(),
             "127.0.0.1:0".parse().expect("valid address"),
         )
         .await?;
         tracing::info!(target = %t.name, url = %m.chat_url(), "built-in mock started");
-        t.endpoint = m.chat_url();
+        t.spec.client.endpoint = m.chat_url();
         mocks.push(m);
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -115,7 +115,7 @@ pub async fn run(
         if job.kind == config::JobKind::Soak {
             state.metrics.soak_pauses.with_label_values(&[&job.name]);
         }
-        let model = &state.slots[&job.target].target.model;
+        let model = state.slots[&job.target].target.model();
         state.metrics.for_job(&job.target, model, &job.name);
         state
             .metrics
@@ -280,8 +280,8 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
             out,
             "target {}: {} model {} dataset {}",
             t.name,
-            crate::results::redact_url(&t.endpoint),
-            t.model,
+            crate::results::redact_url(t.spec.endpoint()),
+            t.model(),
             t.dataset.display()
         );
     }

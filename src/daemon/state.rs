@@ -5,9 +5,8 @@
 use super::config::{Config, Job, JobKind, Target};
 use super::index::RunIndex;
 use super::metrics::Metrics;
-use crate::client::{ClientConfig, LlmClient};
-use crate::request::{BodyParams, PreparedRequest, prepare_all};
-use crate::secret::ApiKey;
+use crate::client::LlmClient;
+use crate::request::{PreparedRequest, prepare_all};
 use crate::sweep::Progress;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -112,30 +111,16 @@ impl State {
         let mut slots = BTreeMap::new();
         for t in &config.targets {
             let convs = crate::dataset::load(&t.dataset).map_err(|e| e.to_string())?;
-            let params = BodyParams {
-                model: t.model.clone(),
-                max_tokens: t.max_tokens,
-                temperature: t.temperature,
-                stream_usage: t.stream_usage,
-            };
-            let mut cc = ClientConfig::new(&t.endpoint).with_max_tokens(t.max_tokens);
-            cc.api_key = target_key(t)?;
-            cc.headers = t.headers.clone();
-            cc.ca_cert = t.ca_cert.clone();
-            cc.insecure = t.insecure;
-            cc.connect_timeout = t.connect_timeout;
-            cc.first_token_timeout = t.first_token_timeout;
-            cc.idle_timeout = t.idle_timeout;
-            cc.request_timeout = t.request_timeout;
-            cc.pool_idle_timeout = t.pool_idle_timeout;
-            cc.keep_response_ids = telemetry.is_some();
-            let client = LlmClient::new(cc).map_err(|e| format!("target '{}': {e}", t.name))?;
+            let client = t
+                .spec
+                .build_client(telemetry.is_some())
+                .map_err(|e| format!("target '{}': {e}", t.name))?;
             slots.insert(
                 t.name.clone(),
                 Arc::new(TargetSlot {
                     target: t.clone(),
                     client: Arc::new(client),
-                    requests: Arc::new(prepare_all(&convs, &params)),
+                    requests: Arc::new(prepare_all(&convs, &t.spec.body_params())),
                     sweep_lock: tokio::sync::Mutex::new(()),
                     soak: Mutex::new(None),
                 }),
@@ -177,20 +162,4 @@ impl State {
             .inc_by(errors.len() as u64);
         *self.last_write_error.lock().expect("error lock") = errors.last().cloned();
     }
-}
-
-/// The target's key from its env var or file; never from the config text.
-fn target_key(t: &Target) -> Result<Option<ApiKey>, String> {
-    if let Some(var) = &t.api_key_env {
-        return Ok(std::env::var(var)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| ApiKey::new(v.trim().to_string())));
-    }
-    if let Some(f) = &t.api_key_file {
-        return crate::commands::run::read_key_file(f)
-            .map(Some)
-            .map_err(|e| format!("target '{}': {e}", t.name));
-    }
-    Ok(None)
 }
