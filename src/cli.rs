@@ -371,7 +371,7 @@ pub struct SelftestArgs {
     /// Do not use nginx as the bulk server even if it is installed.
     #[arg(long)]
     pub skip_nginx: bool,
-    /// Exit 1 when a target is missed.
+    /// Exit 1 when a target is missed, or could not be measured or run.
     #[arg(long)]
     pub strict: bool,
     /// Run only some sections: memory, throughput, accuracy, overhead

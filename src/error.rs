@@ -23,13 +23,3 @@ impl UsageError {
         Self(msg.into())
     }
 }
-
-/// Exit code for an error that reached `main`.
-pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    let usage = err.chain().any(|e| {
-        e.is::<UsageError>()
-            || e.is::<crate::dataset::DatasetError>()
-            || e.is::<crate::client::ClientBuildError>()
-    });
-    if usage { EXIT_USAGE } else { EXIT_FAILURE }
-}

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             llmload::errln!("error: {e:#}");
-            ExitCode::from(llmload::error::exit_code_for(&e))
+            ExitCode::from(llmload::commands::exit_code_for(&e))
         }
     }
 }

@@ -201,9 +201,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
     chart
         .draw_series(DashedLineSeries::new(ideal, 14, 10, target_style))?
         .label("target")
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 12, y)], target_style)
-        });
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], target_style));
     let succ: Vec<(f64, f64)> = levels
         .iter()
         .map(|l| (l.qps_target, l.success_rate))

@@ -13,12 +13,12 @@
 
 use crate::saturation::{Analysis, LevelFacts, analyze};
 use crate::schedule::Arrival;
-use crate::target::Target;
-use std::time::Duration;
 use crate::stats::LevelResult;
+use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Bumped when a field changes meaning or goes away (adding is free).
 pub const SCHEMA_VERSION: u32 = 1;

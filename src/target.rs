@@ -45,7 +45,9 @@ impl KeySource {
             Self::Value(k) => Ok(Some(k.clone())),
             Self::Env(var) => Ok(from_env(var)),
             Self::File(path) => read_key_file(path).map(Some),
-            Self::StandardEnv => Ok(from_env("LLMLOAD_API_KEY").or_else(|| from_env("OPENAI_API_KEY"))),
+            Self::StandardEnv => {
+                Ok(from_env("LLMLOAD_API_KEY").or_else(|| from_env("OPENAI_API_KEY")))
+            }
         }
     }
 }
@@ -266,9 +268,11 @@ mod tests {
             ]
         );
         assert!(Target::new("mock", "m").validate().is_empty());
-        assert!(Target::new("https://h:8443/v1/chat/completions", "m")
-            .validate()
-            .is_empty());
+        assert!(
+            Target::new("https://h:8443/v1/chat/completions", "m")
+                .validate()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -289,6 +293,11 @@ mod tests {
         );
         let empty = dir.path().join("e");
         std::fs::write(&empty, "\n\n").unwrap();
-        assert!(KeySource::File(empty).resolve().unwrap_err().contains("empty"));
+        assert!(
+            KeySource::File(empty)
+                .resolve()
+                .unwrap_err()
+                .contains("empty")
+        );
     }
 }

@@ -46,13 +46,26 @@ pub struct Settings {
     pub service_name: Option<String>,
 }
 
+/// The `[telemetry]` table of the daemon's config file.
+#[derive(Debug, serde::Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// OTLP/HTTP traces endpoint; the OTEL_* variables also apply.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of successful request spans kept (errors always kept).
+    pub sample_ratio: Option<f64>,
+    /// Send W3C traceparent with each request (default true).
+    pub propagate: Option<bool>,
+    pub service_name: Option<String>,
+}
+
 impl Settings {
     /// Resolve from (highest first) the flag, the config file, then
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (verbatim) and
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`). `None`: tracing off.
     pub fn resolve(
         flag: Option<&str>,
-        config: Option<&crate::daemon::config::RawTelemetry>,
+        config: Option<&FileConfig>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, String> {
         let endpoint = flag

@@ -225,7 +225,15 @@ mod tests {
         // The directory goes away under the run.
         std::fs::remove_dir_all(&dir.path).unwrap();
         std::fs::write(&dir.path, "now a file").unwrap();
-        w.finish(&[], &crate::results::summarize(&[], "partial"), RunStatus::Partial);
-        assert!(w.errors().iter().any(|e| e.contains("r.json")), "{:?}", w.errors());
+        w.finish(
+            &[],
+            &crate::results::summarize(&[], "partial"),
+            RunStatus::Partial,
+        );
+        assert!(
+            w.errors().iter().any(|e| e.contains("r.json")),
+            "{:?}",
+            w.errors()
+        );
     }
 }

@@ -189,7 +189,10 @@ async fn prometheus_scrapes_the_sweep_and_the_api_answers() {
     assert_eq!(s, 500, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
-        v["error"].as_str().unwrap().contains("summary.json is not valid JSON"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("summary.json is not valid JSON"),
         "{v}"
     );
     std::fs::write(&summary, good).unwrap();

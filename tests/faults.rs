@@ -292,7 +292,8 @@ async fn truncated_errored_and_split_utf8_streams() {
 #[tokio::test]
 async fn empty_streams_are_failures() {
     let _serial = serial();
-    const ROLE: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    const ROLE: &str =
+        "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
     const EMPTY: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n";
     const FINISH: &str = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
     const END: &str = "data: [DONE]\n\n";
@@ -985,7 +986,10 @@ async fn self_signed_ca_certificates_work_with_ca_cert_over_http2() {
     let lines = std::fs::read_to_string(run_dirs(&results)[0].join("requests.jsonl")).unwrap();
     assert_eq!(lines.matches(reason).count(), 10, "{lines}");
     let meta = read_json(&run_dirs(&results)[0].join("metadata.json"));
-    assert!(meta["notices"][0].as_str().unwrap().contains(reason), "{meta}");
+    assert!(
+        meta["notices"][0].as_str().unwrap().contains(reason),
+        "{meta}"
+    );
 
     // Pinned with --ca-cert: accepted, over HTTP/2, one connection.
     let mut c = cfg(&url);
@@ -1027,8 +1031,19 @@ async fn connection_setup_is_measured_and_flagged() {
     assert_eq!(r.succeeded, 1);
     assert_eq!(r.new_connections, 1);
     assert_eq!(r.connect.count, 1);
-    assert!(r.connect.p50 >= 0.2 && r.connect.p50 < 0.5, "{:?}", r.connect);
-    assert!(r.ttft.p50 >= r.connect.p50, "TTFT still counts from the schedule");
-    assert!(r.connection_setup_share > 0.8, "{}", r.connection_setup_share);
+    assert!(
+        r.connect.p50 >= 0.2 && r.connect.p50 < 0.5,
+        "{:?}",
+        r.connect
+    );
+    assert!(
+        r.ttft.p50 >= r.connect.p50,
+        "TTFT still counts from the schedule"
+    );
+    assert!(
+        r.connection_setup_share > 0.8,
+        "{}",
+        r.connection_setup_share
+    );
     assert!(r.connection_bound);
 }

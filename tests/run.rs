@@ -730,7 +730,7 @@ async fn record_requests_writes_one_line_per_request() {
 #[tokio::test]
 async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
     let _serial = serial();
-    use llmload::records::{RECORDS_FILE, RecordsObserver};
+    use llmload::requests_jsonl::{RECORDS_FILE, RecordsObserver};
     use llmload::runner::{NoHooks, Outputs, SweepPlan};
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -789,7 +789,10 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
     assert_eq!(report.levels[0].sent, 10, "the level was measured");
     assert_eq!(report.write_errors.len(), 1, "{:?}", report.write_errors);
     let e = &report.write_errors[0];
-    assert!(e.contains("requests.jsonl") && e.contains("lines lost: 10"), "{e}");
+    assert!(
+        e.contains("requests.jsonl") && e.contains("lines lost: 10"),
+        "{e}"
+    );
     mock.shutdown().await;
 }
 

@@ -244,9 +244,9 @@ fn explain(r: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
             "the server's certificate has expired"
         }
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            "the server's certificate does not name this host"
-        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "the server's certificate does not name this host",
         rustls::Error::InvalidCertificate(C::Other(_))
             if format!("{r:?}").contains("CaUsedAsEndEntity") =>
         {

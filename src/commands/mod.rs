@@ -1,6 +1,7 @@
 //! The subcommands: thin glue from parsed flags to the library.
 
 pub mod alert_rules;
+pub mod daemon;
 pub mod mock;
 pub mod plot;
 pub mod run;
@@ -13,9 +14,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::Mock(args) => mock::mock(*args).await,
-        Command::Daemon(args) => crate::daemon::command(args).await,
+        Command::Daemon(args) => daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),
         Command::AlertRules(args) => alert_rules::alert_rules(args),
         Command::Selftest(args) => selftest::selftest(args).await,
     }
+}
+
+/// Exit code for an error that reached `main`: 2 for what the user gave
+/// us (flags, files), 1 for everything else.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    use crate::error::{EXIT_FAILURE, EXIT_USAGE, UsageError};
+    let usage = err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<crate::dataset::DatasetError>()
+            || e.is::<crate::client::ClientBuildError>()
+    });
+    if usage { EXIT_USAGE } else { EXIT_FAILURE }
 }

@@ -110,14 +110,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let observer: Arc<dyn Observer> = if args.record_requests {
         Arc::new(
-            crate::records::RecordsObserver::create(&dir.path, Some(observer)).with_context(
-                || {
+            crate::requests_jsonl::RecordsObserver::create(&dir.path, Some(observer))
+                .with_context(|| {
                     format!(
                         "creating {}",
-                        dir.file(crate::records::RECORDS_FILE).display()
+                        dir.file(crate::requests_jsonl::RECORDS_FILE).display()
                     )
-                },
-            )?,
+                })?,
         )
     } else {
         observer

@@ -27,9 +27,11 @@ pub async fn selftest(args: SelftestArgs) -> anyhow::Result<u8> {
         .map_err(anyhow::Error::msg)?;
     crate::out!("{}", crate::selftest::render(&report));
     crate::outln!("{}", serde_json::json!({ "selftest": report }));
-    Ok(if args.strict && report.targets.iter().any(|t| !t.1) {
-        EXIT_FAILURE
-    } else {
-        EXIT_OK
-    })
+    Ok(
+        if args.strict && report.targets.iter().any(|t| t.verdict != "met") {
+            EXIT_FAILURE
+        } else {
+            EXIT_OK
+        },
+    )
 }

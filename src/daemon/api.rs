@@ -168,25 +168,20 @@ async fn run(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Res
     let dir = RunDir::open(&state.index.dir_of(&entry));
     // A file not written yet is null; one that exists but cannot be read
     // or parsed is a server error that names it (never a silent null).
-    let read = |name: &str| -> Result<Option<serde_json::Value>, Response> {
+    let read = |name: &str| -> Result<Option<serde_json::Value>, String> {
         let path = dir.file(name);
         match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read {}: {e}", path.display()),
-            )),
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{} is not valid JSON: {e}", path.display()),
-                )
-            }),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
         }
     };
+    let fail = |msg: String| error(StatusCode::INTERNAL_SERVER_ERROR, msg);
     let metadata = match read(METADATA_FILE) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     let results_file = metadata
         .as_ref()
@@ -194,7 +189,7 @@ async fn run(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Res
         .unwrap_or_else(|| crate::results::DEFAULT_RESULTS_FILE.into());
     let (results, summary) = match (read(&results_file), read(SUMMARY_FILE)) {
         (Ok(r), Ok(s)) => (r, s),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return fail(e),
     };
     axum::Json(json!({
         "run": entry,

@@ -39,17 +39,8 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawTelemetry {
-    /// OTLP/HTTP traces endpoint; the OTEL_* variables also apply.
-    pub otlp_endpoint: Option<String>,
-    /// Fraction of successful request spans kept (errors always kept).
-    pub sample_ratio: Option<f64>,
-    /// Send W3C traceparent with each request (default true).
-    pub propagate: Option<bool>,
-    pub service_name: Option<String>,
-}
+/// The `[telemetry]` table is telemetry's own settings type.
+pub use crate::telemetry::FileConfig as RawTelemetry;
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]

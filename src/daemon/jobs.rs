@@ -13,8 +13,8 @@
 
 use super::config::{Job, JobKind};
 use super::index::RunEntry;
-use super::metrics::{JobMetrics, MetricsObserver};
 use super::state::{ActiveRun, State, TargetSlot};
+use crate::metrics::{JobMetrics, MetricsObserver};
 use crate::results::{self, Metadata, RunDir, RunInfo};
 use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
 use crate::stats::{LevelResult, LevelTiming};
@@ -150,14 +150,14 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         _ => None,
     };
     let next: Option<Arc<dyn Observer>> = if job.record_requests {
-        match crate::records::RecordsObserver::create(&dir.path, next.clone()) {
+        match crate::requests_jsonl::RecordsObserver::create(&dir.path, next.clone()) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 state.record_write_errors(
                     &t.name,
                     &[format!(
                         "cannot write {}: {e}",
-                        dir.file(crate::records::RECORDS_FILE).display()
+                        dir.file(crate::requests_jsonl::RECORDS_FILE).display()
                     )],
                 );
                 next

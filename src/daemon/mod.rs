@@ -3,7 +3,7 @@
 //!
 //! Layout: [`config`] (the TOML file), [`fire`] (when jobs fire),
 //! [`jobs`] (running sweeps and soaks, target coordination), [`state`]
-//! (what the daemon knows), [`metrics`] (`/metrics`), [`api`] (HTTP),
+//! (what the daemon knows), [`crate::metrics`] (`/metrics`), [`api`] (HTTP),
 //! [`index`] (run history and retention).
 
 pub mod api;
@@ -11,77 +11,15 @@ pub mod config;
 pub mod fire;
 pub mod index;
 pub mod jobs;
-pub mod metrics;
+
 pub mod state;
 
-use crate::cli::DaemonArgs;
-use crate::error::{EXIT_OK, UsageError};
+use crate::error::EXIT_OK;
 use state::State;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
-    let mut cfg = config::load(&args.config).map_err(|errs| {
-        UsageError::new(format!(
-            "{} problem(s) in {}:\n  {}",
-            errs.len(),
-            args.config.display(),
-            errs.join("\n  ")
-        ))
-    })?;
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    for w in &cfg.warnings {
-        crate::errln!("warning: {w}");
-    }
-    let env = |k: &str| std::env::var(k).ok();
-    let tel_settings = crate::telemetry::Settings::resolve(
-        args.otlp_endpoint.as_deref(),
-        Some(&cfg.telemetry),
-        &env,
-    )
-    .map_err(UsageError::new)?;
-    if args.check {
-        crate::out!("{}", plan_report(&cfg, tel_settings.as_ref()));
-        return Ok(EXIT_OK);
-    }
-    let telemetry = match tel_settings {
-        Some(s) => Some(crate::telemetry::Telemetry::start(s).map_err(UsageError::new)?),
-        None => None,
-    };
-    // `endpoint = "mock"`: an embedded mock per such target, for demos.
-    let mut mocks = Vec::new();
-    for t in cfg.targets.iter_mut().filter(|t| t.spec.is_mock()) {
-        let m = crate::mock::MockServer::start(
-            crate::mock::MockConfig::default(),
-            "127.0.0.1:0".parse().expect("valid address"),
-        )
-        .await?;
-        tracing::info!(target = %t.name, url = %m.chat_url(), "built-in mock started");
-        t.spec.client.endpoint = m.chat_url();
-        mocks.push(m);
-    }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let addr = listener.local_addr()?;
-    let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
-    // Announce the real address (port 0 picks one): scripts and tests read it.
-    crate::errln!("llmload daemon listening on http://{addr}");
-    tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
-    let shutdown = CancellationToken::new();
-    let code = run(state, listener, shutdown.clone(), crate::signals::next()).await;
-    if let Some(t) = telemetry {
-        t.shutdown().await;
-    }
-    for m in mocks {
-        m.shutdown().await;
-    }
-    Ok(code)
-}
 
 /// Serve until `stop` resolves (SIGTERM/SIGINT in production; tests pass
 /// their own future), then shut down gracefully.

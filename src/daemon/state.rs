@@ -4,8 +4,8 @@
 
 use super::config::{Config, Job, JobKind, Target};
 use super::index::RunIndex;
-use super::metrics::Metrics;
 use crate::client::LlmClient;
+use crate::metrics::Metrics;
 use crate::request::{PreparedRequest, prepare_all};
 use crate::sweep::Progress;
 use serde::Serialize;

@@ -7,7 +7,7 @@
 //! [`Occupancy`] guard gives the slot and the queue place back.
 
 use super::faults::FaultKind;
-use super::server::MockState;
+use super::state::MockState;
 use super::truth::Truth;
 use crate::clock::mono_ns;
 use bytes::Bytes;

@@ -16,9 +16,12 @@ pub mod faults;
 pub mod generate;
 pub mod metrics;
 pub mod server;
+pub mod state;
+pub mod timer;
 pub mod truth;
 
-pub use server::{MockServer, MockState};
+pub use server::MockServer;
+pub use state::MockState;
 
 use capacity::CapacityModel;
 use faults::FaultSpec;

@@ -4,8 +4,8 @@
 use super::capacity::estimate_tokens;
 use super::faults::{self, FaultKind};
 use super::generate::{self, Api, Job, Occupancy};
-use super::metrics::MockMetrics;
-use super::truth::{Truth, TruthLog};
+use super::state::MockState;
+use super::truth::Truth;
 use super::{MockConfig, OutputTokens};
 use crate::clock::mono_ns;
 use axum::Router;
@@ -19,39 +19,9 @@ use rand::RngExt;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-/// Shared state of one mock instance.
-pub struct MockState {
-    pub cfg: MockConfig,
-    pub slots: Arc<Semaphore>,
-    /// Requests admitted and not finished: queued plus running.
-    pub in_system: AtomicUsize,
-    pub running: AtomicUsize,
-    pub seq: AtomicU64,
-    pub metrics: MockMetrics,
-    pub truth: TruthLog,
-    /// Sub-millisecond sleeps: "TTFT 40 ms" means 40 ms, not 41.5.
-    pub timer: crate::timer::PreciseTimer,
-}
-
-impl MockState {
-    pub fn new(cfg: MockConfig) -> Arc<Self> {
-        Arc::new(Self {
-            slots: Arc::new(Semaphore::new(cfg.capacity.slots)),
-            in_system: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-            seq: AtomicU64::new(0),
-            metrics: MockMetrics::new(),
-            truth: TruthLog::new(cfg.truth_capacity),
-            timer: crate::timer::PreciseTimer::new(),
-            cfg,
-        })
-    }
-}
 
 /// The router, for embedding or `oneshot` tests.
 pub fn app(state: Arc<MockState>) -> Router {
