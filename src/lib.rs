@@ -2,25 +2,42 @@
 //!
 //! # Layout
 //!
-//! A pure core with no I/O, and thin shells around it.
+//! A pure core with no I/O, shells around it, two faces (`run` and the
+//! daemon) on one engine, and thin commands on top. `tests/architecture.rs`
+//! checks that arrows only point down.
 //!
-//! Pure core:
+//! Pure core (no sockets, no clocks of its own):
 //! * [`schedule`]: open-loop arrival offsets (constant, Poisson).
 //! * [`sse`]: incremental Server-Sent Events decoder.
-//! * [`chunk`]: the few facts we read from each streamed OpenAI chunk.
+//! * [`chunk`]: the few facts read from each streamed OpenAI chunk.
 //! * [`dataset`] / [`request`]: the seed's dataset format and request body.
 //! * [`record`]: `RequestRecord`, the one row later stages consume.
 //! * [`stats`]: HDR histograms per level and the results JSON object.
 //! * [`saturation`]: max QPS, saturation point, recommended limit.
+//! * [`keepalive`]: connection reuse rules (Keep-Alive, close detection).
 //! * [`table`]: the seed's console table.
+//! * [`duration`], [`secret`], [`clock`], [`error`]: small shared types.
 //!
 //! Shells:
-//! * [`client`]: hyper streaming client that turns a request into a record.
+//! * [`target`]: one endpoint and its settings, from flags or config.
+//! * [`client`]: the streaming client and its own connection pool.
 //! * [`sweep`]: the one executor: schedule → send → record, level by level.
-//! * [`results`]: the timestamped results directory, written atomically.
+//! * [`runner`]: a sweep plan run level by level.
+//! * [`writer`] / [`results`]: the results directory, one writer for every
+//!   kind of run; metadata and summary types.
 //! * [`plot`]: the 3×2 PNG.
+//! * [`requests_jsonl`]: the optional per-request log.
+//! * [`metrics`]: Prometheus metrics fed by every request.
+//! * [`telemetry`]: OpenTelemetry traces.
 //! * [`mock`]: the built-in OpenAI-compatible endpoint with a capacity model.
-//! * [`cli`]: command-line definitions and the `run` glue.
+//! * [`console`], [`progress`], [`logging`], [`signals`], [`serve`],
+//!   [`limits`], [`alerts`]: process plumbing.
+//!
+//! Faces and commands:
+//! * [`cli`]: command-line definitions (flags → [`target::Target`]).
+//! * [`daemon`]: scheduled and continuous runs, `/metrics`, control API.
+//! * [`selftest`]: the harness that measures llmload itself.
+//! * [`commands`]: one thin module per subcommand.
 
 pub mod alerts;
 pub mod chunk;

@@ -129,3 +129,83 @@ pub fn note_connections(engine: &Engine, writer: &mut RunWriter) {
     m.connection_reuse = engine.client.reusing_connections();
     m.notices = engine.client.notices();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Metadata, RunInfo};
+    use crate::sweep::tests::{engine, mock};
+    use std::time::Duration;
+
+    fn writer(dir: &std::path::Path) -> RunWriter {
+        let run = RunDir::create(dir, "run").unwrap();
+        let t = crate::target::Target::new("http://x/v1/chat/completions", "m");
+        let meta = Metadata::new(&RunInfo {
+            target: &t,
+            dataset: "d",
+            qps: &[20.0, 40.0],
+            duration: Some(Duration::from_millis(300)),
+            arrival: Arrival::Constant,
+            seed: 0,
+            run_id: "run".into(),
+            percentiles: &[50.0],
+            now: chrono::Local::now(),
+            job: None,
+            kind: "sweep",
+        });
+        RunWriter::start(
+            Outputs {
+                dir: run,
+                results_file: "benchmark_qps_results.json".into(),
+                plot_file: None,
+                plot_title: "t".into(),
+            },
+            meta,
+        )
+    }
+
+    fn plan() -> SweepPlan {
+        SweepPlan {
+            levels: vec![20.0, 40.0],
+            duration: Duration::from_millis(300),
+            arrival: Arrival::Constant,
+            seed: 0,
+        }
+    }
+
+    /// Stops sending after the first level.
+    struct StopAfterFirst(CancellationToken);
+    impl SweepHooks for StopAfterFirst {
+        fn level_finished(&self, _: &LevelSpec, _: &LevelResult) {
+            self.0.cancel();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_complete_run_and_a_partial_one() {
+        let m = mock(Duration::from_millis(5)).await;
+        let e = engine(m.chat_url());
+        let tmp = tempfile::tempdir().unwrap();
+        let token = CancellationToken::new();
+        let mut w = writer(tmp.path());
+        let r = execute(&e, &plan(), &mut w, &NoHooks, &token, &token).await;
+        assert_eq!(r.status, RunStatus::Complete);
+        assert_eq!(r.levels.len(), 2);
+        assert_eq!((r.levels[0].sent, r.levels[1].sent), (6, 12));
+        let meta: Metadata = r.dir.read_json(crate::results::METADATA_FILE).unwrap();
+        assert_eq!((meta.status.as_str(), meta.levels_completed), ("complete", 2));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let mut w = writer(tmp.path());
+        let hooks = StopAfterFirst(stop.clone());
+        let r = execute(&e, &plan(), &mut w, &hooks, &stop, &CancellationToken::new()).await;
+        assert_eq!(r.status, RunStatus::Partial);
+        assert_eq!(r.levels.len(), 1, "level 2 never started");
+        assert_eq!(r.summary.status, "partial");
+        let meta: Metadata = r.dir.read_json(crate::results::METADATA_FILE).unwrap();
+        assert!(meta.partial);
+        assert_eq!(meta.levels_completed, 1);
+        m.shutdown().await;
+    }
+}

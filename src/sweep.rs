@@ -407,3 +407,107 @@ fn set_fine_timer_slack() {
         libc::setpriority(libc::PRIO_PROCESS, tid, -10);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::mock::capacity::CapacityModel;
+    use crate::mock::{MockConfig, MockServer, OutputTokens};
+
+    /// A mock whose every request takes `ttft`, then 4 quick tokens.
+    pub(crate) async fn mock(ttft: Duration) -> MockServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = MockConfig {
+            capacity: CapacityModel {
+                slots: 1000,
+                queue: 1000,
+                ttft,
+                prefill_per_token: Duration::ZERO,
+                tpot: Duration::from_millis(1),
+                tpot_growth: 0.0,
+            },
+            output_tokens: Some(OutputTokens::Cap(4)),
+            ..MockConfig::default()
+        };
+        MockServer::start(cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub(crate) fn engine(url: String) -> Engine {
+        let target = crate::target::Target::new(url, "m");
+        let convs = vec![crate::dataset::Conversation {
+            messages: vec![crate::dataset::Message {
+                role: crate::dataset::Role::User,
+                content: "hi".into(),
+            }],
+        }];
+        Engine {
+            client: Arc::new(target.build_client(false).unwrap()),
+            requests: Arc::new(crate::request::prepare_all(&convs, &target.body_params())),
+            max_in_flight: 1000,
+            observer: Arc::new(NoObserver),
+        }
+    }
+
+    fn spec(qps: f64, secs: f64) -> LevelSpec {
+        LevelSpec {
+            index: 0,
+            qps,
+            duration: Some(Duration::from_secs_f64(secs)),
+            arrival: Arrival::Constant,
+            seed: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_level_drains_every_request_it_sent() {
+        let m = mock(Duration::from_millis(300)).await;
+        let e = engine(m.chat_url());
+        let out = e
+            .run_level(
+                spec(20.0, 0.5),
+                &LevelRun::new(),
+                CancellationToken::new(),
+                CancellationToken::new(),
+                0,
+            )
+            .await;
+        assert_eq!(out.stats.sent, 10);
+        assert_eq!(out.stats.succeeded, 10, "{:?}", out.stats.errors);
+        assert!(!out.interrupted);
+        // The last send is at 450 ms and takes 300 ms: the drain waited.
+        assert!(out.timing.drain >= Duration::from_millis(200), "{:?}", out.timing);
+        m.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_ends_sending_and_cancel_abandons_in_flight() {
+        let m = mock(Duration::from_secs(30)).await;
+        let e = engine(m.chat_url());
+        let (stop, cancel) = (CancellationToken::new(), CancellationToken::new());
+        let run = LevelRun::new();
+        let (s2, c2) = (stop.clone(), cancel.clone());
+        let progress = run.progress.clone();
+        tokio::spawn(async move {
+            while progress.in_flight.load(Ordering::Acquire) < 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            s2.cancel();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c2.cancel();
+        });
+        let t0 = std::time::Instant::now();
+        let out = e.run_level(spec(50.0, 10.0), &run, stop, cancel, 0).await;
+        assert!(out.interrupted);
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(out.stats.sent >= 5 && out.stats.sent < 500, "{}", out.stats.sent);
+        assert_eq!(
+            out.stats.errors.get(&ErrorKind::Cancelled).copied(),
+            Some(out.stats.sent),
+            "every open request was abandoned and counted"
+        );
+        assert_eq!(run.progress.in_flight.load(Ordering::Acquire), 0);
+        m.shutdown().await;
+    }
+}

@@ -349,6 +349,11 @@ async fn soak_pauses_for_a_sweep_then_resumes() {
         assert!(Instant::now() < deadline, "no soak snapshot");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A snapshot is a results directory of a sweep's exact shape.
+    let meta = read_json(&soak_dir.join("metadata.json"));
+    assert_eq!(meta["status"], "running");
+    assert_eq!(meta["kind"], "soak");
+    let snapshot_files = file_names(&soak_dir);
     let (s, _) = post_empty(&d.url("/api/v1/jobs/sweep/trigger"), Some(TOKEN)).await;
     assert_eq!(s, 202);
     let status = d
@@ -411,6 +416,17 @@ async fn soak_pauses_for_a_sweep_then_resumes() {
         .path()
         .join("results")
         .join(runs["runs"][0]["dir"].as_str().unwrap());
+    let sweeps = d
+        .wait_json("/api/v1/runs?job=sweep", 5, |v| {
+            v["runs"][0]["status"] == "complete"
+        })
+        .await;
+    let sweep_dir = tmp
+        .path()
+        .join("results")
+        .join(sweeps["runs"][0]["dir"].as_str().unwrap());
+    assert_eq!(snapshot_files, file_names(&sweep_dir));
+    assert_eq!(file_names(&dir), file_names(&sweep_dir));
     let levels = read_json(&dir.join("benchmark_qps_results.json"));
     let l = &levels[0];
     assert_eq!(l["qps_target"], 10.0);
@@ -643,4 +659,14 @@ async fn every_metric_the_readme_lists_moves() {
     }
     fast.shutdown().await;
     slow.shutdown().await;
+}
+
+/// The files in a run directory, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
 }

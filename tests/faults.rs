@@ -423,9 +423,22 @@ async fn stalls_hit_their_own_timeouts() {
     assert!(t < Duration::from_millis(1500), "{t:?}");
     m.shutdown().await;
 
-    // Connect: a listener that never accepts (backlog full) is not
-    // portable; a black-hole address is not loopback. The connect timeout
-    // path is covered by the classifier's unit of `TimedOut` instead.
+    // Connect: set-up (TCP and TLS) has its own deadline. A server that
+    // accepts the TCP connection but never answers the TLS ClientHello
+    // keeps the connection from ever opening.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = cfg(&format!("https://127.0.0.1:{port}/v1/chat/completions"));
+    c.connect_timeout = Duration::from_millis(300);
+    let (r, t) = level(c, 2).await;
+    assert_eq!(only_error(&r), "timeout (connect)");
+    assert!(t < Duration::from_millis(1500), "{t:?}");
 }
 
 #[tokio::test]
