@@ -95,7 +95,7 @@ pub struct RunArgs {
     /// Authentication key. Visible in `ps`: prefer LLMLOAD_API_KEY or --api-key-file.
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Read the key from this file (first line).
+    /// Read the key from this file (its first non-empty line).
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
     /// Model name sent in every request.

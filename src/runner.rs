@@ -91,7 +91,9 @@ pub async fn execute(
             .await;
         seq += outcome.stats.sent + outcome.stats.dropped;
         let mut result = LevelResult::from_stats(&outcome.stats, outcome.timing);
-        result.interrupted = outcome.interrupted;
+        if outcome.interrupted {
+            result.mark_interrupted();
+        }
         for e in engine.observer.flush() {
             writer.add_error(e);
         }
@@ -193,13 +195,24 @@ mod tests {
         assert_eq!(r.levels.len(), 2);
         assert_eq!((r.levels[0].sent, r.levels[1].sent), (6, 12));
         let meta: Metadata = r.dir.read_json(crate::results::METADATA_FILE).unwrap();
-        assert_eq!((meta.status.as_str(), meta.levels_completed), ("complete", 2));
+        assert_eq!(
+            (meta.status.as_str(), meta.levels_completed),
+            ("complete", 2)
+        );
 
         let tmp = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         let mut w = writer(tmp.path());
         let hooks = StopAfterFirst(stop.clone());
-        let r = execute(&e, &plan(), &mut w, &hooks, &stop, &CancellationToken::new()).await;
+        let r = execute(
+            &e,
+            &plan(),
+            &mut w,
+            &hooks,
+            &stop,
+            &CancellationToken::new(),
+        )
+        .await;
         assert_eq!(r.status, RunStatus::Partial);
         assert_eq!(r.levels.len(), 1, "level 2 never started");
         assert_eq!(r.summary.status, "partial");

@@ -1,7 +1,8 @@
 //! Per-level statistics: HDR histograms in, the seed's JSON object out.
 //!
-//! Memory is bounded by the histograms (a few hundred KB a level) whatever
-//! the duration or rate; nothing per request is kept. Every histogram is
+//! Memory is bounded by the histograms (about 2.5 MB a level: a dozen of
+//! ~190 KB each) whatever the duration or rate; nothing per request is
+//! kept. Every histogram is
 //! also serialized (HDR V2, deflate, base64: the format every HdrHistogram
 //! library reads) so two runs can be merged exactly later.
 
@@ -344,7 +345,8 @@ pub struct LevelResult {
     pub dropped: u64,
     /// Configured seconds of sending.
     pub duration: f64,
-    /// Seconds actually spent sending (first to last scheduled send).
+    /// Seconds spent sending: the configured duration, or longer when the
+    /// pacer fell behind, or shorter when the level was stopped.
     pub send_window_s: f64,
     /// Seconds waited after the send window for in-flight requests.
     pub drain_s: f64,
@@ -361,8 +363,9 @@ pub struct LevelResult {
     pub tokens: TokenCounts,
     /// How late sends were against the schedule, seconds.
     pub schedule_lag: Dist,
-    /// True when p99 schedule lag exceeded the client-bound threshold or
-    /// sends were dropped: the client, not the endpoint, limited this level.
+    /// The client, not the endpoint, limited this level: see
+    /// [`client_bound_reason`] for the rule, and `client_bound_reason` below
+    /// for which part of it fired.
     pub client_bound: bool,
     pub finish_reasons: BTreeMap<String, u64>,
     /// The level was cut short (Ctrl-C, SIGTERM, stop request).
@@ -549,6 +552,18 @@ impl LevelResult {
                 e2e_all_us: encode(&s.e2e_all),
                 connect_us: encode(&s.connect),
             },
+        }
+    }
+}
+
+impl LevelResult {
+    /// The level was stopped early: say so, and count its rates over the
+    /// time it actually sent, not over the configured duration.
+    pub fn mark_interrupted(&mut self) {
+        self.interrupted = true;
+        if self.send_window_s > 0.0 {
+            self.actual_qps = round(self.sent as f64 / self.send_window_s, 4);
+            self.completed_qps = round(self.succeeded as f64 / self.send_window_s, 4);
         }
     }
 }

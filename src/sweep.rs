@@ -195,9 +195,12 @@ impl Engine {
         }
         let drained = Instant::now();
         let stats = lock(&run.stats).clone();
+        // A pacer that could not keep up finished its schedule late: the
+        // window stretches, and the achieved rate shows it.
+        let took = sent_done.saturating_duration_since(start);
         let window = match spec.duration {
-            Some(d) if !interrupted => d,
-            _ => last_offset.max(sent_done.saturating_duration_since(start)),
+            Some(d) if !interrupted => d.max(took),
+            _ => last_offset.max(took),
         };
         LevelOutcome {
             stats,
@@ -305,6 +308,11 @@ async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
             rec.done_at = Instant::now() - ctx.start;
             rec.outcome = Err(ErrorKind::Internal);
             count(&ctx, &rec);
+            // Metrics, requests.jsonl and traces count it too.
+            let base = ctx.start.into_std();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                ctx.observer.request_done(&ctx.spec, base, &rec, None)
+            }));
         }
     }
 }
@@ -477,7 +485,11 @@ pub(crate) mod tests {
         assert_eq!(out.stats.succeeded, 10, "{:?}", out.stats.errors);
         assert!(!out.interrupted);
         // The last send is at 450 ms and takes 300 ms: the drain waited.
-        assert!(out.timing.drain >= Duration::from_millis(200), "{:?}", out.timing);
+        assert!(
+            out.timing.drain >= Duration::from_millis(200),
+            "{:?}",
+            out.timing
+        );
         m.shutdown().await;
     }
 
@@ -501,7 +513,11 @@ pub(crate) mod tests {
         let out = e.run_level(spec(50.0, 10.0), &run, stop, cancel, 0).await;
         assert!(out.interrupted);
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-        assert!(out.stats.sent >= 5 && out.stats.sent < 500, "{}", out.stats.sent);
+        assert!(
+            out.stats.sent >= 5 && out.stats.sent < 500,
+            "{}",
+            out.stats.sent
+        );
         assert_eq!(
             out.stats.errors.get(&ErrorKind::Cancelled).copied(),
             Some(out.stats.sent),

@@ -85,11 +85,29 @@ pub fn render_analysis(levels: &[LevelResult], a: &Analysis, partial: bool) -> S
     for l in levels.iter().filter(|l| l.client_bound) {
         let _ = writeln!(
             out,
-            "  WARNING: QPS {:.1} was client-bound (schedule lag p99 {:.1} ms, {} dropped): \
+            "  WARNING: QPS {:.1} was client-bound ({}): \
              the load generator, not the endpoint, limited this level",
             l.qps_target,
-            l.schedule_lag.p99 * 1000.0,
-            l.dropped
+            if l.client_bound_reason.is_empty() {
+                format!(
+                    "schedule lag p99 {:.1} ms, {} dropped",
+                    l.schedule_lag.p99 * 1000.0,
+                    l.dropped
+                )
+            } else {
+                l.client_bound_reason.clone()
+            }
+        );
+    }
+    for l in levels.iter().filter(|l| l.connection_bound) {
+        let _ = writeln!(
+            out,
+            "  NOTE: QPS {:.1}: {:.0}% of TTFT was connection set-up ({} new connections, connect p95 {:.3}s): \
+             the endpoint's TTFT is lower than shown",
+            l.qps_target,
+            l.connection_setup_share * 100.0,
+            l.new_connections,
+            l.connect.p95
         );
     }
     for l in levels.iter().filter(|l| l.tokens.output_source == "chunks") {
