@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// One QPS sweep, the seed benchmark's flags and outputs.
     Run(Box<RunArgs>),
+    /// Find the highest rate the endpoint holds under an SLO.
+    Capacity(Box<CapacityArgs>),
     /// Serve the built-in OpenAI-compatible mock endpoint.
     Mock(Box<MockArgs>),
     /// Scheduled and continuous sweeps with /metrics and a control API.
@@ -75,6 +77,30 @@ fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
     Ok(out)
 }
 
+fn parse_queue(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "unbounded" => Ok(crate::mock::capacity::UNBOUNDED),
+        n => n
+            .parse()
+            .map_err(|_| format!("'{s}' is not a queue length (a number, or 'unbounded')")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' must be a rate above 0 (requests per second)")),
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    crate::slo::SloTarget::validate_attainment(v)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s)
 }
@@ -87,8 +113,10 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// What every command that sends requests shares: where they go, how
+/// they are shaped, how long they may take, and where results go.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub struct TargetArgs {
     /// API endpoint URL (…/v1/chat/completions), or `mock` for the built-in mock.
     #[arg(long)]
     pub endpoint: String,
@@ -104,42 +132,15 @@ pub struct RunArgs {
     /// Dataset JSON: an array of {prompt_content, cut_chat_history}.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// QPS levels to test, comma-separated.
-    // `std::vec::Vec` (not `Vec`) makes clap take one value and hand the
-    // whole comma list to the parser.
-    #[arg(long, default_value = "1,5,10,20", value_parser = parse_qps_list)]
-    pub qps: std::vec::Vec<f64>,
-    /// Seconds per level (or 90s, 2m…).
-    #[arg(long, default_value = "60", value_parser = parse_positive_duration)]
-    pub duration: Duration,
-    /// Percentiles shown in the console table.
-    #[arg(long, default_value = "50,95,99", value_parser = parse_percentiles)]
-    pub percentiles: std::vec::Vec<f64>,
-    /// Deprecated: tokens/sec is always shown.
-    #[arg(long)]
-    pub show_tokens: bool,
     /// Max tokens per request.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
     /// Generation temperature.
     #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f64,
-    /// Draw benchmark_qps.png.
-    #[arg(long)]
-    pub plot: bool,
-    /// Results JSON file name (inside the run directory).
-    #[arg(long, default_value = "benchmark_qps_results.json")]
-    pub output: String,
-    /// PNG file name (inside the run directory).
-    #[arg(long, default_value = "benchmark_qps.png")]
-    pub plot_output: String,
-
     /// Where timestamped run directories are created.
     #[arg(long, default_value = "results")]
     pub results_dir: PathBuf,
-    /// Inter-arrival pattern: constant (1/qps apart) or poisson.
-    #[arg(long, default_value = "constant")]
-    pub arrival: Arrival,
     /// Seed for Poisson arrivals (and the embedded mock).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -185,7 +186,81 @@ pub struct RunArgs {
     pub record_requests: bool,
 }
 
-impl RunArgs {
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: TargetArgs,
+    /// QPS levels to test, comma-separated.
+    // `std::vec::Vec` (not `Vec`) makes clap take one value and hand the
+    // whole comma list to the parser.
+    #[arg(long, default_value = "1,5,10,20", value_parser = parse_qps_list)]
+    pub qps: std::vec::Vec<f64>,
+    /// Seconds per level (or 90s, 2m…).
+    #[arg(long, default_value = "60", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Percentiles shown in the console table.
+    #[arg(long, default_value = "50,95,99", value_parser = parse_percentiles)]
+    pub percentiles: std::vec::Vec<f64>,
+    /// Deprecated: tokens/sec is always shown.
+    #[arg(long)]
+    pub show_tokens: bool,
+    /// Draw benchmark_qps.png.
+    #[arg(long)]
+    pub plot: bool,
+    /// Results JSON file name (inside the run directory).
+    #[arg(long, default_value = "benchmark_qps_results.json")]
+    pub output: String,
+    /// PNG file name (inside the run directory).
+    #[arg(long, default_value = "benchmark_qps.png")]
+    pub plot_output: String,
+    /// Inter-arrival pattern: constant (1/qps apart) or poisson.
+    #[arg(long, default_value = "constant")]
+    pub arrival: Arrival,
+    /// Judge every request against an SLO: METRIC<=DURATION, comma-separated
+    /// or repeated (ttft, ttfc, tpot, e2e), e.g. --slo ttft<=2s,tpot<=100ms.
+    #[arg(long, value_name = "SPEC")]
+    pub slo: Vec<String>,
+    /// Share of a level's scheduled requests that must meet the SLO.
+    #[arg(long, default_value_t = crate::slo::DEFAULT_ATTAINMENT, value_parser = parse_share)]
+    pub slo_attainment: f64,
+}
+
+/// `llmload capacity`: the highest rate the endpoint holds under an SLO.
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub common: TargetArgs,
+    /// The SLO: METRIC<=DURATION, comma-separated or repeated (ttft, ttfc,
+    /// tpot, e2e), e.g. --slo ttft<=2s --slo tpot<=100ms.
+    #[arg(long, value_name = "SPEC", required = true)]
+    pub slo: Vec<String>,
+    /// Share of a probe's scheduled requests that must meet the SLO.
+    #[arg(long, default_value_t = crate::slo::DEFAULT_ATTAINMENT, value_parser = parse_share)]
+    pub slo_attainment: f64,
+    /// Lowest rate to try (req/s).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_rate)]
+    pub min_qps: f64,
+    /// Highest rate to try (req/s).
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
+    pub max_qps: f64,
+    /// Stop when the bracket [last pass, first fail] is this narrow (relative).
+    #[arg(long, default_value_t = 0.05, value_parser = parse_share)]
+    pub precision: f64,
+    /// Length of a bisection probe (growth probes are a third of it, at least 5 s).
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub probe_duration: Duration,
+    /// Length of the confirmation probe at the answer.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    pub confirm_duration: Duration,
+    /// Inter-arrival pattern: poisson (as MLPerf's server scenario) or constant.
+    #[arg(long, default_value = "poisson")]
+    pub arrival: Arrival,
+    /// Do not draw benchmark_qps.png.
+    #[arg(long)]
+    pub no_plot: bool,
+}
+
+impl TargetArgs {
     /// The target these flags describe (not yet validated: see
     /// [`Target::validate`]). Only header syntax is checked here, as it is
     /// a flag-format matter.
@@ -233,7 +308,9 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 32)]
     pub slots: usize,
     /// Requests that may wait for a slot; beyond that they are rejected.
-    #[arg(long, default_value_t = 32)]
+    /// `unbounded`: never refuse, queue everything (as vLLM, TGI and
+    /// llama.cpp's server do).
+    #[arg(long, default_value = "32", value_parser = parse_queue)]
     pub queue: usize,
     /// Status for rejected requests: 503, or 429 with Retry-After.
     #[arg(long, default_value_t = 503)]

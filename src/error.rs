@@ -9,6 +9,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Bad flags, config or dataset: nothing was sent.
 pub const EXIT_USAGE: u8 = 2;
+/// `llmload capacity`: even `--min-qps` misses the SLO.
+pub const EXIT_CAPACITY_BELOW: u8 = 3;
+/// `llmload capacity`: `--max-qps` still meets the SLO.
+pub const EXIT_CAPACITY_ABOVE: u8 = 4;
 /// Stopped by Ctrl-C / SIGTERM; results are written and marked partial.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

@@ -40,6 +40,7 @@
 //! * [`commands`]: one thin module per subcommand.
 
 pub mod alerts;
+pub mod capacity;
 pub mod chunk;
 pub mod cli;
 pub mod client;
@@ -64,10 +65,13 @@ pub mod results;
 pub mod runner;
 pub mod saturation;
 pub mod schedule;
+pub mod search;
 pub mod secret;
 pub mod selftest;
 pub mod serve;
 pub mod signals;
+pub mod slo;
+pub mod stability;
 pub mod sse;
 pub mod stats;
 pub mod sweep;

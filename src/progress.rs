@@ -34,11 +34,20 @@ impl SweepHooks for ConsoleHooks {
         if let Some((t, s)) = &self.traces {
             t.level_started(s, spec);
         }
-        let label = format!(
-            "level {}/{levels}: {} QPS",
-            spec.index + 1,
-            crate::saturation::fmt_qps(spec.qps)
-        );
+        // `levels` 0: a capacity probe (how many there will be is not known).
+        let label = if levels == 0 {
+            format!(
+                "probe {}: {} QPS",
+                spec.index + 1,
+                crate::saturation::fmt_qps(spec.qps)
+            )
+        } else {
+            format!(
+                "level {}/{levels}: {} QPS",
+                spec.index + 1,
+                crate::saturation::fmt_qps(spec.qps)
+            )
+        };
         if !self.tty {
             crate::errln!("{label}: sending {planned} requests");
             return;

@@ -166,6 +166,9 @@ pub struct RequestRecord {
     /// What the socket or TLS library said about a failure (the key stays
     /// the stable [`ErrorKind`]); for the log and `requests.jsonl`.
     pub error_detail: Option<std::sync::Arc<str>>,
+    /// Requests open (this one included) when the pacer sent it: the
+    /// backlog the stability check follows.
+    pub in_flight_at_send: u32,
 }
 
 impl RequestRecord {
@@ -191,6 +194,7 @@ impl RequestRecord {
             pool_wait: Duration::ZERO,
             retried_stale: false,
             error_detail: None,
+            in_flight_at_send: 0,
         }
     }
 

@@ -6,6 +6,8 @@ use crate::results::{RunDir, Summary, summarize};
 use crate::schedule::{Arrival, Schedule};
 use crate::stats::LevelResult;
 use crate::sweep::{Engine, LevelRun, LevelSpec};
+use crate::slo::SloTarget;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,8 @@ pub struct SweepPlan {
     pub duration: Duration,
     pub arrival: Arrival,
     pub seed: u64,
+    /// Judge every request against this SLO (goodput, attainment).
+    pub slo: Option<Arc<SloTarget>>,
 }
 
 impl SweepPlan {
@@ -33,12 +37,24 @@ impl SweepPlan {
         }
     }
 
+    /// The summary of `levels`, with the SLO they were judged against.
+    pub fn summarize(&self, levels: &[LevelResult], status: &str) -> Summary {
+        let mut s = summarize(levels, status);
+        if let Some(slo) = &self.slo {
+            s.slo = Some(slo.slo.to_string());
+            s.slo_attainment = Some(slo.attainment);
+        }
+        s
+    }
+
     /// Requests a level is expected to send (exact for constant arrivals).
     pub fn planned(&self, index: usize) -> u64 {
         let qps = self.levels[index];
         match self.arrival {
             Arrival::Constant => Schedule::constant_count(qps, self.duration),
-            Arrival::Poisson => (qps * self.duration.as_secs_f64()).round() as u64,
+            Arrival::Poisson | Arrival::PoissonExact => {
+                (qps * self.duration.as_secs_f64()).round().max(1.0) as u64
+            }
         }
     }
 }
@@ -84,7 +100,7 @@ pub async fn execute(
             break;
         }
         let spec = plan.spec(index);
-        let run = LevelRun::new();
+        let run = LevelRun::with_slo(plan.slo.clone());
         hooks.level_started(&spec, plan.levels.len(), plan.planned(index), &run);
         let outcome = engine
             .run_level(spec, &run, stop.child_token(), cancel.clone(), seq)
@@ -100,7 +116,7 @@ pub async fn execute(
         hooks.level_finished(&spec, &result);
         levels.push(result);
         note_connections(engine, writer);
-        writer.checkpoint(&levels, &summarize(&levels, "running"));
+        writer.checkpoint(&levels, &plan.summarize(&levels, "running"));
         if outcome.interrupted {
             interrupted = true;
             break;
@@ -112,7 +128,7 @@ pub async fn execute(
     } else {
         RunStatus::Complete
     };
-    let summary = summarize(&levels, status.as_str());
+    let summary = plan.summarize(&levels, status.as_str());
     note_connections(engine, writer);
     writer.finish(&levels, &summary, status);
     SweepReport {
@@ -172,6 +188,7 @@ mod tests {
             duration: Duration::from_millis(300),
             arrival: Arrival::Constant,
             seed: 0,
+            slo: None,
         }
     }
 

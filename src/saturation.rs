@@ -1,10 +1,13 @@
 //! Saturation analysis: from per-level results to the three numbers a
 //! capacity engineer acts on, each with the reason it was chosen.
 //!
-//! * **max QPS without errors**: the highest level with 100 % success whose
-//!   send rate reached ≥ 95 % of target;
 //! * **saturation point**: the first level with errors, a send rate below
-//!   90 % of target, or p95 TTFT above 3× the lowest level's;
+//!   90 % of target, p95 TTFT above 3× the lowest level's, a growing
+//!   backlog (unstable), or, with an SLO, a failed SLO;
+//! * **max QPS without errors**: the highest level *below the saturation
+//!   point* with 100 % success whose send rate reached ≥ 95 % of target
+//!   and whose backlog did not grow; with an SLO, the highest level below
+//!   it that met its SLO (attainment and stability);
 //! * **recommended production limit**: 70–80 % of the max (the seed's
 //!   "leave headroom" advice); we report 75 % and the range.
 //!
@@ -20,6 +23,10 @@ pub struct LevelFacts {
     pub success_rate: f64,
     pub ttft_p95: f64,
     pub client_bound: bool,
+    /// `Some(false)` when the backlog grew through the level.
+    pub stable: Option<bool>,
+    /// With an SLO: whether the level met it.
+    pub slo_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,28 +59,32 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         .map(|l| l.qps_target)
         .collect();
 
-    let held =
-        |l: &LevelFacts| l.success_rate >= 100.0 && l.actual_qps >= HELD_FRACTION * l.qps_target;
-    let max = sorted.iter().rev().find(|l| held(l));
-    let (max_qps, max_reason) = match max {
-        Some(l) => (
-            Some(l.qps_target),
-            format!(
-                "highest level with 100% success and {:.2} achieved of {} target (>= {:.0}%)",
-                l.actual_qps,
-                fmt_qps(l.qps_target),
-                HELD_FRACTION * 100.0
-            ),
-        ),
-        None if sorted.is_empty() => (None, "no level completed".into()),
-        None => (
-            None,
-            "no level ran with 100% success at >= 95% of its target: test lower QPS".into(),
-        ),
-    };
-
+    let with_slo = sorted.iter().any(|l| l.slo_met.is_some());
     let baseline_ttft = sorted.iter().find(|l| l.ttft_p95 > 0.0).map(|l| l.ttft_p95);
     let saturated = sorted.iter().find_map(|l| {
+        // With an SLO, the SLO says what is acceptable (errors within its
+        // attainment, TTFT within its limits).
+        if with_slo {
+            if l.slo_met == Some(false) {
+                return Some((
+                    l,
+                    "first level that missed the SLO (attainment or a growing backlog)"
+                        .to_string(),
+                ));
+            }
+            if l.actual_qps < SATURATED_FRACTION * l.qps_target {
+                return Some((
+                    l,
+                    format!(
+                        "achieved {:.2} of {} target (< {:.0}%)",
+                        l.actual_qps,
+                        fmt_qps(l.qps_target),
+                        SATURATED_FRACTION * 100.0
+                    ),
+                ));
+            }
+            return None;
+        }
         if l.success_rate < 100.0 {
             return Some((
                 l,
@@ -89,6 +100,13 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
                     fmt_qps(l.qps_target),
                     SATURATED_FRACTION * 100.0
                 ),
+            ));
+        }
+        if l.stable == Some(false) {
+            return Some((
+                l,
+                "the backlog grew through the level (requests queue faster than they are served)"
+                    .to_string(),
             ));
         }
         if let Some(base) = baseline_ttft
@@ -109,6 +127,45 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         None => (
             None,
             "not reached: every level held; test higher QPS to find it".into(),
+        ),
+    };
+
+    // A level at or past the saturation point never counts as held: a
+    // queueing server serves every request of an overloaded level, late.
+    let below = |l: &LevelFacts| saturation_qps.is_none_or(|s| l.qps_target < s);
+    let held = |l: &LevelFacts| {
+        below(l)
+            && if with_slo {
+                l.slo_met == Some(true)
+            } else {
+                l.success_rate >= 100.0
+                    && l.actual_qps >= HELD_FRACTION * l.qps_target
+                    && l.stable != Some(false)
+            }
+    };
+    let max = sorted.iter().rev().find(|l| held(l));
+    let (max_qps, max_reason) = match max {
+        Some(l) if with_slo => (
+            Some(l.qps_target),
+            format!(
+                "highest level below the saturation point that met the SLO ({:.2} achieved of {} target)",
+                l.actual_qps,
+                fmt_qps(l.qps_target)
+            ),
+        ),
+        Some(l) => (
+            Some(l.qps_target),
+            format!(
+                "highest level below the saturation point with 100% success and {:.2} achieved of {} target (>= {:.0}%)",
+                l.actual_qps,
+                fmt_qps(l.qps_target),
+                HELD_FRACTION * 100.0
+            ),
+        ),
+        None if sorted.is_empty() => (None, "no level completed".into()),
+        None => (
+            None,
+            "no level below the saturation point held: test lower QPS".into(),
         ),
     };
 
@@ -169,6 +226,8 @@ mod tests {
             success_rate: success,
             ttft_p95: ttft,
             client_bound: false,
+            stable: None,
+            slo_met: None,
         }
     }
 
@@ -213,16 +272,16 @@ mod tests {
                 rec: None,
             },
             Case {
-                name: "ttft blow-up without errors",
+                name: "ttft blow-up without errors: held only below it",
                 levels: vec![
                     l(1.0, 1.0, 100.0, 0.1),
                     l(2.0, 2.0, 100.0, 0.25),
                     l(4.0, 4.0, 100.0, 0.31),
                 ],
-                max: Some(4.0),
+                max: Some(2.0),
                 sat: Some(4.0),
                 sat_reason: "p95 TTFT",
-                rec: Some(3.0),
+                rec: Some(1.5),
             },
             Case {
                 name: "send rate collapse",
@@ -261,6 +320,48 @@ mod tests {
             );
             assert_eq!(a.recommended_qps, c.rec, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn a_queueing_server_is_never_held_past_its_knee() {
+        // 40 QPS on a 21 req/s queueing server: every request succeeds,
+        // late, and the backlog grows. It must not be "held".
+        let mut over = l(40.0, 40.0, 100.0, 6.8);
+        over.stable = Some(false);
+        let a = analyze(&[l(5.0, 5.0, 100.0, 0.03), l(10.0, 10.0, 100.0, 0.03), l(20.0, 20.0, 100.0, 0.05), over]);
+        assert_eq!(a.saturation_qps, Some(40.0));
+        assert_eq!(a.max_qps_without_errors, Some(20.0));
+        assert_eq!(a.recommended_qps, Some(15.0));
+        // Unstable alone (percentiles not yet blown up) saturates too.
+        let mut quiet = l(25.0, 25.0, 100.0, 0.06);
+        quiet.stable = Some(false);
+        let a = analyze(&[l(20.0, 20.0, 100.0, 0.05), quiet]);
+        assert_eq!(a.saturation_qps, Some(25.0));
+        assert!(a.saturation_reason.contains("backlog grew"), "{}", a.saturation_reason);
+        assert_eq!(a.max_qps_without_errors, Some(20.0));
+    }
+
+    #[test]
+    fn with_an_slo_held_means_the_slo_was_met() {
+        let mut a1 = l(5.0, 5.0, 100.0, 0.5);
+        a1.slo_met = Some(true);
+        let mut a2 = l(10.0, 10.0, 99.5, 1.0);
+        a2.slo_met = Some(true); // 99.5 % good >= 99 %: met despite errors
+        let mut a3 = l(20.0, 20.0, 100.0, 3.0);
+        a3.slo_met = Some(false);
+        let a = analyze(&[a1, a2, a3]);
+        // Errors within the attainment are what the SLO allows.
+        assert_eq!(a.saturation_qps, Some(20.0));
+        assert_eq!(a.max_qps_without_errors, Some(10.0));
+        let mut b2 = l(10.0, 10.0, 100.0, 1.0);
+        b2.slo_met = Some(true);
+        let mut b3 = l(20.0, 20.0, 100.0, 3.0);
+        b3.slo_met = Some(false);
+        let a = analyze(&[b2, b3]);
+        assert_eq!(a.saturation_qps, Some(20.0));
+        assert!(a.saturation_reason.contains("SLO"));
+        assert_eq!(a.max_qps_without_errors, Some(10.0));
+        assert!(a.max_qps_reason.contains("met the SLO"));
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub enum Arrival {
     Constant,
     /// A Poisson process: exponential gaps with mean `1/qps`, seeded.
     Poisson,
+    /// A Poisson process conditioned on its count: exactly
+    /// `round(qps × window)` arrivals at seeded uniform times. Bursty like
+    /// Poisson, but a short level sends its full rate (capacity probes
+    /// use it, so that a probe that passed really carried its load).
+    PoissonExact,
 }
 
 impl std::str::FromStr for Arrival {
@@ -28,8 +33,9 @@ impl std::str::FromStr for Arrival {
         match s {
             "constant" => Ok(Self::Constant),
             "poisson" => Ok(Self::Poisson),
+            "poisson-exact" | "poisson_exact" => Ok(Self::PoissonExact),
             other => Err(format!(
-                "unknown arrival '{other}': expected 'constant' or 'poisson'"
+                "unknown arrival '{other}': expected 'constant', 'poisson' or 'poisson-exact'"
             )),
         }
     }
@@ -40,6 +46,7 @@ impl std::fmt::Display for Arrival {
         f.write_str(match self {
             Self::Constant => "constant",
             Self::Poisson => "poisson",
+            Self::PoissonExact => "poisson-exact",
         })
     }
 }
@@ -54,6 +61,8 @@ pub struct Schedule {
     index: u64,
     /// Poisson only: the running sum of gaps, in seconds.
     next_poisson: f64,
+    /// Poisson-exact: every offset, sorted, in seconds.
+    fixed: Vec<f64>,
     rng: StdRng,
 }
 
@@ -67,10 +76,25 @@ impl Schedule {
             arrival,
             index: 0,
             next_poisson: 0.0,
+            fixed: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         };
-        if arrival == Arrival::Poisson {
-            s.next_poisson = s.draw_gap();
+        match (arrival, window) {
+            (Arrival::PoissonExact, Some(w)) => {
+                use rand::RngExt;
+                let n = (qps * w.as_secs_f64()).round().max(1.0) as usize;
+                let span = w.as_secs_f64();
+                let mut v: Vec<f64> = (0..n).map(|_| s.rng.random::<f64>() * span).collect();
+                v.sort_by(f64::total_cmp);
+                s.fixed = v;
+            }
+            // Without a window there is no count to fix: plain Poisson.
+            (Arrival::PoissonExact, None) => {
+                s.arrival = Arrival::Poisson;
+                s.next_poisson = s.draw_gap();
+            }
+            (Arrival::Poisson, _) => s.next_poisson = s.draw_gap(),
+            (Arrival::Constant, _) => {}
         }
         s
     }
@@ -102,6 +126,10 @@ impl Iterator for Schedule {
                     return None;
                 }
                 Duration::from_secs_f64(self.index as f64 / self.qps)
+            }
+            Arrival::PoissonExact => {
+                let at = *self.fixed.get(self.index as usize)?;
+                Duration::from_secs_f64(at)
             }
             Arrival::Poisson => {
                 let at = Duration::from_secs_f64(self.next_poisson);
@@ -166,6 +194,32 @@ mod tests {
         let mut s = Schedule::new(1000.0, None, Arrival::Constant, 0);
         let at = s.nth(3_600_000).unwrap();
         assert_eq!(at, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn poisson_exact_sends_exactly_its_rate_and_is_bursty() {
+        for (qps, secs) in [(8.0, 4.0), (0.5, 5.0), (25.0, 30.0), (0.1, 3.0)] {
+            let w = Duration::from_secs_f64(secs);
+            let a: Vec<_> = Schedule::new(qps, Some(w), Arrival::PoissonExact, 3).collect();
+            let b: Vec<_> = Schedule::new(qps, Some(w), Arrival::PoissonExact, 3).collect();
+            assert_eq!(a, b, "seeded");
+            let want = ((qps * secs).round() as usize).max(1);
+            assert_eq!(a.len(), want, "{qps} x {secs}");
+            assert!(a.windows(2).all(|p| p[0] <= p[1]));
+            assert!(a.iter().all(|&t| t < w));
+        }
+        // Gaps of uniform order statistics are nearly exponential: CV ~ 1.
+        let a: Vec<f64> = Schedule::new(100.0, Some(ms(100_000)), Arrival::PoissonExact, 5)
+            .map(|d| d.as_secs_f64())
+            .collect();
+        let gaps: Vec<f64> = a.windows(2).map(|p| p[1] - p[0]).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+        assert!((sd / mean - 1.0).abs() < 0.05, "cv {}", sd / mean);
+        // Without a window it is plain Poisson.
+        let mut s = Schedule::new(10.0, None, Arrival::PoissonExact, 1);
+        assert!(s.nth(1000).is_some());
+        assert_eq!("poisson-exact".parse::<Arrival>().unwrap(), Arrival::PoissonExact);
     }
 
     #[test]

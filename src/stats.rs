@@ -8,6 +8,9 @@
 
 use crate::chunk::FinishReason;
 use crate::record::{ErrorKind, RequestRecord, TokenSource};
+use crate::slo::SloTarget;
+use crate::stability::{Stability, Window};
+use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,6 +71,101 @@ pub struct LevelStats {
     pub usage_chunk_mismatch: u64,
     /// Latest completion, as an offset from level start.
     pub last_done_at: Duration,
+    /// The SLO requests are judged against, if any.
+    pub slo: Option<Arc<SloTarget>>,
+    /// Requests that succeeded and met every SLO threshold.
+    pub good: u64,
+    /// Requests that were not good (failed, dropped or too slow): the
+    /// early-stop count of a capacity probe.
+    pub bad: u64,
+    /// Backlog and TTFT per time window, for the stability check.
+    pub timeline: Option<Timeline>,
+}
+
+/// Most windows a timeline keeps: a level is judged on about
+/// [`TIMELINE_WINDOWS`] of them, and later sends past the cap are not
+/// tracked (soaks have none).
+pub const TIMELINE_WINDOWS: usize = 20;
+const TIMELINE_CAP: usize = 4 * TIMELINE_WINDOWS;
+
+/// Per-window sums by scheduled send time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeline {
+    pub window: Duration,
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Bucket {
+    pub sends: u32,
+    pub in_flight_sum: u64,
+    pub ttft_n: u32,
+    pub ttft_sum_us: u64,
+}
+
+impl Timeline {
+    /// About [`TIMELINE_WINDOWS`] windows over `duration`, none shorter
+    /// than 200 ms.
+    pub fn for_duration(duration: Duration) -> Self {
+        let window = (duration / TIMELINE_WINDOWS as u32).max(Duration::from_millis(200));
+        Self {
+            window,
+            buckets: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, r: &RequestRecord) {
+        let i = (r.scheduled_at.as_nanos() / self.window.as_nanos().max(1)) as usize;
+        if i >= TIMELINE_CAP {
+            return;
+        }
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, Bucket::default());
+        }
+        let b = &mut self.buckets[i];
+        b.sends += 1;
+        b.in_flight_sum += r.in_flight_at_send as u64;
+        if r.is_ok()
+            && let Some(t) = r.ttft()
+        {
+            b.ttft_n += 1;
+            b.ttft_sum_us += micros(t);
+        }
+    }
+
+    fn merge(&mut self, o: &Timeline) {
+        if o.window != self.window {
+            return;
+        }
+        if self.buckets.len() < o.buckets.len() {
+            self.buckets.resize(o.buckets.len(), Bucket::default());
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            a.sends += b.sends;
+            a.in_flight_sum += b.in_flight_sum;
+            a.ttft_n += b.ttft_n;
+            a.ttft_sum_us += b.ttft_sum_us;
+        }
+    }
+
+    /// The windows the stability check reads.
+    pub fn windows(&self) -> Vec<Window> {
+        let w = self.window.as_secs_f64();
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Window {
+                t: (i as f64 + 0.5) * w,
+                sends: b.sends,
+                in_flight: if b.sends > 0 {
+                    b.in_flight_sum as f64 / b.sends as f64
+                } else {
+                    0.0
+                },
+                ttft: (b.ttft_n > 0).then(|| b.ttft_sum_us as f64 / b.ttft_n as f64 * 1e-6),
+            })
+            .collect()
+    }
 }
 
 impl Default for LevelStats {
@@ -103,6 +201,10 @@ impl LevelStats {
             setup_us_total: 0,
             ttft_us_total: 0,
             output_tokens_total: 0,
+            slo: None,
+            good: 0,
+            bad: 0,
+            timeline: None,
             input_tokens_total: 0,
             input_tokens_reported: 0,
             usage_reported: 0,
@@ -111,12 +213,29 @@ impl LevelStats {
         }
     }
 
+    /// Track backlog and TTFT per window over a level of `duration`.
+    pub fn start_timeline(&mut self, duration: Duration) {
+        if self.timeline.is_none() {
+            self.timeline = Some(Timeline::for_duration(duration));
+        }
+    }
+
     /// Add one finished (or dropped) request.
     pub fn record(&mut self, r: &RequestRecord) {
+        if let Some(slo) = &self.slo {
+            if slo.slo.is_good(r) {
+                self.good += 1;
+            } else {
+                self.bad += 1;
+            }
+        }
         if r.outcome == Err(ErrorKind::Dropped) {
             self.dropped += 1;
             *self.errors.entry(ErrorKind::Dropped).or_default() += 1;
             return;
+        }
+        if let Some(t) = &mut self.timeline {
+            t.record(r);
         }
         self.sent += 1;
         self.last_done_at = self.last_done_at.max(r.done_at);
@@ -223,6 +342,13 @@ impl LevelStats {
         self.usage_reported += o.usage_reported;
         self.usage_chunk_mismatch += o.usage_chunk_mismatch;
         self.last_done_at = self.last_done_at.max(o.last_done_at);
+        self.good += o.good;
+        self.bad += o.bad;
+        match (&mut self.timeline, &o.timeline) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.timeline = Some(b.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -400,7 +526,40 @@ pub struct LevelResult {
     /// largely connection set-up (a connect storm), not the model.
     #[serde(default)]
     pub connection_bound: bool,
+    /// Whether the backlog grew through the level, with the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability: Option<Stability>,
+    /// With an SLO: good requests (succeeded within every threshold) per
+    /// second of the send window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<f64>,
+    /// With an SLO: good requests ÷ scheduled requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
+    /// With an SLO: attainment reached the target and the level was
+    /// stable (an unstable level fails its SLO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_met: Option<bool>,
+    /// With a capacity search: what this level was to the search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeInfo>,
     pub histograms: SerializedHistograms,
+}
+
+/// A level's role in a capacity search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    /// 1-based, in the order run.
+    pub index: usize,
+    /// `grow`, `bisect` or `confirm`.
+    pub phase: String,
+    /// `pass` or `fail`.
+    pub verdict: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Ended before its planned duration because it could no longer pass.
+    pub stopped_early: bool,
 }
 
 /// What a level was asked to do and how long it took.
@@ -472,6 +631,10 @@ impl LevelResult {
         };
         let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
         let client_bound = client_bound_reason(s, &t);
+        let stability = s
+            .timeline
+            .as_ref()
+            .map(|tl| crate::stability::judge(&tl.windows()));
         let setup_share = if s.ttft_us_total > 0 {
             round(s.setup_us_total as f64 / s.ttft_us_total as f64, 4)
         } else {
@@ -531,6 +694,20 @@ impl LevelResult {
             connect: Dist::from_histogram(&s.connect, 1e-6, 6),
             connection_setup_share: setup_share,
             connection_bound: setup_share > SETUP_BOUND_SHARE,
+            stability: stability.clone(),
+            goodput: s.slo.as_ref().map(|_| per_sec(s.good)),
+            slo_attainment: s.slo.as_ref().map(|_| {
+                if scheduled == 0 {
+                    0.0
+                } else {
+                    round(s.good as f64 / scheduled as f64, 5)
+                }
+            }),
+            slo_met: s.slo.as_ref().map(|slo| {
+                let attained = scheduled > 0 && s.good as f64 >= slo.attainment * scheduled as f64 - 1e-9;
+                attained && stability.as_ref().is_none_or(|st| st.stable)
+            }),
+            probe: None,
             finish_reasons: s
                 .finish_reasons
                 .iter()

@@ -116,6 +116,14 @@ impl LevelRun {
         }
     }
 
+    /// A level whose requests are judged against `slo` (goodput,
+    /// attainment, early stop).
+    pub fn with_slo(slo: Option<Arc<crate::slo::SloTarget>>) -> Self {
+        let run = Self::new();
+        lock(&run.stats).slo = slo;
+        run
+    }
+
     /// A copy of the numbers so far.
     pub fn snapshot(&self) -> LevelStats {
         lock(&self.stats).clone()
@@ -150,6 +158,9 @@ impl Engine {
     ) -> LevelOutcome {
         let idle = Arc::new(Notify::new());
         let handle = tokio::runtime::Handle::current();
+        if let Some(d) = spec.duration {
+            lock(&run.stats).start_timeline(d);
+        }
         // A little lead so the first send is not late because of set-up.
         let start = Instant::now() + Duration::from_millis(2);
         let ctx = Arc::new(TaskCtx {
@@ -287,9 +298,9 @@ fn pace(
                 .request_done(&spec, ctx.start.into_std(), &rec, None);
             continue;
         }
-        ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel);
+        let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let task_ctx = ctx.clone();
-        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at).await });
+        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open).await });
     }
     (last, false)
 }
@@ -297,15 +308,22 @@ fn pace(
 /// One request, from spawn to books. Whatever happens inside (a panic in
 /// the client or an observer included), the request is counted exactly
 /// once and `in_flight` goes down, so the level ends on time.
-async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
+async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration, open: usize) {
     let _in_flight = InFlight(&ctx);
     let mut counted = false;
-    let run = std::panic::AssertUnwindSafe(run_request(&ctx, seq, scheduled_at, &mut counted));
+    let run = std::panic::AssertUnwindSafe(run_request(
+        &ctx,
+        seq,
+        scheduled_at,
+        open,
+        &mut counted,
+    ));
     if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
         report_panic(&*panic);
         if !counted {
             let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
             rec.done_at = Instant::now() - ctx.start;
+            rec.in_flight_at_send = open as u32;
             rec.outcome = Err(ErrorKind::Internal);
             count(&ctx, &rec);
             // Metrics, requests.jsonl and traces count it too.
@@ -317,9 +335,16 @@ async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration) {
     }
 }
 
-async fn run_request(ctx: &TaskCtx, seq: u64, scheduled_at: Duration, counted: &mut bool) {
+async fn run_request(
+    ctx: &TaskCtx,
+    seq: u64,
+    scheduled_at: Duration,
+    open: usize,
+    counted: &mut bool,
+) {
     let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
+    rec.in_flight_at_send = open.min(u32::MAX as usize) as u32;
     let base = ctx.start.into_std();
     let hook = ctx.observer.request_start(&ctx.spec, base, &rec);
     let header = hook.as_ref().and_then(|h| h.header.clone());

@@ -5,7 +5,9 @@
 //! 10 wide) and error lines exactly. Everything we add (saturation
 //! analysis, client-bound warnings, token-count notes) comes after it.
 
+use crate::results::CapacitySummary;
 use crate::saturation::{Analysis, fmt_qps};
+use crate::slo::SloTarget;
 use crate::stats::LevelResult;
 use std::fmt::Write;
 
@@ -158,6 +160,82 @@ fn pick(l: &LevelResult, m: Metric, p: f64) -> f64 {
     crate::stats::decode(enc)
         .map(|h| h.value_at_quantile(p / 100.0) as f64 * scale)
         .unwrap_or(0.0)
+}
+
+/// With `--slo`: goodput, attainment and stability per level.
+pub fn render_slo(levels: &[LevelResult], slo: &SloTarget) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nSLO {} ({}% of scheduled requests)",
+        slo.slo,
+        fmt_qps(slo.attainment * 100.0)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>10} {:>11} {:>8} {:>8}",
+        "QPS", "Goodput", "Attainment", "SLO met", "Stable"
+    );
+    for l in levels {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>10.2} {:>10.2}% {:>8} {:>8}",
+            fmt_qps(l.qps_target),
+            l.goodput.unwrap_or(0.0),
+            l.slo_attainment.unwrap_or(0.0) * 100.0,
+            if l.slo_met == Some(true) { "yes" } else { "NO" },
+            stable_word(l)
+        );
+    }
+    out
+}
+
+fn stable_word(l: &LevelResult) -> &'static str {
+    match &l.stability {
+        Some(s) if !s.stable => "NO",
+        Some(s) if s.windows >= crate::stability::MIN_WINDOWS => "yes",
+        Some(_) => "short",
+        None => "-",
+    }
+}
+
+/// A capacity search: one row per probe, then the answer.
+pub fn render_capacity(c: &CapacitySummary) -> String {
+    let mut out = String::new();
+    let rule = "=".repeat(80);
+    let _ = writeln!(
+        out,
+        "{rule}\nCAPACITY UNDER SLO {} ({}% of scheduled requests)\n{rule}",
+        c.slo,
+        fmt_qps(c.attainment * 100.0)
+    );
+    let _ = writeln!(
+        out,
+        "{:>3} {:<8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>6}",
+        "#", "phase", "rate", "achieved", "goodput", "attain%", "TTFT p95", "TPOT p95", "stable", "verdict", "early"
+    );
+    for p in &c.probes {
+        let _ = writeln!(
+            out,
+            "{:>3} {:<8} {:>9} {:>9.2} {:>9.2} {:>8.2} {:>8.3}s {:>8.3}s {:>7} {:>8} {:>6}",
+            p.index,
+            p.phase,
+            fmt_qps(p.qps),
+            p.achieved_qps,
+            p.goodput,
+            p.slo_attainment * 100.0,
+            p.ttft_p95,
+            p.tpot_p95,
+            if p.stable { "yes" } else { "NO" },
+            p.verdict,
+            if p.stopped_early { "yes" } else { "" }
+        );
+        if !p.reason.is_empty() {
+            let _ = writeln!(out, "      {}", p.reason);
+        }
+    }
+    let _ = writeln!(out, "\n{}", c.message);
+    out
 }
 
 #[cfg(test)]

@@ -761,6 +761,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         duration: Duration::from_secs(1),
         arrival: llmload::schedule::Arrival::Constant,
         seed: 0,
+        slo: None,
     };
     let out = Outputs {
         dir: dir.clone(),

@@ -38,7 +38,11 @@ pub fn capacity_report(cfg: &crate::mock::MockConfig, input: u32, max_tokens: u3
     let json = serde_json::json!({
         "capacity_rps": (rps * 1000.0).round() / 1000.0,
         "slots": c.slots,
-        "queue": c.queue,
+        "queue": if c.queue == crate::mock::capacity::UNBOUNDED {
+            serde_json::Value::from("unbounded")
+        } else {
+            serde_json::Value::from(c.queue)
+        },
         "input_tokens": input,
         "mean_output_tokens": out,
         "service_time_full_batch_s": service.as_secs_f64(),

@@ -1,11 +1,13 @@
 //! The subcommands: thin glue from parsed flags to the library.
 
 pub mod alert_rules;
+pub mod capacity;
 pub mod daemon;
 pub mod mock;
 pub mod plot;
 pub mod run;
 pub mod selftest;
+pub mod setup;
 
 use crate::cli::{Cli, Command};
 
@@ -13,6 +15,7 @@ use crate::cli::{Cli, Command};
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(*args).await,
+        Command::Capacity(args) => capacity::capacity(*args).await,
         Command::Mock(args) => mock::mock(*args).await,
         Command::Daemon(args) => daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),

@@ -384,6 +384,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         duration: job.duration.unwrap_or(Duration::from_secs(60)),
         arrival: job.arrival,
         seed: job.seed,
+        slo: None,
     };
     let hooks = DaemonHooks {
         state,

@@ -16,9 +16,13 @@
 
 use std::time::Duration;
 
+/// `--queue unbounded`: a server that queues everything and never refuses.
+pub const UNBOUNDED: usize = usize::MAX;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapacityModel {
     pub slots: usize,
+    /// Requests that may wait; [`UNBOUNDED`] never refuses.
     pub queue: usize,
     pub ttft: Duration,
     pub prefill_per_token: Duration,

@@ -100,7 +100,7 @@ pub struct Occupancy {
 impl Occupancy {
     /// Take a place in the queue, or `None` when slots and queue are full.
     pub fn admit(st: &Arc<MockState>) -> Option<Self> {
-        let limit = st.cfg.capacity.slots + st.cfg.capacity.queue;
+        let limit = st.cfg.capacity.slots.saturating_add(st.cfg.capacity.queue);
         st.in_system
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)

@@ -1,0 +1,196 @@
+//! Capacity under an SLO, found by search against mocks of known capacity:
+//! queueing servers that never refuse (as vLLM, TGI and llama.cpp's server
+//! behave) and one that rejects with 503. Short probes keep the suite
+//! quick; the closing note has the default-length figures.
+
+mod common;
+
+use common::*;
+use llmload::capacity::{self, CapacityHooks, CapacityPlan};
+use llmload::mock::capacity::{CapacityModel, UNBOUNDED};
+use llmload::mock::{MockConfig, OutputTokens};
+use llmload::results::{Metadata, RunDir, RunInfo};
+use llmload::runner::{NoHooks, Outputs, RunWriter};
+use llmload::schedule::Arrival;
+use llmload::search::{Outcome, SearchConfig};
+use llmload::slo::{Slo, SloTarget};
+use llmload::sweep::Engine;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+impl CapacityHooks for Quiet {}
+struct Quiet;
+impl llmload::runner::SweepHooks for Quiet {}
+
+/// A mock of capacity `slots / (ttft + 59 × tpot)` requests/s (60 output
+/// tokens, no prefill cost, no batch slow-down: the formula is exact).
+fn mock_cfg(slots: usize, ttft_ms: u64, tpot_us: u64, queue: usize) -> MockConfig {
+    MockConfig {
+        capacity: CapacityModel {
+            slots,
+            queue,
+            ttft: Duration::from_millis(ttft_ms),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_micros(tpot_us),
+            tpot_growth: 0.0,
+        },
+        output_tokens: Some(OutputTokens::Cap(60)),
+        ..MockConfig::default()
+    }
+}
+
+fn engine(url: &str) -> Engine {
+    let _ = NoHooks;
+    let target = llmload::target::Target::new(url, "m");
+    let convs = llmload::dataset::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json"),
+    )
+    .unwrap();
+    Engine {
+        client: Arc::new(target.build_client(false).unwrap()),
+        requests: Arc::new(llmload::request::prepare_all(&convs, &target.body_params())),
+        max_in_flight: 20_000,
+        observer: Arc::new(llmload::sweep::NoObserver),
+    }
+}
+
+/// One search with short probes (`probe` long, the confirmation 3×);
+/// returns the report.
+async fn search(url: &str, min: f64, max: f64, probe: Duration) -> capacity::CapacityReport {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path(), "cap").unwrap();
+    let plan = CapacityPlan {
+        slo: Arc::new(SloTarget {
+            slo: Slo::parse(&["ttft<=2s"]).unwrap(),
+            attainment: 0.99,
+        }),
+        // A coarser bracket than the default 5 % keeps the suite quick;
+        // the accuracy asked of the answer is unchanged.
+        search: SearchConfig {
+            min_qps: min,
+            max_qps: max,
+            precision: 0.08,
+        },
+        // The confirmation is what resolves a few percent of overload
+        // (see the stability module): three probes long here, two by
+        // default.
+        probe_duration: probe,
+        confirm_duration: probe * 3,
+        arrival: Arrival::Poisson,
+        seed: 1,
+    };
+    let target = llmload::target::Target::new(url, "m");
+    let meta = Metadata::new(&RunInfo {
+        target: &target,
+        dataset: "d",
+        qps: &[],
+        duration: Some(plan.probe_duration),
+        arrival: plan.arrival,
+        seed: 1,
+        run_id: "cap".into(),
+        percentiles: &[50.0],
+        now: chrono::Local::now(),
+        job: None,
+        kind: "capacity",
+    });
+    let mut w = RunWriter::start(
+        Outputs {
+            dir: dir.clone(),
+            results_file: "benchmark_qps_results.json".into(),
+            plot_file: Some("benchmark_qps.png".into()),
+            plot_title: "capacity".into(),
+        },
+        meta,
+    );
+    let e = engine(url);
+    let t = CancellationToken::new();
+    let r = capacity::search(&e, &plan, &mut w, &Quiet, &t, &t).await;
+    // The directory is a sweep's, with one level per probe.
+    let levels = read_json(&dir.file("benchmark_qps_results.json"));
+    assert_eq!(levels.as_array().unwrap().len(), r.probes.len());
+    let summary = read_json(&dir.file("summary.json"));
+    assert_eq!(summary["capacity"]["probes"].as_array().unwrap().len(), r.probes.len());
+    assert_eq!(png_size(&dir.file("benchmark_qps.png")), (3200, 1200));
+    r
+}
+
+fn found(r: &capacity::CapacityReport) -> (f64, [f64; 2]) {
+    match r.outcome {
+        Some(Outcome::Found { qps, bracket }) => (qps, bracket),
+        other => panic!("no capacity found: {other:?}\n{:#?}", r.probes),
+    }
+}
+
+/// Search a mock of `slots / (ttft + 59 × tpot)` req/s; the capacity
+/// found must lie within [0.85 C, 1.05 C]. A slow server needs longer
+/// probes to show a growing backlog (a probe must carry enough requests:
+/// see the stability module), so `probe` is set per case.
+async fn case(slots: usize, ttft: u64, tpot: u64, queue: usize, min: f64, probe: u64) {
+    let cfg = mock_cfg(slots, ttft, tpot, queue);
+    let c = cfg.capacity.capacity_rps(1, 60);
+    let mock = start_mock(cfg).await;
+    let t0 = std::time::Instant::now();
+    let r = search(&mock.chat_url(), min, 1000.0, Duration::from_secs(probe)).await;
+    let (qps, bracket) = found(&r);
+    eprintln!(
+        "C {c:.1} (queue {}): found {qps} in [{}, {}], {} probes, {:.0}s",
+        if queue == UNBOUNDED { "unbounded".into() } else { queue.to_string() },
+        bracket[0],
+        bracket[1],
+        r.probes.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        qps >= 0.85 * c && qps <= 1.05 * c,
+        "C {c}: found {qps}\n{:#?}",
+        r.probes
+    );
+    mock.shutdown().await;
+}
+
+/// Four servers, searched at once (each has its own mock and client; the
+/// rates are small for this machine): queueing servers of C = 5, 25 and
+/// 120 req/s that never refuse, and one of C = 25 that refuses past a
+/// queue of 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_the_capacity_of_queueing_and_rejecting_servers() {
+    let _serial = serial();
+    tokio::join!(
+        case(2, 105, 5_000, UNBOUNDED, 2.0, 10),
+        case(5, 52, 2_500, UNBOUNDED, 8.0, 6),
+        case(12, 41, 1_000, UNBOUNDED, 32.0, 4),
+        case(5, 52, 2_500, 32, 8.0, 6),
+    );
+}
+
+/// Out of range both ways: the answer says so instead of a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_below_or_above_the_range_is_said_so() {
+    let _serial = serial();
+    let mock = start_mock(mock_cfg(2, 105, 5_000, UNBOUNDED)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let run = |min: &str, max: &str| {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(["capacity", "--endpoint", &mock.chat_url(), "--model", "m"])
+            .arg("--dataset")
+            .arg(&dataset)
+            .args(["--slo", "ttft<=2s", "--min-qps", min, "--max-qps", max])
+            .args(["--probe-duration", "3s", "--confirm-duration", "3s"])
+            .arg("--results-dir")
+            .arg(tmp.path().join("r"));
+        cmd
+    };
+    // C = 5: 40 req/s is far past it.
+    let out = run("40", "1000").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("capacity lies below the range"), "{stdout}");
+    // And 1..2 req/s is far below it.
+    let out = run("1", "2").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("capacity lies above the range"), "{stdout}");
+    mock.shutdown().await;
+}
