@@ -55,7 +55,9 @@ const COOLDOWN_MAX: Duration = Duration::from_secs(60);
 impl CapacityPlan {
     pub fn probe_length(&self, phase: Phase) -> Duration {
         match phase {
-            Phase::Grow => (self.probe_duration / GROW_SHARE).max(MIN_GROW_PROBE.min(self.probe_duration)),
+            Phase::Grow => {
+                (self.probe_duration / GROW_SHARE).max(MIN_GROW_PROBE.min(self.probe_duration))
+            }
             Phase::Bisect => self.probe_duration,
             Phase::Confirm => self.confirm_duration,
         }
@@ -232,10 +234,7 @@ pub async fn search(
                 r.interrupted = false; // stopped by the search, not the user
             }
         }
-        let passed = !stopped_early
-            && !user_stopped
-            && r.slo_met == Some(true)
-            && !r.client_bound;
+        let passed = !stopped_early && !user_stopped && r.slo_met == Some(true) && !r.client_bound;
         let reason = if passed || user_stopped {
             String::new()
         } else {
@@ -265,7 +264,11 @@ pub async fn search(
             index: index + 1,
             qps,
             phase: phase.as_str().into(),
-            verdict: r.probe.as_ref().map(|p| p.verdict.clone()).unwrap_or_default(),
+            verdict: r
+                .probe
+                .as_ref()
+                .map(|p| p.verdict.clone())
+                .unwrap_or_default(),
             reason,
             stopped_early,
             achieved_qps: r.actual_qps,

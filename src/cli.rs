@@ -89,7 +89,9 @@ fn parse_queue(s: &str) -> Result<usize, String> {
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("'{s}' must be a rate above 0 (requests per second)")),
+        _ => Err(format!(
+            "'{s}' must be a rate above 0 (requests per second)"
+        )),
     }
 }
 

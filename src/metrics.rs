@@ -78,6 +78,11 @@ pub struct Metrics {
     pub level_e2e_p95: GaugeVec,
     pub last_success: GaugeVec,
     pub last_duration: GaugeVec,
+    pub slo_capacity: GaugeVec,
+    pub slo_capacity_low: GaugeVec,
+    pub slo_capacity_high: GaugeVec,
+    pub goodput: GaugeVec,
+    pub level_slo_attainment: GaugeVec,
     pub up: IntGauge,
     pub start_time: Gauge,
     pub job_running: IntGaugeVec,
@@ -257,6 +262,31 @@ impl Metrics {
                 "Wall time of the last complete sweep.",
                 &["target", "job"],
             ),
+            slo_capacity: gauge(
+                "capacity_qps_under_slo",
+                "Last capacity search: requests/s held under the job's SLO (0 if even min_qps failed; max_qps if it still passed).",
+                BASE,
+            ),
+            slo_capacity_low: gauge(
+                "capacity_qps_under_slo_low",
+                "Last capacity search: the bracket's low end (last pass).",
+                BASE,
+            ),
+            slo_capacity_high: gauge(
+                "capacity_qps_under_slo_high",
+                "Last capacity search: the bracket's high end (first fail).",
+                BASE,
+            ),
+            goodput: gauge(
+                "goodput_qps",
+                "Requests/s that succeeded within the job's SLO, over the last 5 s (jobs with an SLO).",
+                BASE,
+            ),
+            level_slo_attainment: gauge(
+                "level_slo_attainment",
+                "Share of the level's scheduled requests that met the SLO (0..1), per level of the last run with an SLO.",
+                lvl,
+            ),
             up: IntGauge::new("daemon_up", "1 while the daemon runs.").expect("valid gauge"),
             start_time: Gauge::new("daemon_start_time_seconds", "Unix time the daemon started.")
                 .expect("valid gauge"),
@@ -304,6 +334,11 @@ impl Metrics {
             Box::new(m.level_e2e_p95.clone()),
             Box::new(m.last_success.clone()),
             Box::new(m.last_duration.clone()),
+            Box::new(m.slo_capacity.clone()),
+            Box::new(m.slo_capacity_low.clone()),
+            Box::new(m.slo_capacity_high.clone()),
+            Box::new(m.goodput.clone()),
+            Box::new(m.level_slo_attainment.clone()),
             Box::new(m.up.clone()),
             Box::new(m.start_time.clone()),
             Box::new(m.job_running.clone()),
@@ -348,6 +383,7 @@ impl Metrics {
             stale_retries: self.stale_retries.with_label_values(&l),
             in_flight: self.in_flight.with_label_values(&l),
             target_qps: self.target_qps.with_label_values(&l),
+            goodput: self.goodput.with_label_values(&l),
             achieved_qps: self.achieved_qps.with_label_values(&l),
             errors: self.errors.clone(),
         }
@@ -402,6 +438,52 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Publish a capacity search's answer (the numbers the alert reads).
+    pub fn publish_slo_capacity(
+        &self,
+        labels: [&str; 3],
+        outcome: crate::search::Outcome,
+        search: &crate::search::SearchConfig,
+    ) {
+        use crate::search::Outcome;
+        let (qps, low, high) = match outcome {
+            Outcome::Found { qps, bracket } => (qps, bracket[0], bracket[1]),
+            // Holds nothing in range: 0 is the honest capacity, and alerts
+            // on a drop must fire.
+            Outcome::BelowRange => (0.0, 0.0, search.min_qps),
+            // Holds at least max_qps: a lower bound.
+            Outcome::AboveRange => (search.max_qps, search.max_qps, f64::INFINITY),
+        };
+        self.slo_capacity.with_label_values(&labels).set(qps);
+        self.slo_capacity_low.with_label_values(&labels).set(low);
+        self.slo_capacity_high.with_label_values(&labels).set(high);
+    }
+
+    /// Per-level SLO attainment of a finished run with an SLO.
+    pub fn publish_levels(&self, [target, model, job]: [&str; 3], levels: &[LevelResult]) {
+        for r in levels {
+            if let Some(a) = r.slo_attainment {
+                let level = crate::saturation::fmt_qps(r.qps_target);
+                self.level_slo_attainment
+                    .with_label_values(&[target, model, job, level.as_str()])
+                    .set(a);
+            }
+        }
+    }
+
+    /// A finished run's timestamp and wall time (capacity runs, which do
+    /// not publish the sweep's capacity numbers).
+    pub fn publish_finished(&self, [target, job]: [&str; 2], finished_unix: f64, wall: f64) {
+        self.last_success
+            .with_label_values(&[target, job])
+            .set(finished_unix);
+        self.last_duration
+            .with_label_values(&[target, job])
+            .set(wall);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -430,6 +512,7 @@ pub struct JobMetrics {
     pub in_flight: IntGauge,
     pub target_qps: Gauge,
     pub achieved_qps: Gauge,
+    pub goodput: Gauge,
     errors: IntCounterVec,
 }
 

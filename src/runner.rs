@@ -4,9 +4,9 @@
 
 use crate::results::{RunDir, Summary, summarize};
 use crate::schedule::{Arrival, Schedule};
+use crate::slo::SloTarget;
 use crate::stats::LevelResult;
 use crate::sweep::{Engine, LevelRun, LevelSpec};
-use crate::slo::SloTarget;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -68,8 +68,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
             if l.slo_met == Some(false) {
                 return Some((
                     l,
-                    "first level that missed the SLO (attainment or a growing backlog)"
-                        .to_string(),
+                    "first level that missed the SLO (attainment or a growing backlog)".to_string(),
                 ));
             }
             if l.actual_qps < SATURATED_FRACTION * l.qps_target {
@@ -328,7 +327,12 @@ mod tests {
         // late, and the backlog grows. It must not be "held".
         let mut over = l(40.0, 40.0, 100.0, 6.8);
         over.stable = Some(false);
-        let a = analyze(&[l(5.0, 5.0, 100.0, 0.03), l(10.0, 10.0, 100.0, 0.03), l(20.0, 20.0, 100.0, 0.05), over]);
+        let a = analyze(&[
+            l(5.0, 5.0, 100.0, 0.03),
+            l(10.0, 10.0, 100.0, 0.03),
+            l(20.0, 20.0, 100.0, 0.05),
+            over,
+        ]);
         assert_eq!(a.saturation_qps, Some(40.0));
         assert_eq!(a.max_qps_without_errors, Some(20.0));
         assert_eq!(a.recommended_qps, Some(15.0));
@@ -337,7 +341,11 @@ mod tests {
         quiet.stable = Some(false);
         let a = analyze(&[l(20.0, 20.0, 100.0, 0.05), quiet]);
         assert_eq!(a.saturation_qps, Some(25.0));
-        assert!(a.saturation_reason.contains("backlog grew"), "{}", a.saturation_reason);
+        assert!(
+            a.saturation_reason.contains("backlog grew"),
+            "{}",
+            a.saturation_reason
+        );
         assert_eq!(a.max_qps_without_errors, Some(20.0));
     }
 

@@ -219,7 +219,10 @@ mod tests {
         // Without a window it is plain Poisson.
         let mut s = Schedule::new(10.0, None, Arrival::PoissonExact, 1);
         assert!(s.nth(1000).is_some());
-        assert_eq!("poisson-exact".parse::<Arrival>().unwrap(), Arrival::PoissonExact);
+        assert_eq!(
+            "poisson-exact".parse::<Arrival>().unwrap(),
+            Arrival::PoissonExact
+        );
     }
 
     #[test]

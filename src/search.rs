@@ -127,7 +127,10 @@ impl Search {
                 phase: Phase::Grow,
             },
             Phase::Bisect => {
-                let (lo, hi) = (self.pass.expect("bisect has a pass"), self.fail.expect("and a fail"));
+                let (lo, hi) = (
+                    self.pass.expect("bisect has a pass"),
+                    self.fail.expect("and a fail"),
+                );
                 let mut mid = round3((lo * hi).sqrt());
                 if mid <= lo || mid >= hi {
                     mid = (lo + hi) / 2.0;
@@ -191,9 +194,11 @@ impl Search {
                 // The longer probe knows better: everything from here up
                 // fails. Go back to the highest rate that passed below it.
                 self.passes.retain(|&p| p < qps);
-                let lower = self.passes.iter().copied().fold(None, |m: Option<f64>, p| {
-                    Some(m.map_or(p, |m| m.max(p)))
-                });
+                let lower = self
+                    .passes
+                    .iter()
+                    .copied()
+                    .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
                 match lower {
                     Some(lo) if self.confirm_fails <= MAX_CONFIRM_STEPS => {
                         self.pass = Some(lo);
@@ -259,7 +264,10 @@ mod tests {
             let Outcome::Found { qps, bracket } = o else {
                 panic!("{c}: {o:?}")
             };
-            assert!(qps <= c && qps >= c / 1.05, "{c}: found {qps} via {probes:?}");
+            assert!(
+                qps <= c && qps >= c / 1.05,
+                "{c}: found {qps} via {probes:?}"
+            );
             assert_eq!(bracket[0], qps);
             assert!(bracket[1] <= bracket[0] * 1.05 + 1e-9, "{bracket:?}");
             assert!(probes.len() <= 20, "{c}: {} probes", probes.len());
@@ -272,7 +280,11 @@ mod tests {
         assert_eq!(against(0.2, cfg(), true).0, Outcome::BelowRange);
         let (o, probes) = against(5000.0, cfg(), true);
         assert_eq!(o, Outcome::AboveRange);
-        assert_eq!(probes.last().unwrap().0, 1000.0, "max_qps itself was probed");
+        assert_eq!(
+            probes.last().unwrap().0,
+            1000.0,
+            "max_qps itself was probed"
+        );
     }
 
     #[test]

@@ -70,7 +70,12 @@ impl Slo {
     pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Self, String> {
         let mut out = Slo::default();
         for spec in specs {
-            for part in spec.as_ref().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            for part in spec
+                .as_ref()
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
                 let (name, limit) = part.split_once("<=").ok_or_else(|| {
                     format!("'{part}': expected METRIC<=DURATION, e.g. ttft<=2s or tpot<=100ms")
                 })?;
@@ -131,9 +136,7 @@ impl fmt::Display for Slo {
         let parts: Vec<String> = self
             .thresholds
             .iter()
-            .map(|t| {
-                format!("{}<={}", t.metric.name(), short(t.limit))
-            })
+            .map(|t| format!("{}<={}", t.metric.name(), short(t.limit)))
             .collect();
         f.write_str(&parts.join(","))
     }
@@ -193,7 +196,11 @@ mod tests {
     #[test]
     fn specs_parse_into_thresholds() {
         let s = Slo::parse(&["ttft<=2s", "tpot<=100ms,e2e<=30s", " TTFT <= 1.5s"]).unwrap();
-        assert_eq!(s.limit(Metric::Ttft), Some(Duration::from_millis(1500)), "stricter kept");
+        assert_eq!(
+            s.limit(Metric::Ttft),
+            Some(Duration::from_millis(1500)),
+            "stricter kept"
+        );
         assert_eq!(s.limit(Metric::Tpot), Some(Duration::from_millis(100)));
         assert_eq!(s.limit(Metric::E2e), Some(Duration::from_secs(30)));
         assert_eq!(s.limit(Metric::Ttfc), None);

@@ -10,10 +10,10 @@ use crate::chunk::FinishReason;
 use crate::record::{ErrorKind, RequestRecord, TokenSource};
 use crate::slo::SloTarget;
 use crate::stability::{Stability, Window};
-use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Latencies are recorded in microseconds from 1 µs to 1 hour, 3
@@ -704,7 +704,8 @@ impl LevelResult {
                 }
             }),
             slo_met: s.slo.as_ref().map(|slo| {
-                let attained = scheduled > 0 && s.good as f64 >= slo.attainment * scheduled as f64 - 1e-9;
+                let attained =
+                    scheduled > 0 && s.good as f64 >= slo.attainment * scheduled as f64 - 1e-9;
                 attained && stability.as_ref().is_none_or(|st| st.stable)
             }),
             probe: None,

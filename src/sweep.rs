@@ -48,6 +48,8 @@ pub struct Progress {
     pub scheduled: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// Requests that met the level's SLO (when it has one).
+    pub good: AtomicU64,
     pub in_flight: AtomicUsize,
     /// Set while a soak is paused for a sweep on the same target.
     pub paused: AtomicBool,
@@ -311,13 +313,8 @@ fn pace(
 async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration, open: usize) {
     let _in_flight = InFlight(&ctx);
     let mut counted = false;
-    let run = std::panic::AssertUnwindSafe(run_request(
-        &ctx,
-        seq,
-        scheduled_at,
-        open,
-        &mut counted,
-    ));
+    let run =
+        std::panic::AssertUnwindSafe(run_request(&ctx, seq, scheduled_at, open, &mut counted));
     if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
         report_panic(&*panic);
         if !counted {
@@ -371,7 +368,14 @@ async fn run_request(
 
 /// Add a finished request to the level's stats and progress.
 fn count(ctx: &TaskCtx, rec: &RequestRecord) {
-    lock(&ctx.stats).record(rec);
+    let good = {
+        let mut st = lock(&ctx.stats);
+        st.record(rec);
+        st.slo.as_ref().is_some_and(|s| s.slo.is_good(rec))
+    };
+    if good {
+        ctx.progress.good.fetch_add(1, Ordering::Relaxed);
+    }
     if !rec.is_ok() {
         ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
     }

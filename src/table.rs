@@ -212,7 +212,17 @@ pub fn render_capacity(c: &CapacitySummary) -> String {
     let _ = writeln!(
         out,
         "{:>3} {:<8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>6}",
-        "#", "phase", "rate", "achieved", "goodput", "attain%", "TTFT p95", "TPOT p95", "stable", "verdict", "early"
+        "#",
+        "phase",
+        "rate",
+        "achieved",
+        "goodput",
+        "attain%",
+        "TTFT p95",
+        "TPOT p95",
+        "stable",
+        "verdict",
+        "early"
     );
     for p in &c.probes {
         let _ = writeln!(

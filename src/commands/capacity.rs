@@ -80,7 +80,15 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
     let console = Console(ConsoleHooks::new(
         session.telemetry.clone().zip(session.sweep_span.clone()),
     ));
-    let report = capacity::search(&session.engine, &plan, &mut writer, &console, &stop, &cancel).await;
+    let report = capacity::search(
+        &session.engine,
+        &plan,
+        &mut writer,
+        &console,
+        &stop,
+        &cancel,
+    )
+    .await;
     signals.abort();
     if let Some(c) = &report.summary.capacity {
         crate::out!("\n{}", crate::table::render_capacity(c));

@@ -75,8 +75,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         session.dir.path.display()
     );
     let console = ConsoleHooks::new(session.telemetry.clone().zip(session.sweep_span.clone()));
-    let report =
-        runner::execute(&session.engine, &plan, &mut writer, &console, &stop, &cancel).await;
+    let report = runner::execute(
+        &session.engine,
+        &plan,
+        &mut writer,
+        &console,
+        &stop,
+        &cancel,
+    )
+    .await;
     signals.abort();
 
     crate::out!(

@@ -93,8 +93,10 @@ pub struct RawJob {
     pub name: String,
     pub target: String,
     pub kind: String,
-    pub qps: QpsValue,
-    pub duration: DurationValue,
+    /// Sweeps and soaks: the rate(s). Capacity jobs search instead.
+    pub qps: Option<QpsValue>,
+    /// Sweeps: per level; soaks: the whole soak.
+    pub duration: Option<DurationValue>,
     pub schedule: String,
     /// IANA zone for cron schedules (default UTC).
     pub timezone: Option<String>,
@@ -106,6 +108,16 @@ pub struct RawJob {
     pub plot: Option<bool>,
     /// Also write requests.jsonl, a line per request (default false).
     pub record_requests: Option<bool>,
+    /// Judge requests against this SLO (sweeps: goodput and attainment
+    /// per level; capacity jobs: required).
+    pub slo: Option<Vec<String>>,
+    pub slo_attainment: Option<f64>,
+    /// Capacity jobs: the search range, precision and probe lengths.
+    pub min_qps: Option<f64>,
+    pub max_qps: Option<f64>,
+    pub precision: Option<f64>,
+    pub probe_duration: Option<DurationValue>,
+    pub confirm_duration: Option<DurationValue>,
 }
 
 /// A validated configuration.
@@ -145,6 +157,8 @@ impl Target {
 pub enum JobKind {
     Sweep,
     Soak,
+    /// Search the highest rate the target holds under an SLO.
+    Capacity,
 }
 
 impl JobKind {
@@ -152,6 +166,7 @@ impl JobKind {
         match self {
             Self::Sweep => "sweep",
             Self::Soak => "soak",
+            Self::Capacity => "capacity",
         }
     }
 }
@@ -170,6 +185,18 @@ pub struct Job {
     pub snapshot_every: Duration,
     pub plot: bool,
     pub record_requests: bool,
+    /// The SLO requests are judged against, if any.
+    pub slo: Option<std::sync::Arc<crate::slo::SloTarget>>,
+    /// Capacity jobs: what to search and how.
+    pub capacity: Option<CapacityJob>,
+}
+
+/// A `kind = "capacity"` job's search.
+#[derive(Debug, Clone)]
+pub struct CapacityJob {
+    pub search: crate::search::SearchConfig,
+    pub probe_duration: Duration,
+    pub confirm_duration: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -471,19 +498,31 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         let kind = match j.kind.as_str() {
             "sweep" => JobKind::Sweep,
             "soak" => JobKind::Soak,
+            "capacity" => JobKind::Capacity,
             other => {
                 err(
                     &key("kind"),
-                    format!("'{other}' must be \"sweep\" or \"soak\""),
+                    format!("'{other}' must be \"sweep\", \"soak\" or \"capacity\""),
                 );
                 JobKind::Sweep
             }
         };
-        let qps = match &j.qps {
-            QpsValue::One(q) => vec![*q],
-            QpsValue::Many(v) => v.clone(),
+        let qps = match (&j.qps, kind) {
+            (Some(QpsValue::One(q)), _) => vec![*q],
+            (Some(QpsValue::Many(v)), _) => v.clone(),
+            (None, JobKind::Capacity) => Vec::new(),
+            (None, _) => {
+                err(&key("qps"), "missing: the rate(s) to send".into());
+                Vec::new()
+            }
         };
-        if qps.is_empty() {
+        if kind == JobKind::Capacity && j.qps.is_some() {
+            err(
+                &key("qps"),
+                "a capacity job searches its rates: use min_qps and max_qps".into(),
+            );
+        }
+        if kind != JobKind::Capacity && qps.is_empty() && j.qps.is_some() {
             err(&key("qps"), "give at least one rate".into());
         }
         for q in &qps {
@@ -497,24 +536,129 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
                 "a soak runs one rate: give a single number".into(),
             );
         }
-        let duration = match duration_of(&j.duration) {
-            Ok(None) if kind == JobKind::Sweep => {
+        let duration = match (&j.duration, kind) {
+            (None, JobKind::Capacity) => None,
+            (None, _) => {
+                err(&key("duration"), "missing: how long to send".into());
+                None
+            }
+            (Some(_), JobKind::Capacity) => {
                 err(
                     &key("duration"),
-                    "'forever' is only allowed for kind = \"soak\"".into(),
+                    "a capacity job's probes use probe_duration and confirm_duration".into(),
                 );
                 None
             }
-            Ok(Some(d)) if d.is_zero() => {
-                err(&key("duration"), "must be longer than zero".into());
-                None
-            }
-            Ok(d) => d,
-            Err(e) => {
-                err(&key("duration"), e);
-                None
-            }
+            (Some(d), _) => match duration_of(d) {
+                Ok(None) if kind == JobKind::Sweep => {
+                    err(
+                        &key("duration"),
+                        "'forever' is only allowed for kind = \"soak\"".into(),
+                    );
+                    None
+                }
+                Ok(Some(d)) if d.is_zero() => {
+                    err(&key("duration"), "must be longer than zero".into());
+                    None
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    err(&key("duration"), e);
+                    None
+                }
+            },
         };
+        let attainment = match j.slo_attainment {
+            None => crate::slo::DEFAULT_ATTAINMENT,
+            Some(a) => crate::slo::SloTarget::validate_attainment(a).unwrap_or_else(|e| {
+                err(&key("slo_attainment"), e);
+                crate::slo::DEFAULT_ATTAINMENT
+            }),
+        };
+        let slo = match &j.slo {
+            None => None,
+            Some(specs) => match crate::slo::Slo::parse(specs) {
+                Ok(slo) => Some(std::sync::Arc::new(crate::slo::SloTarget {
+                    slo,
+                    attainment,
+                })),
+                Err(e) => {
+                    err(&key("slo"), e);
+                    None
+                }
+            },
+        };
+        if kind == JobKind::Capacity && j.slo.is_none() {
+            err(
+                &key("slo"),
+                "a capacity job needs an SLO, e.g. slo = [\"ttft<=2s\"]".into(),
+            );
+        }
+        if kind == JobKind::Soak && j.slo.is_some() {
+            warnings.push(format!(
+                "{file}: {}: soaks are judged by the alert rules, not a job SLO; ignored",
+                key("slo")
+            ));
+        }
+        let capacity_only = [
+            ("min_qps", j.min_qps.is_some()),
+            ("max_qps", j.max_qps.is_some()),
+            ("precision", j.precision.is_some()),
+            ("probe_duration", j.probe_duration.is_some()),
+            ("confirm_duration", j.confirm_duration.is_some()),
+        ];
+        if kind != JobKind::Capacity {
+            for (k, set) in capacity_only {
+                if set {
+                    err(&key(k), "only capacity jobs take it".into());
+                }
+            }
+        }
+        let capacity = (kind == JobKind::Capacity).then(|| {
+            let rate = |k: &str,
+                        v: Option<f64>,
+                        default: f64,
+                        err: &mut dyn FnMut(&str, String)| match v {
+                None => default,
+                Some(r) if r.is_finite() && r > 0.0 => r,
+                Some(r) => {
+                    err(&key(k), format!("{r} must be a rate above 0"));
+                    default
+                }
+            };
+            let min_qps = rate("min_qps", j.min_qps, 0.5, &mut err);
+            let max_qps = rate("max_qps", j.max_qps, 1000.0, &mut err);
+            if min_qps >= max_qps {
+                err(
+                    &key("min_qps"),
+                    format!("{min_qps} must be below max_qps {max_qps}"),
+                );
+            }
+            let precision = match j.precision {
+                None => 0.05,
+                Some(p) if p > 0.0 && p < 1.0 => p,
+                Some(p) => {
+                    err(&key("precision"), format!("{p} must be between 0 and 1"));
+                    0.05
+                }
+            };
+            let mut probe_len = |k: &str, v: &Option<DurationValue>, default: u64| match v {
+                None => Duration::from_secs(default),
+                Some(v) => finite_duration(v).unwrap_or_else(|e| {
+                    err(&key(k), e);
+                    Duration::from_secs(default)
+                }),
+            };
+            CapacityJob {
+                search: crate::search::SearchConfig {
+                    min_qps,
+                    max_qps,
+                    precision,
+                },
+                probe_duration: probe_len("probe_duration", &j.probe_duration, 30),
+                confirm_duration: probe_len("confirm_duration", &j.confirm_duration, 60),
+            }
+        });
         let schedule = match FireSchedule::parse(&j.schedule, j.timezone.as_deref()) {
             Ok(s) => s,
             Err(e) => {
@@ -523,6 +667,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             }
         };
         let arrival = match j.arrival.as_deref().map(str::parse::<Arrival>) {
+            // Capacity searches probe with Poisson arrivals, as MLPerf does.
+            None if kind == JobKind::Capacity => Arrival::Poisson,
             None => Arrival::Constant,
             Some(Ok(a)) => a,
             Some(Err(e)) => {
@@ -555,6 +701,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             snapshot_every,
             plot: j.plot.unwrap_or(true),
             record_requests: j.record_requests.unwrap_or(false),
+            slo,
+            capacity,
         });
     }
 

@@ -14,6 +14,7 @@
 use super::config::{Job, JobKind};
 use super::index::RunEntry;
 use super::state::{ActiveRun, State, TargetSlot};
+use crate::capacity::CapacityPlan;
 use crate::metrics::{JobMetrics, MetricsObserver};
 use crate::results::{self, Metadata, RunDir, RunInfo};
 use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
@@ -61,7 +62,7 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
     tokio::spawn(async move {
         let slot = state.slots[&job.target].clone();
         match job.kind {
-            JobKind::Sweep => run_sweep(&state, &job, &slot).await,
+            JobKind::Sweep | JobKind::Capacity => run_sweep(&state, &job, &slot).await,
             JobKind::Soak => run_soak(&state, &job, &slot).await,
         }
         state.busy_jobs.lock().expect("busy lock").remove(&job.name);
@@ -188,6 +189,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         stop: CancellationToken::new(),
         cancel: CancellationToken::new(),
         last_sent: Default::default(),
+        has_slo: job.slo.is_some(),
     });
     state
         .active
@@ -258,6 +260,7 @@ fn finish_run(state: &Arc<State>, job: &Job, slot: &TargetSlot, s: &Started, end
         .set(0);
     s.job_metrics.target_qps.set(0.0);
     s.job_metrics.achieved_qps.set(0.0);
+    s.job_metrics.goodput.set(0.0);
     s.job_metrics.in_flight.set(0);
     let mut entry = s.entry.clone();
     entry.status = status.as_str().into();
@@ -306,6 +309,15 @@ struct DaemonHooks<'a> {
     job: &'a Job,
     metrics: JobMetrics,
     span: Option<crate::telemetry::SweepSpan>,
+}
+
+impl crate::capacity::CapacityHooks for DaemonHooks<'_> {
+    fn probe_finished(&self, p: &crate::results::ProbeSummary) {
+        tracing::info!(
+            job = %self.job.name, probe = p.index, phase = %p.phase, qps = p.qps,
+            verdict = %p.verdict, reason = %p.reason, "capacity probe finished"
+        );
+    }
 }
 
 impl SweepHooks for DaemonHooks<'_> {
@@ -379,13 +391,6 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             return;
         }
     };
-    let plan = SweepPlan {
-        levels: job.qps.clone(),
-        duration: job.duration.unwrap_or(Duration::from_secs(60)),
-        arrival: job.arrival,
-        seed: job.seed,
-        slo: None,
-    };
     let hooks = DaemonHooks {
         state,
         active: started.active.clone(),
@@ -394,20 +399,81 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         span: started.sweep_span.clone(),
     };
     let t0 = Instant::now();
-    let report = runner::execute(
-        &started.engine,
-        &plan,
-        &mut started.writer,
-        &hooks,
-        &started.active.stop,
-        &started.active.cancel,
-    )
-    .await;
-    if report.status == RunStatus::Complete {
+    let labels = [
+        slot.target.name.as_str(),
+        slot.target.model(),
+        job.name.as_str(),
+    ];
+    let report = match &job.capacity {
+        Some(c) => {
+            let plan = CapacityPlan {
+                slo: job
+                    .slo
+                    .clone()
+                    .expect("validated: capacity jobs have an SLO"),
+                search: c.search,
+                probe_duration: c.probe_duration,
+                confirm_duration: c.confirm_duration,
+                arrival: job.arrival,
+                seed: job.seed,
+            };
+            let r = crate::capacity::search(
+                &started.engine,
+                &plan,
+                &mut started.writer,
+                &hooks,
+                &started.active.stop,
+                &started.active.cancel,
+            )
+            .await;
+            if let Some(outcome) = r.outcome {
+                state
+                    .metrics
+                    .publish_slo_capacity(labels, outcome, &plan.search);
+            }
+            state.metrics.publish_levels(labels, &r.levels);
+            runner::SweepReport {
+                levels: r.levels,
+                summary: r.summary,
+                status: r.status,
+                write_errors: r.write_errors,
+                dir: started.writer.dir().clone(),
+                notices: r.notices,
+            }
+        }
+        None => {
+            let plan = SweepPlan {
+                levels: job.qps.clone(),
+                duration: job.duration.unwrap_or(Duration::from_secs(60)),
+                arrival: job.arrival,
+                seed: job.seed,
+                slo: job.slo.clone(),
+            };
+            runner::execute(
+                &started.engine,
+                &plan,
+                &mut started.writer,
+                &hooks,
+                &started.active.stop,
+                &started.active.cancel,
+            )
+            .await
+        }
+    };
+    if job.slo.is_some() && job.capacity.is_none() {
+        state.metrics.publish_levels(labels, &report.levels);
+    }
+    if report.status == RunStatus::Complete && job.capacity.is_none() {
         state.metrics.publish_capacity(
-            [&slot.target.name, slot.target.model(), &job.name],
+            labels,
             &report.levels,
             &report.summary.analysis,
+            chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+            t0.elapsed().as_secs_f64(),
+        );
+    } else if report.status == RunStatus::Complete {
+        state.metrics.publish_finished(
+            [labels[0], labels[2]],
             chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
             t0.elapsed().as_secs_f64(),
         );

@@ -143,10 +143,11 @@ async fn schedule_loop(state: Arc<State>, job: config::Job) {
     }
 }
 
-/// Once a second: in-flight and achieved-rate gauges from live progress.
+/// Once a second: in-flight, achieved-rate and goodput gauges from live
+/// progress, over the last [`WINDOW`] seconds.
 async fn gauge_ticker(state: Arc<State>) {
     const WINDOW: usize = 5;
-    let mut history: std::collections::HashMap<String, std::collections::VecDeque<u64>> =
+    let mut history: std::collections::HashMap<String, std::collections::VecDeque<(u64, u64)>> =
         Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -157,6 +158,7 @@ async fn gauge_ticker(state: Arc<State>) {
             let p = a.progress.lock().expect("progress lock").clone();
             let level = a.level.load(Ordering::Relaxed) as u64;
             let sent = p.scheduled.load(Ordering::Relaxed);
+            let good = p.good.load(Ordering::Relaxed);
             let m = state.metrics.for_job(&a.target, &a.model, &a.job);
             m.in_flight.set(p.in_flight.load(Ordering::Relaxed) as i64);
             // A new level restarts the count: start the window afresh.
@@ -164,16 +166,20 @@ async fn gauge_ticker(state: Arc<State>) {
                 history.remove(&a.run_id);
             }
             let h = history.entry(a.run_id.clone()).or_default();
-            h.push_back(sent);
+            h.push_back((sent, good));
             if h.len() > WINDOW + 1 {
                 h.pop_front();
             }
-            if h.len() >= 2 {
+            if let (Some(first), Some(last)) = (h.front(), h.back())
+                && h.len() >= 2
+            {
                 let span = (h.len() - 1) as f64;
-                let rate = (h.back().copied().unwrap_or(0) as f64
-                    - h.front().copied().unwrap_or(0) as f64)
-                    / span;
-                m.achieved_qps.set(rate.max(0.0));
+                m.achieved_qps
+                    .set(((last.0 as f64 - first.0 as f64) / span).max(0.0));
+                if a.has_slo {
+                    m.goodput
+                        .set(((last.1 as f64 - first.1 as f64) / span).max(0.0));
+                }
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct ActiveRun {
     pub cancel: CancellationToken,
     /// Sends seen at the last gauge tick, for the achieved-rate gauge.
     pub last_sent: AtomicU64,
+    /// The job judges requests against an SLO (goodput gauge).
+    pub has_slo: bool,
 }
 
 #[derive(Debug, Serialize)]
