@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn rounding() {
         assert_eq!(round3(22.627), 22.6);
-        assert_eq!(round3(0.7071), 0.707);
+        assert_eq!(round3(0.6543), 0.654);
         assert_eq!(round3(1234.5), 1230.0);
     }
 }

@@ -563,19 +563,22 @@ async fn every_metric_the_readme_lists_moves() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{}{}{}{}\
+            "{}{}{}{}{}\
              [[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"1.5s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"drops\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
-             [[job]]\nname = \"stale\"\ntarget = \"closer\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n",
+             [[job]]\nname = \"stale\"\ntarget = \"closer\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"cap\"\ntarget = \"cap\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 5\nmax_qps = 10\nprobe_duration = \"1s\"\nconfirm_duration = \"1s\"\nschedule = \"at_start\"\n",
             target("t", &fast.chat_url(), &dataset, "keep_runs = 1"),
             target("slow", &slow.chat_url(), &dataset, "max_in_flight = 2"),
             target("broken", &fast.chat_url(), &dataset, ""),
             // Closes a kept-alive connection when a second request comes:
             // the stale-connection retries move.
             target("closer", &closer.url, &dataset, ""),
+            // Holds more than 10 req/s: the search ends above its range.
+            target("cap", &fast.chat_url(), &dataset, ""),
         ),
     );
     let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;
@@ -623,6 +626,10 @@ async fn every_metric_the_readme_lists_moves() {
         "the daemon keeps running after a write failure"
     );
 
+    d.wait_json("/api/v1/runs?job=cap", 60, |v| {
+        v["runs"][0]["status"] == "complete"
+    })
+    .await;
     let (_, text) = get(&d.url("/metrics")).await;
     let listed = readme_metrics();
     assert!(listed.len() >= 25, "README lists {} metrics", listed.len());

@@ -406,6 +406,14 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     soak_cfg.faults = vec!["http500=0.1".parse().unwrap()];
     let soak_mock = start_mock(soak_cfg).await;
     let proxy = Proxy::start(full.addr).await;
+    // The second leg: a queueing server that never refuses (vLLM-like),
+    // first whole, then with half its slots.
+    let mut queueing = capacity_mock(4);
+    queueing.capacity.queue = llmload::mock::capacity::UNBOUNDED;
+    let qfull = start_mock(queueing.clone()).await;
+    queueing.capacity.slots = 2;
+    let qhalf = start_mock(queueing).await;
+    let qproxy = Proxy::start(qfull.addr).await;
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
 
@@ -437,9 +445,12 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
              [[target]]\nname = \"staging\"\nendpoint = \"{soak}\"\nmodel = \"m\"\ndataset = \"{ds}\"\n\
              [[job]]\nname = \"capacity\"\ntarget = \"prod\"\nkind = \"sweep\"\nqps = [10, 30, 60]\nduration = \"2s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"nightly\"\ntarget = \"prod\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
-             [[job]]\nname = \"soak\"\ntarget = \"staging\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"2s\"\nschedule = \"at_start\"\n",
+             [[job]]\nname = \"soak\"\ntarget = \"staging\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"2s\"\nschedule = \"at_start\"\n\
+             [[target]]\nname = \"queued\"\nendpoint = \"http://{qproxy}/v1/chat/completions\"\nmodel = \"m\"\ndataset = \"{ds}\"\n\
+             [[job]]\nname = \"slo-capacity\"\ntarget = \"queued\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 8\nmax_qps = 200\nprecision = 0.1\nprobe_duration = \"3s\"\nconfirm_duration = \"6s\"\narrival = \"constant\"\nschedule = \"at_start\"\n",
             results = tmp.path().join("results").display(),
             proxy = proxy.addr,
+            qproxy = qproxy.addr,
             soak = soak_mock.chat_url(),
             ds = dataset.display(),
         ),
@@ -468,6 +479,19 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         .unwrap();
     assert!(firing.is_empty(), "no regression yet: {firing:?}");
 
+    // The queueing server's capacity under the SLO: about 41.7 req/s.
+    d.wait_json("/api/v1/runs?job=slo-capacity", 120, |v| {
+        v["runs"][0]["status"] == "complete"
+    })
+    .await;
+    prom.wait_for(
+        "llmload_capacity_qps_under_slo{target=\"queued\"}",
+        30,
+        |v| (35.0..=44.0).contains(&v),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
     // Sweep 2 at half capacity.
     proxy.switch(half.addr);
     let (s, _) = post_empty(&d.url("/api/v1/jobs/capacity/trigger"), None).await;
@@ -488,16 +512,47 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         |v| v == 1.0,
     )
     .await;
+    // Second leg: the queueing server loses half its slots. It still
+    // answers every request, late; its capacity under the SLO halves.
+    qproxy.switch(qhalf.addr);
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/slo-capacity/trigger"), None).await;
+    assert_eq!(s, 202);
+    d.wait_json("/api/v1/runs?job=slo-capacity", 120, |v| {
+        v["runs"].as_array().unwrap().len() == 2 && v["runs"][0]["status"] == "complete"
+    })
+    .await;
+    prom.wait_for(
+        "llmload_capacity_qps_under_slo{target=\"queued\"}",
+        30,
+        |v| (16.0..=23.0).contains(&v),
+    )
+    .await;
+    prom.wait_for(
+        "ALERTS{alertname=\"LLMLoadCapacityRegression\",alertstate=\"firing\",target=\"queued\",measure=\"under its SLO\"}",
+        30,
+        |v| v == 1.0,
+    )
+    .await;
     // …and it reached Alertmanager.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = get(&format!("http://127.0.0.1:{}/api/v2/alerts", am.port)).await;
         let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let hit = alerts.as_array().into_iter().flatten().find(|a| {
-            a["labels"]["alertname"] == "LLMLoadCapacityRegression"
-                && a["labels"]["target"] == "prod"
-        });
-        if let Some(a) = hit {
+        let find = |target: &str| {
+            alerts.as_array().into_iter().flatten().find(|a| {
+                a["labels"]["alertname"] == "LLMLoadCapacityRegression"
+                    && a["labels"]["target"] == target
+            })
+        };
+        let hit = find("prod").zip(find("queued"));
+        if let Some((a, q)) = hit {
+            assert!(
+                q["annotations"]["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains("QPS under its SLO"),
+                "{q}"
+            );
             assert_eq!(a["labels"]["severity"], "warning");
             assert!(
                 a["annotations"]["summary"]
@@ -572,5 +627,7 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     }
     full.shutdown().await;
     half.shutdown().await;
+    qfull.shutdown().await;
+    qhalf.shutdown().await;
     soak_mock.shutdown().await;
 }
