@@ -74,6 +74,7 @@ pub mod slo;
 pub mod sse;
 pub mod stability;
 pub mod stats;
+pub mod summary;
 pub mod sweep;
 pub mod table;
 pub mod target;

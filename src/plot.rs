@@ -5,6 +5,7 @@
 //! The font is DejaVu Sans compiled into the binary (ab_glyph), so the
 //! image is the same on a laptop and in a container without fonts.
 
+use crate::results::Summary;
 use crate::saturation::{Analysis, fmt_qps};
 use crate::stats::{Dist, LevelResult};
 use plotters::prelude::*;
@@ -54,9 +55,15 @@ const PCT_COLORS: [RGBColor; 4] = [
 pub fn render(
     path: &Path,
     levels: &[LevelResult],
-    analysis: &Analysis,
+    summary: &Summary,
     title: &str,
 ) -> Result<(), PlotError> {
+    let analysis = &summary.analysis;
+    // The SLO's limits, drawn on the latency panels.
+    let slo = summary
+        .slo
+        .as_deref()
+        .and_then(|s| crate::slo::Slo::parse(&[s]).ok());
     register_fonts();
     let err = |e: &dyn std::fmt::Display| PlotError {
         path: path.display().to_string(),
@@ -83,9 +90,19 @@ pub fn render(
     let panels = root.split_evenly((2, 3));
 
     draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
-    draw_percentiles(&panels[1], &sorted, "TTFT percentiles", "seconds", |l| {
-        &l.ttft
-    })
+    let limit = |m| {
+        slo.as_ref()
+            .and_then(|s| s.limit(m))
+            .map(|d| d.as_secs_f64())
+    };
+    draw_percentiles(
+        &panels[1],
+        &sorted,
+        "TTFT percentiles",
+        "seconds",
+        |l| &l.ttft,
+        limit(crate::slo::Metric::Ttft),
+    )
     .map_err(|e| err(&e))?;
     draw_percentiles(
         &panels[2],
@@ -93,6 +110,7 @@ pub fn render(
         "E2E latency percentiles",
         "seconds",
         |l| &l.e2e_latency,
+        limit(crate::slo::Metric::E2e),
     )
     .map_err(|e| err(&e))?;
     draw_percentiles(
@@ -101,9 +119,10 @@ pub fn render(
         "Tokens/sec percentiles (output tokens / E2E)",
         "tokens/s",
         |l| &l.tokens_per_sec,
+        None,
     )
     .map_err(|e| err(&e))?;
-    draw_summary(&panels[4], &sorted, analysis).map_err(|e| err(&e))?;
+    draw_summary(&panels[4], &sorted, analysis, summary).map_err(|e| err(&e))?;
     draw_errors(&panels[5], &sorted).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
@@ -191,6 +210,33 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
             });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
+    if levels.iter().any(|l| l.goodput.is_some()) {
+        let color = RGBColor(148, 103, 189);
+        let pts: Vec<(f64, f64)> = levels
+            .iter()
+            .map(|l| (l.qps_target, l.goodput.unwrap_or(0.0)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))?
+            .label("goodput (within SLO)/s")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3))
+            });
+        // Capacity probes: passed green, failed red.
+        chart.draw_series(levels.iter().filter_map(|l| {
+            let p = l.probe.as_ref()?;
+            let c = if p.verdict == "pass" {
+                RGBColor(44, 160, 44)
+            } else {
+                RGBColor(214, 39, 40)
+            };
+            Some(Cross::new(
+                (l.qps_target, l.goodput.unwrap_or(0.0)),
+                12,
+                c.stroke_width(4),
+            ))
+        }))?;
+    }
     // Target last and dashed: when the client keeps up it lies exactly on
     // the sent line, and both must still show.
     let ideal: Vec<(f64, f64)> = levels
@@ -232,18 +278,24 @@ fn draw_percentiles(
     caption: &str,
     unit: &str,
     get: impl Fn(&LevelResult) -> &Dist,
+    slo_limit: Option<f64>,
 ) -> DrawResult {
     if levels.iter().all(|l| get(l).count == 0) {
         return empty_note(area, caption, "no successful requests");
     }
     let xr = x_range(levels);
-    let ymax = y_max(levels.iter().map(|l| get(l).p99));
+    let ymax = y_max(
+        levels
+            .iter()
+            .map(|l| get(l).p99)
+            .chain(slo_limit.map(|v| v / 1.15 * 1.05)),
+    );
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FONT, 34))
         .margin(24)
         .x_label_area_size(70)
         .y_label_area_size(110)
-        .build_cartesian_2d(xr, 0.0..ymax)?;
+        .build_cartesian_2d(xr.clone(), 0.0..ymax)?;
     chart
         .configure_mesh()
         .x_label_formatter(&tick)
@@ -275,6 +327,18 @@ fn draw_percentiles(
             });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, color.filled())))?;
     }
+    if let Some(v) = slo_limit {
+        let style = RGBColor(200, 0, 0).stroke_width(3);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(xr.start, v), (xr.end, v)],
+                14,
+                10,
+                style,
+            ))?
+            .label("SLO")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], style));
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -285,7 +349,12 @@ fn draw_percentiles(
     Ok(())
 }
 
-fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResult {
+fn draw_summary(
+    area: &Area,
+    levels: &[&LevelResult],
+    a: &Analysis,
+    summary: &Summary,
+) -> DrawResult {
     area.fill(&RGBColor(247, 247, 247))?;
     let opt = |v: Option<f64>| {
         v.map(|q| format!("{} QPS", fmt_qps(q)))
@@ -295,6 +364,33 @@ fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResul
         ("Summary and recommendations".into(), 36, true),
         (String::new(), 16, false),
     ];
+    if let Some(c) = &summary.capacity {
+        lines.push((
+            match c.qps {
+                Some(q) => format!("Capacity under SLO: {} QPS", fmt_qps(q)),
+                None => format!("Capacity under SLO: {}", c.outcome.replace('_', " ")),
+            },
+            30,
+            true,
+        ));
+        lines.extend(
+            wrap(&c.message, 62)
+                .into_iter()
+                .map(|l| (format!("  {l}"), 24, false)),
+        );
+        let passed = c.probes.iter().filter(|p| p.verdict == "pass").count();
+        lines.push((
+            format!(
+                "  {} probes ({passed} passed) in {:.0}s",
+                c.probes.len(),
+                c.wall_time_s
+            ),
+            24,
+            false,
+        ));
+    } else if let Some(slo) = &summary.slo {
+        lines.push((format!("SLO: {slo}"), 26, true));
+    }
     for (head, value, reason) in [
         (
             "Max QPS without errors",
@@ -304,6 +400,12 @@ fn draw_summary(area: &Area, levels: &[&LevelResult], a: &Analysis) -> DrawResul
         ("Saturation point", a.saturation_qps, &a.saturation_reason),
         ("Recommended limit", a.recommended_qps, &a.recommendation),
     ] {
+        // With a capacity answer above, the sweep numbers take a line
+        // each: the panel has room for one set of reasons.
+        if summary.capacity.is_some() {
+            lines.push((format!("{head}: {}", opt(value)), 26, false));
+            continue;
+        }
         lines.push((format!("{head}: {}", opt(value)), 30, true));
         lines.extend(
             wrap(reason, 62)

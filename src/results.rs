@@ -11,17 +11,15 @@
 //!   killed with `kill -9` is therefore marked partial, and the levels it
 //!   finished are already in `benchmark_qps_results.json`.
 
-use crate::saturation::{Analysis, LevelFacts, analyze};
 use crate::schedule::Arrival;
-use crate::stats::LevelResult;
+pub use crate::summary::{CapacitySummary, ProbeSummary, Summary, facts, summarize};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Bumped when a field changes meaning or goes away (adding is free).
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::summary::SCHEMA_VERSION;
 
 pub const METADATA_FILE: &str = "metadata.json";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -169,94 +167,6 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// `summary.json`: the saturation analysis and the run's status.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Summary {
-    pub schema_version: u32,
-    pub status: String,
-    pub partial: bool,
-    pub analysis: Analysis,
-    /// The SLO levels were judged against (`run --slo`, capacity runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slo: Option<String>,
-    /// The SLO attainment required of a level.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slo_attainment: Option<f64>,
-    /// A capacity search's answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<CapacitySummary>,
-}
-
-/// `summary.json`'s `capacity`: the rate the endpoint holds under the SLO.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CapacitySummary {
-    /// `found`, `below_range` (even `min_qps` failed) or `above_range`
-    /// (`max_qps` still passed).
-    pub outcome: String,
-    /// Requests/s held under the SLO (the last confirmed pass).
-    pub qps: Option<f64>,
-    /// `[last pass, first fail]`.
-    pub bracket: Option<[f64; 2]>,
-    pub slo: String,
-    pub attainment: f64,
-    pub min_qps: f64,
-    pub max_qps: f64,
-    pub precision: f64,
-    pub probes: Vec<ProbeSummary>,
-    pub wall_time_s: f64,
-    /// The answer in words.
-    pub message: String,
-}
-
-/// One probe of a capacity search, as the console and summary show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProbeSummary {
-    pub index: usize,
-    pub qps: f64,
-    pub phase: String,
-    pub verdict: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    pub stopped_early: bool,
-    pub achieved_qps: f64,
-    pub goodput: f64,
-    pub slo_attainment: f64,
-    pub ttft_p95: f64,
-    pub tpot_p95: f64,
-    pub stable: bool,
-    pub duration_s: f64,
-    /// Seconds waited afterwards for the endpoint to recover.
-    pub cooldown_s: f64,
-}
-
-/// Turn level results into analysis input.
-pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
-    levels
-        .iter()
-        .map(|l| LevelFacts {
-            qps_target: l.qps_target,
-            actual_qps: l.actual_qps,
-            success_rate: l.success_rate,
-            ttft_p95: l.ttft.p95,
-            client_bound: l.client_bound,
-            stable: l.stability.as_ref().map(|s| s.stable),
-            slo_met: l.slo_met,
-        })
-        .collect()
-}
-
-pub fn summarize(levels: &[LevelResult], status: &str) -> Summary {
-    Summary {
-        schema_version: SCHEMA_VERSION,
-        status: status.into(),
-        partial: status != "complete",
-        analysis: analyze(&facts(levels)),
-        slo: None,
-        slo_attainment: None,
-        capacity: None,
-    }
 }
 
 /// One run's directory.

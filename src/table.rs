@@ -5,10 +5,10 @@
 //! 10 wide) and error lines exactly. Everything we add (saturation
 //! analysis, client-bound warnings, token-count notes) comes after it.
 
-use crate::results::CapacitySummary;
 use crate::saturation::{Analysis, fmt_qps};
 use crate::slo::SloTarget;
 use crate::stats::LevelResult;
+use crate::summary::CapacitySummary;
 use std::fmt::Write;
 
 /// Render the seed's table for the chosen percentiles.

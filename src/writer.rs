@@ -130,7 +130,7 @@ impl RunWriter {
             return;
         };
         let path = self.out.dir.file(png);
-        if let Err(e) = plot::render(&path, levels, &summary.analysis, title) {
+        if let Err(e) = plot::render(&path, levels, summary, title) {
             self.add_error(e.to_string());
         }
     }

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stability", 0),
     ("sse", 0),
     ("stats", 0),
+    ("summary", 0),
     ("table", 0),
     ("alerts", 1),
     ("capacity", 1),

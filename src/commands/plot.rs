@@ -22,12 +22,15 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<u8> {
         Ok(m) => m.plot_title(),
         Err(_) => format!("llmload run {}", dir.id),
     };
-    let analysis = crate::results::summarize(&levels, "complete").analysis;
+    // The summary as written (SLO, capacity), else one made from the levels.
+    let summary = dir
+        .read_json::<crate::results::Summary>(crate::results::SUMMARY_FILE)
+        .unwrap_or_else(|_| crate::results::summarize(&levels, "complete"));
     let out = dir.file(&file_name_only(
         &args.output,
         crate::results::DEFAULT_PLOT_FILE,
     ));
-    crate::plot::render(&out, &levels, &analysis, &title)
+    crate::plot::render(&out, &levels, &summary, &title)
         .with_context(|| format!("drawing {}", out.display()))?;
     crate::outln!("{}", out.display());
     Ok(EXIT_OK)
