@@ -6,8 +6,8 @@
 //! 2. **Bisect** between the last pass and the first fail, at their
 //!    geometric mean, until they are within `precision` of each other.
 //! 3. **Confirm** the last pass with one longer probe. If it fails, that
-//!    rate becomes the first fail, and the search bisects again below it
-//!    (down to the highest rate that passed before), a few times at most.
+//!    rate becomes the first fail, and the next rate down that passed is
+//!    confirmed instead, a few times at most.
 //!
 //! MLPerf's server scenario searches the same way (a pass is the highest
 //! Poisson rate whose latency constraints hold); the growth phase saves
@@ -200,9 +200,12 @@ impl Search {
                     .copied()
                     .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
                 match lower {
+                    // Confirm the next rate down that passed, directly: a
+                    // confirmation-length probe is what tells, and more
+                    // bisection between short probes would only repeat
+                    // what they could not see.
                     Some(lo) if self.confirm_fails <= MAX_CONFIRM_STEPS => {
                         self.pass = Some(lo);
-                        self.after_bracket_change(lo, qps);
                     }
                     Some(lo) => {
                         // Out of confirmations: the highest rate that
