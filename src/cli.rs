@@ -31,6 +31,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Find the highest rate the endpoint holds under an SLO.
     Capacity(Box<CapacityArgs>),
+    /// Is NEW worse than BASE? A regression verdict with an exit code.
+    Compare(CompareArgs),
     /// Serve the built-in OpenAI-compatible mock endpoint.
     Mock(Box<MockArgs>),
     /// Scheduled and continuous sweeps with /metrics and a control API.
@@ -299,6 +301,26 @@ pub fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, String> {
                 .ok_or_else(|| format!("--header '{h}': expected 'Name: value'"))
         })
         .collect()
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The base run: a results directory, or a daemon run id with --results-dir.
+    pub base: String,
+    /// The run to judge against it.
+    pub new: String,
+    /// Worsening beyond which a change is a regression: 10% or 0.1.
+    #[arg(long, default_value = "10%", value_parser = crate::compare::parse_share)]
+    pub max_regression: f64,
+    /// What to compare (FIELD.STAT, or capacity).
+    #[arg(long, default_value = crate::compare::DEFAULT_METRICS)]
+    pub metric: String,
+    /// Resolve daemon run ids (`target.stamp`) in this results directory.
+    #[arg(long)]
+    pub results_dir: Option<PathBuf>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

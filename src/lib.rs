@@ -46,6 +46,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod commands;
+pub mod compare;
 pub mod console;
 pub mod daemon;
 pub mod dataset;

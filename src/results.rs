@@ -13,6 +13,7 @@
 
 use crate::schedule::Arrival;
 pub use crate::summary::{CapacitySummary, ProbeSummary, Summary, facts, summarize};
+use crate::stats::LevelResult;
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -167,6 +168,25 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A run directory read back for [`crate::compare`]: its metadata, levels
+/// and summary (recomputed from the levels when missing). Errors name the
+/// file and what is wrong.
+pub fn load_run(path: &Path, name: &str) -> Result<crate::compare::Run, String> {
+    let dir = RunDir::open(path);
+    let meta: Metadata = dir.read_json(METADATA_FILE)?;
+    let levels: Vec<LevelResult> = dir.read_json(&meta.results_file)?;
+    let summary = dir
+        .read_json::<Summary>(SUMMARY_FILE)
+        .unwrap_or_else(|_| summarize(&levels, &meta.status));
+    Ok(crate::compare::Run {
+        name: name.to_string(),
+        model: meta.model,
+        dataset: meta.dataset,
+        levels,
+        summary,
+    })
 }
 
 /// One run's directory.

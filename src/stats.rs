@@ -877,6 +877,46 @@ mod tests {
     }
 
     #[test]
+    fn one_late_send_in_a_short_level_is_not_client_bound() {
+        // 10 requests, one 12 ms late: noise on a busy machine, not a
+        // client that cannot keep up.
+        let mut s = LevelStats::new();
+        for i in 0..10 {
+            let mut r = ok(i, i * 200, 5, 50, 4);
+            r.sent_at = r.scheduled_at + Duration::from_millis(if i == 3 { 12 } else { 0 });
+            s.record(&r);
+        }
+        let r = LevelResult::from_stats(&s, timing(5.0, 2));
+        assert!(!r.client_bound, "{}", r.client_bound_reason);
+        // Three late sends in ten is a pattern.
+        let mut s = LevelStats::new();
+        for i in 0..10 {
+            let mut r = ok(i, i * 200, 5, 50, 4);
+            r.sent_at = r.scheduled_at + Duration::from_millis(if i < 3 { 12 } else { 0 });
+            s.record(&r);
+        }
+        let r = LevelResult::from_stats(&s, timing(5.0, 2));
+        assert!(r.client_bound);
+        assert!(r.client_bound_reason.contains("3 of 10 sends"), "{}", r.client_bound_reason);
+    }
+
+    #[test]
+    fn a_pacer_that_finished_late_is_client_bound() {
+        // 100 sends planned over 10 s that took 10.5 s to go out.
+        let mut s = LevelStats::new();
+        for i in 0..100 {
+            s.record(&ok(i, i * 100, 5, 50, 4));
+        }
+        let mut t = timing(10.0, 10);
+        t.send_window = Duration::from_millis(10_500);
+        let r = LevelResult::from_stats(&s, t);
+        assert!(r.client_bound);
+        assert!(r.client_bound_reason.contains("sending took"), "{}", r.client_bound_reason);
+        t.send_window = Duration::from_millis(10_050);
+        assert!(!LevelResult::from_stats(&s, t).client_bound, "within 1 %");
+    }
+
+    #[test]
     fn serialized_histograms_merge_exactly() {
         let mut a = LevelStats::new();
         let mut b = LevelStats::new();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("chunk", 0),
     ("clock", 0),
+    ("compare", 0),
     ("dataset", 0),
     ("duration", 0),
     ("error", 0),

@@ -533,6 +533,34 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         |v| v == 1.0,
     )
     .await;
+    // The daemon's compare API says so too, for both kinds of run.
+    for job in ["capacity", "slo-capacity"] {
+        let (_, runs) = get(&d.url(&format!("/api/v1/runs?job={job}"))).await;
+        let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+        let (new, base) = (
+            runs["runs"][0]["id"].as_str().unwrap(),
+            runs["runs"][1]["id"].as_str().unwrap(),
+        );
+        let (s, body) = get(&d.url(&format!("/api/v1/runs/{new}/compare?with={base}"))).await;
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["verdict"], "regression", "{job}: {v}");
+        let want = if job == "capacity" {
+            "max QPS without errors"
+        } else {
+            "capacity under SLO"
+        };
+        assert!(
+            v["regressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains(want)),
+            "{job}: {v}"
+        );
+    }
+    let (s, _) = get(&d.url("/api/v1/runs/nope/compare?with=nope")).await;
+    assert_eq!(s, 404);
     // …and it reached Alertmanager.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

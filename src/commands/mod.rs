@@ -2,6 +2,7 @@
 
 pub mod alert_rules;
 pub mod capacity;
+pub mod compare;
 pub mod daemon;
 pub mod mock;
 pub mod plot;
@@ -16,6 +17,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::Capacity(args) => capacity::capacity(*args).await,
+        Command::Compare(args) => compare::compare(args),
         Command::Mock(args) => mock::mock(*args).await,
         Command::Daemon(args) => daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),

@@ -42,6 +42,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/runs", get(runs))
         .route("/api/v1/runs/{id}", get(run))
         .route("/api/v1/runs/{id}/plot.png", get(plot))
+        .route("/api/v1/runs/{id}/compare", get(compare))
         .route("/api/v1/jobs/{name}/trigger", post(trigger))
         .route("/api/v1/runs/current/stop", post(stop))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -198,6 +199,62 @@ async fn run(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Res
         "results": results,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct CompareQuery {
+    with: Option<String>,
+    /// `10%` or `0.1`.
+    max_regression: Option<String>,
+    metric: Option<String>,
+}
+
+/// `GET /api/v1/runs/{id}/compare?with={base}`: the same verdict as
+/// `llmload compare BASE ID --json`, `id` being the new run.
+async fn compare(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<CompareQuery>,
+) -> Response {
+    let Some(base_id) = q.with else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the base run: ?with=<run id>",
+        );
+    };
+    let load = |which: &str| -> Result<crate::compare::Run, Response> {
+        let Some(entry) = state.index.get(which) else {
+            return Err(error(StatusCode::NOT_FOUND, format!("no run '{which}'")));
+        };
+        crate::results::load_run(&state.index.dir_of(&entry), which)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    };
+    let (base, new) = match (load(&base_id), load(&id)) {
+        (Ok(b), Ok(n)) => (b, n),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let max_regression = match q.max_regression.as_deref().map(crate::compare::parse_share) {
+        None => 0.10,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let metrics = match crate::compare::MetricSpec::parse_list(
+        q.metric.as_deref().unwrap_or(crate::compare::DEFAULT_METRICS),
+    ) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match crate::compare::compare(
+        &base,
+        &new,
+        &crate::compare::Options {
+            max_regression,
+            metrics,
+        },
+    ) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
 }
 
 async fn plot(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
