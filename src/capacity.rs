@@ -228,6 +228,7 @@ pub async fn search(
         seq += outcome_of_level.stats.sent + outcome_of_level.stats.dropped;
         let user_stopped = stop.is_cancelled() || cancel.is_cancelled();
         let mut r = LevelResult::from_stats(&outcome_of_level.stats, outcome_of_level.timing);
+        r.server = outcome_of_level.server;
         if outcome_of_level.interrupted {
             r.mark_interrupted();
             if !user_stopped {
@@ -317,7 +318,7 @@ pub async fn search(
         summary,
         status,
         write_errors: writer.errors().to_vec(),
-        notices: engine.client.notices(),
+        notices: crate::runner::notices(engine),
     }
 }
 

@@ -188,6 +188,13 @@ pub struct TargetArgs {
     /// Also write requests.jsonl: one line per request (timings, status, error).
     #[arg(long)]
     pub record_requests: bool,
+    /// Scrape the server's own Prometheus metrics while levels run (a URL,
+    /// or `auto` for the endpoint's origin + /metrics).
+    #[arg(long, value_name = "URL")]
+    pub server_metrics: Option<String>,
+    /// Time between server-metrics scrapes within a level.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub server_metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -287,6 +294,8 @@ impl TargetArgs {
         t.temperature = self.temperature;
         t.stream_usage = !self.no_stream_usage;
         t.max_in_flight = self.max_in_flight;
+        t.server_metrics = self.server_metrics.clone();
+        t.server_metrics_interval = self.server_metrics_interval;
         Ok(t)
     }
 }

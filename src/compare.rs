@@ -46,7 +46,10 @@ pub struct Options {
 /// `ttft.p95`, `e2e.p99`, `tokens_per_sec.p50`, `tpot.mean`, `capacity`…
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricSpec {
-    Level { field: Field, stat: Stat },
+    Level {
+        field: Field,
+        stat: Stat,
+    },
     /// SLO capacity if both runs have one, else max QPS without errors.
     Capacity,
 }
@@ -144,7 +147,11 @@ impl MetricSpec {
                 }
                 Stat::Quantile(v / 100.0)
             }
-            other => return Err(format!("'{s}': unknown statistic '{other}' (p50, p95, p99.9, mean)")),
+            other => {
+                return Err(format!(
+                    "'{s}': unknown statistic '{other}' (p50, p95, p99.9, mean)"
+                ));
+            }
         };
         Ok(Self::Level { field, stat })
     }
@@ -154,7 +161,11 @@ impl MetricSpec {
             Self::Capacity => "capacity".into(),
             Self::Level { field, stat } => match stat {
                 Stat::Mean => format!("{}.mean", field.name()),
-                Stat::Quantile(q) => format!("{}.p{}", field.name(), crate::saturation::fmt_qps(q * 100.0)),
+                Stat::Quantile(q) => format!(
+                    "{}.p{}",
+                    field.name(),
+                    crate::saturation::fmt_qps(q * 100.0)
+                ),
             },
         }
     }
@@ -391,8 +402,7 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
 }
 
 fn fmt(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.4}"))
-        .unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }
 
 fn judge_estimates(
@@ -441,10 +451,7 @@ fn capacity_line(base: &Run, new: &Run, max_regression: f64) -> Line {
     match (&base.summary.capacity, &new.summary.capacity) {
         (Some(b), Some(n)) => {
             let (bq, nq) = (b.qps.unwrap_or(0.0), n.qps.unwrap_or(0.0));
-            let (bb, nb) = (
-                b.bracket.unwrap_or([bq, bq]),
-                n.bracket.unwrap_or([nq, nq]),
-            );
+            let (bb, nb) = (b.bracket.unwrap_or([bq, bq]), n.bracket.unwrap_or([nq, nq]));
             let change = relative(bq, nq);
             // The capacity lies inside each bracket: brackets apart is a
             // real difference.
@@ -457,10 +464,7 @@ fn capacity_line(base: &Run, new: &Run, max_regression: f64) -> Line {
                 change,
                 beyond_noise: beyond,
                 regression: beyond && change.is_some_and(|c| c < -max_regression),
-                note: format!(
-                    "brackets [{}, {}] and [{}, {}]",
-                    bb[0], bb[1], nb[0], nb[1]
-                ),
+                note: format!("brackets [{}, {}] and [{}, {}]", bb[0], bb[1], nb[0], nb[1]),
             }
         }
         _ => {
@@ -547,7 +551,7 @@ mod tests {
         let mut s = LevelStats::new();
         for i in 0..n {
             let mut r = RequestRecord::new(i, ms(0), ms(0));
-            let jitter = (i * 7919 % 41) as u64; // 0..40 ms, deterministic
+            let jitter = i * 7919 % 41; // 0..40 ms, deterministic
             r.first_token_at = Some(ms(ttft_ms + jitter));
             r.first_content_at = r.first_token_at;
             r.done_at = ms(ttft_ms + jitter + 500);
@@ -598,7 +602,11 @@ mod tests {
         let b = run("b", vec![level(5.0, 300, 130)]);
         let v = compare(&a, &b, &opts()).unwrap();
         assert_eq!(v.verdict, "regression");
-        assert!(v.regressions.iter().any(|r| r.contains("ttft.p95")), "{:?}", v.regressions);
+        assert!(
+            v.regressions.iter().any(|r| r.contains("ttft.p95")),
+            "{:?}",
+            v.regressions
+        );
         let v = compare(&b, &a, &opts()).unwrap();
         assert_eq!(v.verdict, "ok");
     }
@@ -619,12 +627,27 @@ mod tests {
         let a = run("a", vec![level(5.0, 10, 100)]);
         let mut b = run("b", vec![level(5.0, 10, 100)]);
         b.model = "other".into();
-        assert!(compare(&a, &b, &opts()).unwrap_err().0.contains("different models"));
+        assert!(
+            compare(&a, &b, &opts())
+                .unwrap_err()
+                .0
+                .contains("different models")
+        );
         let c = run("c", vec![level(6.0, 10, 100)]);
-        assert!(compare(&a, &c, &opts()).unwrap_err().0.contains("different levels"));
+        assert!(
+            compare(&a, &c, &opts())
+                .unwrap_err()
+                .0
+                .contains("different levels")
+        );
         let mut d = run("d", vec![level(5.0, 10, 100)]);
         d.dataset = "other.json".into();
-        assert!(compare(&a, &d, &opts()).unwrap_err().0.contains("different datasets"));
+        assert!(
+            compare(&a, &d, &opts())
+                .unwrap_err()
+                .0
+                .contains("different datasets")
+        );
     }
 
     #[test]
@@ -647,7 +670,11 @@ mod tests {
     fn quantile_intervals_shrink_with_samples() {
         let small = level(5.0, 20, 100);
         let big = level(5.0, 2000, 100);
-        let e = |l: &LevelResult| estimate(l, Field::Ttft, Stat::Quantile(0.5)).unwrap().unwrap();
+        let e = |l: &LevelResult| {
+            estimate(l, Field::Ttft, Stat::Quantile(0.5))
+                .unwrap()
+                .unwrap()
+        };
         let (s, b) = (e(&small), e(&big));
         assert!(s.lo <= s.value && s.value <= s.hi);
         assert!(b.hi - b.lo < s.hi - s.lo, "{s:?} {b:?}");

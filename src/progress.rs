@@ -100,5 +100,8 @@ impl SweepHooks for ConsoleHooks {
             if r.client_bound { ", CLIENT-BOUND" } else { "" },
             if r.interrupted { ", interrupted" } else { "" }
         );
+        if let Some(s) = &r.server {
+            crate::errln!("    {}", s.describe());
+        }
     }
 }

@@ -12,8 +12,8 @@
 //!   finished are already in `benchmark_qps_results.json`.
 
 use crate::schedule::Arrival;
-pub use crate::summary::{CapacitySummary, ProbeSummary, Summary, facts, summarize};
 use crate::stats::LevelResult;
+pub use crate::summary::{CapacitySummary, ProbeSummary, Summary, facts, summarize};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -107,6 +107,7 @@ pub async fn execute(
             .await;
         seq += outcome.stats.sent + outcome.stats.dropped;
         let mut result = LevelResult::from_stats(&outcome.stats, outcome.timing);
+        result.server = outcome.server;
         if outcome.interrupted {
             result.mark_interrupted();
         }
@@ -137,15 +138,25 @@ pub async fn execute(
         status,
         write_errors: writer.errors().to_vec(),
         dir: writer.dir().clone(),
-        notices: engine.client.notices(),
+        notices: notices(engine),
     }
 }
 
-/// What the client learnt about the endpoint's connections, into metadata.
+/// What the client learnt about the endpoint's connections (and the
+/// server-metrics scraper about its endpoint), into metadata.
 pub fn note_connections(engine: &Engine, writer: &mut RunWriter) {
     let m = writer.meta_mut();
     m.connection_reuse = engine.client.reusing_connections();
-    m.notices = engine.client.notices();
+    m.notices = notices(engine);
+}
+
+/// Everything said once during the run, client and scraper.
+pub fn notices(engine: &Engine) -> Vec<String> {
+    let mut n = engine.client.notices();
+    if let Some(s) = &engine.server_metrics {
+        n.extend(s.notices());
+    }
+    n
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct LevelFacts {
     pub stable: Option<bool>,
     /// With an SLO: whether the level met it.
     pub slo_met: Option<bool>,
+    /// The server's waiting queue at the level's start and its peak, when
+    /// it grew (from its own metrics).
+    pub server_waiting: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,7 +125,15 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         None
     });
     let (saturation_qps, saturation_reason) = match saturated {
-        Some((l, why)) => (Some(l.qps_target), why),
+        Some((l, why)) => (
+            Some(l.qps_target),
+            match l.server_waiting {
+                Some((a, b)) => {
+                    format!("{why}; the server's waiting requests grew from {a:.0} to {b:.0}")
+                }
+                None => why,
+            },
+        ),
         None => (
             None,
             "not reached: every level held; test higher QPS to find it".into(),
@@ -227,6 +238,7 @@ mod tests {
             client_bound: false,
             stable: None,
             slo_met: None,
+            server_waiting: None,
         }
     }
 

@@ -264,10 +264,25 @@ mod tests {
     fn a_level_reduces_to_its_server_object() {
         let inf = f64::INFINITY;
         let s = vec![
-            Ok(reading(0.0, 0.0, 100.0, vec![(0.1, 10.0), (1.0, 10.0), (inf, 10.0)])),
-            Ok(reading(8.0, 50.0, 900.0, vec![(0.1, 30.0), (1.0, 60.0), (inf, 60.0)])),
+            Ok(reading(
+                0.0,
+                0.0,
+                100.0,
+                vec![(0.1, 10.0), (1.0, 10.0), (inf, 10.0)],
+            )),
+            Ok(reading(
+                8.0,
+                50.0,
+                900.0,
+                vec![(0.1, 30.0), (1.0, 60.0), (inf, 60.0)],
+            )),
             Err("timed out".into()),
-            Ok(reading(8.0, 212.0, 2100.0, vec![(0.1, 50.0), (1.0, 110.0), (inf, 110.0)])),
+            Ok(reading(
+                8.0,
+                212.0,
+                2100.0,
+                vec![(0.1, 50.0), (1.0, 110.0), (inf, 110.0)],
+            )),
         ];
         let v = reduce(&s, Some(0.95), 2000, 0);
         assert_eq!(v.status, "ok");
@@ -281,7 +296,11 @@ mod tests {
         assert_eq!(v.generation_tokens, Some(2000.0));
         // Increase: 40 in (0, 0.1], 60 in (0.1, 1]: p50 at rank 50 is 10
         // into the second bucket of 60: 0.1 + 0.9 × 10/60 = 0.25.
-        assert!((v.ttft_p50.unwrap() - 0.25).abs() < 1e-9, "{:?}", v.ttft_p50);
+        assert!(
+            (v.ttft_p50.unwrap() - 0.25).abs() < 1e-9,
+            "{:?}",
+            v.ttft_p50
+        );
         assert!((v.ttft_p95.unwrap() - 0.925).abs() < 1e-9);
         assert!((v.ttft_p95_gap.unwrap() - 0.025).abs() < 1e-9);
         assert_eq!(v.waiting_growth(), Some((0.0, 212.0)));

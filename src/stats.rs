@@ -543,6 +543,9 @@ pub struct LevelResult {
     /// With a capacity search: what this level was to the search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeInfo>,
+    /// With `--server-metrics`: what the server's own metrics said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server_view::ServerLevel>,
     pub histograms: SerializedHistograms,
 }
 
@@ -709,6 +712,7 @@ impl LevelResult {
                 attained && stability.as_ref().is_none_or(|st| st.stable)
             }),
             probe: None,
+            server: None,
             finish_reasons: s
                 .finish_reasons
                 .iter()
@@ -897,7 +901,11 @@ mod tests {
         }
         let r = LevelResult::from_stats(&s, timing(5.0, 2));
         assert!(r.client_bound);
-        assert!(r.client_bound_reason.contains("3 of 10 sends"), "{}", r.client_bound_reason);
+        assert!(
+            r.client_bound_reason.contains("3 of 10 sends"),
+            "{}",
+            r.client_bound_reason
+        );
     }
 
     #[test]
@@ -911,7 +919,11 @@ mod tests {
         t.send_window = Duration::from_millis(10_500);
         let r = LevelResult::from_stats(&s, t);
         assert!(r.client_bound);
-        assert!(r.client_bound_reason.contains("sending took"), "{}", r.client_bound_reason);
+        assert!(
+            r.client_bound_reason.contains("sending took"),
+            "{}",
+            r.client_bound_reason
+        );
         t.send_window = Duration::from_millis(10_050);
         assert!(!LevelResult::from_stats(&s, t).client_bound, "within 1 %");
     }

@@ -80,6 +80,7 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
             client_bound: l.client_bound,
             stable: l.stability.as_ref().map(|s| s.stable),
             slo_met: l.slo_met,
+            server_waiting: l.server.as_ref().and_then(|s| s.waiting_growth()),
         })
         .collect()
 }

@@ -101,6 +101,9 @@ pub struct Engine {
     pub client: Arc<LlmClient>,
     pub requests: Arc<Vec<PreparedRequest>>,
     pub max_in_flight: usize,
+    /// The server's own metrics, scraped at each level's start and end
+    /// and every interval between.
+    pub server_metrics: Option<Arc<crate::scrape::ServerScraper>>,
     pub observer: Arc<dyn Observer>,
 }
 
@@ -144,6 +147,8 @@ pub struct LevelOutcome {
     pub timing: LevelTiming,
     /// The level was stopped before its schedule ended.
     pub interrupted: bool,
+    /// What the server's own metrics said, when scraped.
+    pub server: Option<crate::server_view::ServerLevel>,
 }
 
 impl Engine {
@@ -175,6 +180,25 @@ impl Engine {
             cancel: cancel.clone(),
             spec,
             start,
+        });
+        // The server's metrics: a scrape now (before the first send goes
+        // far), then every interval, and one more after the drain.
+        let scrapes = Arc::new(Mutex::new(Vec::new()));
+        let scraping = self.server_metrics.clone().map(|sc| {
+            let scrapes = scrapes.clone();
+            let stop = CancellationToken::new();
+            let until = stop.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let r = sc.scrape().await;
+                    scrapes.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    tokio::select! {
+                        _ = tokio::time::sleep(sc.interval) => {}
+                        _ = until.cancelled() => return,
+                    }
+                }
+            });
+            (stop, task)
         });
         let max_in_flight = self.max_in_flight.max(1);
         let pacer_ctx = ctx.clone();
@@ -208,6 +232,25 @@ impl Engine {
         }
         let drained = Instant::now();
         let stats = lock(&run.stats).clone();
+        let server = match (scraping, &self.server_metrics) {
+            (Some((stop, task)), Some(sc)) => {
+                stop.cancel();
+                let _ = task.await;
+                let last = sc.scrape().await;
+                let mut all =
+                    std::mem::take(&mut *scrapes.lock().unwrap_or_else(|e| e.into_inner()));
+                all.push(last);
+                let ttft_p95 = (!stats.ttft.is_empty())
+                    .then(|| stats.ttft.value_at_quantile(0.95) as f64 * 1e-6);
+                Some(crate::server_view::reduce(
+                    &all,
+                    ttft_p95,
+                    stats.output_tokens_total,
+                    stats.input_tokens_total,
+                ))
+            }
+            _ => None,
+        };
         // A pacer that could not keep up finished its schedule late: the
         // window stretches, and the achieved rate shows it.
         let took = sent_done.saturating_duration_since(start);
@@ -224,6 +267,7 @@ impl Engine {
                 drain: drained.saturating_duration_since(sent_done),
             },
             interrupted: interrupted || cancel.is_cancelled(),
+            server,
         }
     }
 }
@@ -483,6 +527,7 @@ pub(crate) mod tests {
             client: Arc::new(target.build_client(false).unwrap()),
             requests: Arc::new(crate::request::prepare_all(&convs, &target.body_params())),
             max_in_flight: 1000,
+            server_metrics: None,
             observer: Arc::new(NoObserver),
         }
     }

@@ -77,6 +77,10 @@ pub struct Target {
     pub stream_usage: bool,
     /// Open requests allowed at once; sends beyond are dropped.
     pub max_in_flight: usize,
+    /// The server's own Prometheus metrics (`auto`: the endpoint's origin
+    /// + `/metrics`), scraped while levels run.
+    pub server_metrics: Option<String>,
+    pub server_metrics_interval: std::time::Duration,
 }
 
 /// A setting a user names, for messages in each face's own words.
@@ -90,6 +94,7 @@ pub enum Setting {
     Header,
     CaCert,
     ApiKey,
+    ServerMetrics,
 }
 
 impl Setting {
@@ -104,6 +109,7 @@ impl Setting {
             Self::Header => "--header",
             Self::CaCert => "--ca-cert",
             Self::ApiKey => "--api-key-file",
+            Self::ServerMetrics => "--server-metrics",
         }
     }
 
@@ -118,6 +124,7 @@ impl Setting {
             Self::Header => "headers",
             Self::CaCert => "ca_cert",
             Self::ApiKey => "api_key_file",
+            Self::ServerMetrics => "server_metrics",
         }
     }
 }
@@ -149,6 +156,8 @@ impl Target {
             temperature: 0.7,
             stream_usage: true,
             max_in_flight: 20_000,
+            server_metrics: None,
+            server_metrics_interval: crate::scrape::DEFAULT_INTERVAL,
         }
     }
 
@@ -205,6 +214,21 @@ impl Target {
         {
             out.push(Problem::new(Setting::CaCert, e.to_string()));
         }
+        if let Some(url) = &self.server_metrics
+            && url != "auto"
+            && !matches!(
+                url.parse::<http::Uri>()
+                    .ok()
+                    .as_ref()
+                    .and_then(|u| u.scheme_str()),
+                Some("http" | "https")
+            )
+        {
+            out.push(Problem::new(
+                Setting::ServerMetrics,
+                format!("'{url}' is not an http:// or https:// URL (or \"auto\")"),
+            ));
+        }
         if let KeySource::File(path) = &self.key
             && let Err(e) = read_key_file(path)
         {
@@ -229,6 +253,23 @@ impl Target {
         cfg.api_key = self.key.resolve().map_err(TargetError::Key)?;
         cfg.keep_response_ids = keep_ids;
         LlmClient::new(cfg).map_err(TargetError::Client)
+    }
+}
+
+impl Target {
+    /// The scraper of the server's own metrics, if the target names them.
+    /// Call it once the endpoint is final (`auto` follows it).
+    pub fn server_scraper(&self) -> Result<Option<crate::scrape::ServerScraper>, String> {
+        let Some(given) = &self.server_metrics else {
+            return Ok(None);
+        };
+        let url = crate::scrape::resolve_url(given, self.endpoint())?;
+        crate::scrape::ServerScraper::new(
+            &url,
+            Some(self.model.clone()),
+            self.server_metrics_interval,
+        )
+        .map(Some)
     }
 }
 

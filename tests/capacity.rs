@@ -51,6 +51,7 @@ fn engine(url: &str) -> Engine {
         client: Arc::new(target.build_client(false).unwrap()),
         requests: Arc::new(llmload::request::prepare_all(&convs, &target.body_params())),
         max_in_flight: 20_000,
+        server_metrics: None,
         observer: Arc::new(llmload::sweep::NoObserver),
     }
 }

@@ -38,7 +38,12 @@ async fn run(url: &str, dataset: &Path, results: &Path, args: &[&str]) -> PathBu
     } else {
         cmd.args(base_run(url, dataset)).args(args);
     }
-    let out = cmd.arg("--results-dir").arg(results).output().await.unwrap();
+    let out = cmd
+        .arg("--results-dir")
+        .arg(results)
+        .output()
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -107,7 +112,13 @@ async fn same_endpoint_twice_is_quiet_and_a_slower_ttft_is_caught() {
     assert_eq!(code, 0, "{out}");
 
     // Different levels cannot be compared.
-    let d = run(&base.chat_url(), &ds, &r, &["--qps", "25", "--duration", "1"]).await;
+    let d = run(
+        &base.chat_url(),
+        &ds,
+        &r,
+        &["--qps", "25", "--duration", "1"],
+    )
+    .await;
     let (code, out) = compare(&a, &d, &[]).await;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("different levels"), "{out}");

@@ -571,7 +571,12 @@ async fn every_metric_the_readme_lists_moves() {
              [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
              [[job]]\nname = \"stale\"\ntarget = \"closer\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"cap\"\ntarget = \"cap\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 5\nmax_qps = 10\nprobe_duration = \"1s\"\nconfirm_duration = \"1s\"\nschedule = \"at_start\"\n",
-            target("t", &fast.chat_url(), &dataset, "keep_runs = 1"),
+            target(
+                "t",
+                &fast.chat_url(),
+                &dataset,
+                "keep_runs = 1\nserver_metrics = \"auto\"\nserver_metrics_interval = \"1s\"",
+            ),
             target("slow", &slow.chat_url(), &dataset, "max_in_flight = 2"),
             target("broken", &fast.chat_url(), &dataset, ""),
             // Closes a kept-alive connection when a second request comes:
@@ -626,6 +631,24 @@ async fn every_metric_the_readme_lists_moves() {
         "the daemon keeps running after a write failure"
     );
 
+    // The target's server metrics are in its runs' results.
+    let runs = d
+        .wait_json("/api/v1/runs?job=capacity", 10, |v| {
+            v["runs"][0]["status"] == "complete"
+        })
+        .await;
+    let id = runs["runs"][0]["id"].as_str().unwrap();
+    let detail = d
+        .wait_json(&format!("/api/v1/runs/{id}"), 10, |v| {
+            v["results"].is_array()
+        })
+        .await;
+    assert_eq!(
+        detail["results"][0]["server"]["status"], "ok",
+        "{}",
+        detail["results"][0]
+    );
+    assert_eq!(detail["results"][0]["server"]["family"], "llmload");
     d.wait_json("/api/v1/runs?job=cap", 60, |v| {
         v["runs"][0]["status"] == "complete"
     })

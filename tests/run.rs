@@ -754,6 +754,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
             },
         )),
         max_in_flight: 100,
+        server_metrics: None,
         observer: records,
     };
     let plan = SweepPlan {

@@ -70,8 +70,8 @@ pub fn render(v: &Verdict) -> String {
     let _ = writeln!(o, "base {}\nnew  {}\n", v.base, v.new);
     let _ = writeln!(
         o,
-        "{:<8} {:<34} {:>12} {:>12} {:>9}  {:<6} {}",
-        "QPS", "metric", "base", "new", "change", "noise", "verdict"
+        "{:<8} {:<34} {:>12} {:>12} {:>9}  {:<6} verdict",
+        "QPS", "metric", "base", "new", "change", "noise"
     );
     for l in &v.lines {
         let _ = writeln!(

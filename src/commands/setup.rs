@@ -111,10 +111,15 @@ impl Session {
         } else {
             observer
         };
+        let server_metrics = target
+            .server_scraper()
+            .map_err(|e| UsageError::new(format!("--server-metrics {e}")))?
+            .map(Arc::new);
         let engine = Engine {
             client,
             requests,
             max_in_flight: target.max_in_flight,
+            server_metrics,
             observer,
         };
         Ok(Self {

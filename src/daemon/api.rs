@@ -217,21 +217,18 @@ async fn compare(
     Query(q): Query<CompareQuery>,
 ) -> Response {
     let Some(base_id) = q.with else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "give the base run: ?with=<run id>",
-        );
+        return error(StatusCode::BAD_REQUEST, "give the base run: ?with=<run id>");
     };
-    let load = |which: &str| -> Result<crate::compare::Run, Response> {
+    let load = |which: &str| -> Result<crate::compare::Run, (StatusCode, String)> {
         let Some(entry) = state.index.get(which) else {
-            return Err(error(StatusCode::NOT_FOUND, format!("no run '{which}'")));
+            return Err((StatusCode::NOT_FOUND, format!("no run '{which}'")));
         };
         crate::results::load_run(&state.index.dir_of(&entry), which)
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))
     };
     let (base, new) = match (load(&base_id), load(&id)) {
         (Ok(b), Ok(n)) => (b, n),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err((code, e)), _) | (_, Err((code, e))) => return error(code, e),
     };
     let max_regression = match q.max_regression.as_deref().map(crate::compare::parse_share) {
         None => 0.10,
@@ -239,7 +236,9 @@ async fn compare(
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let metrics = match crate::compare::MetricSpec::parse_list(
-        q.metric.as_deref().unwrap_or(crate::compare::DEFAULT_METRICS),
+        q.metric
+            .as_deref()
+            .unwrap_or(crate::compare::DEFAULT_METRICS),
     ) {
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),

@@ -58,6 +58,9 @@ pub struct RawTarget {
     pub first_token_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
     pub pool_idle_timeout: Option<DurationValue>,
+    /// The server's own metrics URL (or "auto"), scraped during runs.
+    pub server_metrics: Option<String>,
+    pub server_metrics_interval: Option<DurationValue>,
     pub ca_cert: Option<String>,
     #[serde(default)]
     pub insecure: bool,
@@ -395,6 +398,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         )
         .expect("default set");
         let first_token_timeout = dur("first_token_timeout", &t.first_token_timeout, None);
+        let server_metrics_interval =
+            dur("server_metrics_interval", &t.server_metrics_interval, None);
         let idle_timeout = dur("idle_timeout", &t.idle_timeout, None);
         let pool_idle_timeout = dur(
             "pool_idle_timeout",
@@ -438,6 +443,10 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         spec.client.pool_idle_timeout = pool_idle_timeout;
         spec.client.ca_cert = t.ca_cert.as_deref().map(|c| rel(&base, c));
         spec.client.insecure = t.insecure;
+        spec.server_metrics = t.server_metrics.clone();
+        if let Some(v) = server_metrics_interval {
+            spec.server_metrics_interval = v;
+        }
         if let Some(m) = t.max_tokens {
             spec.max_tokens = m;
         }

@@ -171,6 +171,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         client: slot.client.clone(),
         requests: slot.requests.clone(),
         max_in_flight: t.spec.max_in_flight,
+        server_metrics: slot.scraper.clone(),
         observer: Arc::new(MetricsObserver {
             job: job_metrics.clone(),
             next,
@@ -583,6 +584,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     };
     let mut r = LevelResult::from_stats(&outcome.stats, outcome.timing);
     r.interrupted = outcome.interrupted;
+    r.server = outcome.server.clone();
     // The pacer paused for sweeps: rates count the time actually sending.
     let paused = Duration::from_nanos(run.progress.paused_ns.load(Ordering::Relaxed));
     if !paused.is_zero() {
@@ -597,6 +599,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             },
         );
         r.interrupted = outcome.interrupted;
+        r.server = outcome.server;
     }
     hooks.level_finished(&spec, &r);
     let levels = vec![r];

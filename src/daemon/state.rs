@@ -19,6 +19,8 @@ pub struct TargetSlot {
     pub target: Target,
     pub client: Arc<LlmClient>,
     pub requests: Arc<Vec<PreparedRequest>>,
+    /// The server's own metrics, when the target names them.
+    pub scraper: Option<Arc<crate::scrape::ServerScraper>>,
     /// Held by a sweep for its whole run: sweeps on one target queue up.
     pub sweep_lock: tokio::sync::Mutex<()>,
     /// The soak running on this target, if any, so a sweep can pause it.
@@ -123,6 +125,11 @@ impl State {
                     target: t.clone(),
                     client: Arc::new(client),
                     requests: Arc::new(prepare_all(&convs, &t.spec.body_params())),
+                    scraper: t
+                        .spec
+                        .server_scraper()
+                        .map_err(|e| format!("target '{}': server_metrics {e}", t.name))?
+                        .map(Arc::new),
                     sweep_lock: tokio::sync::Mutex::new(()),
                     soak: Mutex::new(None),
                 }),

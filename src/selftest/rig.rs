@@ -78,6 +78,7 @@ pub(super) fn engine(
             },
         )),
         max_in_flight: 200_000,
+        server_metrics: None,
         observer,
     }
 }
