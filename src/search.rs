@@ -6,8 +6,9 @@
 //! 2. **Bisect** between the last pass and the first fail, at their
 //!    geometric mean, until they are within `precision` of each other.
 //! 3. **Confirm** the last pass with one longer probe. If it fails, that
-//!    rate becomes the first fail, and the next rate down that passed is
-//!    confirmed instead, a few times at most.
+//!    rate becomes the first fail: the next rate down that passed is
+//!    confirmed instead when it is within `precision`, else the gap is
+//!    bisected again; a few times at most.
 //!
 //! MLPerf's server scenario searches the same way (a pass is the highest
 //! Poisson rate whose latency constraints hold); the growth phase saves
@@ -200,12 +201,11 @@ impl Search {
                     .copied()
                     .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
                 match lower {
-                    // Confirm the next rate down that passed, directly: a
-                    // confirmation-length probe is what tells, and more
-                    // bisection between short probes would only repeat
-                    // what they could not see.
+                    // Close below: confirm it directly. Far below (a short
+                    // probe passed too high): bisect the gap again.
                     Some(lo) if self.confirm_fails <= MAX_CONFIRM_STEPS => {
                         self.pass = Some(lo);
+                        self.after_bracket_change(lo, qps);
                     }
                     Some(lo) => {
                         // Out of confirmations: the highest rate that
@@ -315,6 +315,31 @@ mod tests {
         assert!(qps <= 23.0 && qps > 21.0, "{qps} via confirms {confirms:?}");
         assert!(confirms.len() >= 2);
         assert!(bracket[1] > qps);
+    }
+
+    #[test]
+    fn a_failed_confirmation_far_above_the_last_pass_bisects_again() {
+        // Growth probes are short: one passes 128 on a server of 120, the
+        // confirmation fails it, and the rate that passed before is 64.
+        let mut s = Search::new(cfg());
+        let mut probes = Vec::new();
+        let outcome = loop {
+            match s.next() {
+                Next::Done(o) => break o,
+                Next::Probe { qps, phase } => {
+                    probes.push((qps, phase));
+                    let limit = match phase {
+                        Phase::Grow => 130.0,
+                        _ => 120.0,
+                    };
+                    s.record(qps, qps <= limit);
+                }
+            }
+        };
+        let Outcome::Found { qps, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(qps <= 120.0 && qps >= 120.0 / 1.05, "{qps} via {probes:?}");
     }
 
     #[test]
