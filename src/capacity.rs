@@ -225,7 +225,7 @@ pub async fn search(
         // Aborted after a normal end: not stopped early (unless it had
         // already fired, which the join then reports).
         let stopped_early = watcher.await.unwrap_or(false);
-        seq += outcome_of_level.stats.sent + outcome_of_level.stats.dropped;
+        seq += outcome_of_level.global_scheduled;
         let user_stopped = stop.is_cancelled() || cancel.is_cancelled();
         let mut r = LevelResult::from_stats(&outcome_of_level.stats, outcome_of_level.timing);
         r.server = outcome_of_level.server;
@@ -372,7 +372,7 @@ async fn cool_down(
         let out = engine
             .run_level(spec, &run, stop.child_token(), stop.child_token(), *seq)
             .await;
-        *seq += out.stats.sent + out.stats.dropped;
+        *seq += out.global_scheduled;
         let light = LevelResult::from_stats(&out.stats, out.timing);
         let recovered = light.failed == 0
             && match baseline_ttft {

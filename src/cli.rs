@@ -234,6 +234,35 @@ pub struct RunArgs {
     /// Share of a level's scheduled requests that must meet the SLO.
     #[arg(long, default_value_t = crate::slo::DEFAULT_ATTAINMENT, value_parser = parse_share)]
     pub slo_attainment: f64,
+    /// Run shard I of N: send exactly the requests of the global schedule
+    /// whose index is I modulo N (also LLMLOAD_SHARD=I/N, or a Kubernetes
+    /// Indexed Job's JOB_COMPLETION_INDEX with LLMLOAD_SHARDS=N).
+    #[arg(long, value_name = "I/N", value_parser = crate::schedule::Shard::parse)]
+    pub shard: Option<crate::schedule::Shard>,
+    /// Begin the first level at this instant (RFC 3339, or Unix seconds),
+    /// so that every shard starts together.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub start_at: Option<std::time::SystemTime>,
+    /// With --start-at: time between a level's end and the next's start,
+    /// for the drain. Levels run on a fixed timeline so shards stay aligned.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub level_gap: Duration,
+    /// Serve live Prometheus metrics on this address while the run lasts
+    /// (as the daemon's /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(std::time::SystemTime::from)
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time or Unix seconds ({e})"))
 }
 
 /// `llmload capacity`: the highest rate the endpoint holds under an SLO.

@@ -81,6 +81,15 @@ pub struct Metadata {
     /// off, TLS failure reasons), each said once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// A shard of a sharded run: which of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::schedule::Shard>,
+    /// The common start of a sharded run, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+    /// A merged run: the shard directories it was made from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -147,6 +156,9 @@ impl Metadata {
             error: None,
             connection_reuse: true,
             notices: Vec::new(),
+            shard: None,
+            start_at: None,
+            merged_from: Vec::new(),
         }
     }
 }

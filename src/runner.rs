@@ -22,6 +22,9 @@ pub struct SweepPlan {
     pub seed: u64,
     /// Judge every request against this SLO (goodput, attainment).
     pub slo: Option<Arc<SloTarget>>,
+    /// A fixed timeline (shards of one run): the first level starts at
+    /// this instant, and each next one `duration + gap` later.
+    pub timeline: Option<(std::time::SystemTime, Duration)>,
 }
 
 impl SweepPlan {
@@ -100,12 +103,15 @@ pub async fn execute(
             break;
         }
         let spec = plan.spec(index);
-        let run = LevelRun::with_slo(plan.slo.clone());
+        let mut run = LevelRun::with_slo(plan.slo.clone());
+        run.start_at = plan
+            .timeline
+            .map(|(t0, gap)| t0 + (plan.duration + gap) * index as u32);
         hooks.level_started(&spec, plan.levels.len(), plan.planned(index), &run);
         let outcome = engine
             .run_level(spec, &run, stop.child_token(), cancel.clone(), seq)
             .await;
-        seq += outcome.stats.sent + outcome.stats.dropped;
+        seq += outcome.global_scheduled;
         let mut result = LevelResult::from_stats(&outcome.stats, outcome.timing);
         result.server = outcome.server;
         if outcome.interrupted {
@@ -200,6 +206,7 @@ mod tests {
             arrival: Arrival::Constant,
             seed: 0,
             slo: None,
+            timeline: None,
         }
     }
 

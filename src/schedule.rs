@@ -51,6 +51,45 @@ impl std::fmt::Display for Arrival {
     }
 }
 
+/// One of `count` processes that share a schedule: it sends exactly the
+/// requests whose index in the global schedule is `index` modulo `count`,
+/// so the union of the shards is what one process would have sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// `I/N`, with `0 <= I < N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}': '{i}' is not a shard index"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}': '{n}' is not a shard count"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "'{s}': the index must be below the count (0/{count} to {}/{count})",
+                count.max(1) - 1
+            ));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// Whether request `i` of the global schedule is this shard's.
+    pub fn owns(&self, i: u64) -> bool {
+        i % self.count as u64 == self.index as u64
+    }
+}
+
 /// Iterator over the offsets (from level start) at which requests are due,
 /// all strictly below `window`. `window = None` runs forever (soak).
 #[derive(Debug)]
@@ -151,6 +190,27 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn shards_split_the_schedule_exactly() {
+        let all: Vec<Duration> =
+            Schedule::new(37.0, Some(ms(3_000)), Arrival::Poisson, 9).collect();
+        let mut union = Vec::new();
+        for i in 0..4 {
+            let sh = Shard::parse(&format!("{i}/4")).unwrap();
+            union.extend(
+                Schedule::new(37.0, Some(ms(3_000)), Arrival::Poisson, 9)
+                    .enumerate()
+                    .filter(|(k, _)| sh.owns(*k as u64))
+                    .map(|(_, t)| t),
+            );
+        }
+        union.sort();
+        assert_eq!(union, all);
+        for bad in ["4/4", "1", "a/2", "0/0", "-1/3"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

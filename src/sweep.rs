@@ -104,6 +104,8 @@ pub struct Engine {
     /// The server's own metrics, scraped at each level's start and end
     /// and every interval between.
     pub server_metrics: Option<Arc<crate::scrape::ServerScraper>>,
+    /// Send only this shard's part of every schedule.
+    pub shard: Option<crate::schedule::Shard>,
     pub observer: Arc<dyn Observer>,
 }
 
@@ -111,6 +113,10 @@ pub struct Engine {
 pub struct LevelRun {
     pub stats: Arc<Mutex<LevelStats>>,
     pub progress: Arc<Progress>,
+    /// Start the schedule at this wall-clock instant (shards of one run
+    /// share it), instead of now. A start already past makes the first
+    /// sends late, and counted so.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl LevelRun {
@@ -118,6 +124,7 @@ impl LevelRun {
         Self {
             stats: Arc::new(Mutex::new(LevelStats::new())),
             progress: Arc::new(Progress::default()),
+            start_at: None,
         }
     }
 
@@ -149,6 +156,9 @@ pub struct LevelOutcome {
     pub interrupted: bool,
     /// What the server's own metrics said, when scraped.
     pub server: Option<crate::server_view::ServerLevel>,
+    /// Entries of the global schedule gone through (every shard's): where
+    /// the next level's request indices start.
+    pub global_scheduled: u64,
 }
 
 impl Engine {
@@ -168,8 +178,18 @@ impl Engine {
         if let Some(d) = spec.duration {
             lock(&run.stats).start_timeline(d);
         }
-        // A little lead so the first send is not late because of set-up.
-        let start = Instant::now() + Duration::from_millis(2);
+        // A little lead so the first send is not late because of set-up;
+        // or the shared start of a sharded run, on this process's clock.
+        let start = match run.start_at {
+            Some(at) => {
+                let now = (Instant::now(), std::time::SystemTime::now());
+                match at.duration_since(now.1) {
+                    Ok(ahead) => now.0 + ahead,
+                    Err(behind) => now.0.checked_sub(behind.duration()).unwrap_or(now.0),
+                }
+            }
+            None => Instant::now() + Duration::from_millis(2),
+        };
         let ctx = Arc::new(TaskCtx {
             client: self.client.clone(),
             requests: self.requests.clone(),
@@ -201,6 +221,7 @@ impl Engine {
             (stop, task)
         });
         let max_in_flight = self.max_in_flight.max(1);
+        let shard = self.shard;
         let pacer_ctx = ctx.clone();
         let pacer_stop = stop_sending.clone();
         let pacer_cancel = cancel.clone();
@@ -213,13 +234,15 @@ impl Engine {
                     &handle,
                     max_in_flight,
                     first_seq,
+                    shard,
                     &pacer_stop,
                     &pacer_cancel,
                 );
                 let _ = done_tx.send(r);
             })
             .expect("spawning the pacer thread");
-        let (last_offset, interrupted) = done_rx.await.unwrap_or((Duration::ZERO, true));
+        let (last_offset, interrupted, global) =
+            done_rx.await.unwrap_or((Duration::ZERO, true, 0));
         let sent_done = Instant::now();
 
         // Drain: every task carries its own deadline, so this ends.
@@ -268,6 +291,7 @@ impl Engine {
             },
             interrupted: interrupted || cancel.is_cancelled(),
             server,
+            global_scheduled: global,
         }
     }
 }
@@ -285,15 +309,17 @@ struct TaskCtx {
 }
 
 /// The pacer loop (runs on its own OS thread). Returns the offset of the
-/// last send and whether it was stopped early.
+/// last send, whether it was stopped early, and how many entries of the
+/// global schedule it went through (all shards' together).
 fn pace(
     ctx: &Arc<TaskCtx>,
     handle: &tokio::runtime::Handle,
     max_in_flight: usize,
     first_seq: u64,
+    shard: Option<crate::schedule::Shard>,
     stop: &CancellationToken,
     cancel: &CancellationToken,
-) -> (Duration, bool) {
+) -> (Duration, bool, u64) {
     set_fine_timer_slack();
     let spec = ctx.spec;
     let schedule = Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed);
@@ -301,11 +327,16 @@ fn pace(
     // Time spent paused pushes the rest of the schedule back.
     let mut shift = Duration::ZERO;
     let mut last = Duration::ZERO;
+    let mut seen = 0u64;
     for (i, offset) in schedule.enumerate() {
+        seen = i as u64 + 1;
+        if shard.is_some_and(|s| !s.owns(i as u64)) {
+            continue;
+        }
         let mut due = std_start + shift + offset;
         loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
-                return (last, true);
+                return (last, true, seen - 1);
             }
             if ctx.progress.paused.load(Ordering::Acquire) {
                 let t0 = std::time::Instant::now();
@@ -348,7 +379,7 @@ fn pace(
         let task_ctx = ctx.clone();
         handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open).await });
     }
-    (last, false)
+    (last, false, seen)
 }
 
 /// One request, from spawn to books. Whatever happens inside (a panic in
@@ -528,6 +559,7 @@ pub(crate) mod tests {
             requests: Arc::new(crate::request::prepare_all(&convs, &target.body_params())),
             max_in_flight: 1000,
             server_metrics: None,
+            shard: None,
             observer: Arc::new(NoObserver),
         }
     }

@@ -52,6 +52,7 @@ fn engine(url: &str) -> Engine {
         requests: Arc::new(llmload::request::prepare_all(&convs, &target.body_params())),
         max_in_flight: 20_000,
         server_metrics: None,
+        shard: None,
         observer: Arc::new(llmload::sweep::NoObserver),
     }
 }

@@ -51,6 +51,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
         )),
         max_in_flight: 1000,
         server_metrics: None,
+        shard: None,
         observer: Arc::new(NoObserver),
     };
     let qps = 20.0;

@@ -755,6 +755,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         )),
         max_in_flight: 100,
         server_metrics: None,
+        shard: None,
         observer: records,
     };
     let plan = SweepPlan {
@@ -763,6 +764,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         arrival: llmload::schedule::Arrival::Constant,
         seed: 0,
         slo: None,
+        timeline: None,
     };
     let out = Outputs {
         dir: dir.clone(),

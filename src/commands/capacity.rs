@@ -43,7 +43,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         seed: args.common.seed,
     };
     let a = &args.common;
-    let session = Session::start(a, &[args.min_qps, args.max_qps]).await?;
+    let session = Session::start(a, &[args.min_qps, args.max_qps], None).await?;
     let meta = Metadata::new(&RunInfo {
         target: &session.target,
         dataset: &a.dataset.display().to_string(),

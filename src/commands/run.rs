@@ -7,6 +7,8 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError};
 use crate::progress::ConsoleHooks;
 use crate::results::{self, Metadata, RunInfo};
 use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepPlan};
+use crate::metrics::{JobMetrics, Metrics, MetricsObserver};
+use crate::schedule::Shard;
 use crate::slo::{Slo, SloTarget};
 use crate::table;
 use std::sync::Arc;
@@ -33,27 +35,65 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         crate::errln!("note: --show-tokens is deprecated: tokens/sec is always shown");
     }
     let a = &args.common;
-    let session = Session::start(a, &args.qps).await?;
-    let meta = Metadata::new(&RunInfo {
+    let shard = shard_from(args.shard, &|k| std::env::var(k).ok()).map_err(UsageError::new)?;
+    // Shards of one run share its id: the stamp of their common start.
+    let stamp = args.start_at.map(|t| {
+        let stamp = crate::results::stamp(&chrono::DateTime::<chrono::Local>::from(t));
+        match shard {
+            Some(s) => format!("{stamp}.shard-{}-of-{}", s.index, s.count),
+            None => stamp,
+        }
+    });
+    let mut session = Session::start(a, &args.qps, stamp.as_deref()).await?;
+    session.engine.shard = shard;
+    let run_id = match args.start_at {
+        Some(t) => crate::results::stamp(&chrono::DateTime::<chrono::Local>::from(t)),
+        None => session.dir.id.clone(),
+    };
+    let mut meta = Metadata::new(&RunInfo {
         target: &session.target,
         dataset: &a.dataset.display().to_string(),
         qps: &args.qps,
         duration: Some(args.duration),
         arrival: args.arrival,
         seed: a.seed,
-        run_id: session.dir.id.clone(),
+        run_id,
         percentiles: &args.percentiles,
         now: session.now,
         job: None,
         kind: "sweep",
     });
+    meta.shard = shard;
+    meta.start_at = args
+        .start_at
+        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
     let plan = SweepPlan {
         levels: args.qps.clone(),
         duration: args.duration,
         arrival: args.arrival,
         seed: a.seed,
         slo,
+        timeline: args.start_at.map(|t| (t, args.level_gap)),
     };
+    let live = match args.metrics_listen {
+        Some(addr) => Some(
+            LiveMetrics::serve(addr, &session.target, &mut session.engine)
+                .await
+                .map_err(|e| UsageError::new(format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    if let (Some(s), Some(t)) = (shard, args.start_at) {
+        match std::time::SystemTime::now().duration_since(t) {
+            Ok(late) if late > std::time::Duration::from_millis(1) => crate::errln!(
+                "shard {}/{}: starting {:.3}s after --start-at; its late sends count as schedule lag",
+                s.index,
+                s.count,
+                late.as_secs_f64()
+            ),
+            _ => crate::errln!("shard {}/{}: waiting for --start-at", s.index, s.count),
+        }
+    }
     let outputs = Outputs {
         dir: session.dir.clone(),
         results_file: results::file_name_only(&args.output, results::DEFAULT_RESULTS_FILE),
@@ -75,16 +115,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         session.dir.path.display()
     );
     let console = ConsoleHooks::new(session.telemetry.clone().zip(session.sweep_span.clone()));
-    let report = runner::execute(
-        &session.engine,
-        &plan,
-        &mut writer,
-        &console,
-        &stop,
-        &cancel,
-    )
-    .await;
+    let hooks = LiveHooks {
+        console: &console,
+        live: live.as_ref(),
+    };
+    let report =
+        runner::execute(&session.engine, &plan, &mut writer, &hooks, &stop, &cancel).await;
     signals.abort();
+    if let Some(l) = &live {
+        l.publish(&report);
+    }
 
     crate::out!(
         "\n{}",
@@ -144,4 +184,171 @@ pub async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
         "stopping took too long: exiting now; finished levels are in the results directory"
     );
     std::process::exit(EXIT_INTERRUPTED.into());
+}
+
+/// The shard from `--shard`, else `LLMLOAD_SHARD=I/N`, else a Kubernetes
+/// Indexed Job's `JOB_COMPLETION_INDEX` with `LLMLOAD_SHARDS=N`.
+pub fn shard_from(
+    flag: Option<Shard>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Shard>, String> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(v) = env("LLMLOAD_SHARD") {
+        return Shard::parse(&v)
+            .map(Some)
+            .map_err(|e| format!("LLMLOAD_SHARD={v}: {e}"));
+    }
+    match (env("JOB_COMPLETION_INDEX"), env("LLMLOAD_SHARDS")) {
+        (Some(i), Some(n)) => Shard::parse(&format!("{i}/{n}"))
+            .map(Some)
+            .map_err(|e| format!("JOB_COMPLETION_INDEX={i} with LLMLOAD_SHARDS={n}: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// `--metrics-listen`: the daemon's metrics for the length of one run, so
+/// that Prometheus can scrape every shard.
+pub struct LiveMetrics {
+    metrics: Arc<Metrics>,
+    job: JobMetrics,
+    labels: [String; 3],
+    stop: CancellationToken,
+}
+
+impl LiveMetrics {
+    async fn serve(
+        addr: std::net::SocketAddr,
+        target: &crate::target::Target,
+        engine: &mut crate::sweep::Engine,
+    ) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        // Labels: the endpoint's host and port, the model, job "run".
+        let host = target
+            .endpoint()
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| {
+                u.authority()
+                    .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| "endpoint".into());
+        let labels = [host, target.model.clone(), "run".to_string()];
+        let job = metrics.for_job(&labels[0], &labels[1], &labels[2]);
+        metrics.up.set(1);
+        metrics
+            .start_time
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        crate::errln!(
+            "serving metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let m = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::serve::serve(listener, app, stop.clone()));
+        engine.observer = Arc::new(MetricsObserver {
+            job: job.clone(),
+            next: Some(engine.observer.clone()),
+        });
+        Ok(Self {
+            metrics,
+            job,
+            labels,
+            stop,
+        })
+    }
+
+    fn publish(&self, report: &runner::SweepReport) {
+        let [t, m, j] = &self.labels;
+        if report.status == RunStatus::Complete {
+            self.metrics.publish_capacity(
+                [t.as_str(), m.as_str(), j.as_str()],
+                &report.levels,
+                &report.summary.analysis,
+                chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+                0.0,
+            );
+        }
+    }
+}
+
+impl Drop for LiveMetrics {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Console progress, plus the live gauges when metrics are served.
+struct LiveHooks<'a> {
+    console: &'a ConsoleHooks,
+    live: Option<&'a LiveMetrics>,
+}
+
+impl runner::SweepHooks for LiveHooks<'_> {
+    fn level_started(
+        &self,
+        spec: &crate::sweep::LevelSpec,
+        levels: usize,
+        planned: u64,
+        run: &crate::sweep::LevelRun,
+    ) {
+        self.console.level_started(spec, levels, planned, run);
+        let Some(l) = self.live else {
+            return;
+        };
+        l.job.target_qps.set(spec.qps);
+        let [t, _, j] = &l.labels;
+        l.metrics
+            .current_level
+            .with_label_values(&[t.as_str(), j.as_str()])
+            .set(spec.index as i64 + 1);
+        // In flight and the achieved rate, once a second, while the level
+        // runs (the progress is dropped with the level).
+        let (progress, job, stop) = (run.progress.clone(), l.job.clone(), l.stop.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            let mut last = progress.scheduled.load(Ordering::Relaxed);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                if Arc::strong_count(&progress) == 1 {
+                    return;
+                }
+                let sent = progress.scheduled.load(Ordering::Relaxed);
+                job.in_flight
+                    .set(progress.in_flight.load(Ordering::Relaxed) as i64);
+                job.achieved_qps.set(sent.saturating_sub(last) as f64);
+                last = sent;
+            }
+        });
+    }
+
+    fn level_finished(&self, spec: &crate::sweep::LevelSpec, r: &crate::stats::LevelResult) {
+        self.console.level_finished(spec, r);
+        if let Some(l) = self.live {
+            l.job.in_flight.set(0);
+            l.job.achieved_qps.set(0.0);
+        }
+    }
 }

@@ -26,7 +26,12 @@ pub struct Session {
 impl Session {
     /// Everything up to the first request. `qps` names the levels for
     /// the trace's root span.
-    pub async fn start(a: &TargetArgs, qps: &[f64]) -> anyhow::Result<Self> {
+    /// `stamp` names the run directory (default: now).
+    pub async fn start(
+        a: &TargetArgs,
+        qps: &[f64],
+        stamp: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut target = a.target().map_err(UsageError::new)?;
         let problems: Vec<String> = target
             .validate()
@@ -73,7 +78,10 @@ impl Session {
         let requests = Arc::new(prepare_all(&convs, &target.body_params()));
 
         let now = chrono::Local::now();
-        let dir = RunDir::create(&a.results_dir, &results::stamp(&now)).with_context(|| {
+        let stamp = stamp
+            .map(str::to_owned)
+            .unwrap_or_else(|| results::stamp(&now));
+        let dir = RunDir::create(&a.results_dir, &stamp).with_context(|| {
             format!(
                 "cannot create a run directory under {}",
                 a.results_dir.display()
@@ -120,6 +128,7 @@ impl Session {
             requests,
             max_in_flight: target.max_in_flight,
             server_metrics,
+            shard: None,
             observer,
         };
         Ok(Self {

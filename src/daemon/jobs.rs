@@ -172,6 +172,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         requests: slot.requests.clone(),
         max_in_flight: t.spec.max_in_flight,
         server_metrics: slot.scraper.clone(),
+        shard: None,
         observer: Arc::new(MetricsObserver {
             job: job_metrics.clone(),
             next,
@@ -449,6 +450,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 arrival: job.arrival,
                 seed: job.seed,
                 slo: job.slo.clone(),
+                timeline: None,
             };
             runner::execute(
                 &started.engine,

@@ -79,6 +79,7 @@ pub(super) fn engine(
         )),
         max_in_flight: 200_000,
         server_metrics: None,
+        shard: None,
         observer,
     }
 }

@@ -553,6 +553,7 @@ pub async fn run_level(
         )),
         max_in_flight: 10_000,
         server_metrics: None,
+        shard: None,
         observer: Arc::new(NoObserver),
     };
     let dur = Duration::from_secs_f64(secs);
