@@ -33,6 +33,8 @@ pub enum Command {
     Capacity(Box<CapacityArgs>),
     /// Is NEW worse than BASE? A regression verdict with an exit code.
     Compare(CompareArgs),
+    /// Merge the run directories of N shards into one run.
+    Merge(MergeArgs),
     /// Serve the built-in OpenAI-compatible mock endpoint.
     Mock(Box<MockArgs>),
     /// Scheduled and continuous sweeps with /metrics and a control API.
@@ -359,6 +361,17 @@ pub struct CompareArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The shards' run directories (all N of them).
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Write the merged run here (created; must be new or empty). Default:
+    /// the run id's directory beside the first shard's.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

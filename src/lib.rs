@@ -55,6 +55,7 @@ pub mod error;
 pub mod keepalive;
 pub mod limits;
 pub mod logging;
+pub mod merge;
 pub mod metrics;
 pub mod mock;
 pub mod plot;

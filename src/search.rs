@@ -339,7 +339,10 @@ mod tests {
         let Outcome::Found { qps, .. } = outcome else {
             panic!("{outcome:?}")
         };
-        assert!((120.0 / 1.05..=120.0).contains(&qps), "{qps} via {probes:?}");
+        assert!(
+            (120.0 / 1.05..=120.0).contains(&qps),
+            "{qps} via {probes:?}"
+        );
     }
 
     #[test]

@@ -241,8 +241,7 @@ impl Engine {
                 let _ = done_tx.send(r);
             })
             .expect("spawning the pacer thread");
-        let (last_offset, interrupted, global) =
-            done_rx.await.unwrap_or((Duration::ZERO, true, 0));
+        let (last_offset, interrupted, global) = done_rx.await.unwrap_or((Duration::ZERO, true, 0));
         let sent_done = Instant::now();
 
         // Drain: every task carries its own deadline, so this ends.

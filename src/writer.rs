@@ -102,7 +102,10 @@ impl RunWriter {
         self.meta.status = status.as_str().into();
         self.meta.partial = status == RunStatus::Partial;
         self.meta.levels_completed = levels.len();
-        self.meta.finished_at = Some(chrono::Local::now().to_rfc3339());
+        // Kept when already known (a merge carries its shards' end).
+        if self.meta.finished_at.is_none() {
+            self.meta.finished_at = Some(chrono::Local::now().to_rfc3339());
+        }
         let title = match status {
             RunStatus::Complete => self.out.plot_title.clone(),
             RunStatus::Partial => format!("{} (partial)", self.out.plot_title),

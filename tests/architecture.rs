@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("duration", 0),
     ("error", 0),
     ("keepalive", 0),
+    ("merge", 0),
     ("record", 0),
     ("request", 0),
     ("saturation", 0),

@@ -4,6 +4,7 @@ pub mod alert_rules;
 pub mod capacity;
 pub mod compare;
 pub mod daemon;
+pub mod merge;
 pub mod mock;
 pub mod plot;
 pub mod run;
@@ -18,6 +19,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(*args).await,
         Command::Capacity(args) => capacity::capacity(*args).await,
         Command::Compare(args) => compare::compare(args),
+        Command::Merge(args) => merge::merge(args),
         Command::Mock(args) => mock::mock(*args).await,
         Command::Daemon(args) => daemon::command(args).await,
         Command::Plot(args) => plot::plot(args),

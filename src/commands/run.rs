@@ -4,10 +4,10 @@
 use super::setup::Session;
 use crate::cli::RunArgs;
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError};
+use crate::metrics::{JobMetrics, Metrics, MetricsObserver};
 use crate::progress::ConsoleHooks;
 use crate::results::{self, Metadata, RunInfo};
 use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepPlan};
-use crate::metrics::{JobMetrics, Metrics, MetricsObserver};
 use crate::schedule::Shard;
 use crate::slo::{Slo, SloTarget};
 use crate::table;
@@ -37,17 +37,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let a = &args.common;
     let shard = shard_from(args.shard, &|k| std::env::var(k).ok()).map_err(UsageError::new)?;
     // Shards of one run share its id: the stamp of their common start.
-    let stamp = args.start_at.map(|t| {
-        let stamp = crate::results::stamp(&chrono::DateTime::<chrono::Local>::from(t));
-        match shard {
-            Some(s) => format!("{stamp}.shard-{}-of-{}", s.index, s.count),
-            None => stamp,
+    let stamp = match (args.start_at, shard) {
+        (None, None) => None,
+        (start, _) => {
+            let at = start.map_or_else(chrono::Local::now, chrono::DateTime::<chrono::Local>::from);
+            let stamp = crate::results::stamp(&at);
+            Some(match shard {
+                Some(s) => format!("{stamp}.shard-{}-of-{}", s.index, s.count),
+                None => stamp,
+            })
         }
-    });
+    };
     let mut session = Session::start(a, &args.qps, stamp.as_deref()).await?;
     session.engine.shard = shard;
-    let run_id = match args.start_at {
-        Some(t) => crate::results::stamp(&chrono::DateTime::<chrono::Local>::from(t)),
+    // The shards of one run share its id: the directory name without the
+    // shard suffix.
+    let run_id = match session.dir.id.split_once(".shard-") {
+        Some((id, _)) => id.to_string(),
         None => session.dir.id.clone(),
     };
     let mut meta = Metadata::new(&RunInfo {
@@ -119,8 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         console: &console,
         live: live.as_ref(),
     };
-    let report =
-        runner::execute(&session.engine, &plan, &mut writer, &hooks, &stop, &cancel).await;
+    let report = runner::execute(&session.engine, &plan, &mut writer, &hooks, &stop, &cancel).await;
     signals.abort();
     if let Some(l) = &live {
         l.publish(&report);

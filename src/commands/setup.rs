@@ -27,11 +27,7 @@ impl Session {
     /// Everything up to the first request. `qps` names the levels for
     /// the trace's root span.
     /// `stamp` names the run directory (default: now).
-    pub async fn start(
-        a: &TargetArgs,
-        qps: &[f64],
-        stamp: Option<&str>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(a: &TargetArgs, qps: &[f64], stamp: Option<&str>) -> anyhow::Result<Self> {
         let mut target = a.target().map_err(UsageError::new)?;
         let problems: Vec<String> = target
             .validate()
