@@ -257,10 +257,11 @@ pub struct RunArgs {
 
 fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = t.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
     }
     chrono::DateTime::parse_from_rfc3339(t)
         .map(std::time::SystemTime::from)

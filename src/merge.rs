@@ -266,7 +266,7 @@ mod tests {
         r.done_at = ms(i * 100 + 400 + i * 53 % 300);
         r.token_chunks = 8;
         r.usage_output_tokens = Some(8);
-        if i % 17 == 0 {
+        if i.is_multiple_of(17) {
             r.outcome = Err(crate::record::ErrorKind::Http(503));
         }
         r
