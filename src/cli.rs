@@ -243,7 +243,7 @@ pub struct RunArgs {
     pub shard: Option<crate::schedule::Shard>,
     /// Begin the first level at this instant (RFC 3339, or Unix seconds),
     /// so that every shard starts together.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = parse_time, env = "LLMLOAD_START_AT")]
     pub start_at: Option<std::time::SystemTime>,
     /// With --start-at: time between a level's end and the next's start,
     /// for the drain. Levels run on a fixed timeline so shards stay aligned.
