@@ -659,3 +659,109 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     qhalf.shutdown().await;
     soak_mock.shutdown().await;
 }
+
+/// Labels of a query result series, `instance` left out.
+fn without_instance(series: &serde_json::Value) -> String {
+    let mut m = series["metric"].as_object().cloned().unwrap_or_default();
+    m.remove("instance");
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Three shards of one `llmload run`, each serving `/metrics`
+/// (`--metrics-listen`), scraped by one real Prometheus: every dashboard
+/// expression that has data must read as one run. No two series of a
+/// result may differ only by `instance` (a panel would draw three lines,
+/// or a stat pick one shard), and the rates must add up to the run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_reads_one_run_when_shards_report_at_once() {
+    let _serial = serial();
+    let mock = start_mock(capacity_mock(8)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
+    let prom = Prometheus::start(&addrs, &[], None).await;
+    // Far enough ahead for Prometheus' first scrapes (about 5 s after it
+    // starts) to land while the first level runs.
+    let start = std::time::SystemTime::now() + Duration::from_secs(4);
+    let start = format!(
+        "{:.3}",
+        start
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    let mut shards = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let child = tokio::process::Command::new(bin())
+            .args(common::base_run(&mock.chat_url(), &dataset))
+            .args([
+                "--qps",
+                "24,30",
+                "--duration",
+                "12",
+                "--level-gap",
+                "1s",
+                "--start-at",
+                &start,
+                "--shard",
+                &format!("{i}/3"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+                "--results-dir",
+                tmp.path().join("results").to_str().unwrap(),
+            ])
+            .env_remove("LLMLOAD_SHARD")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        shards.push(child);
+    }
+    // The second level is under way: the first level's histograms and
+    // capacity figures are in, the live gauges are moving.
+    prom.wait_for("count(llmload_target_qps)", 60, |v| v == 3.0)
+        .await;
+    prom.wait_for("sum(llmload_target_qps)", 60, |v| (v - 30.0).abs() < 1e-9)
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let mut with_data = 0;
+    for (name, dash) in dashboards() {
+        for (where_, expr) in expressions(&dash) {
+            let q = to_promql(&expr);
+            let r = prom
+                .query(&q)
+                .await
+                .unwrap_or_else(|e| panic!("{name} {where_}: {e}"));
+            if r.is_empty() {
+                continue; // a daemon-only series (soak, capacity search)
+            }
+            with_data += 1;
+            let mut seen = BTreeSet::new();
+            for s in &r {
+                assert!(
+                    seen.insert(without_instance(s)),
+                    "{name} {where_}: one series per shard, not one for the run: {q}\n{r:?}"
+                );
+            }
+        }
+    }
+    assert!(with_data >= 15, "{with_data} expressions had data");
+
+    // The run's rates, summed over the shards.
+    let achieved = prom
+        .wait_for("sum(llmload_achieved_qps)", 20, |v| v > 20.0)
+        .await;
+    eprintln!("achieved, summed over 3 shards: {achieved:?}");
+    for mut s in shards {
+        let st = s.wait().await.unwrap();
+        assert!(st.success(), "a shard failed: {st}");
+    }
+    mock.shutdown().await;
+}

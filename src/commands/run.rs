@@ -219,6 +219,10 @@ pub struct LiveMetrics {
     metrics: Arc<Metrics>,
     job: JobMetrics,
     labels: [String; 3],
+    /// This process's share of every level's rate: 1/N for shard I/N, so
+    /// that the shards' target rates sum to the level's.
+    share: f64,
+    started: std::time::Instant,
     stop: CancellationToken,
 }
 
@@ -272,23 +276,30 @@ impl LiveMetrics {
             job: job.clone(),
             next: Some(engine.observer.clone()),
         });
+        let share = engine.shard.map_or(1.0, |s| 1.0 / s.count as f64);
         Ok(Self {
             metrics,
             job,
             labels,
+            share,
+            started: std::time::Instant::now(),
             stop,
         })
     }
 
+    /// The capacity gauges, from a whole run only: a shard's levels hold
+    /// its share of the requests at the run's target rates, so its own
+    /// analysis would call every level saturated. A sharded run's
+    /// capacity is the merged run's (`llmload merge`).
     fn publish(&self, report: &runner::SweepReport) {
         let [t, m, j] = &self.labels;
-        if report.status == RunStatus::Complete {
+        if report.status == RunStatus::Complete && self.share == 1.0 {
             self.metrics.publish_capacity(
                 [t.as_str(), m.as_str(), j.as_str()],
                 &report.levels,
                 &report.summary.analysis,
                 chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
-                0.0,
+                self.started.elapsed().as_secs_f64(),
             );
         }
     }
@@ -318,7 +329,7 @@ impl runner::SweepHooks for LiveHooks<'_> {
         let Some(l) = self.live else {
             return;
         };
-        l.job.target_qps.set(spec.qps);
+        l.job.target_qps.set(spec.qps * l.share);
         let [t, _, j] = &l.labels;
         l.metrics
             .current_level
