@@ -135,9 +135,31 @@ pub struct TargetArgs {
     /// Model name sent in every request.
     #[arg(long)]
     pub model: String,
-    /// Dataset JSON: an array of {prompt_content, cut_chat_history}.
+    /// Dataset: a file (the seed's JSON array, ShareGPT, or JSONL), or
+    /// synthetic:input=N,output=M[,input_stddev=,output_stddev=,prefix=,samples=].
     #[arg(long)]
     pub dataset: PathBuf,
+    /// The dataset file's format (detected when omitted).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub dataset_format: Option<crate::workload::Format>,
+    /// A Hugging Face tokenizer.json (read locally): exact synthetic prompt
+    /// lengths and client-side input token counts.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Send ignore_eos and min_tokens (vLLM, llama.cpp) so that every request
+    /// generates exactly its max_tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Which API: chat (/v1/chat/completions) or completions (/v1/completions, prompt).
+    #[arg(long, value_enum, default_value = "chat")]
+    pub api: crate::workload::Api,
+    /// JSON object merged into every request body, e.g.
+    /// '{"chat_template_kwargs": {"enable_thinking": false}}'.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
+    /// Let --extra-body change keys llmload sets itself (model, stream, max_tokens...).
+    #[arg(long)]
+    pub force_extra_body: bool,
     /// Max tokens per request.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
@@ -328,6 +350,14 @@ impl TargetArgs {
         t.max_in_flight = self.max_in_flight;
         t.server_metrics = self.server_metrics.clone();
         t.server_metrics_interval = self.server_metrics_interval;
+        t.api = self.api;
+        t.ignore_eos = self.ignore_eos;
+        t.force_extra_body = self.force_extra_body;
+        if let Some(json) = &self.extra_body {
+            // Clashes with our own keys are judged by Target::validate.
+            t.extra_body = crate::workload::parse_extra_body(json, true)
+                .map_err(|e| format!("--extra-body {e}"))?;
+        }
         Ok(t)
     }
 }

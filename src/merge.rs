@@ -167,6 +167,21 @@ pub fn merge_level(
             output_source,
             usage_chunk_mismatch: sum(|l| l.tokens.usage_chunk_mismatch),
             input_total: sum(|l| l.tokens.input_total),
+            input_counted: sum(|l| l.tokens.input_counted),
+            input_mismatch: sum(|l| l.tokens.input_mismatch),
+            input_excess_mean: {
+                let counted = sum(|l| l.tokens.input_counted);
+                (counted > 0).then(|| {
+                    let total: f64 = levels
+                        .iter()
+                        .map(|l| {
+                            l.tokens.input_excess_mean.unwrap_or(0.0)
+                                * l.tokens.input_counted as f64
+                        })
+                        .sum();
+                    round(total / counted as f64, 2)
+                })
+            },
         },
         schedule_lag: dist(&lag, 1e-6, 6),
         client_bound: levels.iter().any(|l| l.client_bound),

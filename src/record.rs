@@ -148,6 +148,8 @@ pub struct RequestRecord {
     pub token_chunks: u32,
     pub usage_output_tokens: Option<u32>,
     pub usage_input_tokens: Option<u32>,
+    /// Prompt tokens counted with the run's tokenizer (none without one).
+    pub client_input_tokens: Option<u32>,
     pub finish: Option<FinishReason>,
     pub status: Option<u16>,
     /// Only filled when a sink asked for them (tracing): they allocate.
@@ -184,6 +186,7 @@ impl RequestRecord {
             token_chunks: 0,
             usage_output_tokens: None,
             usage_input_tokens: None,
+            client_input_tokens: None,
             finish: None,
             status: None,
             response_id: None,

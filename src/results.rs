@@ -90,6 +90,9 @@ pub struct Metadata {
     /// A merged run: the shard directories it was made from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
+    /// What was sent: format, API, tokenizer, lengths, seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::workload::Workload>,
 }
 
 fn yes() -> bool {
@@ -159,6 +162,7 @@ impl Metadata {
             shard: None,
             start_at: None,
             merged_from: Vec::new(),
+            workload: None,
         }
     }
 }

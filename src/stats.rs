@@ -67,6 +67,11 @@ pub struct LevelStats {
     pub output_tokens_total: u64,
     pub input_tokens_total: u64,
     pub input_tokens_reported: u64,
+    /// Requests with both the server's and our prompt token count.
+    pub input_counted: u64,
+    pub input_mismatch: u64,
+    /// Sum of (server's count - ours) over those.
+    pub input_excess: i64,
     pub usage_reported: u64,
     pub usage_chunk_mismatch: u64,
     /// Latest completion, as an offset from level start.
@@ -207,6 +212,9 @@ impl LevelStats {
             timeline: None,
             input_tokens_total: 0,
             input_tokens_reported: 0,
+            input_counted: 0,
+            input_mismatch: 0,
+            input_excess: 0,
             usage_reported: 0,
             usage_chunk_mismatch: 0,
             last_done_at: Duration::ZERO,
@@ -256,6 +264,11 @@ impl LevelStats {
         if let Some(n) = r.usage_input_tokens {
             self.input_tokens_total += n as u64;
             self.input_tokens_reported += 1;
+            if let Some(ours) = r.client_input_tokens {
+                self.input_counted += 1;
+                self.input_mismatch += u64::from(n != ours);
+                self.input_excess += n as i64 - ours as i64;
+            }
         }
         if let Err(kind) = r.outcome {
             self.failed += 1;
@@ -339,6 +352,9 @@ impl LevelStats {
         self.output_tokens_total += o.output_tokens_total;
         self.input_tokens_total += o.input_tokens_total;
         self.input_tokens_reported += o.input_tokens_reported;
+        self.input_counted += o.input_counted;
+        self.input_mismatch += o.input_mismatch;
+        self.input_excess += o.input_excess;
         self.usage_reported += o.usage_reported;
         self.usage_chunk_mismatch += o.usage_chunk_mismatch;
         self.last_done_at = self.last_done_at.max(o.last_done_at);
@@ -419,6 +435,20 @@ pub struct TokenCounts {
     pub usage_chunk_mismatch: u64,
     /// Prompt tokens as reported by the server's usage (0 when not reported).
     pub input_total: u64,
+    /// With a tokenizer: requests whose prompt tokens both we and the
+    /// server counted, how many of those counts differed, and by how much
+    /// the server's exceeded ours on average (a chat template adds tokens
+    /// the prompt text does not have).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_counted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_mismatch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_excess_mean: Option<f64>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Serialized histograms for exact merging.
@@ -686,6 +716,10 @@ impl LevelResult {
                 output_source: output_source.into(),
                 usage_chunk_mismatch: s.usage_chunk_mismatch,
                 input_total: s.input_tokens_total,
+                input_counted: s.input_counted,
+                input_mismatch: s.input_mismatch,
+                input_excess_mean: (s.input_counted > 0)
+                    .then(|| round(s.input_excess as f64 / s.input_counted as f64, 2)),
             },
             client_bound: client_bound.is_some(),
             client_bound_reason: client_bound.unwrap_or_default(),

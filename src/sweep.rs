@@ -416,6 +416,7 @@ async fn run_request(
     let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
     rec.in_flight_at_send = open.min(u32::MAX as usize) as u32;
+    rec.client_input_tokens = req.input_tokens;
     let base = ctx.start.into_std();
     let hook = ctx.observer.request_start(&ctx.spec, base, &rec);
     let header = hook.as_ref().and_then(|h| h.header.clone());
@@ -552,6 +553,7 @@ pub(crate) mod tests {
                 role: crate::dataset::Role::User,
                 content: "hi".into(),
             }],
+            max_tokens: None,
         }];
         Engine {
             client: Arc::new(target.build_client(false).unwrap()),

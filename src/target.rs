@@ -81,6 +81,14 @@ pub struct Target {
     /// + `/metrics`), scraped while levels run.
     pub server_metrics: Option<String>,
     pub server_metrics_interval: std::time::Duration,
+    /// Chat or completions.
+    pub api: crate::workload::Api,
+    /// Send `ignore_eos` and `min_tokens`: exact output lengths.
+    pub ignore_eos: bool,
+    /// Merged into every request body.
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    /// Let `extra_body` change keys llmload sets itself.
+    pub force_extra_body: bool,
 }
 
 /// A setting a user names, for messages in each face's own words.
@@ -95,6 +103,8 @@ pub enum Setting {
     CaCert,
     ApiKey,
     ServerMetrics,
+    Api,
+    ExtraBody,
 }
 
 impl Setting {
@@ -110,6 +120,8 @@ impl Setting {
             Self::CaCert => "--ca-cert",
             Self::ApiKey => "--api-key-file",
             Self::ServerMetrics => "--server-metrics",
+            Self::Api => "--api",
+            Self::ExtraBody => "--extra-body",
         }
     }
 
@@ -125,6 +137,8 @@ impl Setting {
             Self::CaCert => "ca_cert",
             Self::ApiKey => "api_key_file",
             Self::ServerMetrics => "server_metrics",
+            Self::Api => "api",
+            Self::ExtraBody => "extra_body",
         }
     }
 }
@@ -158,6 +172,10 @@ impl Target {
             max_in_flight: 20_000,
             server_metrics: None,
             server_metrics_interval: crate::scrape::DEFAULT_INTERVAL,
+            api: crate::workload::Api::Chat,
+            ignore_eos: false,
+            extra_body: serde_json::Map::new(),
+            force_extra_body: false,
         }
     }
 
@@ -194,6 +212,24 @@ impl Target {
             out.push(Problem::new(
                 Setting::Temperature,
                 format!("{} must be a number >= 0", self.temperature),
+            ));
+        }
+        if let Err(e) = crate::workload::check_extra_body(&self.extra_body, self.force_extra_body) {
+            out.push(Problem::new(Setting::ExtraBody, e));
+        }
+        if self.api == crate::workload::Api::Completions
+            && self
+                .client
+                .endpoint
+                .trim_end_matches('/')
+                .ends_with("/chat/completions")
+        {
+            out.push(Problem::new(
+                Setting::Api,
+                format!(
+                    "completions, but the endpoint '{}' is the chat API: give its /v1/completions URL",
+                    self.client.endpoint
+                ),
             ));
         }
         if self.max_in_flight == 0 {
@@ -243,6 +279,9 @@ impl Target {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             stream_usage: self.stream_usage,
+            api: self.api,
+            ignore_eos: self.ignore_eos,
+            extra_body: self.extra_body.clone(),
         }
     }
 

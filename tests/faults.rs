@@ -37,6 +37,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
                 content: "hi".into(),
             },
         ],
+        max_tokens: None,
     }];
     let engine = Engine {
         client,
@@ -47,6 +48,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
                 max_tokens: 16,
                 temperature: 0.0,
                 stream_usage: true,
+                ..Default::default()
             },
         )),
         max_in_flight: 1000,

@@ -751,6 +751,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
                 max_tokens: 16,
                 temperature: 0.0,
                 stream_usage: true,
+                ..Default::default()
             },
         )),
         max_in_flight: 100,

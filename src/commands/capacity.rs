@@ -44,7 +44,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
     };
     let a = &args.common;
     let session = Session::start(a, &[args.min_qps, args.max_qps], None).await?;
-    let meta = Metadata::new(&RunInfo {
+    let mut meta = Metadata::new(&RunInfo {
         target: &session.target,
         dataset: &a.dataset.display().to_string(),
         qps: &[],
@@ -57,6 +57,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         job: None,
         kind: "capacity",
     });
+    meta.workload = Some(session.workload.clone());
     let outputs = Outputs {
         dir: session.dir.clone(),
         results_file: results::DEFAULT_RESULTS_FILE.into(),

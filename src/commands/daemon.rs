@@ -44,8 +44,11 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
             "127.0.0.1:0".parse().expect("valid address"),
         )
         .await?;
-        tracing::info!(target = %t.name, url = %m.chat_url(), "built-in mock started");
-        t.spec.client.endpoint = m.chat_url();
+        t.spec.client.endpoint = match t.spec.api {
+            crate::workload::Api::Chat => m.chat_url(),
+            crate::workload::Api::Completions => m.completions_url(),
+        };
+        tracing::info!(target = %t.name, url = %t.spec.client.endpoint, "built-in mock started");
         mocks.push(m);
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -70,6 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         kind: "sweep",
     });
     meta.shard = shard;
+    meta.workload = Some(session.workload.clone());
     meta.start_at = args
         .start_at
         .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());

@@ -5,7 +5,6 @@
 use crate::cli::TargetArgs;
 use crate::error::UsageError;
 use crate::mock::{MockConfig, MockServer};
-use crate::request::prepare_all;
 use crate::results::{self, RunDir};
 use crate::sweep::{Engine, NoObserver, Observer};
 use crate::target::Target;
@@ -14,6 +13,8 @@ use std::sync::Arc;
 
 pub struct Session {
     pub target: Target,
+    /// What the run sends, for `metadata.json`.
+    pub workload: crate::workload::Workload,
     pub engine: Engine,
     pub dir: RunDir,
     pub now: chrono::DateTime<chrono::Local>,
@@ -38,7 +39,16 @@ impl Session {
             return Err(UsageError::new(problems.join("; ")).into());
         }
         warn_about_flags(a);
-        let convs = crate::dataset::load(&a.dataset)?;
+        let prompts = crate::prompts::load(
+            &a.dataset.to_string_lossy(),
+            a.dataset_format,
+            a.tokenizer.as_deref(),
+            a.seed,
+            &target,
+        )?;
+        for n in &prompts.notices {
+            crate::errln!("note: {n}");
+        }
 
         let mock = if target.is_mock() {
             let cfg = MockConfig {
@@ -49,7 +59,10 @@ impl Session {
                 .await
                 .context("starting the built-in mock")?;
             crate::errln!("using the built-in mock endpoint at {}", m.chat_url());
-            target.client.endpoint = m.chat_url();
+            target.client.endpoint = match target.api {
+                crate::workload::Api::Chat => m.chat_url(),
+                crate::workload::Api::Completions => m.completions_url(),
+            };
             Some(m)
         } else {
             None
@@ -71,7 +84,8 @@ impl Session {
                 .build_client(telemetry.is_some())
                 .map_err(|e| UsageError::new(e.to_string()))?,
         );
-        let requests = Arc::new(prepare_all(&convs, &target.body_params()));
+        let requests = Arc::new(prompts.requests);
+        let workload = prompts.workload;
 
         let now = chrono::Local::now();
         let stamp = stamp
@@ -129,6 +143,7 @@ impl Session {
         };
         Ok(Self {
             target,
+            workload,
             engine,
             dir,
             now,

@@ -68,6 +68,19 @@ pub struct RawTarget {
     pub temperature: Option<f64>,
     pub stream_usage: Option<bool>,
     pub max_in_flight: Option<usize>,
+    /// `seed`, `sharegpt` or `jsonl` (detected when omitted).
+    pub dataset_format: Option<String>,
+    /// A Hugging Face tokenizer.json for exact lengths and counts.
+    pub tokenizer: Option<String>,
+    /// Send `ignore_eos` and `min_tokens`: exact output lengths.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// `chat` (default) or `completions`.
+    pub api: Option<String>,
+    /// A table merged into every request body.
+    pub extra_body: Option<toml::Table>,
+    #[serde(default)]
+    pub force_extra_body: bool,
     /// Retention: keep at most this many runs of this target…
     pub keep_runs: Option<usize>,
     /// …and none older than this many days. Default: keep everything.
@@ -145,7 +158,11 @@ pub struct Target {
     pub name: String,
     /// Endpoint, key source, headers, TLS, timeouts, request shape.
     pub spec: crate::target::Target,
+    /// A file (relative paths resolved against the config's directory), or
+    /// `synthetic:…`.
     pub dataset: PathBuf,
+    pub dataset_format: Option<crate::workload::Format>,
+    pub tokenizer: Option<PathBuf>,
     pub keep_runs: Option<usize>,
     pub keep_days: Option<f64>,
 }
@@ -354,10 +371,20 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         if !names.insert(t.name.clone()) {
             err(&key("name"), format!("duplicate target name '{}'", t.name));
         }
-        let dataset = rel(&base, &t.dataset);
-        if let Err(e) = crate::dataset::load(&dataset) {
-            err(&key("dataset"), e.to_string());
-        }
+        let dataset = if t.dataset.starts_with(crate::workload::SYNTHETIC) {
+            PathBuf::from(&t.dataset)
+        } else {
+            rel(&base, &t.dataset)
+        };
+        let dataset_format = match t.dataset_format.as_deref().map(str::parse) {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => {
+                err(&key("dataset_format"), e);
+                None
+            }
+        };
+        let tokenizer = t.tokenizer.as_deref().map(|p| rel(&base, p));
         if t.api_key_env.is_some() && t.api_key_file.is_some() {
             err(
                 &key("api_key_env"),
@@ -459,6 +486,28 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         if let Some(v) = t.max_in_flight {
             spec.max_in_flight = v;
         }
+        match t.api.as_deref().map(str::parse) {
+            None => {}
+            Some(Ok(a)) => spec.api = a,
+            Some(Err(e)) => err(&key("api"), e),
+        }
+        spec.ignore_eos = t.ignore_eos;
+        spec.force_extra_body = t.force_extra_body;
+        if let Some(table) = &t.extra_body {
+            match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(m)) => spec.extra_body = m,
+                _ => err(&key("extra_body"), "must be a table".into()),
+            }
+        }
+        if let Err(e) = crate::prompts::load(
+            &dataset.to_string_lossy(),
+            dataset_format,
+            tokenizer.as_deref(),
+            0,
+            &spec,
+        ) {
+            err(&key("dataset"), e.to_string());
+        }
         for p in spec.validate() {
             // A key file that is missing now may appear before the daemon
             // starts (a mounted secret): a warning, as before.
@@ -472,6 +521,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
             name: t.name.clone(),
             spec,
             dataset,
+            dataset_format,
+            tokenizer,
             keep_runs: t.keep_runs,
             keep_days: t.keep_days,
         });

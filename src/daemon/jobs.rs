@@ -91,7 +91,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         )
     })?;
     let run_id = format!("{}.{}", t.name, dir.id);
-    let meta = Metadata::new(&RunInfo {
+    let mut meta = Metadata::new(&RunInfo {
         target: &t.spec,
         dataset: &t.dataset.display().to_string(),
         qps: &job.qps,
@@ -104,6 +104,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         job: Some((&job.name, &t.name)),
         kind: job.kind.as_str(),
     });
+    meta.workload = Some(slot.workload.clone());
     let writer = RunWriter::start(
         Outputs {
             dir: dir.clone(),

@@ -6,7 +6,7 @@ use super::config::{Config, Job, JobKind, Target};
 use super::index::RunIndex;
 use crate::client::LlmClient;
 use crate::metrics::Metrics;
-use crate::request::{PreparedRequest, prepare_all};
+use crate::request::PreparedRequest;
 use crate::sweep::Progress;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -19,6 +19,8 @@ pub struct TargetSlot {
     pub target: Target,
     pub client: Arc<LlmClient>,
     pub requests: Arc<Vec<PreparedRequest>>,
+    /// What the requests are, for each run's metadata.
+    pub workload: crate::workload::Workload,
     /// The server's own metrics, when the target names them.
     pub scraper: Option<Arc<crate::scrape::ServerScraper>>,
     /// Held by a sweep for its whole run: sweeps on one target queue up.
@@ -114,7 +116,16 @@ impl State {
             .map_err(|e| format!("results directory {}: {e}", config.results_dir.display()))?;
         let mut slots = BTreeMap::new();
         for t in &config.targets {
-            let convs = crate::dataset::load(&t.dataset).map_err(|e| e.to_string())?;
+            // Daemon prompts are seeded with 0: every run of a target sends
+            // the same workload, so its runs compare.
+            let prompts = crate::prompts::load(
+                &t.dataset.to_string_lossy(),
+                t.dataset_format,
+                t.tokenizer.as_deref(),
+                0,
+                &t.spec,
+            )
+            .map_err(|e| format!("target '{}': {e}", t.name))?;
             let client = t
                 .spec
                 .build_client(telemetry.is_some())
@@ -124,7 +135,8 @@ impl State {
                 Arc::new(TargetSlot {
                     target: t.clone(),
                     client: Arc::new(client),
-                    requests: Arc::new(prepare_all(&convs, &t.spec.body_params())),
+                    requests: Arc::new(prompts.requests),
+                    workload: prompts.workload,
                     scraper: t
                         .spec
                         .server_scraper()

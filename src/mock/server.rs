@@ -68,6 +68,11 @@ impl MockServer {
         format!("http://{}/v1/chat/completions", self.addr)
     }
 
+    /// `http://127.0.0.1:PORT/v1/completions`.
+    pub fn completions_url(&self) -> String {
+        format!("http://{}/v1/completions", self.addr)
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -95,6 +100,13 @@ struct RequestIn {
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptionsIn>,
+    /// vLLM's and llama.cpp's extension: never stop at end-of-sequence,
+    /// so the output runs to `max_tokens`.
+    #[serde(default)]
+    ignore_eos: bool,
+    /// vLLM's extension: no end-of-sequence before this many tokens.
+    #[serde(default)]
+    min_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -216,7 +228,15 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
         Some(OutputTokens::Cap(n)) => n,
         Some(OutputTokens::Range(a, b)) => rng.random_range(a..=b),
     };
-    let output_tokens = drawn.min(max_tokens).max(1);
+    // The drawn length stands for where the model would emit EOS.
+    let output_tokens = if req.ignore_eos {
+        max_tokens
+    } else {
+        drawn
+            .max(req.min_tokens.unwrap_or(0))
+            .min(max_tokens)
+            .max(1)
+    };
     let model = req.model.unwrap_or_else(|| st.cfg.model_name.clone());
     let job = Job {
         seq,

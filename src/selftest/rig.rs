@@ -58,6 +58,7 @@ pub(super) fn conversation() -> Vec<Conversation> {
                 content: "Tell me about load testing.".into(),
             },
         ],
+        max_tokens: None,
     }]
 }
 
@@ -75,6 +76,7 @@ pub(super) fn engine(
                 max_tokens,
                 temperature: 0.0,
                 stream_usage: true,
+                ..Default::default()
             },
         )),
         max_in_flight: 200_000,

@@ -539,6 +539,7 @@ pub async fn run_level(
             role: Role::User,
             content: "hi".into(),
         }],
+        max_tokens: None,
     }];
     let engine = Engine {
         client: client.clone(),
@@ -549,6 +550,7 @@ pub async fn run_level(
                 max_tokens: 16,
                 temperature: 0.0,
                 stream_usage: true,
+                ..Default::default()
             },
         )),
         max_in_flight: 10_000,
