@@ -150,6 +150,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     for n in &report.notices {
         crate::outln!("note: {n}");
     }
+    if let Some(n) = table::render_input_check(&report.levels) {
+        crate::outln!("note: {n}");
+    }
     crate::outln!("\nResults saved to {}/", report.dir.path.display());
     for e in &report.write_errors {
         crate::errln!("error: {e}");

@@ -798,6 +798,61 @@ mod tests {
         p
     }
 
+    #[test]
+    fn targets_take_workload_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = parse(
+            &tmp.path().join("c.toml"),
+            r#"
+[[target]]
+name = "base"
+endpoint = "http://127.0.0.1:8000/v1/completions"
+model = "m"
+dataset = "synthetic:input=256,output=64,prefix=32"
+api = "completions"
+ignore_eos = true
+extra_body = { top_k = 20, chat_template_kwargs = { enable_thinking = false } }
+"#,
+        )
+        .unwrap();
+        let t = &cfg.targets[0];
+        assert_eq!(t.dataset, PathBuf::from("synthetic:input=256,output=64,prefix=32"));
+        assert_eq!(t.spec.api, crate::workload::Api::Completions);
+        assert!(t.spec.ignore_eos);
+        assert_eq!(t.spec.extra_body["top_k"], 20);
+        assert_eq!(
+            t.spec.extra_body["chat_template_kwargs"]["enable_thinking"],
+            false
+        );
+        let errs = parse(
+            &tmp.path().join("c.toml"),
+            r#"
+[[target]]
+name = "t"
+endpoint = "http://127.0.0.1:8000/v1/chat/completions"
+model = "m"
+dataset = "synthetic:input=8,output=0"
+api = "telepathy"
+dataset_format = "csv"
+extra_body = { stream = false }
+"#,
+        )
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "target[0].api",
+            "telepathy",
+            "target[0].dataset_format",
+            "csv",
+            "target[0].dataset",
+            "output=0",
+            "target[0].extra_body",
+            "'stream'",
+        ] {
+            assert!(errs.contains(want), "{want} in {errs}");
+        }
+    }
+
     fn dataset(dir: &Path) {
         write(
             dir,
