@@ -10,16 +10,30 @@
 //! * [`schedule`]: open-loop arrival offsets (constant, Poisson).
 //! * [`sse`]: incremental Server-Sent Events decoder.
 //! * [`chunk`]: the few facts read from each streamed OpenAI chunk.
-//! * [`dataset`] / [`request`]: the seed's dataset format and request body.
+//! * [`dataset`] / [`request`]: dataset files (seed, ShareGPT, JSONL) and
+//!   request bodies (chat, completions, forced lengths, extra keys).
+//! * [`workload`] / [`synthetic`]: what a run sends, and prompts of exact
+//!   token lengths.
 //! * [`record`]: `RequestRecord`, the one row later stages consume.
 //! * [`stats`]: HDR histograms per level and the results JSON object.
 //! * [`saturation`]: max QPS, saturation point, recommended limit.
+//! * [`slo`] / [`stability`]: per-request SLOs and backlog growth.
+//! * [`search`]: the capacity search (grow, bisect, confirm).
+//! * [`summary`]: what a run concluded (`summary.json`).
+//! * [`compare`]: regression verdicts with noise from the runs' histograms.
+//! * [`merge`]: N shards' levels into one, exactly.
+//! * [`server_metrics`] / [`server_view`]: the server's own Prometheus
+//!   metrics (vLLM, SGLang, TGI, llama.cpp), parsed and reduced per level.
 //! * [`keepalive`]: connection reuse rules (Keep-Alive, close detection).
 //! * [`table`]: the seed's console table.
 //! * [`duration`], [`secret`], [`clock`], [`error`]: small shared types.
 //!
 //! Shells:
 //! * [`target`]: one endpoint and its settings, from flags or config.
+//! * [`prompts`] / [`tokenizer`]: a run's prompts, read or generated and
+//!   counted with a local `tokenizer.json`.
+//! * [`capacity`]: the capacity search's probes, run through the engine.
+//! * [`scrape`]: bounded scraping of the server's metrics.
 //! * [`client`]: the streaming client and its own connection pool.
 //! * [`sweep`]: the one executor: schedule → send → record, level by level.
 //! * [`runner`]: a sweep plan run level by level.
