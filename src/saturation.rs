@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 pub struct LevelFacts {
     pub qps_target: f64,
     pub actual_qps: f64,
+    /// The rate the level's own schedule asked for: its scheduled count
+    /// over its duration. Equal to the target for constant arrivals; a
+    /// seeded Poisson schedule draws more or fewer, and sending exactly
+    /// what was drawn is not falling short.
+    pub planned_qps: f64,
     pub success_rate: f64,
     pub ttft_p95: f64,
     pub client_bound: bool,
@@ -52,6 +57,20 @@ pub const SATURATED_FRACTION: f64 = 0.90;
 pub const TTFT_BLOWUP: f64 = 3.0;
 pub const RECOMMENDED_FRACTION: f64 = 0.75;
 
+/// Sent less than the level's own schedule asked for: the load never
+/// reached the endpoint as planned.
+fn fell_short(l: &LevelFacts) -> Option<String> {
+    (l.actual_qps < SATURATED_FRACTION * l.planned_qps).then(|| {
+        format!(
+            "achieved {:.2} of the {:.2} scheduled for a {} target (< {:.0}%)",
+            l.actual_qps,
+            l.planned_qps,
+            fmt_qps(l.qps_target),
+            SATURATED_FRACTION * 100.0
+        )
+    })
+}
+
 pub fn analyze(levels: &[LevelFacts]) -> Analysis {
     let mut sorted: Vec<LevelFacts> = levels.to_vec();
     sorted.sort_by(|a, b| a.qps_target.total_cmp(&b.qps_target));
@@ -74,16 +93,8 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
                     "first level that missed the SLO (attainment or a growing backlog)".to_string(),
                 ));
             }
-            if l.actual_qps < SATURATED_FRACTION * l.qps_target {
-                return Some((
-                    l,
-                    format!(
-                        "achieved {:.2} of {} target (< {:.0}%)",
-                        l.actual_qps,
-                        fmt_qps(l.qps_target),
-                        SATURATED_FRACTION * 100.0
-                    ),
-                ));
+            if let Some(why) = fell_short(l) {
+                return Some((l, why));
             }
             return None;
         }
@@ -93,16 +104,8 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
                 format!("first level with errors ({:.1}% success)", l.success_rate),
             ));
         }
-        if l.actual_qps < SATURATED_FRACTION * l.qps_target {
-            return Some((
-                l,
-                format!(
-                    "achieved {:.2} of {} target (< {:.0}%)",
-                    l.actual_qps,
-                    fmt_qps(l.qps_target),
-                    SATURATED_FRACTION * 100.0
-                ),
-            ));
+        if let Some(why) = fell_short(l) {
+            return Some((l, why));
         }
         if l.stable == Some(false) {
             return Some((
@@ -149,7 +152,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
                 l.slo_met == Some(true)
             } else {
                 l.success_rate >= 100.0
-                    && l.actual_qps >= HELD_FRACTION * l.qps_target
+                    && l.actual_qps >= HELD_FRACTION * l.planned_qps
                     && l.stable != Some(false)
             }
     };
@@ -233,6 +236,7 @@ mod tests {
         LevelFacts {
             qps_target: target,
             actual_qps: actual,
+            planned_qps: target,
             success_rate: success,
             ttft_p95: ttft,
             client_bound: false,
@@ -240,6 +244,25 @@ mod tests {
             slo_met: None,
             server_waiting: None,
         }
+    }
+
+    #[test]
+    fn a_poisson_draw_below_the_target_is_not_saturation() {
+        // 8 req/s for 15 s drew 102 arrivals, all sent: 6.8/s.
+        let mut short = l(8.0, 6.8, 100.0, 0.07);
+        short.planned_qps = 6.8;
+        let a = analyze(&[l(4.0, 4.0, 100.0, 0.07), short, l(16.0, 16.0, 90.0, 0.07)]);
+        assert_eq!(a.saturation_qps, Some(16.0));
+        assert_eq!(a.max_qps_without_errors, Some(8.0));
+        // Sending less than was scheduled still is.
+        short.actual_qps = 5.0;
+        let a = analyze(&[l(4.0, 4.0, 100.0, 0.07), short]);
+        assert_eq!(a.saturation_qps, Some(8.0));
+        assert!(
+            a.saturation_reason.contains("of the 6.80 scheduled"),
+            "{}",
+            a.saturation_reason
+        );
     }
 
     #[test]

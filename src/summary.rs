@@ -75,6 +75,11 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
         .map(|l| LevelFacts {
             qps_target: l.qps_target,
             actual_qps: l.actual_qps,
+            planned_qps: if l.duration > 0.0 && l.scheduled > 0 {
+                l.scheduled as f64 / l.duration
+            } else {
+                l.qps_target
+            },
             success_rate: l.success_rate,
             ttft_p95: l.ttft.p95,
             client_bound: l.client_bound,

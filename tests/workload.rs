@@ -88,6 +88,21 @@ async fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `llmload run --endpoint URL --model m --dataset DATASET`, then `rest`.
+async fn run_on(url: &str, dataset: &str, rest: &[&str]) -> Output {
+    let mut a = vec![
+        "run",
+        "--endpoint",
+        url,
+        "--model",
+        "m",
+        "--dataset",
+        dataset,
+    ];
+    a.extend_from_slice(rest);
+    run(&a).await
+}
+
 #[test]
 fn synthetic_prompts_encode_to_exactly_the_asked_tokens() {
     let tmp = tempfile::tempdir().unwrap();
@@ -234,23 +249,20 @@ async fn completions_api_sweeps_like_chat() {
         (mock.chat_url(), &chat_root, "chat"),
         (completions_url.clone(), &comp_root, "completions"),
     ] {
-        let out = run(&[
-            "run",
-            "--endpoint",
+        let out = run_on(
             &url,
-            "--model",
-            "m",
-            "--dataset",
             dataset.to_str().unwrap(),
-            "--api",
-            api,
-            "--qps",
-            "10",
-            "--duration",
-            "1",
-            "--results-dir",
-            root.to_str().unwrap(),
-        ])
+            &[
+                "--api",
+                api,
+                "--qps",
+                "10",
+                "--duration",
+                "1",
+                "--results-dir",
+                root.to_str().unwrap(),
+            ],
+        )
         .await;
         assert!(out.status.success(), "{api}: {}", text(&out.stderr));
     }
@@ -266,21 +278,11 @@ async fn completions_api_sweeps_like_chat() {
     assert_eq!(meta["workload"]["api"], "completions");
 
     // The chat URL with --api completions is a mistake, said before sending.
-    let out = run(&[
-        "run",
-        "--endpoint",
+    let out = run_on(
         &mock.chat_url(),
-        "--model",
-        "m",
-        "--dataset",
         dataset.to_str().unwrap(),
-        "--api",
-        "completions",
-        "--qps",
-        "1",
-        "--duration",
-        "1",
-    ])
+        &["--api", "completions", "--qps", "1", "--duration", "1"],
+    )
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -312,21 +314,18 @@ async fn sharegpt_and_jsonl_load_and_each_mistake_names_file_and_line() {
     );
     let results = tmp.path().join("r");
     for (file, format) in [(&sharegpt, "sharegpt"), (&jsonl, "jsonl")] {
-        let out = run(&[
-            "run",
-            "--endpoint",
+        let out = run_on(
             &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
             file.to_str().unwrap(),
-            "--qps",
-            "5",
-            "--duration",
-            "1",
-            "--results-dir",
-            results.to_str().unwrap(),
-        ])
+            &[
+                "--qps",
+                "5",
+                "--duration",
+                "1",
+                "--results-dir",
+                results.to_str().unwrap(),
+            ],
+        )
         .await;
         assert!(out.status.success(), "{format}: {}", text(&out.stderr));
         if format == "sharegpt" {
@@ -435,38 +434,22 @@ async fn sharegpt_and_jsonl_load_and_each_mistake_names_file_and_line() {
             "unknown key 'flavour'",
         ),
     ] {
-        let out = run(&[
-            "run",
-            "--endpoint",
-            &mock.chat_url(),
-            "--model",
-            "m",
-            "--dataset",
-            spec,
+        let out = run_on(&mock.chat_url(), spec, &["--qps", "1", "--duration", "1"]).await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    let out = run_on(
+        &mock.chat_url(),
+        "synthetic:input=8,output=2",
+        &[
+            "--extra-body",
+            r#"{"stream": false}"#,
             "--qps",
             "1",
             "--duration",
             "1",
-        ])
-        .await;
-        assert_eq!(out.status.code(), Some(2));
-        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
-    }
-    let out = run(&[
-        "run",
-        "--endpoint",
-        &mock.chat_url(),
-        "--model",
-        "m",
-        "--dataset",
-        "synthetic:input=8,output=2",
-        "--extra-body",
-        r#"{"stream": false}"#,
-        "--qps",
-        "1",
-        "--duration",
-        "1",
-    ])
+        ],
+    )
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -816,7 +816,10 @@ extra_body = { top_k = 20, chat_template_kwargs = { enable_thinking = false } }
         )
         .unwrap();
         let t = &cfg.targets[0];
-        assert_eq!(t.dataset, PathBuf::from("synthetic:input=256,output=64,prefix=32"));
+        assert_eq!(
+            t.dataset,
+            PathBuf::from("synthetic:input=256,output=64,prefix=32")
+        );
         assert_eq!(t.spec.api, crate::workload::Api::Completions);
         assert!(t.spec.ignore_eos);
         assert_eq!(t.spec.extra_body["top_k"], 20);
