@@ -248,6 +248,26 @@ pub fn render_capacity(c: &CapacitySummary) -> String {
     out
 }
 
+/// With a tokenizer: how the server's prompt token counts compare with
+/// ours, when they differ (a chat template adds tokens; a different
+/// tokenizer counts differently).
+pub fn render_input_check(levels: &[LevelResult]) -> Option<String> {
+    let counted: u64 = levels.iter().map(|l| l.tokens.input_counted).sum();
+    let mismatch: u64 = levels.iter().map(|l| l.tokens.input_mismatch).sum();
+    if counted == 0 || mismatch == 0 {
+        return None;
+    }
+    let excess = levels
+        .iter()
+        .map(|l| l.tokens.input_excess_mean.unwrap_or(0.0) * l.tokens.input_counted as f64)
+        .sum::<f64>()
+        / counted as f64;
+    Some(format!(
+        "the server counted different prompt tokens than --tokenizer in {mismatch} of {counted} requests \
+         ({excess:+.1} tokens a request on average: a chat template, or another tokenizer)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,24 +333,4 @@ mod tests {
             "QPS Target   Actual QPS   Success%   TTFT P50(s)  E2E P50(s)   Tok/s P50   "
         );
     }
-}
-
-/// With a tokenizer: how the server's prompt token counts compare with
-/// ours, when they differ (a chat template adds tokens; a different
-/// tokenizer counts differently).
-pub fn render_input_check(levels: &[LevelResult]) -> Option<String> {
-    let counted: u64 = levels.iter().map(|l| l.tokens.input_counted).sum();
-    let mismatch: u64 = levels.iter().map(|l| l.tokens.input_mismatch).sum();
-    if counted == 0 || mismatch == 0 {
-        return None;
-    }
-    let excess = levels
-        .iter()
-        .map(|l| l.tokens.input_excess_mean.unwrap_or(0.0) * l.tokens.input_counted as f64)
-        .sum::<f64>()
-        / counted as f64;
-    Some(format!(
-        "the server counted different prompt tokens than --tokenizer in {mismatch} of {counted} requests \
-         ({excess:+.1} tokens a request on average: a chat template, or another tokenizer)"
-    ))
 }
