@@ -344,8 +344,12 @@ async fn soak_pauses_for_a_sweep_then_resumes() {
         .path()
         .join("results")
         .join(runs["runs"][0]["dir"].as_str().unwrap());
+    // The first checkpoint is whole once its PNG is there: the writer puts
+    // the JSON files first, then the PNG.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !soak_dir.join("benchmark_qps_results.json").exists() {
+    while !(soak_dir.join("benchmark_qps_results.json").exists()
+        && soak_dir.join("benchmark_qps.png").exists())
+    {
         assert!(Instant::now() < deadline, "no soak snapshot");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -692,10 +696,13 @@ async fn every_metric_the_readme_lists_moves() {
 }
 
 /// The files in a run directory, sorted.
+/// The files of a run directory; the writer's `.name.tmp-PID` files,
+/// present only while a file is being replaced, are left out.
 fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     v.sort();
     v
