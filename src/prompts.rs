@@ -69,9 +69,9 @@ pub fn load(
                 )
             }
         };
-    if tok.is_none() {
+    if tok.is_none() && synthetic.is_some() {
         notices.push(
-            "no --tokenizer: prompt token counts are estimates (4 characters a token)".into(),
+            "no --tokenizer: synthetic prompt lengths are estimates (4 characters a token)".into(),
         );
     }
     let params = target.body_params();
