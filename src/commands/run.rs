@@ -100,6 +100,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             ),
             _ => crate::errln!("shard {}/{}: waiting for --start-at", s.index, s.count),
         }
+    } else if let (Some(s), None) = (shard, args.start_at) {
+        crate::errln!(
+            "warning: shard {}/{} without --start-at: each shard starts when its process does, \
+             so the shards' levels are not aligned (give every shard the same --start-at)",
+            s.index,
+            s.count
+        );
     }
     let outputs = Outputs {
         dir: session.dir.clone(),
