@@ -5,7 +5,7 @@
 //! interrupted if any shard's was. Pure.
 
 use crate::stability::Stability;
-use crate::stats::{Dist, LevelResult, SerializedHistograms, TokenCounts, decode, encode};
+use crate::stats::{Dist, LevelResult, SerializedHistograms, TokenCounts, decode, encode, round};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 
@@ -39,11 +39,6 @@ fn dist(h: &Option<Histogram<u64>>, scale: f64, decimals: i32) -> Dist {
 
 fn ser(h: &Option<Histogram<u64>>) -> String {
     h.as_ref().map(encode).unwrap_or_default()
-}
-
-fn round(v: f64, decimals: i32) -> f64 {
-    let m = 10f64.powi(decimals);
-    (v * m).round() / m
 }
 
 fn sum_map(

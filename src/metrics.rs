@@ -356,6 +356,20 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// `GET /metrics`: the text exposition with its content type (the
+    /// daemon's route and `run --metrics-listen` serve the same).
+    pub fn response(&self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        (
+            [(
+                http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            self.encode(),
+        )
+            .into_response()
+    }
+
     /// Per-request handles for one job, resolved once.
     pub fn for_job(&self, target: &str, model: &str, job: &str) -> JobMetrics {
         let l = [target, model, job];
@@ -614,6 +628,42 @@ impl Observer for MetricsObserver {
     }
 }
 
+/// The achieved and good request rates of a running level, from its
+/// cumulative counters sampled once a second, over the last
+/// [`RateWindow::SECONDS`]: what the `achieved_qps` and `goodput_qps`
+/// gauges show, for the daemon and for `run --metrics-listen` alike.
+#[derive(Debug, Default)]
+pub struct RateWindow {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl RateWindow {
+    pub const SECONDS: usize = 5;
+
+    /// Start again (a new level restarts its counters).
+    pub fn reset(&mut self) {
+        self.samples.clear();
+    }
+
+    /// Add this second's (sent, good) totals; the rates per second once
+    /// two samples are in.
+    pub fn push(&mut self, sent: u64, good: u64) -> Option<(f64, f64)> {
+        self.samples.push_back((sent, good));
+        if self.samples.len() > Self::SECONDS + 1 {
+            self.samples.pop_front();
+        }
+        let (first, last) = (self.samples.front()?, self.samples.back()?);
+        if self.samples.len() < 2 {
+            return None;
+        }
+        let span = (self.samples.len() - 1) as f64;
+        Some((
+            (last.0 as f64 - first.0 as f64).max(0.0) / span,
+            (last.1 as f64 - first.1 as f64).max(0.0) / span,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,5 +709,18 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }
+    }
+
+    #[test]
+    fn rate_window_averages_the_last_seconds() {
+        let mut w = RateWindow::default();
+        assert_eq!(w.push(0, 0), None);
+        assert_eq!(w.push(10, 8), Some((10.0, 8.0)));
+        for t in 2..=20u64 {
+            w.push(10 * t, 8 * t);
+        }
+        assert_eq!(w.push(210, 168), Some((10.0, 8.0)));
+        w.reset();
+        assert_eq!(w.push(500, 400), None);
     }
 }

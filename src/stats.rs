@@ -784,7 +784,8 @@ impl LevelResult {
     }
 }
 
-fn round(v: f64, decimals: i32) -> f64 {
+/// `v` to `decimals` places, as the results files write numbers.
+pub fn round(v: f64, decimals: i32) -> f64 {
     let m = 10f64.powi(decimals);
     (v * m).round() / m
 }

@@ -29,19 +29,9 @@ fn known_capacity() -> MockConfig {
 }
 
 async fn run_bin(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(bin());
-    cmd.arg("run")
-        .args(args)
-        .env_remove("LLMLOAD_API_KEY")
-        .env_remove("OPENAI_API_KEY");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.kill_on_drop(true).output().await.unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    llmload(&all, envs).await
 }
 
 const SEED_HEADER: &str = "QPS Target   Actual QPS   Success%   TTFT P50(s)  TTFT P95(s)  TTFT P99(s)  E2E P50(s)   E2E P95(s)   E2E P99(s)   Tok/s P50    Tok/s P95    Tok/s P99   ";

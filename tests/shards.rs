@@ -8,7 +8,6 @@ use common::*;
 use llmload::mock::capacity::CapacityModel;
 use llmload::mock::{MockConfig, OutputTokens};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const RATE: &str = "40,80";
@@ -28,24 +27,6 @@ fn roomy() -> MockConfig {
         output_tokens: Some(OutputTokens::Cap(8)),
         ..MockConfig::default()
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-async fn llmload(args: &[String], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(bin());
-    cmd.args(args)
-        .env_remove("LLMLOAD_API_KEY")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("LLMLOAD_SHARD")
-        .env_remove("LLMLOAD_SHARDS")
-        .env_remove("JOB_COMPLETION_INDEX");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.kill_on_drop(true).output().await.unwrap()
 }
 
 fn strings(a: &[&str]) -> Vec<String> {

@@ -73,19 +73,8 @@ fn train_tokenizer(dir: &Path) -> PathBuf {
     path
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 async fn run(args: &[&str]) -> Output {
-    tokio::process::Command::new(bin())
-        .args(args)
-        .env_remove("LLMLOAD_API_KEY")
-        .env_remove("OPENAI_API_KEY")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
+    llmload(args, &[]).await
 }
 
 /// `llmload run --endpoint URL --model m --dataset DATASET`, then `rest`.

@@ -44,10 +44,7 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
             "127.0.0.1:0".parse().expect("valid address"),
         )
         .await?;
-        t.spec.client.endpoint = match t.spec.api {
-            crate::workload::Api::Chat => m.chat_url(),
-            crate::workload::Api::Completions => m.completions_url(),
-        };
+        t.spec.client.endpoint = m.url_for(t.spec.api);
         tracing::info!(target = %t.name, url = %t.spec.client.endpoint, "built-in mock started");
         mocks.push(m);
     }

@@ -84,9 +84,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let live = match args.metrics_listen {
         Some(addr) => Some(
-            LiveMetrics::serve(addr, &session.target, &mut session.engine)
-                .await
-                .map_err(|e| UsageError::new(format!("--metrics-listen {addr}: {e}")))?,
+            LiveMetrics::serve(
+                addr,
+                &session.target,
+                &mut session.engine,
+                plan.slo.is_some(),
+            )
+            .await
+            .map_err(|e| UsageError::new(format!("--metrics-listen {addr}: {e}")))?,
         ),
         None => None,
     };
@@ -233,6 +238,8 @@ pub struct LiveMetrics {
     /// This process's share of every level's rate: 1/N for shard I/N, so
     /// that the shards' target rates sum to the level's.
     share: f64,
+    /// The run judges an SLO: goodput is published.
+    has_slo: bool,
     started: std::time::Instant,
     stop: CancellationToken,
 }
@@ -242,6 +249,7 @@ impl LiveMetrics {
         addr: std::net::SocketAddr,
         target: &crate::target::Target,
         engine: &mut crate::sweep::Engine,
+        has_slo: bool,
     ) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         // Labels: the endpoint's host and port, the model, job "run".
@@ -270,15 +278,7 @@ impl LiveMetrics {
             "/metrics",
             axum::routing::get(move || {
                 let m = m.clone();
-                async move {
-                    (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
+                async move { m.response() }
             }),
         );
         let stop = CancellationToken::new();
@@ -293,6 +293,7 @@ impl LiveMetrics {
             job,
             labels,
             share,
+            has_slo,
             started: std::time::Instant::now(),
             stop,
         })
@@ -346,14 +347,15 @@ impl runner::SweepHooks for LiveHooks<'_> {
             .current_level
             .with_label_values(&[t.as_str(), j.as_str()])
             .set(spec.index as i64 + 1);
-        // In flight and the achieved rate, once a second, while the level
-        // runs (the progress is dropped with the level).
+        // In flight, the achieved rate and goodput, once a second while the
+        // level runs (the progress is dropped with the level), over the
+        // same window as the daemon's.
         let (progress, job, stop) = (run.progress.clone(), l.job.clone(), l.stop.clone());
+        let has_slo = l.has_slo;
         tokio::spawn(async move {
             use std::sync::atomic::Ordering;
-            let mut last = progress.scheduled.load(Ordering::Relaxed);
+            let mut window = crate::metrics::RateWindow::default();
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            tick.tick().await;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -362,11 +364,16 @@ impl runner::SweepHooks for LiveHooks<'_> {
                 if Arc::strong_count(&progress) == 1 {
                     return;
                 }
-                let sent = progress.scheduled.load(Ordering::Relaxed);
                 job.in_flight
                     .set(progress.in_flight.load(Ordering::Relaxed) as i64);
-                job.achieved_qps.set(sent.saturating_sub(last) as f64);
-                last = sent;
+                let sent = progress.scheduled.load(Ordering::Relaxed);
+                let good = progress.good.load(Ordering::Relaxed);
+                if let Some((achieved, goodput)) = window.push(sent, good) {
+                    job.achieved_qps.set(achieved);
+                    if has_slo {
+                        job.goodput.set(goodput);
+                    }
+                }
             }
         });
     }
@@ -376,6 +383,7 @@ impl runner::SweepHooks for LiveHooks<'_> {
         if let Some(l) = self.live {
             l.job.in_flight.set(0);
             l.job.achieved_qps.set(0.0);
+            l.job.goodput.set(0.0);
         }
     }
 }

@@ -59,10 +59,7 @@ impl Session {
                 .await
                 .context("starting the built-in mock")?;
             crate::errln!("using the built-in mock endpoint at {}", m.chat_url());
-            target.client.endpoint = match target.api {
-                crate::workload::Api::Chat => m.chat_url(),
-                crate::workload::Api::Completions => m.completions_url(),
-            };
+            target.client.endpoint = m.url_for(target.api);
             Some(m)
         } else {
             None

@@ -87,14 +87,7 @@ fn unauthorized(state: &State, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    state.metrics.response()
 }
 
 async fn readyz(AxState(state): AxState<Arc<State>>) -> Response {

@@ -144,16 +144,15 @@ async fn schedule_loop(state: Arc<State>, job: config::Job) {
 }
 
 /// Once a second: in-flight, achieved-rate and goodput gauges from live
-/// progress, over the last [`WINDOW`] seconds.
+/// progress, over a [`crate::metrics::RateWindow`].
 async fn gauge_ticker(state: Arc<State>) {
-    const WINDOW: usize = 5;
-    let mut history: std::collections::HashMap<String, std::collections::VecDeque<(u64, u64)>> =
+    let mut windows: std::collections::HashMap<String, crate::metrics::RateWindow> =
         Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let active = state.active();
-        history.retain(|id, _| active.iter().any(|a| &a.run_id == id));
+        windows.retain(|id, _| active.iter().any(|a| &a.run_id == id));
         for a in active {
             let p = a.progress.lock().expect("progress lock").clone();
             let level = a.level.load(Ordering::Relaxed) as u64;
@@ -161,24 +160,15 @@ async fn gauge_ticker(state: Arc<State>) {
             let good = p.good.load(Ordering::Relaxed);
             let m = state.metrics.for_job(&a.target, &a.model, &a.job);
             m.in_flight.set(p.in_flight.load(Ordering::Relaxed) as i64);
+            let w = windows.entry(a.run_id.clone()).or_default();
             // A new level restarts the count: start the window afresh.
             if a.last_sent.swap(level, Ordering::Relaxed) != level {
-                history.remove(&a.run_id);
+                w.reset();
             }
-            let h = history.entry(a.run_id.clone()).or_default();
-            h.push_back((sent, good));
-            if h.len() > WINDOW + 1 {
-                h.pop_front();
-            }
-            if let (Some(first), Some(last)) = (h.front(), h.back())
-                && h.len() >= 2
-            {
-                let span = (h.len() - 1) as f64;
-                m.achieved_qps
-                    .set(((last.0 as f64 - first.0 as f64) / span).max(0.0));
+            if let Some((achieved, goodput)) = w.push(sent, good) {
+                m.achieved_qps.set(achieved);
                 if a.has_slo {
-                    m.goodput
-                        .set(((last.1 as f64 - first.1 as f64) / span).max(0.0));
+                    m.goodput.set(goodput);
                 }
             }
         }

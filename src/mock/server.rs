@@ -73,6 +73,14 @@ impl MockServer {
         format!("http://{}/v1/completions", self.addr)
     }
 
+    /// The endpoint URL for requests of `api`.
+    pub fn url_for(&self, api: crate::workload::Api) -> String {
+        match api {
+            crate::workload::Api::Chat => self.chat_url(),
+            crate::workload::Api::Completions => self.completions_url(),
+        }
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -176,6 +176,39 @@ pub fn chat_body(max_tokens: u32, stream: bool, usage: bool) -> serde_json::Valu
 }
 
 /// The llmload binary built by cargo for this test run.
+/// Environment variables that change what the binary does (the key, the
+/// shard, the common start): a test's child never inherits them.
+pub const LLMLOAD_ENV: &[&str] = &[
+    "LLMLOAD_API_KEY",
+    "OPENAI_API_KEY",
+    "LLMLOAD_SHARD",
+    "LLMLOAD_SHARDS",
+    "JOB_COMPLETION_INDEX",
+    "LLMLOAD_START_AT",
+];
+
+/// Run the binary with `args`, none of [`LLMLOAD_ENV`] inherited, and
+/// `envs` set; wait for it.
+pub async fn llmload<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args(args);
+    for k in LLMLOAD_ENV {
+        cmd.env_remove(k);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.kill_on_drop(true).output().await.unwrap()
+}
+
+/// Standard output or error as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_llmload"))
 }
