@@ -43,7 +43,7 @@ pub fn load(
                     tok.as_ref().map(|t| t as &dyn TokenCount),
                 )
                 .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
-                let (convs, counts) = g.samples.into_iter().unzip();
+                let (convs, counts) = g.into_iter().unzip();
                 (convs, counts, "synthetic".to_string(), Some(spec.clone()))
             }
             Source::File { path, format } => {

@@ -90,19 +90,14 @@ pub enum SyntheticError {
     NotExact { want: u32, got: usize },
 }
 
-/// Prompt texts and their token counts, one per sample. `exact`: with a
-/// tokenizer, every prompt has exactly its drawn length.
-pub struct Generated {
-    pub samples: Vec<(Conversation, u32)>,
-}
-
-/// Build the prompts. The shared prefix depends on `seed` only; each
-/// sample's remainder on `seed` and its index.
+/// Build the prompts, each with its token count (exact with a
+/// tokenizer). The shared prefix depends on `seed` only; each sample's
+/// remainder on `seed` and its index.
 pub fn generate(
     spec: &SyntheticSpec,
     seed: u64,
     tok: Option<&dyn TokenCount>,
-) -> Result<Generated, SyntheticError> {
+) -> Result<Vec<(Conversation, u32)>, SyntheticError> {
     let words: Vec<String> = match tok {
         Some(t) => usable_words(t),
         None => WORDS.iter().map(|w| w.to_string()).collect(),
@@ -130,7 +125,7 @@ pub fn generate(
             tokens,
         ));
     }
-    Ok(Generated { samples })
+    Ok(samples)
 }
 
 /// Words that are one token after a space, and stay so alone at the start
@@ -251,17 +246,14 @@ mod tests {
     fn prompts_have_exactly_the_asked_length_and_vary() {
         for n in [1, 7, 128, 1000] {
             let g = generate(&spec(n, 0), 3, Some(&Words)).unwrap();
-            for (c, tokens) in &g.samples {
+            for (c, tokens) in &g {
                 assert_eq!(Words.count(&c.messages[0].content), n as usize);
                 assert_eq!(*tokens, n);
                 assert_eq!(c.max_tokens, Some(16));
             }
             if n >= 7 {
-                let texts: std::collections::BTreeSet<&str> = g
-                    .samples
-                    .iter()
-                    .map(|s| s.0.messages[0].content.as_str())
-                    .collect();
+                let texts: std::collections::BTreeSet<&str> =
+                    g.iter().map(|s| s.0.messages[0].content.as_str()).collect();
                 assert!(texts.len() > 15, "prompts vary");
             }
         }
@@ -271,24 +263,20 @@ mod tests {
     fn the_prefix_is_shared_and_the_same_seed_gives_the_same_prompts() {
         let a = generate(&spec(50, 20), 9, Some(&Words)).unwrap();
         let b = generate(&spec(50, 20), 9, Some(&Words)).unwrap();
-        let first: Vec<&str> = a.samples[0].0.messages[0]
-            .content
-            .split(' ')
-            .take(20)
-            .collect();
-        for (s, t) in a.samples.iter().zip(&b.samples) {
+        let first: Vec<&str> = a[0].0.messages[0].content.split(' ').take(20).collect();
+        for (s, t) in a.iter().zip(&b) {
             assert_eq!(s.0, t.0);
             let head: Vec<&str> = s.0.messages[0].content.split(' ').take(20).collect();
             assert_eq!(head, first);
         }
         let c = generate(&spec(50, 20), 10, Some(&Words)).unwrap();
-        assert_ne!(a.samples[0].0, c.samples[0].0);
+        assert_ne!(a[0].0, c[0].0);
     }
 
     #[test]
     fn without_a_tokenizer_lengths_are_four_characters_a_token() {
         let g = generate(&spec(100, 0), 1, None).unwrap();
-        for (c, _) in &g.samples {
+        for (c, _) in &g {
             let chars = c.messages[0].content.len();
             assert!((400..420).contains(&chars), "{chars}");
             assert_eq!(estimate_tokens(chars), (chars as u32).div_ceil(4));
