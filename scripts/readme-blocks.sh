@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Regenerate the README's generated blocks from real runs, so they are
-# never edited by hand:
-#   scripts/readme-blocks.sh demo       the two-command demo (a short sweep)
+# Regenerate the documentation's generated blocks from real runs, so they
+# are never edited by hand:
+#   scripts/readme-blocks.sh demo       the two-command demo (a short sweep),
+#                                       in README.md
 #   scripts/readme-blocks.sh selftest   `llmload selftest` (takes ~10 min
-#                                       and both cores: run it on a quiet machine)
+#                                       and both cores: run it on a quiet machine),
+#                                       in docs/src/performance.md
 # Each replaces the text between its <!-- NAME:start --> and
-# <!-- NAME:end --> markers in README.md.
+# <!-- NAME:end --> markers in the file it lives in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-replace_block() { # name file-with-new-content
-  python3 - "$1" "$2" <<'PY'
+replace_block() { # name file-with-new-content target-file
+  python3 - "$1" "$2" "$3" <<'PY'
 import sys
-name, new = sys.argv[1], open(sys.argv[2]).read()
-s = open("README.md").read()
+name, new, target = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+s = open(target).read()
 a, b = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 i, j = s.index(a) + len(a), s.index(b)
-open("README.md", "w").write(s[:i] + "\n" + new.rstrip("\n") + "\n" + s[j:])
+open(target, "w").write(s[:i] + "\n" + new.rstrip("\n") + "\n" + s[j:])
 PY
 }
 
@@ -40,7 +42,8 @@ demo)
     echo '```'
   } >"$out"
   rm -f "$log"
-  replace_block demo "$out"
+  replace_block demo "$out" README.md
+  file=README.md
   ;;
 selftest)
   log=$(mktemp)
@@ -55,11 +58,12 @@ selftest)
     echo '```'
   } >"$out"
   rm -f "$log"
-  replace_block selftest "$out"
+  replace_block selftest "$out" docs/src/performance.md
+  file=docs/src/performance.md
   ;;
 *)
   echo "usage: $0 demo|selftest" >&2
   exit 2
   ;;
 esac
-echo "README.md updated ($1)"
+echo "$file updated ($1)"

@@ -14,32 +14,32 @@ fn main() -> ExitCode {
         Command::Daemon(_) | Command::Mock(_) => "info",
         _ => "warn",
     };
-    llmload::logging::init(default_level);
+    llmload::base::logging::init(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("llmload-worker")
         // New requests arrive through the global queue (spawned by the
         // pacer thread): look there often, or they wait behind a busy
         // worker's local queue and show up as schedule lag.
-        .global_queue_interval(llmload::sweep::GLOBAL_QUEUE_INTERVAL)
+        .global_queue_interval(llmload::engine::sweep::GLOBAL_QUEUE_INTERVAL)
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
             llmload::errln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(llmload::error::EXIT_FAILURE);
+            return ExitCode::from(llmload::base::error::EXIT_FAILURE);
         }
     };
-    llmload::limits::raise_nofile();
-    llmload::limits::spawn_memory_trimmer(std::time::Duration::from_secs(5));
-    let result = runtime.block_on(llmload::commands::dispatch(cli));
+    llmload::base::limits::raise_nofile();
+    llmload::base::limits::spawn_memory_trimmer(std::time::Duration::from_secs(5));
+    let result = runtime.block_on(llmload::cli::commands::dispatch(cli));
     // Do not wait for stragglers (pooled connections, timers) to wind down.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             llmload::errln!("error: {e:#}");
-            ExitCode::from(llmload::commands::exit_code_for(&e))
+            ExitCode::from(llmload::cli::commands::exit_code_for(&e))
         }
     }
 }

@@ -6,22 +6,22 @@
 mod common;
 
 use common::*;
-use llmload::capacity::{self, CapacityHooks, CapacityPlan};
+use llmload::analysis::search::{Outcome, SearchConfig};
+use llmload::analysis::slo::{Slo, SloTarget};
+use llmload::engine::capacity::{self, CapacityHooks, CapacityPlan};
+use llmload::engine::runner::{NoHooks, Outputs, RunWriter};
+use llmload::engine::sweep::Engine;
 use llmload::mock::capacity::{CapacityModel, UNBOUNDED};
 use llmload::mock::{MockConfig, OutputTokens};
+use llmload::plan::schedule::Arrival;
 use llmload::results::{Metadata, RunDir, RunInfo};
-use llmload::runner::{NoHooks, Outputs, RunWriter};
-use llmload::schedule::Arrival;
-use llmload::search::{Outcome, SearchConfig};
-use llmload::slo::{Slo, SloTarget};
-use llmload::sweep::Engine;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 impl CapacityHooks for Quiet {}
 struct Quiet;
-impl llmload::runner::SweepHooks for Quiet {}
+impl llmload::engine::runner::SweepHooks for Quiet {}
 
 /// A mock of capacity `slots / (ttft + 59 × tpot)` requests/s (60 output
 /// tokens, no prefill cost, no batch slow-down: the formula is exact).
@@ -42,18 +42,21 @@ fn mock_cfg(slots: usize, ttft_ms: u64, tpot_us: u64, queue: usize) -> MockConfi
 
 fn engine(url: &str) -> Engine {
     let _ = NoHooks;
-    let target = llmload::target::Target::new(url, "m");
-    let convs = llmload::dataset::load(
+    let target = llmload::plan::target::Target::new(url, "m");
+    let convs = llmload::workload::files::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json"),
     )
     .unwrap();
     Engine {
         client: Arc::new(target.build_client(false).unwrap()),
-        requests: Arc::new(llmload::request::prepare_all(&convs, &target.body_params())),
+        requests: Arc::new(llmload::workload::request::prepare_all(
+            &convs,
+            &target.body_params(),
+        )),
         max_in_flight: 20_000,
         server_metrics: None,
         shard: None,
-        observer: Arc::new(llmload::sweep::NoObserver),
+        observer: Arc::new(llmload::engine::sweep::NoObserver),
     }
 }
 
@@ -86,7 +89,7 @@ async fn search(url: &str, min: f64, max: f64, probe: Duration) -> capacity::Cap
         arrival: Arrival::Constant,
         seed: 1,
     };
-    let target = llmload::target::Target::new(url, "m");
+    let target = llmload::plan::target::Target::new(url, "m");
     let meta = Metadata::new(&RunInfo {
         target: &target,
         dataset: "d",

@@ -527,13 +527,14 @@ schedule = "at_start"
     );
 }
 
-/// The metrics table in the README, between its markers: (name, type).
+/// The metrics table in docs/src/metrics.md, between its markers: (name, type).
 fn readme_metrics() -> Vec<(String, String)> {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/metrics.md"))
+            .unwrap();
     let start = readme
         .find("<!-- metrics:start -->")
-        .expect("README metrics markers");
+        .expect("docs/src/metrics.md metrics markers");
     let end = readme.find("<!-- metrics:end -->").unwrap();
     readme[start..end]
         .lines()
@@ -659,7 +660,11 @@ async fn every_metric_the_readme_lists_moves() {
     .await;
     let (_, text) = get(&d.url("/metrics")).await;
     let listed = readme_metrics();
-    assert!(listed.len() >= 25, "README lists {} metrics", listed.len());
+    assert!(
+        listed.len() >= 25,
+        "docs/src/metrics.md lists {} metrics",
+        listed.len()
+    );
     for (name, kind) in &listed {
         let series = match kind.as_str() {
             "histogram" => format!("{name}_count"),
@@ -683,12 +688,12 @@ async fn every_metric_the_readme_lists_moves() {
             );
         }
     }
-    // And nothing is exported that the README does not document.
+    // And nothing is exported that docs/src/metrics.md does not document.
     for l in text.lines().filter(|l| l.starts_with("# TYPE llmload_")) {
         let name = l.split_whitespace().nth(2).unwrap();
         assert!(
             listed.iter().any(|(n, _)| n == name),
-            "{name} is exported but not in the README"
+            "{name} is exported but not in docs/src/metrics.md"
         );
     }
     fast.shutdown().await;

@@ -112,7 +112,7 @@ fn metric_names(e: &str) -> BTreeSet<String> {
 }
 
 fn readme_metric_names() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root().join("docs/src/metrics.md")).unwrap();
     let start = readme.find("<!-- metrics:start -->").unwrap();
     let end = readme.find("<!-- metrics:end -->").unwrap();
     readme[start..end]

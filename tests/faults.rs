@@ -6,14 +6,14 @@
 mod common;
 
 use common::*;
+use llmload::analysis::level::{LevelResult, LevelTiming};
 use llmload::client::{ClientConfig, LlmClient};
-use llmload::dataset::{Conversation, Message, Role};
+use llmload::engine::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
 use llmload::mock::capacity::CapacityModel;
 use llmload::mock::{MockConfig, OutputTokens};
-use llmload::request::{BodyParams, prepare_all};
-use llmload::schedule::Arrival;
-use llmload::stats::{LevelResult, LevelTiming};
-use llmload::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
+use llmload::plan::schedule::Arrival;
+use llmload::workload::dataset::{Conversation, Message, Role};
+use llmload::workload::request::{BodyParams, prepare_all};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -59,7 +59,7 @@ async fn a_request_on_a_stale_connection_is_retried_once_and_counted() {
     let (r, client) = run_level(cfg(&srv.url), 20.0, 1.0).await;
     assert_eq!(r.sent, 20);
     assert_eq!(r.success_rate, 100.0, "errors: {:?}", r.errors);
-    let streak = llmload::keepalive::CLOSE_STREAK as u64;
+    let streak = llmload::client::keepalive::CLOSE_STREAK as u64;
     assert_eq!(r.retried_stale_connection, streak, "{r:?}");
     assert_eq!(srv.refused(), streak);
     assert!(!client.reusing_connections());

@@ -446,7 +446,7 @@ async fn models_health_and_ground_truth() {
     assert!(last >= first);
     // The shared clock: the server's stamps are on this process's
     // CLOCK_MONOTONIC too.
-    assert!(last <= llmload::clock::mono_ns());
+    assert!(last <= llmload::base::clock::mono_ns());
     let (_, body) = get(&format!("{}/debug/requests?since=1", m.base_url())).await;
     assert_eq!(body, "[]");
     m.shutdown().await;

@@ -754,8 +754,8 @@ async fn record_requests_writes_one_line_per_request() {
 #[tokio::test]
 async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
     let _serial = serial();
-    use llmload::requests_jsonl::{RECORDS_FILE, RecordsObserver};
-    use llmload::runner::{NoHooks, Outputs, SweepPlan};
+    use llmload::engine::runner::{NoHooks, Outputs, SweepPlan};
+    use llmload::observe::requests_jsonl::{RECORDS_FILE, RecordsObserver};
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = llmload::results::RunDir::create(tmp.path(), "run").unwrap();
@@ -765,12 +765,12 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         llmload::client::LlmClient::new(llmload::client::ClientConfig::new(mock.chat_url()))
             .unwrap(),
     );
-    let convs = llmload::dataset::load(&write_dataset(tmp.path())).unwrap();
-    let engine = llmload::sweep::Engine {
+    let convs = llmload::workload::files::load(&write_dataset(tmp.path())).unwrap();
+    let engine = llmload::engine::sweep::Engine {
         client,
-        requests: Arc::new(llmload::request::prepare_all(
+        requests: Arc::new(llmload::workload::request::prepare_all(
             &convs,
-            &llmload::request::BodyParams {
+            &llmload::workload::request::BodyParams {
                 model: "m".into(),
                 max_tokens: 16,
                 temperature: 0.0,
@@ -786,7 +786,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
     let plan = SweepPlan {
         levels: vec![10.0],
         duration: Duration::from_secs(1),
-        arrival: llmload::schedule::Arrival::Constant,
+        arrival: llmload::plan::schedule::Arrival::Constant,
         seed: 0,
         slo: None,
         timeline: None,
@@ -797,13 +797,13 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         plot_file: None,
         plot_title: "t".into(),
     };
-    let target = llmload::target::Target::new(mock.chat_url(), "m");
+    let target = llmload::plan::target::Target::new(mock.chat_url(), "m");
     let meta = llmload::results::Metadata::new(&llmload::results::RunInfo {
         target: &target,
         dataset: "d",
         qps: &[10.0],
         duration: Some(Duration::from_secs(1)),
-        arrival: llmload::schedule::Arrival::Constant,
+        arrival: llmload::plan::schedule::Arrival::Constant,
         seed: 0,
         run_id: "run".into(),
         percentiles: &[50.0],
@@ -811,10 +811,11 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         job: None,
         kind: "sweep",
     });
-    let mut writer = llmload::runner::RunWriter::start(out, meta);
+    let mut writer = llmload::engine::runner::RunWriter::start(out, meta);
     let token = tokio_util::sync::CancellationToken::new();
     let report =
-        llmload::runner::execute(&engine, &plan, &mut writer, &NoHooks, &token, &token).await;
+        llmload::engine::runner::execute(&engine, &plan, &mut writer, &NoHooks, &token, &token)
+            .await;
     assert_eq!(report.levels[0].sent, 10, "the level was measured");
     assert_eq!(report.write_errors.len(), 1, "{:?}", report.write_errors);
     let e = &report.write_errors[0];

@@ -43,7 +43,7 @@ fn start_in(secs: f64) -> (SystemTime, String) {
 /// The wall-clock instant `t` on the monotonic clock the mock stamps
 /// arrivals with (ns).
 fn mono_of(t: SystemTime) -> i128 {
-    let (wall, mono) = (SystemTime::now(), llmload::clock::mono_ns());
+    let (wall, mono) = (SystemTime::now(), llmload::base::clock::mono_ns());
     let ahead = match t.duration_since(wall) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),

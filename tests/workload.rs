@@ -97,10 +97,10 @@ fn synthetic_prompts_encode_to_exactly_the_asked_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let path = train_tokenizer(tmp.path());
     let check = tokenizers::Tokenizer::from_file(&path).unwrap();
-    let target = llmload::target::Target::new("http://127.0.0.1:1/v1/chat/completions", "m");
+    let target = llmload::plan::target::Target::new("http://127.0.0.1:1/v1/chat/completions", "m");
     for n in [1u32, 7, 128, 4096] {
         let spec = format!("synthetic:input={n},output=16,samples=12");
-        let p = llmload::prompts::load(&spec, None, Some(&path), 5, &target).unwrap();
+        let p = llmload::plan::prompts::load(&spec, None, Some(&path), 5, &target).unwrap();
         assert_eq!(p.requests.len(), 12);
         assert_eq!(p.workload.token_counts, "exact");
         let mut texts = std::collections::BTreeSet::new();
@@ -122,7 +122,7 @@ fn synthetic_prompts_encode_to_exactly_the_asked_tokens() {
         }
     }
     // A shared prefix: the same first 100 tokens in every prompt.
-    let p = llmload::prompts::load(
+    let p = llmload::plan::prompts::load(
         "synthetic:input=300,output=8,prefix=100,samples=6",
         None,
         Some(&path),

@@ -2,7 +2,7 @@
 //! Only error types and fixed library messages are inspected, never text
 //! a server sent.
 
-use crate::record::ErrorKind;
+use crate::client::record::ErrorKind;
 use std::error::Error as StdError;
 
 /// Walk the cause chain for the first error that says what happened.

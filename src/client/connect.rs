@@ -1,7 +1,7 @@
 //! Opening one connection to the endpoint: DNS, TCP, TLS (with ALPN),
 //! timed, with failures sorted into the kinds users see.
 
-use crate::record::{ErrorKind, TimeoutPhase};
+use crate::client::record::{ErrorKind, TimeoutPhase};
 use http::HeaderValue;
 use rustls::pki_types::ServerName;
 use std::io;

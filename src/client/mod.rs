@@ -12,18 +12,22 @@
 //! written onto a kept-alive connection the server was already closing.
 //! It is sent again, once, on a new connection, and counted as a retry.
 
+pub mod chunk;
 pub mod classify;
 pub mod connect;
+pub mod keepalive;
 pub mod pool;
+pub mod record;
+pub mod sse;
 pub mod tls;
 
 pub use classify::classify;
 
-use crate::chunk::{self, Payload};
-use crate::keepalive::ServerKeepAlive;
-use crate::record::{ErrorKind, RequestRecord, TimeoutPhase};
-use crate::secret::ApiKey;
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseDecoder};
+use crate::base::secret::ApiKey;
+use crate::client::chunk::Payload;
+use crate::client::keepalive::ServerKeepAlive;
+use crate::client::record::{ErrorKind, RequestRecord, TimeoutPhase};
+use crate::client::sse::{DEFAULT_MAX_EVENT_BYTES, SseDecoder};
 use bytes::Bytes;
 use connect::{ConnectError, Origin};
 use futures_util::future::Either;
@@ -308,7 +312,7 @@ impl LlmClient {
         if e.kind == ErrorKind::Tls {
             self.pool.notice_once(format!(
                 "TLS error talking to {}: {}",
-                crate::results::redact_url(&self.cfg.endpoint),
+                crate::base::redact::redact_url(&self.cfg.endpoint),
                 e.detail
             ));
         }

@@ -17,7 +17,7 @@
 //!   opens its own connection and says `Connection: close`.
 
 use super::connect::{self, ConnectError, Origin};
-use crate::keepalive::{CloseDetector, ServerKeepAlive, idle_limit};
+use crate::client::keepalive::{CloseDetector, ServerKeepAlive, idle_limit};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
@@ -367,7 +367,7 @@ impl Pool {
             self.notice_once(format!(
                 "the server closed {} connections in a row right after their first response: \
                  connections to it are no longer reused (each request opens its own)",
-                crate::keepalive::CLOSE_STREAK
+                crate::client::keepalive::CLOSE_STREAK
             ));
         }
     }

@@ -16,7 +16,7 @@
 //! errors are `{"error": "..."}` with a fitting status code.
 //!
 //! How to add an endpoint: 1) a handler here; 2) a route in [`router`];
-//! 3) a row in the table above and in the README; 4) a test in
+//! 3) a row in the table above and in `docs/src/daemon.md`; 4) a test in
 //! `tests/daemon.rs`.
 
 use super::jobs::{self, FireRefusal};
@@ -212,7 +212,7 @@ async fn compare(
     let Some(base_id) = q.with else {
         return error(StatusCode::BAD_REQUEST, "give the base run: ?with=<run id>");
     };
-    let load = |which: &str| -> Result<crate::compare::Run, (StatusCode, String)> {
+    let load = |which: &str| -> Result<crate::analysis::compare::Run, (StatusCode, String)> {
         let Some(entry) = state.index.get(which) else {
             return Err((StatusCode::NOT_FOUND, format!("no run '{which}'")));
         };
@@ -223,23 +223,27 @@ async fn compare(
         (Ok(b), Ok(n)) => (b, n),
         (Err((code, e)), _) | (_, Err((code, e))) => return error(code, e),
     };
-    let max_regression = match q.max_regression.as_deref().map(crate::compare::parse_share) {
+    let max_regression = match q
+        .max_regression
+        .as_deref()
+        .map(crate::analysis::compare::parse_share)
+    {
         None => 0.10,
         Some(Ok(v)) => v,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let metrics = match crate::compare::MetricSpec::parse_list(
+    let metrics = match crate::analysis::compare::MetricSpec::parse_list(
         q.metric
             .as_deref()
-            .unwrap_or(crate::compare::DEFAULT_METRICS),
+            .unwrap_or(crate::analysis::compare::DEFAULT_METRICS),
     ) {
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match crate::compare::compare(
+    match crate::analysis::compare::compare(
         &base,
         &new,
-        &crate::compare::Options {
+        &crate::analysis::compare::Options {
             max_regression,
             metrics,
         },

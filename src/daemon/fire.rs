@@ -46,7 +46,7 @@ impl FireSchedule {
             return Ok(Self::AtStart);
         }
         if let Some(rest) = s.strip_prefix("every ") {
-            let d = crate::duration::parse(rest).map_err(|e| format!("'{s}': {e}"))?;
+            let d = crate::base::duration::parse(rest).map_err(|e| format!("'{s}': {e}"))?;
             if d < Duration::from_secs(1) {
                 return Err(format!("'{s}': the interval must be at least 1s"));
             }
@@ -120,7 +120,7 @@ impl FireSchedule {
     pub fn describe(&self) -> String {
         match self {
             Self::AtStart => "at_start".into(),
-            Self::Every(d) => format!("every {}", crate::duration::format(*d)),
+            Self::Every(d) => format!("every {}", crate::base::duration::format(*d)),
             Self::Cron { expr, tz, .. } => format!("cron '{expr}' ({tz})"),
         }
     }

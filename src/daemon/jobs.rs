@@ -14,12 +14,12 @@
 use super::config::{Job, JobKind};
 use super::index::RunEntry;
 use super::state::{ActiveRun, State, TargetSlot};
-use crate::capacity::CapacityPlan;
-use crate::metrics::{JobMetrics, MetricsObserver};
+use crate::analysis::level::{LevelResult, LevelTiming};
+use crate::engine::capacity::CapacityPlan;
+use crate::engine::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
+use crate::engine::sweep::{Engine, LevelRun, LevelSpec, Observer, Progress};
+use crate::observe::metrics::{JobMetrics, MetricsObserver};
 use crate::results::{self, Metadata, RunDir, RunInfo};
-use crate::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
-use crate::stats::{LevelResult, LevelTiming};
-use crate::sweep::{Engine, LevelRun, LevelSpec, Observer, Progress};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ struct Started {
     entry: RunEntry,
     engine: Engine,
     job_metrics: JobMetrics,
-    sweep_span: Option<crate::telemetry::SweepSpan>,
+    sweep_span: Option<crate::observe::telemetry::SweepSpan>,
 }
 
 fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started, String> {
@@ -133,7 +133,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     }
     let job_metrics = state.metrics.for_job(&t.name, t.model(), &job.name);
     let sweep_span = state.telemetry.as_ref().map(|tel| {
-        tel.sweep_started(&crate::telemetry::SweepAttrs {
+        tel.sweep_started(&crate::observe::telemetry::SweepAttrs {
             target: &t.name,
             model: t.model(),
             qps: &job.qps,
@@ -152,14 +152,15 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         _ => None,
     };
     let next: Option<Arc<dyn Observer>> = if job.record_requests {
-        match crate::requests_jsonl::RecordsObserver::create(&dir.path, next.clone()) {
+        match crate::observe::requests_jsonl::RecordsObserver::create(&dir.path, next.clone()) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 state.record_write_errors(
                     &t.name,
                     &[format!(
                         "cannot write {}: {e}",
-                        dir.file(crate::requests_jsonl::RECORDS_FILE).display()
+                        dir.file(crate::observe::requests_jsonl::RECORDS_FILE)
+                            .display()
                     )],
                 );
                 next
@@ -311,10 +312,10 @@ struct DaemonHooks<'a> {
     active: Arc<ActiveRun>,
     job: &'a Job,
     metrics: JobMetrics,
-    span: Option<crate::telemetry::SweepSpan>,
+    span: Option<crate::observe::telemetry::SweepSpan>,
 }
 
-impl crate::capacity::CapacityHooks for DaemonHooks<'_> {
+impl crate::engine::capacity::CapacityHooks for DaemonHooks<'_> {
     fn probe_finished(&self, p: &crate::results::ProbeSummary) {
         tracing::info!(
             job = %self.job.name, probe = p.index, phase = %p.phase, qps = p.qps,
@@ -420,7 +421,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 arrival: job.arrival,
                 seed: job.seed,
             };
-            let r = crate::capacity::search(
+            let r = crate::engine::capacity::search(
                 &started.engine,
                 &plan,
                 &mut started.writer,

@@ -3,7 +3,7 @@
 //!
 //! Layout: [`config`] (the TOML file), [`fire`] (when jobs fire),
 //! [`jobs`] (running sweeps and soaks, target coordination), [`state`]
-//! (what the daemon knows), [`crate::metrics`] (`/metrics`), [`api`] (HTTP),
+//! (what the daemon knows), [`crate::observe::metrics`] (`/metrics`), [`api`] (HTTP),
 //! [`index`] (run history and retention).
 
 pub mod api;
@@ -14,7 +14,7 @@ pub mod jobs;
 
 pub mod state;
 
-use crate::error::EXIT_OK;
+use crate::base::error::EXIT_OK;
 use state::State;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -68,7 +68,7 @@ pub async fn run(
                 .set(i.as_secs_f64());
         }
     }
-    let server = tokio::spawn(crate::serve::serve(
+    let server = tokio::spawn(crate::base::serve::serve(
         listener,
         api::router(state.clone()),
         http_stop.clone(),
@@ -83,7 +83,7 @@ pub async fn run(
     stop.await;
     tracing::info!(
         "stopping: no new runs; in-flight requests get {}",
-        crate::duration::format(state.config.shutdown_grace)
+        crate::base::duration::format(state.config.shutdown_grace)
     );
     state.shutting_down.cancel();
     for s in &schedulers {
@@ -144,9 +144,9 @@ async fn schedule_loop(state: Arc<State>, job: config::Job) {
 }
 
 /// Once a second: in-flight, achieved-rate and goodput gauges from live
-/// progress, over a [`crate::metrics::RateWindow`].
+/// progress, over a [`crate::observe::metrics::RateWindow`].
 async fn gauge_ticker(state: Arc<State>) {
-    let mut windows: std::collections::HashMap<String, crate::metrics::RateWindow> =
+    let mut windows: std::collections::HashMap<String, crate::observe::metrics::RateWindow> =
         Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -176,7 +176,10 @@ async fn gauge_ticker(state: Arc<State>) {
 }
 
 /// `--check`: the resolved plan, without sending anything.
-pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings>) -> String {
+pub fn plan_report(
+    cfg: &config::Config,
+    tel: Option<&crate::observe::telemetry::Settings>,
+) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -214,7 +217,7 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
             out,
             "target {}: {} model {} dataset {}",
             t.name,
-            crate::results::redact_url(t.spec.endpoint()),
+            crate::base::redact::redact_url(t.spec.endpoint()),
             t.model(),
             t.dataset.display()
         );
@@ -224,11 +227,11 @@ pub fn plan_report(cfg: &config::Config, tel: Option<&crate::telemetry::Settings
         let qps: Vec<String> = j
             .qps
             .iter()
-            .map(|q| crate::saturation::fmt_qps(*q))
+            .map(|q| crate::analysis::saturation::fmt_qps(*q))
             .collect();
         let dur = j
             .duration
-            .map(crate::duration::format)
+            .map(crate::base::duration::format)
             .unwrap_or_else(|| "forever".into());
         let _ = writeln!(
             out,

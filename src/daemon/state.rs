@@ -5,9 +5,9 @@
 use super::config::{Config, Job, JobKind, Target};
 use super::index::RunIndex;
 use crate::client::LlmClient;
-use crate::metrics::Metrics;
-use crate::request::PreparedRequest;
-use crate::sweep::Progress;
+use crate::engine::sweep::Progress;
+use crate::observe::metrics::Metrics;
+use crate::workload::request::PreparedRequest;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ pub struct TargetSlot {
     /// What the requests are, for each run's metadata.
     pub workload: crate::workload::Workload,
     /// The server's own metrics, when the target names them.
-    pub scraper: Option<Arc<crate::scrape::ServerScraper>>,
+    pub scraper: Option<Arc<crate::server::scrape::ServerScraper>>,
     /// Held by a sweep for its whole run: sweeps on one target queue up.
     pub sweep_lock: tokio::sync::Mutex<()>,
     /// The soak running on this target, if any, so a sweep can pause it.
@@ -102,7 +102,7 @@ pub struct State {
     pub write_errors: AtomicU64,
     pub last_write_error: Mutex<Option<String>>,
     pub next_fires: Mutex<BTreeMap<String, String>>,
-    pub telemetry: Option<crate::telemetry::Telemetry>,
+    pub telemetry: Option<crate::observe::telemetry::Telemetry>,
 }
 
 impl State {
@@ -110,7 +110,7 @@ impl State {
     /// target and what is wrong.
     pub fn new(
         config: Config,
-        telemetry: Option<crate::telemetry::Telemetry>,
+        telemetry: Option<crate::observe::telemetry::Telemetry>,
     ) -> Result<Arc<Self>, String> {
         let index = RunIndex::open(&config.results_dir)
             .map_err(|e| format!("results directory {}: {e}", config.results_dir.display()))?;
@@ -118,7 +118,7 @@ impl State {
         for t in &config.targets {
             // Daemon prompts are seeded with 0: every run of a target sends
             // the same workload, so its runs compare.
-            let prompts = crate::prompts::load(
+            let prompts = crate::plan::prompts::load(
                 &t.dataset.to_string_lossy(),
                 t.dataset_format,
                 t.tokenizer.as_deref(),

@@ -63,7 +63,7 @@ impl CapacityModel {
 /// Rough input-token estimate from text: 4 characters a token, at least 1.
 /// The same rule the mock uses for `prompt_tokens` and prefill time.
 pub fn estimate_tokens(chars: usize) -> u32 {
-    crate::synthetic::estimate_tokens(chars)
+    crate::workload::synthetic::estimate_tokens(chars)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use super::faults::FaultKind;
 use super::state::MockState;
 use super::truth::Truth;
-use crate::clock::mono_ns;
+use crate::base::clock::mono_ns;
 use bytes::Bytes;
 use futures_util::Stream;
 use rand::rngs::StdRng;

@@ -7,7 +7,7 @@ use super::generate::{self, Api, Job, Occupancy};
 use super::state::MockState;
 use super::truth::Truth;
 use super::{MockConfig, OutputTokens};
-use crate::clock::mono_ns;
+use crate::base::clock::mono_ns;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -50,7 +50,7 @@ impl MockServer {
         let addr = listener.local_addr()?;
         let state = MockState::new(cfg);
         let token = CancellationToken::new();
-        let task = tokio::spawn(crate::serve::serve(
+        let task = tokio::spawn(crate::base::serve::serve(
             listener,
             app(state.clone()),
             token.clone(),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// One request as the server saw it. Times are `CLOCK_MONOTONIC` ns
-/// (see [`crate::clock`]); 0 means "did not happen".
+/// (see [`crate::base::clock`]); 0 means "did not happen".
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Truth {
     /// The mock's request sequence number (also in the response id).

@@ -4,8 +4,8 @@
 use super::rig::*;
 
 use super::servers;
-use crate::record::RequestRecord;
-use crate::sweep::{LevelSpec, Observer, RequestHook};
+use crate::client::record::RequestRecord;
+use crate::engine::sweep::{LevelSpec, Observer, RequestHook};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +22,7 @@ pub(super) struct ClientRow {
 
 /// Records each successful request's client-side stamps.
 pub(super) struct Capture {
-    anchor: crate::clock::Anchor,
+    anchor: crate::base::clock::Anchor,
     rows: Mutex<Vec<ClientRow>>,
 }
 
@@ -115,7 +115,7 @@ pub(super) async fn fetch_truth(base: &str) -> Vec<TruthRow> {
 
 pub(super) async fn accuracy(mock: &servers::ServerProcess, rate: f64, dur: Duration) -> Accuracy {
     let cap = Arc::new(Capture {
-        anchor: crate::clock::Anchor::now(),
+        anchor: crate::base::clock::Anchor::now(),
         rows: Mutex::new(Vec::new()),
     });
     let e = engine(client(&mock.url, true), cap.clone(), 512);

@@ -2,8 +2,8 @@
 
 use super::rig::*;
 
-use crate::schedule::Arrival;
-use crate::sweep::{Engine, LevelRun, LevelSpec};
+use crate::engine::sweep::{Engine, LevelRun, LevelSpec};
+use crate::plan::schedule::Arrival;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -27,7 +27,7 @@ pub use report::{Check, Report, render};
 pub use rig::{cpu_seconds, open_fds, peak_rss, rss};
 pub use soak::soak;
 
-use crate::sweep::NoObserver;
+use crate::engine::sweep::NoObserver;
 use accuracy::accuracy;
 use memory::memory;
 use overhead::{observer_cost, overheads};

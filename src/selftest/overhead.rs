@@ -4,9 +4,9 @@
 use super::rig::*;
 
 use super::servers;
-use crate::record::RequestRecord;
-use crate::schedule::Arrival;
-use crate::sweep::{LevelSpec, NoObserver, Observer};
+use crate::client::record::RequestRecord;
+use crate::engine::sweep::{LevelSpec, NoObserver, Observer};
+use crate::plan::schedule::Arrival;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub(super) async fn overheads(
     ];
     let otlp = discard_collector().await;
     let start = |ratio: f64| {
-        crate::telemetry::Telemetry::start(crate::telemetry::Settings {
+        crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
             endpoint: otlp.clone(),
             sample_ratio: ratio,
             propagate: true,
@@ -83,9 +83,9 @@ pub(super) async fn overheads(
                     &tel_all
                 };
                 let c = client(&mock.url, traced);
-                let metrics = crate::metrics::Metrics::new();
+                let metrics = crate::observe::metrics::Metrics::new();
                 let span = tel.as_ref().filter(|_| traced).map(|t| {
-                    t.sweep_started(&crate::telemetry::SweepAttrs {
+                    t.sweep_started(&crate::observe::telemetry::SweepAttrs {
                         target: "selftest",
                         model: "selftest",
                         qps: &[rate],
@@ -104,7 +104,7 @@ pub(super) async fn overheads(
                     _ => None,
                 };
                 let observer: Arc<dyn Observer> = if variant.contains("metrics") {
-                    Arc::new(crate::metrics::MetricsObserver {
+                    Arc::new(crate::observe::metrics::MetricsObserver {
                         job: metrics.for_job("selftest", "selftest", "selftest"),
                         next: trace_obs,
                     })
@@ -192,7 +192,7 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
     rec.usage_output_tokens = Some(64);
     rec.usage_input_tokens = Some(20);
     rec.status = Some(200);
-    rec.finish = Some(crate::chunk::FinishReason::Length);
+    rec.finish = Some(crate::client::chunk::FinishReason::Length);
     rec.response_id = Some("chatcmpl-selftest".into());
     rec.response_model = Some("selftest".into());
     let spec = LevelSpec {
@@ -204,8 +204,8 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
     };
     let base = std::time::Instant::now();
 
-    let metrics = crate::metrics::Metrics::new();
-    let m_obs = crate::metrics::MetricsObserver {
+    let metrics = crate::observe::metrics::Metrics::new();
+    let m_obs = crate::observe::metrics::MetricsObserver {
         job: metrics.for_job("selftest", "selftest", "selftest"),
         next: None,
     };
@@ -218,13 +218,15 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
 
     let otlp = discard_collector().await;
     let mut traces_us = 0.0;
-    if let Ok(tel) = crate::telemetry::Telemetry::start(crate::telemetry::Settings {
-        endpoint: otlp,
-        sample_ratio: 1.0,
-        propagate: true,
-        service_name: Some("llmload-selftest".into()),
-    }) {
-        let span = tel.sweep_started(&crate::telemetry::SweepAttrs {
+    if let Ok(tel) =
+        crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
+            endpoint: otlp,
+            sample_ratio: 1.0,
+            propagate: true,
+            service_name: Some("llmload-selftest".into()),
+        })
+    {
+        let span = tel.sweep_started(&crate::observe::telemetry::SweepAttrs {
             target: "selftest",
             model: "selftest",
             qps: &[1000.0],

@@ -3,10 +3,10 @@
 
 use super::servers;
 use crate::client::{ClientConfig, LlmClient};
-use crate::dataset::{Conversation, Message, Role};
-use crate::request::{BodyParams, prepare_all};
-use crate::schedule::Arrival;
-use crate::sweep::{Engine, LevelRun, LevelSpec, Observer};
+use crate::engine::sweep::{Engine, LevelRun, LevelSpec, Observer};
+use crate::plan::schedule::Arrival;
+use crate::workload::dataset::{Conversation, Message, Role};
+use crate::workload::request::{BodyParams, prepare_all};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;

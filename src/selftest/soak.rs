@@ -4,8 +4,8 @@
 use super::rig::*;
 use super::servers;
 use crate::client::{ClientConfig, LlmClient};
-use crate::schedule::Arrival;
-use crate::sweep::{LevelRun, LevelSpec, NoObserver};
+use crate::engine::sweep::{LevelRun, LevelSpec, NoObserver};
+use crate::plan::schedule::Arrival;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 
 use super::rig::*;
 
-use crate::sweep::Engine;
+use crate::engine::sweep::Engine;
 use serde::Serialize;
 use std::time::Duration;
 

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use llmload::client::sse::SseDecoder;
 use llmload::mock::{MockConfig, MockServer};
-use llmload::sse::SseDecoder;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -558,12 +558,12 @@ pub async fn run_level(
     qps: f64,
     secs: f64,
 ) -> (
-    llmload::stats::LevelResult,
+    llmload::analysis::level::LevelResult,
     std::sync::Arc<llmload::client::LlmClient>,
 ) {
-    use llmload::dataset::{Conversation, Message, Role};
-    use llmload::request::{BodyParams, prepare_all};
-    use llmload::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
+    use llmload::engine::sweep::{Engine, LevelRun, LevelSpec, NoObserver};
+    use llmload::workload::dataset::{Conversation, Message, Role};
+    use llmload::workload::request::{BodyParams, prepare_all};
     use std::sync::Arc;
     init();
     let client = Arc::new(llmload::client::LlmClient::new(cfg).expect("client builds"));
@@ -598,7 +598,7 @@ pub async fn run_level(
                 index: 0,
                 qps,
                 duration: Some(dur),
-                arrival: llmload::schedule::Arrival::Constant,
+                arrival: llmload::plan::schedule::Arrival::Constant,
                 seed: 0,
             },
             &LevelRun::new(),
@@ -607,7 +607,7 @@ pub async fn run_level(
             0,
         )
         .await;
-    let r = llmload::stats::LevelResult::from_stats(&out.stats, out.timing);
+    let r = llmload::analysis::level::LevelResult::from_stats(&out.stats, out.timing);
     assert_eq!(r.sent, r.succeeded + r.failed, "books balance");
     (r, client)
 }

@@ -1,0 +1,14 @@
+//! Small shared types and process plumbing that every stage uses:
+//! durations, secrets, clocks, exit codes, URL redaction, console output,
+//! logging, signals, resource limits and the HTTP listener helper.
+
+pub mod clock;
+pub mod console;
+pub mod duration;
+pub mod error;
+pub mod limits;
+pub mod logging;
+pub mod redact;
+pub mod secret;
+pub mod serve;
+pub mod signals;

@@ -1,0 +1,149 @@
+//! `llmload capacity`: the highest rate the endpoint holds under an SLO.
+//! Glue only: flags → plan → [`crate::engine::capacity::search`] → console.
+
+use super::run::watch_signals;
+use super::setup::Session;
+use crate::analysis::level::LevelResult;
+use crate::analysis::search::{Outcome, SearchConfig};
+use crate::analysis::slo::{Slo, SloTarget};
+use crate::base::error::{
+    EXIT_CAPACITY_ABOVE, EXIT_CAPACITY_BELOW, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError,
+};
+use crate::cli::CapacityArgs;
+use crate::cli::progress::ConsoleHooks;
+use crate::engine::capacity::{self, CapacityHooks, CapacityPlan};
+use crate::engine::runner::{Outputs, RunWriter, SweepHooks};
+use crate::engine::sweep::{LevelRun, LevelSpec};
+use crate::results::{self, Metadata, ProbeSummary, RunInfo};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
+    let slo = Slo::parse(&args.slo).map_err(|e| UsageError::new(format!("--slo {e}")))?;
+    if args.min_qps >= args.max_qps {
+        return Err(UsageError::new(format!(
+            "--min-qps {} must be below --max-qps {}",
+            args.min_qps, args.max_qps
+        ))
+        .into());
+    }
+    let plan = CapacityPlan {
+        slo: Arc::new(SloTarget {
+            slo,
+            attainment: args.slo_attainment,
+        }),
+        search: SearchConfig {
+            min_qps: args.min_qps,
+            max_qps: args.max_qps,
+            precision: args.precision,
+        },
+        probe_duration: args.probe_duration,
+        confirm_duration: args.confirm_duration,
+        arrival: args.arrival,
+        seed: args.common.seed,
+    };
+    let a = &args.common;
+    let session = Session::start(a, &[args.min_qps, args.max_qps], None).await?;
+    let mut meta = Metadata::new(&RunInfo {
+        target: &session.target,
+        dataset: &a.dataset.display().to_string(),
+        qps: &[],
+        duration: Some(args.probe_duration),
+        arrival: args.arrival,
+        seed: a.seed,
+        run_id: session.dir.id.clone(),
+        percentiles: &[50.0, 95.0, 99.0],
+        now: session.now,
+        job: None,
+        kind: "capacity",
+    });
+    meta.workload = Some(session.workload.clone());
+    let outputs = Outputs {
+        dir: session.dir.clone(),
+        results_file: results::DEFAULT_RESULTS_FILE.into(),
+        plot_file: (!args.no_plot).then(|| results::DEFAULT_PLOT_FILE.into()),
+        plot_title: format!("{} (capacity under {})", meta.plot_title(), plan.slo.slo),
+    };
+    let mut writer = RunWriter::start(outputs, meta);
+    let stop = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(stop.clone(), cancel.clone()));
+    crate::errln!(
+        "llmload capacity: SLO {} ({}% of requests) against {}, {}..{} req/s, precision {}% -> {}",
+        plan.slo.slo,
+        crate::analysis::saturation::fmt_qps(plan.slo.attainment * 100.0),
+        results::redact_url(session.target.endpoint()),
+        crate::analysis::saturation::fmt_qps(args.min_qps),
+        crate::analysis::saturation::fmt_qps(args.max_qps),
+        crate::analysis::saturation::fmt_qps(args.precision * 100.0),
+        session.dir.path.display()
+    );
+    let console = Console(ConsoleHooks::new(
+        session.telemetry.clone().zip(session.sweep_span.clone()),
+    ));
+    let report = capacity::search(
+        &session.engine,
+        &plan,
+        &mut writer,
+        &console,
+        &stop,
+        &cancel,
+    )
+    .await;
+    signals.abort();
+    if let Some(c) = &report.summary.capacity {
+        crate::out!("\n{}", crate::results::table::render_capacity(c));
+    }
+    for n in &report.notices {
+        crate::outln!("note: {n}");
+    }
+    crate::outln!("\nResults saved to {}/", session.dir.path.display());
+    for e in &report.write_errors {
+        crate::errln!("error: {e}");
+    }
+    session.finish(&report.summary).await;
+    Ok(if !report.write_errors.is_empty() {
+        EXIT_FAILURE
+    } else {
+        match report.outcome {
+            None => EXIT_INTERRUPTED,
+            Some(Outcome::Found { .. }) => EXIT_OK,
+            Some(Outcome::BelowRange) => EXIT_CAPACITY_BELOW,
+            Some(Outcome::AboveRange) => EXIT_CAPACITY_ABOVE,
+        }
+    })
+}
+
+/// Progress per probe on stderr.
+struct Console(ConsoleHooks);
+
+impl SweepHooks for Console {
+    fn level_started(&self, spec: &LevelSpec, _levels: usize, planned: u64, run: &LevelRun) {
+        self.0.level_started(spec, 0, planned, run);
+    }
+    fn level_finished(&self, spec: &LevelSpec, r: &LevelResult) {
+        self.0.level_finished(spec, r);
+    }
+}
+
+impl CapacityHooks for Console {
+    fn probe_finished(&self, p: &ProbeSummary) {
+        crate::errln!(
+            "  probe {} ({}) at {} req/s: {}{}{}",
+            p.index,
+            p.phase,
+            crate::analysis::saturation::fmt_qps(p.qps),
+            p.verdict,
+            if p.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.reason)
+            },
+            if p.cooldown_s > 0.0 {
+                format!("; cooled down {:.1}s", p.cooldown_s)
+            } else {
+                String::new()
+            }
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! `llmload daemon`: load and check the config, start telemetry and any
+//! embedded mocks, then hand over to [`crate::daemon::run`].
+
+use crate::base::error::{EXIT_OK, UsageError};
+use crate::cli::DaemonArgs;
+use crate::daemon::{config, plan_report, run, state::State};
+use tokio_util::sync::CancellationToken;
+
+pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
+    let mut cfg = config::load(&args.config).map_err(|errs| {
+        UsageError::new(format!(
+            "{} problem(s) in {}:\n  {}",
+            errs.len(),
+            args.config.display(),
+            errs.join("\n  ")
+        ))
+    })?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    for w in &cfg.warnings {
+        crate::errln!("warning: {w}");
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let tel_settings = crate::observe::telemetry::Settings::resolve(
+        args.otlp_endpoint.as_deref(),
+        Some(&cfg.telemetry),
+        &env,
+    )
+    .map_err(UsageError::new)?;
+    if args.check {
+        crate::out!("{}", plan_report(&cfg, tel_settings.as_ref()));
+        return Ok(EXIT_OK);
+    }
+    let telemetry = match tel_settings {
+        Some(s) => Some(crate::observe::telemetry::Telemetry::start(s).map_err(UsageError::new)?),
+        None => None,
+    };
+    // `endpoint = "mock"`: an embedded mock per such target, for demos.
+    let mut mocks = Vec::new();
+    for t in cfg.targets.iter_mut().filter(|t| t.spec.is_mock()) {
+        let m = crate::mock::MockServer::start(
+            crate::mock::MockConfig::default(),
+            "127.0.0.1:0".parse().expect("valid address"),
+        )
+        .await?;
+        t.spec.client.endpoint = m.url_for(t.spec.api);
+        tracing::info!(target = %t.name, url = %t.spec.client.endpoint, "built-in mock started");
+        mocks.push(m);
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr()?;
+    let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
+    // Announce the real address (port 0 picks one): scripts and tests read it.
+    crate::errln!("llmload daemon listening on http://{addr}");
+    tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
+    let shutdown = CancellationToken::new();
+    let code = run(
+        state,
+        listener,
+        shutdown.clone(),
+        crate::base::signals::next(),
+    )
+    .await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    for m in mocks {
+        m.shutdown().await;
+    }
+    Ok(code)
+}

@@ -1,0 +1,393 @@
+//! `llmload run`: the seed's one-shot sweep. Glue only: flags → target →
+//! engine → runner → console.
+
+use super::setup::Session;
+use crate::analysis::slo::{Slo, SloTarget};
+use crate::base::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError};
+use crate::cli::RunArgs;
+use crate::cli::progress::ConsoleHooks;
+use crate::engine::runner::{self, Outputs, RunStatus, RunWriter, SweepPlan};
+use crate::observe::metrics::{JobMetrics, Metrics, MetricsObserver};
+use crate::plan::schedule::Shard;
+use crate::results::table;
+use crate::results::{self, Metadata, RunInfo};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight requests may finish after Ctrl-C before they are
+/// abandoned (a second Ctrl-C abandons them at once).
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+/// After in-flight requests are abandoned, the most the process may take
+/// to finish writing before it exits regardless.
+const STOP_BACKSTOP: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let slo = if args.slo.is_empty() {
+        None
+    } else {
+        Some(Arc::new(SloTarget {
+            slo: Slo::parse(&args.slo).map_err(|e| UsageError::new(format!("--slo {e}")))?,
+            attainment: args.slo_attainment,
+        }))
+    };
+    if args.show_tokens {
+        crate::errln!("note: --show-tokens is deprecated: tokens/sec is always shown");
+    }
+    let a = &args.common;
+    let shard = shard_from(args.shard, &|k| std::env::var(k).ok()).map_err(UsageError::new)?;
+    // Shards of one run share its id: the stamp of their common start.
+    let stamp = match (args.start_at, shard) {
+        (None, None) => None,
+        (start, _) => {
+            let at = start.map_or_else(chrono::Local::now, chrono::DateTime::<chrono::Local>::from);
+            let stamp = crate::results::stamp(&at);
+            Some(match shard {
+                Some(s) => format!("{stamp}.shard-{}-of-{}", s.index, s.count),
+                None => stamp,
+            })
+        }
+    };
+    let mut session = Session::start(a, &args.qps, stamp.as_deref()).await?;
+    session.engine.shard = shard;
+    // The shards of one run share its id: the directory name without the
+    // shard suffix.
+    let run_id = match session.dir.id.split_once(".shard-") {
+        Some((id, _)) => id.to_string(),
+        None => session.dir.id.clone(),
+    };
+    let mut meta = Metadata::new(&RunInfo {
+        target: &session.target,
+        dataset: &a.dataset.display().to_string(),
+        qps: &args.qps,
+        duration: Some(args.duration),
+        arrival: args.arrival,
+        seed: a.seed,
+        run_id,
+        percentiles: &args.percentiles,
+        now: session.now,
+        job: None,
+        kind: "sweep",
+    });
+    meta.shard = shard;
+    meta.workload = Some(session.workload.clone());
+    meta.start_at = args
+        .start_at
+        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
+    let plan = SweepPlan {
+        levels: args.qps.clone(),
+        duration: args.duration,
+        arrival: args.arrival,
+        seed: a.seed,
+        slo,
+        timeline: args.start_at.map(|t| (t, args.level_gap)),
+    };
+    let live = match args.metrics_listen {
+        Some(addr) => Some(
+            LiveMetrics::serve(
+                addr,
+                &session.target,
+                &mut session.engine,
+                plan.slo.is_some(),
+            )
+            .await
+            .map_err(|e| UsageError::new(format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    if let (Some(s), Some(t)) = (shard, args.start_at) {
+        match std::time::SystemTime::now().duration_since(t) {
+            Ok(late) if late > std::time::Duration::from_millis(1) => crate::errln!(
+                "shard {}/{}: starting {:.3}s after --start-at; its late sends count as schedule lag",
+                s.index,
+                s.count,
+                late.as_secs_f64()
+            ),
+            _ => crate::errln!("shard {}/{}: waiting for --start-at", s.index, s.count),
+        }
+    } else if let (Some(s), None) = (shard, args.start_at) {
+        crate::errln!(
+            "warning: shard {}/{} without --start-at: each shard starts when its process does, \
+             so the shards' levels are not aligned (give every shard the same --start-at)",
+            s.index,
+            s.count
+        );
+    }
+    let outputs = Outputs {
+        dir: session.dir.clone(),
+        results_file: results::file_name_only(&args.output, results::DEFAULT_RESULTS_FILE),
+        plot_file: args
+            .plot
+            .then(|| results::file_name_only(&args.plot_output, results::DEFAULT_PLOT_FILE)),
+        plot_title: meta.plot_title(),
+    };
+    let mut writer = RunWriter::start(outputs, meta);
+
+    let stop = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(stop.clone(), cancel.clone()));
+    crate::errln!(
+        "llmload: {} level(s) x {} against {} -> {}",
+        plan.levels.len(),
+        crate::base::duration::format(plan.duration),
+        results::redact_url(session.target.endpoint()),
+        session.dir.path.display()
+    );
+    let console = ConsoleHooks::new(session.telemetry.clone().zip(session.sweep_span.clone()));
+    let hooks = LiveHooks {
+        console: &console,
+        live: live.as_ref(),
+    };
+    let report = runner::execute(&session.engine, &plan, &mut writer, &hooks, &stop, &cancel).await;
+    signals.abort();
+    if let Some(l) = &live {
+        l.publish(&report);
+    }
+
+    crate::out!(
+        "\n{}",
+        table::render_table(&report.levels, &args.percentiles)
+    );
+    crate::out!(
+        "{}",
+        table::render_analysis(
+            &report.levels,
+            &report.summary.analysis,
+            report.status == RunStatus::Partial
+        )
+    );
+    if let Some(slo) = &plan.slo {
+        crate::out!("{}", table::render_slo(&report.levels, slo));
+    }
+    for n in &report.notices {
+        crate::outln!("note: {n}");
+    }
+    if let Some(n) = table::render_input_check(&report.levels) {
+        crate::outln!("note: {n}");
+    }
+    crate::outln!("\nResults saved to {}/", report.dir.path.display());
+    for e in &report.write_errors {
+        crate::errln!("error: {e}");
+    }
+    session.finish(&report.summary).await;
+    Ok(if !report.write_errors.is_empty() {
+        EXIT_FAILURE
+    } else if report.status == RunStatus::Partial {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// First signal: stop sending, give in-flight requests a short grace;
+/// second signal (or the grace running out): abandon them.
+pub async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
+    crate::base::signals::next().await;
+    crate::errln!(
+        "\nstopping: waiting up to {}s for in-flight requests (Ctrl-C again to abandon them); \
+         results so far are kept and marked partial",
+        INTERRUPT_GRACE.as_secs()
+    );
+    stop.cancel();
+    tokio::select! {
+        _ = crate::base::signals::next() => {}
+        _ = tokio::time::sleep(INTERRUPT_GRACE) => {}
+    }
+    cancel.cancel();
+    // Abandoned requests end at once and the runner writes the partial
+    // results in milliseconds. Should anything still hold the process up,
+    // do not hang: finished levels are already on disk, marked partial.
+    tokio::select! {
+        _ = crate::base::signals::next() => {}
+        _ = tokio::time::sleep(STOP_BACKSTOP) => {}
+    }
+    crate::errln!(
+        "stopping took too long: exiting now; finished levels are in the results directory"
+    );
+    std::process::exit(EXIT_INTERRUPTED.into());
+}
+
+/// The shard from `--shard`, else `LLMLOAD_SHARD=I/N`, else a Kubernetes
+/// Indexed Job's `JOB_COMPLETION_INDEX` with `LLMLOAD_SHARDS=N`.
+pub fn shard_from(
+    flag: Option<Shard>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Shard>, String> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(v) = env("LLMLOAD_SHARD") {
+        return Shard::parse(&v)
+            .map(Some)
+            .map_err(|e| format!("LLMLOAD_SHARD={v}: {e}"));
+    }
+    match (env("JOB_COMPLETION_INDEX"), env("LLMLOAD_SHARDS")) {
+        (Some(i), Some(n)) => Shard::parse(&format!("{i}/{n}"))
+            .map(Some)
+            .map_err(|e| format!("JOB_COMPLETION_INDEX={i} with LLMLOAD_SHARDS={n}: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// `--metrics-listen`: the daemon's metrics for the length of one run, so
+/// that Prometheus can scrape every shard.
+pub struct LiveMetrics {
+    metrics: Arc<Metrics>,
+    job: JobMetrics,
+    labels: [String; 3],
+    /// This process's share of every level's rate: 1/N for shard I/N, so
+    /// that the shards' target rates sum to the level's.
+    share: f64,
+    /// The run judges an SLO: goodput is published.
+    has_slo: bool,
+    started: std::time::Instant,
+    stop: CancellationToken,
+}
+
+impl LiveMetrics {
+    async fn serve(
+        addr: std::net::SocketAddr,
+        target: &crate::plan::target::Target,
+        engine: &mut crate::engine::sweep::Engine,
+        has_slo: bool,
+    ) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        // Labels: the endpoint's host and port, the model, job "run".
+        let host = target
+            .endpoint()
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| {
+                u.authority()
+                    .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| "endpoint".into());
+        let labels = [host, target.model.clone(), "run".to_string()];
+        let job = metrics.for_job(&labels[0], &labels[1], &labels[2]);
+        metrics.up.set(1);
+        metrics
+            .start_time
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        crate::errln!(
+            "serving metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let m = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.response() }
+            }),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::base::serve::serve(listener, app, stop.clone()));
+        engine.observer = Arc::new(MetricsObserver {
+            job: job.clone(),
+            next: Some(engine.observer.clone()),
+        });
+        let share = engine.shard.map_or(1.0, |s| 1.0 / s.count as f64);
+        Ok(Self {
+            metrics,
+            job,
+            labels,
+            share,
+            has_slo,
+            started: std::time::Instant::now(),
+            stop,
+        })
+    }
+
+    /// The capacity gauges, from a whole run only: a shard's levels hold
+    /// its share of the requests at the run's target rates, so its own
+    /// analysis would call every level saturated. A sharded run's
+    /// capacity is the merged run's (`llmload merge`).
+    fn publish(&self, report: &runner::SweepReport) {
+        let [t, m, j] = &self.labels;
+        if report.status == RunStatus::Complete && self.share == 1.0 {
+            self.metrics.publish_capacity(
+                [t.as_str(), m.as_str(), j.as_str()],
+                &report.levels,
+                &report.summary.analysis,
+                chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
+impl Drop for LiveMetrics {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Console progress, plus the live gauges when metrics are served.
+struct LiveHooks<'a> {
+    console: &'a ConsoleHooks,
+    live: Option<&'a LiveMetrics>,
+}
+
+impl runner::SweepHooks for LiveHooks<'_> {
+    fn level_started(
+        &self,
+        spec: &crate::engine::sweep::LevelSpec,
+        levels: usize,
+        planned: u64,
+        run: &crate::engine::sweep::LevelRun,
+    ) {
+        self.console.level_started(spec, levels, planned, run);
+        let Some(l) = self.live else {
+            return;
+        };
+        l.job.target_qps.set(spec.qps * l.share);
+        let [t, _, j] = &l.labels;
+        l.metrics
+            .current_level
+            .with_label_values(&[t.as_str(), j.as_str()])
+            .set(spec.index as i64 + 1);
+        // In flight, the achieved rate and goodput, once a second while the
+        // level runs (the progress is dropped with the level), over the
+        // same window as the daemon's.
+        let (progress, job, stop) = (run.progress.clone(), l.job.clone(), l.stop.clone());
+        let has_slo = l.has_slo;
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            let mut window = crate::observe::metrics::RateWindow::default();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                if Arc::strong_count(&progress) == 1 {
+                    return;
+                }
+                job.in_flight
+                    .set(progress.in_flight.load(Ordering::Relaxed) as i64);
+                let sent = progress.scheduled.load(Ordering::Relaxed);
+                let good = progress.good.load(Ordering::Relaxed);
+                if let Some((achieved, goodput)) = window.push(sent, good) {
+                    job.achieved_qps.set(achieved);
+                    if has_slo {
+                        job.goodput.set(goodput);
+                    }
+                }
+            }
+        });
+    }
+
+    fn level_finished(
+        &self,
+        spec: &crate::engine::sweep::LevelSpec,
+        r: &crate::analysis::level::LevelResult,
+    ) {
+        self.console.level_finished(spec, r);
+        if let Some(l) = self.live {
+            l.job.in_flight.set(0);
+            l.job.achieved_qps.set(0.0);
+            l.job.goodput.set(0.0);
+        }
+    }
+}

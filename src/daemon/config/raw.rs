@@ -1,0 +1,129 @@
+//! The file as written: shapes only, checked by serde (`deny_unknown_fields`).
+//! Meaning is checked by [`super::validate`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub target: Vec<RawTarget>,
+    #[serde(default)]
+    pub job: Vec<RawJob>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub results_dir: Option<String>,
+    /// Bearer token for the control API's POSTs, from this env var…
+    pub api_token_env: Option<String>,
+    /// …or this file.
+    pub api_token_file: Option<String>,
+    /// In-flight requests get this long after SIGTERM before abandonment.
+    pub shutdown_grace: Option<String>,
+}
+
+/// The `[telemetry]` table is telemetry's own settings type.
+pub use crate::observe::telemetry::FileConfig as RawTelemetry;
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    pub endpoint: String,
+    pub model: String,
+    pub dataset: String,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub request_timeout: Option<DurationValue>,
+    pub connect_timeout: Option<DurationValue>,
+    pub first_token_timeout: Option<DurationValue>,
+    pub idle_timeout: Option<DurationValue>,
+    pub pool_idle_timeout: Option<DurationValue>,
+    /// The server's own metrics URL (or "auto"), scraped during runs.
+    pub server_metrics: Option<String>,
+    pub server_metrics_interval: Option<DurationValue>,
+    pub ca_cert: Option<String>,
+    #[serde(default)]
+    pub insecure: bool,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub stream_usage: Option<bool>,
+    pub max_in_flight: Option<usize>,
+    /// `seed`, `sharegpt` or `jsonl` (detected when omitted).
+    pub dataset_format: Option<String>,
+    /// A Hugging Face tokenizer.json for exact lengths and counts.
+    pub tokenizer: Option<String>,
+    /// Send `ignore_eos` and `min_tokens`: exact output lengths.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// `chat` (default) or `completions`.
+    pub api: Option<String>,
+    /// A table merged into every request body.
+    pub extra_body: Option<toml::Table>,
+    #[serde(default)]
+    pub force_extra_body: bool,
+    /// Retention: keep at most this many runs of this target…
+    pub keep_runs: Option<usize>,
+    /// …and none older than this many days. Default: keep everything.
+    pub keep_days: Option<f64>,
+}
+
+/// `"60s"`, `"forever"`, or a number of seconds.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+/// `qps = 5` or `qps = [1, 5, 10]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum QpsValue {
+    One(f64),
+    Many(Vec<f64>),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub name: String,
+    pub target: String,
+    pub kind: String,
+    /// Sweeps and soaks: the rate(s). Capacity jobs search instead.
+    pub qps: Option<QpsValue>,
+    /// Sweeps: per level; soaks: the whole soak.
+    pub duration: Option<DurationValue>,
+    pub schedule: String,
+    /// IANA zone for cron schedules (default UTC).
+    pub timezone: Option<String>,
+    pub arrival: Option<String>,
+    pub seed: Option<u64>,
+    /// Soak: write a results snapshot this often.
+    pub snapshot_every: Option<DurationValue>,
+    /// Draw the PNG (default true).
+    pub plot: Option<bool>,
+    /// Also write requests.jsonl, a line per request (default false).
+    pub record_requests: Option<bool>,
+    /// Judge requests against this SLO (sweeps: goodput and attainment
+    /// per level; capacity jobs: required).
+    pub slo: Option<Vec<String>>,
+    pub slo_attainment: Option<f64>,
+    /// Capacity jobs: the search range, precision and probe lengths.
+    pub min_qps: Option<f64>,
+    pub max_qps: Option<f64>,
+    pub precision: Option<f64>,
+    pub probe_duration: Option<DurationValue>,
+    pub confirm_duration: Option<DurationValue>,
+}

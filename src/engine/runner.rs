@@ -1,0 +1,259 @@
+//! Runs a sweep plan level by level and keeps the results directory up to
+//! date after every level, through the one [`RunWriter`]. Shared by
+//! `llmload run` and the daemon, so both write exactly the same files.
+
+use crate::analysis::level::LevelResult;
+use crate::analysis::slo::SloTarget;
+use crate::engine::sweep::{Engine, LevelRun, LevelSpec};
+use crate::plan::schedule::{Arrival, Schedule};
+use crate::results::{RunDir, Summary, summarize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::results::writer::{Outputs, RunStatus, RunWriter};
+
+/// The levels to run.
+#[derive(Debug, Clone)]
+pub struct SweepPlan {
+    pub levels: Vec<f64>,
+    pub duration: Duration,
+    pub arrival: Arrival,
+    pub seed: u64,
+    /// Judge every request against this SLO (goodput, attainment).
+    pub slo: Option<Arc<SloTarget>>,
+    /// A fixed timeline (shards of one run): the first level starts at
+    /// this instant, and each next one `duration + gap` later.
+    pub timeline: Option<(std::time::SystemTime, Duration)>,
+}
+
+impl SweepPlan {
+    /// The spec of level `index`. Each level gets its own seed so Poisson
+    /// levels are not the same pattern scaled.
+    pub fn spec(&self, index: usize) -> LevelSpec {
+        LevelSpec {
+            index,
+            qps: self.levels[index],
+            duration: Some(self.duration),
+            arrival: self.arrival,
+            seed: self.seed.wrapping_add(index as u64),
+        }
+    }
+
+    /// The summary of `levels`, with the SLO they were judged against.
+    pub fn summarize(&self, levels: &[LevelResult], status: &str) -> Summary {
+        let mut s = summarize(levels, status);
+        if let Some(slo) = &self.slo {
+            s.slo = Some(slo.slo.to_string());
+            s.slo_attainment = Some(slo.attainment);
+        }
+        s
+    }
+
+    /// Requests a level is expected to send (exact for constant arrivals).
+    pub fn planned(&self, index: usize) -> u64 {
+        let qps = self.levels[index];
+        match self.arrival {
+            Arrival::Constant => Schedule::constant_count(qps, self.duration),
+            Arrival::Poisson | Arrival::PoissonExact => {
+                (qps * self.duration.as_secs_f64()).round().max(1.0) as u64
+            }
+        }
+    }
+}
+
+/// Callbacks for progress display, live status and spans.
+pub trait SweepHooks: Send + Sync {
+    fn level_started(&self, _spec: &LevelSpec, _levels: usize, _planned: u64, _run: &LevelRun) {}
+    fn level_finished(&self, _spec: &LevelSpec, _result: &LevelResult) {}
+}
+
+pub struct NoHooks;
+impl SweepHooks for NoHooks {}
+
+#[derive(Debug)]
+pub struct SweepReport {
+    pub levels: Vec<LevelResult>,
+    pub summary: Summary,
+    pub status: RunStatus,
+    /// Files that could not be written; the run still measured.
+    pub write_errors: Vec<String>,
+    pub dir: RunDir,
+    /// What the client noticed about the endpoint (see `Metadata::notices`).
+    pub notices: Vec<String>,
+}
+
+/// Run every level of `plan`, writing through `writer` after each.
+/// `stop` ends sending (in-flight requests finish); `cancel` also
+/// abandons in-flight requests.
+pub async fn execute(
+    engine: &Engine,
+    plan: &SweepPlan,
+    writer: &mut RunWriter,
+    hooks: &dyn SweepHooks,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> SweepReport {
+    let mut levels: Vec<LevelResult> = Vec::new();
+    let mut seq = 0u64;
+    let mut interrupted = false;
+    for index in 0..plan.levels.len() {
+        if stop.is_cancelled() || cancel.is_cancelled() {
+            interrupted = true;
+            break;
+        }
+        let spec = plan.spec(index);
+        let mut run = LevelRun::with_slo(plan.slo.clone());
+        run.start_at = plan
+            .timeline
+            .map(|(t0, gap)| t0 + (plan.duration + gap) * index as u32);
+        hooks.level_started(&spec, plan.levels.len(), plan.planned(index), &run);
+        let outcome = engine
+            .run_level(spec, &run, stop.child_token(), cancel.clone(), seq)
+            .await;
+        seq += outcome.global_scheduled;
+        let mut result = LevelResult::from_stats(&outcome.stats, outcome.timing);
+        result.server = outcome.server;
+        if outcome.interrupted {
+            result.mark_interrupted();
+        }
+        for e in engine.observer.flush() {
+            writer.add_error(e);
+        }
+        hooks.level_finished(&spec, &result);
+        levels.push(result);
+        note_connections(engine, writer);
+        writer.checkpoint(&levels, &plan.summarize(&levels, "running"));
+        if outcome.interrupted {
+            interrupted = true;
+            break;
+        }
+    }
+
+    let status = if interrupted || levels.len() < plan.levels.len() {
+        RunStatus::Partial
+    } else {
+        RunStatus::Complete
+    };
+    let summary = plan.summarize(&levels, status.as_str());
+    note_connections(engine, writer);
+    writer.finish(&levels, &summary, status);
+    SweepReport {
+        levels,
+        summary,
+        status,
+        write_errors: writer.errors().to_vec(),
+        dir: writer.dir().clone(),
+        notices: notices(engine),
+    }
+}
+
+/// What the client learnt about the endpoint's connections (and the
+/// server-metrics scraper about its endpoint), into metadata.
+pub fn note_connections(engine: &Engine, writer: &mut RunWriter) {
+    let m = writer.meta_mut();
+    m.connection_reuse = engine.client.reusing_connections();
+    m.notices = notices(engine);
+}
+
+/// Everything said once during the run, client and scraper.
+pub fn notices(engine: &Engine) -> Vec<String> {
+    let mut n = engine.client.notices();
+    if let Some(s) = &engine.server_metrics {
+        n.extend(s.notices());
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sweep::tests::{engine, mock};
+    use crate::results::{Metadata, RunInfo};
+    use std::time::Duration;
+
+    fn writer(dir: &std::path::Path) -> RunWriter {
+        let run = RunDir::create(dir, "run").unwrap();
+        let t = crate::plan::target::Target::new("http://x/v1/chat/completions", "m");
+        let meta = Metadata::new(&RunInfo {
+            target: &t,
+            dataset: "d",
+            qps: &[20.0, 40.0],
+            duration: Some(Duration::from_millis(300)),
+            arrival: Arrival::Constant,
+            seed: 0,
+            run_id: "run".into(),
+            percentiles: &[50.0],
+            now: chrono::Local::now(),
+            job: None,
+            kind: "sweep",
+        });
+        RunWriter::start(
+            Outputs {
+                dir: run,
+                results_file: "benchmark_qps_results.json".into(),
+                plot_file: None,
+                plot_title: "t".into(),
+            },
+            meta,
+        )
+    }
+
+    fn plan() -> SweepPlan {
+        SweepPlan {
+            levels: vec![20.0, 40.0],
+            duration: Duration::from_millis(300),
+            arrival: Arrival::Constant,
+            seed: 0,
+            slo: None,
+            timeline: None,
+        }
+    }
+
+    /// Stops sending after the first level.
+    struct StopAfterFirst(CancellationToken);
+    impl SweepHooks for StopAfterFirst {
+        fn level_finished(&self, _: &LevelSpec, _: &LevelResult) {
+            self.0.cancel();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_complete_run_and_a_partial_one() {
+        let m = mock(Duration::from_millis(5)).await;
+        let e = engine(m.chat_url());
+        let tmp = tempfile::tempdir().unwrap();
+        let token = CancellationToken::new();
+        let mut w = writer(tmp.path());
+        let r = execute(&e, &plan(), &mut w, &NoHooks, &token, &token).await;
+        assert_eq!(r.status, RunStatus::Complete);
+        assert_eq!(r.levels.len(), 2);
+        assert_eq!((r.levels[0].sent, r.levels[1].sent), (6, 12));
+        let meta: Metadata = r.dir.read_json(crate::results::METADATA_FILE).unwrap();
+        assert_eq!(
+            (meta.status.as_str(), meta.levels_completed),
+            ("complete", 2)
+        );
+
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let mut w = writer(tmp.path());
+        let hooks = StopAfterFirst(stop.clone());
+        let r = execute(
+            &e,
+            &plan(),
+            &mut w,
+            &hooks,
+            &stop,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(r.status, RunStatus::Partial);
+        assert_eq!(r.levels.len(), 1, "level 2 never started");
+        assert_eq!(r.summary.status, "partial");
+        let meta: Metadata = r.dir.read_json(crate::results::METADATA_FILE).unwrap();
+        assert!(meta.partial);
+        assert_eq!(meta.levels_completed, 1);
+        m.shutdown().await;
+    }
+}

@@ -1,0 +1,8 @@
+//! What is observed live while a run goes on: Prometheus metrics,
+//! OpenTelemetry traces, the shipped alert rules and the optional
+//! per-request log. Each is an observer plugged into the sweep.
+
+pub mod alerts;
+pub mod metrics;
+pub mod requests_jsonl;
+pub mod telemetry;

@@ -1,0 +1,7 @@
+//! Where and when requests go: the [`target::Target`] and its
+//! settings, the arrival schedules, and the prompts a run sends to a
+//! target (read or generated, then counted).
+
+pub mod prompts;
+pub mod schedule;
+pub mod target;

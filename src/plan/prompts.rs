@@ -1,0 +1,113 @@
+//! The prompts of a run: read from a dataset file or generated, counted
+//! with the tokenizer when there is one, and prepared as request bodies,
+//! with the `workload` record for `metadata.json`.
+
+use crate::plan::target::Target;
+use crate::workload::dataset::{Conversation, DatasetError};
+use crate::workload::request::{PreparedRequest, prepare_counted, prompt_text};
+use crate::workload::synthetic::{TokenCount, estimate_tokens};
+use crate::workload::tokenizer::Tokenizer;
+use crate::workload::{Api, Format, LengthStats, Source, Workload};
+use std::path::Path;
+
+/// A run's prepared requests and what they are.
+pub struct Prompts {
+    pub requests: Vec<PreparedRequest>,
+    pub workload: Workload,
+    /// Worth saying once (entries skipped, lengths approximate).
+    pub notices: Vec<String>,
+}
+
+/// Read or generate the prompts of `dataset` (a path or `synthetic:…`).
+pub fn load(
+    dataset: &str,
+    format: Option<Format>,
+    tokenizer: Option<&Path>,
+    seed: u64,
+    target: &Target,
+) -> Result<Prompts, DatasetError> {
+    let source = Source::parse(dataset, format).map_err(DatasetError::Setting)?;
+    let tok = match tokenizer {
+        Some(p) => Some(
+            Tokenizer::load(p).map_err(|e| DatasetError::Setting(format!("--tokenizer {e}")))?,
+        ),
+        None => None,
+    };
+    let mut notices = Vec::new();
+    let (convs, counts, format_name, synthetic): (Vec<Conversation>, Vec<u32>, String, _) =
+        match &source {
+            Source::Synthetic(spec) => {
+                let g = crate::workload::synthetic::generate(
+                    spec,
+                    seed,
+                    tok.as_ref().map(|t| t as &dyn TokenCount),
+                )
+                .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
+                let (convs, counts) = g.into_iter().unzip();
+                (convs, counts, "synthetic".to_string(), Some(spec.clone()))
+            }
+            Source::File { path, format } => {
+                let loaded = crate::workload::files::load_as(path, *format)?;
+                if loaded.skipped > 0 {
+                    notices.push(format!(
+                        "{}: {} of {} entries have no human turn and were skipped",
+                        path.display(),
+                        loaded.skipped,
+                        loaded.skipped + loaded.conversations.len()
+                    ));
+                }
+                let counts = loaded
+                    .conversations
+                    .iter()
+                    .map(|c| count(c, target.api, tok.as_ref()))
+                    .collect();
+                (
+                    loaded.conversations,
+                    counts,
+                    loaded.format.as_str().to_string(),
+                    None,
+                )
+            }
+        };
+    if tok.is_none() && synthetic.is_some() {
+        notices.push(
+            "no --tokenizer: synthetic prompt lengths are estimates (4 characters a token)".into(),
+        );
+    }
+    let params = target.body_params();
+    let exact = tok.is_some();
+    let requests = prepare_counted(&convs, &params, &|i| exact.then(|| counts[i]));
+    let workload = Workload {
+        format: format_name,
+        api: target.api.as_str().into(),
+        tokenizer: tok.as_ref().map(|t| t.info.clone()),
+        token_counts: if exact { "exact" } else { "approximate" }.into(),
+        synthetic,
+        samples: convs.len(),
+        input_tokens: LengthStats::of(counts.iter().copied()),
+        output_tokens: LengthStats::of(
+            convs
+                .iter()
+                .map(|c| c.max_tokens.unwrap_or(target.max_tokens)),
+        ),
+        seed,
+        ignore_eos: target.ignore_eos,
+        extra_body_keys: target.extra_body.keys().cloned().collect(),
+    };
+    Ok(Prompts {
+        requests,
+        workload,
+        notices,
+    })
+}
+
+/// A conversation's prompt tokens as sent: with the tokenizer, the text
+/// of its messages (chat) or its prompt (completions); without, the
+/// 4-characters estimate. The server's chat template adds its own.
+fn count(c: &Conversation, api: Api, tok: Option<&Tokenizer>) -> u32 {
+    match (tok, api) {
+        (Some(t), Api::Chat) => c.messages.iter().map(|m| t.count(&m.content) as u32).sum(),
+        (Some(t), Api::Completions) => t.count(&prompt_text(c)) as u32,
+        (None, _) => estimate_tokens(c.text_chars()),
+    }
+}
