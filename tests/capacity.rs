@@ -210,3 +210,121 @@ async fn capacity_below_or_above_the_range_is_said_so() {
     assert!(stdout.contains("capacity lies above the range"), "{stdout}");
     mock.shutdown().await;
 }
+
+/// `llmload capacity` against `mock` with the pacer stalled as `stall`
+/// says (`LLMLOAD_INJECT_STALL`); returns the exit code, stdout and the
+/// run's `summary.json`.
+async fn starved_search(
+    mock: &llmload::mock::MockServer,
+    stall: &str,
+    tmp: &std::path::Path,
+) -> (Option<i32>, String, serde_json::Value) {
+    let dataset = write_dataset(tmp);
+    let results = tmp.join("r");
+    let args: Vec<String> = [
+        "capacity",
+        "--endpoint",
+        &mock.chat_url(),
+        "--model",
+        "m",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--slo",
+        "ttft<=2s",
+        "--min-qps",
+        "8",
+        "--max-qps",
+        "1000",
+        "--precision",
+        "0.08",
+        "--probe-duration",
+        "6s",
+        "--confirm-duration",
+        "12s",
+        "--arrival",
+        "constant",
+        "--no-plot",
+        "--results-dir",
+        results.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = llmload(&args, &[("LLMLOAD_INJECT_STALL", stall)]).await;
+    let stdout = text(&out.stdout);
+    let dirs = run_dirs(&results);
+    assert_eq!(dirs.len(), 1, "{stdout}{}", text(&out.stderr));
+    let summary = read_json(&dirs[0].join("summary.json"));
+    (out.status.code(), stdout, summary)
+}
+
+/// A client starved during one probe (its pacer stalled for 700 ms, as a
+/// CPU-throttled pod's is) measured itself, not the server: the probe is
+/// repeated at the same rate, listed as such with the reason, and the
+/// search still finds the mock's known capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_whose_client_was_starved_is_repeated_not_failed() {
+    let _serial = serial();
+    let cfg = mock_cfg(5, 52, 2_500, UNBOUNDED);
+    let c = cfg.capacity.capacity_rps(1, 60);
+    let mock = start_mock(cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Level 1 is the second growth probe, at 16 req/s.
+    let (code, stdout, summary) = starved_search(&mock, "700ms@1", tmp.path()).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    let cap = &summary["capacity"];
+    let probes = cap["probes"].as_array().unwrap();
+    assert_eq!(probes[1]["verdict"], "repeated", "{cap:#}");
+    let reason = probes[1]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("client-bound: "), "{reason}");
+    assert_eq!(
+        probes[2]["qps"], probes[1]["qps"],
+        "repeated at the same rate"
+    );
+    assert_ne!(probes[2]["verdict"], "repeated", "{cap:#}");
+    let repeated = probes.iter().filter(|p| p["verdict"] == "repeated").count();
+    assert_eq!(repeated, 1, "{cap:#}");
+    assert_eq!(cap["outcome"], "found", "{cap:#}");
+    let qps = cap["qps"].as_f64().unwrap();
+    assert!(
+        qps >= 0.85 * c && qps <= 1.05 * c,
+        "C {c}: found {qps}\n{cap:#}"
+    );
+    assert!(stdout.contains("repeated"), "{stdout}");
+    mock.shutdown().await;
+}
+
+/// A client that stays starved never yields a capacity: after
+/// `CLIENT_BOUND_REPEATS` repeats the search ends inconclusive, with its
+/// own exit code and no number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stays_starved_ends_inconclusive() {
+    let _serial = serial();
+    let mock = start_mock(mock_cfg(5, 52, 2_500, UNBOUNDED)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, stdout, summary) = starved_search(&mock, "700ms@*", tmp.path()).await;
+    assert_eq!(code, Some(5), "{stdout}");
+    let cap = &summary["capacity"];
+    assert_eq!(cap["outcome"], "inconclusive", "{cap:#}");
+    assert!(cap["qps"].is_null(), "{cap:#}");
+    let probes = cap["probes"].as_array().unwrap();
+    assert_eq!(
+        probes.len() as u32,
+        capacity::CLIENT_BOUND_REPEATS,
+        "{cap:#}"
+    );
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["verdict"] == "repeated" && p["qps"] == 8.0),
+        "{cap:#}"
+    );
+    let message = cap["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("inconclusive: the client could not keep up"),
+        "{message}"
+    );
+    assert!(stdout.contains(message), "{stdout}");
+    assert_eq!(summary["status"], "complete");
+    mock.shutdown().await;
+}

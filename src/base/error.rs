@@ -13,6 +13,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CAPACITY_BELOW: u8 = 3;
 /// `llmload capacity`: `--max-qps` still meets the SLO.
 pub const EXIT_CAPACITY_ABOVE: u8 = 4;
+/// `llmload capacity`: the client, not the endpoint, was the limit in every
+/// repeat of a probe; no capacity is claimed.
+pub const EXIT_CAPACITY_INCONCLUSIVE: u8 = 5;
 /// Stopped by Ctrl-C / SIGTERM; results are written and marked partial.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

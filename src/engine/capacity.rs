@@ -51,6 +51,15 @@ const LIGHT_RATE: f64 = 2.0;
 const LIGHT_FOR: Duration = Duration::from_millis(1500);
 const COOLDOWN_STEP: Duration = Duration::from_secs(5);
 const COOLDOWN_MAX: Duration = Duration::from_secs(60);
+/// A probe whose client could not keep up measured the client, not the
+/// endpoint: it is repeated at the same rate after [`CLIENT_BOUND_PAUSE`],
+/// at most this many times in a row, and never counts as a pass or a fail.
+/// When the limit is reached the search ends inconclusive.
+pub const CLIENT_BOUND_REPEATS: u32 = 3;
+/// The pause before a client-bound probe is repeated: long enough for a
+/// CPU-throttling period (100 ms in a container) or a neighbour's burst to
+/// pass, short against a probe.
+const CLIENT_BOUND_PAUSE: Duration = Duration::from_secs(2);
 
 impl CapacityPlan {
     pub fn probe_length(&self, phase: Phase) -> Duration {
@@ -70,6 +79,7 @@ impl CapacityPlan {
         probes: &[ProbeSummary],
         status: &str,
         outcome: Option<Outcome>,
+        inconclusive: Option<&Inconclusive>,
         wall: Duration,
     ) -> Summary {
         let mut s = crate::results::summarize(levels, status);
@@ -109,7 +119,10 @@ impl CapacityPlan {
                     self.slo.slo
                 ),
             ),
-            None => ("searching", None, None, "the search did not finish".into()),
+            None => match inconclusive {
+                Some(i) => ("inconclusive", None, i.bracket, i.message(self)),
+                None => ("searching", None, None, "the search did not finish".into()),
+            },
         };
         s.capacity = Some(CapacitySummary {
             outcome: name.into(),
@@ -128,6 +141,41 @@ impl CapacityPlan {
     }
 }
 
+/// A search that ended because the client, not the endpoint, was the
+/// limit: no capacity is claimed. `bracket` is what the search had narrowed
+/// down to when it gave up (a pass below, a fail above, either missing),
+/// reported for the reader and marked as not a result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inconclusive {
+    /// The rate whose probes were all client-bound.
+    pub qps: f64,
+    pub repeats: u32,
+    /// The last probe's reason, e.g. "3 of 80 sends more than 10 ms late".
+    pub reason: String,
+    pub bracket: Option<[f64; 2]>,
+}
+
+impl Inconclusive {
+    fn message(&self, plan: &CapacityPlan) -> String {
+        let fmt = crate::analysis::saturation::fmt_qps;
+        let so_far = match self.bracket {
+            Some([lo, hi]) => format!(
+                "; the bracket so far, [{}, {}] req/s, is not a result",
+                fmt(lo),
+                fmt(hi)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "inconclusive: the client could not keep up in {} probes in a row at {} req/s ({}), so SLO {} was not measured{so_far}. Give llmload more CPU (see the deployment docs) or lower --max-qps",
+            self.repeats,
+            fmt(self.qps),
+            self.reason,
+            plan.slo.slo
+        )
+    }
+}
+
 /// Live progress of a capacity run, beyond what [`SweepHooks`] carries.
 pub trait CapacityHooks: SweepHooks {
     fn probe_finished(&self, _p: &ProbeSummary) {}
@@ -137,8 +185,12 @@ pub trait CapacityHooks: SweepHooks {
 pub struct CapacityReport {
     pub levels: Vec<LevelResult>,
     pub probes: Vec<ProbeSummary>,
-    /// `None` when the run was stopped before the search finished.
+    /// `None` when the run was stopped before the search finished, or
+    /// when it was inconclusive.
     pub outcome: Option<Outcome>,
+    /// Set when the client was the limit [`CLIENT_BOUND_REPEATS`] times in
+    /// a row: the search ended without an answer.
+    pub inconclusive: Option<Inconclusive>,
     pub summary: Summary,
     pub status: RunStatus,
     pub write_errors: Vec<String>,
@@ -186,6 +238,9 @@ pub async fn search(
     let mut seq = 0u64;
     let mut baseline_ttft: Option<f64> = None;
     let mut outcome = None;
+    let mut inconclusive = None;
+    // Client-bound probes in a row at the current rate.
+    let mut repeats = 0u32;
     while !stop.is_cancelled() && !cancel.is_cancelled() {
         let (qps, phase) = match search.next() {
             Next::Done(o) => {
@@ -235,6 +290,8 @@ pub async fn search(
                 r.interrupted = false; // stopped by the search, not the user
             }
         }
+        // The client's own stall says nothing about the endpoint.
+        let client_bound = !user_stopped && r.client_bound;
         let passed = !stopped_early && !user_stopped && r.slo_met == Some(true) && !r.client_bound;
         let reason = if passed || user_stopped {
             String::new()
@@ -246,6 +303,8 @@ pub async fn search(
             phase: phase.as_str().into(),
             verdict: if user_stopped {
                 "stopped".into()
+            } else if client_bound {
+                "repeated".into()
             } else if passed {
                 "pass".into()
             } else {
@@ -281,11 +340,39 @@ pub async fn search(
             duration_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             cooldown_s: 0.0,
         };
+        let client_bound_reason = r.client_bound_reason.clone();
         levels.push(r);
         if user_stopped {
             probes.push(p);
             break;
         }
+        if client_bound {
+            repeats += 1;
+            hooks.probe_finished(&p);
+            probes.push(p);
+            if repeats >= CLIENT_BOUND_REPEATS {
+                let (lo, hi) = search.bracket();
+                inconclusive = Some(Inconclusive {
+                    qps,
+                    repeats,
+                    reason: client_bound_reason,
+                    bracket: lo.zip(hi).map(|(l, h)| [l, h]),
+                });
+                break;
+            }
+            note_connections(engine, writer);
+            writer.checkpoint(
+                &levels,
+                &plan.summarize(&levels, &probes, "running", None, None, t0.elapsed()),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(CLIENT_BOUND_PAUSE) => {}
+                _ = stop.cancelled() => {}
+                _ = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        repeats = 0;
         if !passed {
             p.cooldown_s = cool_down(engine, baseline_ttft, &mut seq, stop).await;
         }
@@ -295,26 +382,36 @@ pub async fn search(
         note_connections(engine, writer);
         writer.checkpoint(
             &levels,
-            &plan.summarize(&levels, &probes, "running", None, t0.elapsed()),
+            &plan.summarize(&levels, &probes, "running", None, None, t0.elapsed()),
         );
     }
     if outcome.is_none()
+        && inconclusive.is_none()
         && let Next::Done(o) = search.next()
     {
         outcome = Some(o);
     }
-    let status = if outcome.is_some() {
+    // An inconclusive search finished: it ran to its end and said so.
+    let status = if outcome.is_some() || inconclusive.is_some() {
         RunStatus::Complete
     } else {
         RunStatus::Partial
     };
-    let summary = plan.summarize(&levels, &probes, status.as_str(), outcome, t0.elapsed());
+    let summary = plan.summarize(
+        &levels,
+        &probes,
+        status.as_str(),
+        outcome,
+        inconclusive.as_ref(),
+        t0.elapsed(),
+    );
     note_connections(engine, writer);
     writer.finish(&levels, &summary, status);
     CapacityReport {
         levels,
         probes,
         outcome,
+        inconclusive,
         summary,
         status,
         write_errors: writer.errors().to_vec(),

@@ -328,8 +328,16 @@ fn pace(
     let mut shift = Duration::ZERO;
     let mut last = Duration::ZERO;
     let mut seen = 0u64;
+    let mut stall = inject_stall(spec.index).zip(spec.duration);
     for (i, offset) in schedule.enumerate() {
         seen = i as u64 + 1;
+        if let Some((pause, length)) = stall
+            && offset >= length / 2
+        {
+            // The test suite's starved client: the pacer is not scheduled.
+            std::thread::sleep(pause);
+            stall = None;
+        }
         if shard.is_some_and(|s| !s.owns(i as u64)) {
             continue;
         }
@@ -503,6 +511,41 @@ fn inject_panic(seq: u64) -> bool {
             .unwrap_or(0)
     });
     every > 0 && seq % every == every - 1
+}
+
+/// Fault injection for the test suite: `LLMLOAD_INJECT_STALL=600ms@1,2`
+/// stalls the pacer for 600 ms halfway through levels 1 and 2 (0-based),
+/// as a CPU-throttled or descheduled client would be; `600ms@*` stalls
+/// every level, and `600ms@file:PATH` every level that starts while PATH
+/// exists (a daemon test turns it on and off). Read once; unset costs one
+/// branch per level.
+fn inject_stall(level: usize) -> Option<Duration> {
+    enum Which {
+        All,
+        Levels(Vec<usize>),
+        WhileExists(std::path::PathBuf),
+    }
+    static STALL: std::sync::OnceLock<Option<(Duration, Which)>> = std::sync::OnceLock::new();
+    let stall = STALL.get_or_init(|| {
+        let v = std::env::var("LLMLOAD_INJECT_STALL").ok()?;
+        let (pause, which) = v.split_once('@')?;
+        let pause = crate::base::duration::parse(pause).ok()?;
+        let which = match which {
+            "*" => Which::All,
+            w => match w.strip_prefix("file:") {
+                Some(path) => Which::WhileExists(path.into()),
+                None => Which::Levels(w.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
+            },
+        };
+        Some((pause, which))
+    });
+    let (pause, which) = stall.as_ref()?;
+    let on = match which {
+        Which::All => true,
+        Which::Levels(l) => l.contains(&level),
+        Which::WhileExists(p) => p.exists(),
+    };
+    on.then_some(*pause)
 }
 
 /// Ask the kernel to wake this thread within 1 µs of its deadline instead

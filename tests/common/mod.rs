@@ -185,6 +185,8 @@ pub const LLMLOAD_ENV: &[&str] = &[
     "LLMLOAD_SHARDS",
     "JOB_COMPLETION_INDEX",
     "LLMLOAD_START_AT",
+    "LLMLOAD_INJECT_STALL",
+    "LLMLOAD_INJECT_PANIC",
 ];
 
 /// Run the binary with `args`, none of [`LLMLOAD_ENV`] inherited, and

@@ -7,7 +7,8 @@ use crate::analysis::level::LevelResult;
 use crate::analysis::search::{Outcome, SearchConfig};
 use crate::analysis::slo::{Slo, SloTarget};
 use crate::base::error::{
-    EXIT_CAPACITY_ABOVE, EXIT_CAPACITY_BELOW, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError,
+    EXIT_CAPACITY_ABOVE, EXIT_CAPACITY_BELOW, EXIT_CAPACITY_INCONCLUSIVE, EXIT_FAILURE,
+    EXIT_INTERRUPTED, EXIT_OK, UsageError,
 };
 use crate::cli::CapacityArgs;
 use crate::cli::progress::ConsoleHooks;
@@ -106,6 +107,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         EXIT_FAILURE
     } else {
         match report.outcome {
+            None if report.inconclusive.is_some() => EXIT_CAPACITY_INCONCLUSIVE,
             None => EXIT_INTERRUPTED,
             Some(Outcome::Found { .. }) => EXIT_OK,
             Some(Outcome::BelowRange) => EXIT_CAPACITY_BELOW,
