@@ -527,6 +527,9 @@ schedule = "at_start"
     );
 }
 
+/// Documented series that move only under a fault another test causes.
+const FAULT_ONLY: &[&str] = &["llmload_capacity_inconclusive_total"];
+
 /// The metrics table in docs/src/metrics.md, between its markers: (name, type).
 fn readme_metrics() -> Vec<(String, String)> {
     let readme =
@@ -666,6 +669,11 @@ async fn every_metric_the_readme_lists_moves() {
         listed.len()
     );
     for (name, kind) in &listed {
+        // Moves only when the client is starved: checked by
+        // `an_inconclusive_capacity_search_keeps_the_last_capacity`.
+        if FAULT_ONLY.contains(&name.as_str()) {
+            continue;
+        }
         let series = match kind.as_str() {
             "histogram" => format!("{name}_count"),
             _ => name.clone(),
@@ -711,4 +719,92 @@ fn file_names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A capacity job whose client is starved (the pacer stalled in every
+/// probe, as in a CPU-throttled pod) publishes no capacity: the gauge keeps
+/// the last conclusive answer, `llmload_capacity_inconclusive_total` counts
+/// the run, and the status API says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_capacity_search_keeps_the_last_capacity() {
+    let _serial = serial();
+    let fast = start_mock(fast_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let starve = tmp.path().join("starve");
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}[[job]]\nname = \"cap\"\ntarget = \"cap\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 8\nmax_qps = 12\nprobe_duration = \"2s\"\nconfirm_duration = \"2s\"\narrival = \"constant\"\nschedule = \"at_start\"\n",
+            // Holds 41.7 req/s: the search ends above its range, at 12.
+            target("cap", &fast.chat_url(), &dataset, ""),
+        ),
+    );
+    let stall = format!("700ms@file:{}", starve.display());
+    let d = Daemon::start(
+        &cfg,
+        &[
+            ("LLMLOAD_TEST_TOKEN", TOKEN),
+            ("LLMLOAD_INJECT_STALL", &stall),
+        ],
+    )
+    .await;
+    let status = d
+        .wait_json("/api/v1/status", 60, |v| {
+            v["jobs"][0]["capacity"]["outcome"] == "above_range"
+        })
+        .await;
+    assert_eq!(
+        status["jobs"][0]["capacity"]["published_qps"], 12.0,
+        "{status}"
+    );
+    let gauge = "llmload_capacity_qps_under_slo{job=\"cap\",model=\"m\",target=\"cap\"} 12";
+    let (_, text) = get(&d.url("/metrics")).await;
+    assert!(text.contains(gauge), "{text}");
+    let last_success = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("llmload_last_successful_sweep_timestamp_seconds{"))
+            .map(str::to_string)
+    };
+    let success_before = last_success(&text);
+    assert!(success_before.is_some(), "{text}");
+
+    // From now on every probe's pacer stalls: the next search measures
+    // the client only.
+    std::fs::write(&starve, "").unwrap();
+    let (s, _) = post_empty(&d.url("/api/v1/jobs/cap/trigger"), Some(TOKEN)).await;
+    assert_eq!(s, 202);
+    let status = d
+        .wait_json("/api/v1/status", 60, |v| {
+            v["jobs"][0]["capacity"]["outcome"] == "inconclusive"
+        })
+        .await;
+    let cap = &status["jobs"][0]["capacity"];
+    assert_eq!(cap["published_qps"], 12.0, "{status}");
+    assert_eq!(cap["inconclusive_runs"], 1, "{status}");
+    assert!(
+        cap["message"]
+            .as_str()
+            .unwrap()
+            .contains("client could not keep up"),
+        "{status}"
+    );
+    let (_, text) = get(&d.url("/metrics")).await;
+    assert!(
+        text.contains(gauge),
+        "the gauge keeps its last value:\n{text}"
+    );
+    assert!(
+        text.contains(
+            "llmload_capacity_inconclusive_total{job=\"cap\",model=\"m\",target=\"cap\"} 1"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        last_success(&text),
+        success_before,
+        "an inconclusive search is not a successful run"
+    );
+    assert!(d.log_text().contains("capacity search inconclusive"));
+    fast.shutdown().await;
 }

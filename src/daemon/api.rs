@@ -102,6 +102,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
     let running: Vec<_> = state.active().iter().map(|a| a.status()).collect();
     let next = state.next_fires.lock().expect("fires lock").clone();
     let busy = state.busy_jobs.lock().expect("busy lock").clone();
+    let capacity = state.capacity.lock().expect("capacity lock").clone();
     let jobs: Vec<_> = state
         .config
         .jobs
@@ -121,6 +122,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
                 "busy": busy.contains(&j.name),
                 "next_fire": next.get(&j.name),
                 "last_run": last,
+                "capacity": capacity.get(&j.name),
             })
         })
         .collect();

@@ -408,6 +408,9 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         slot.target.model(),
         job.name.as_str(),
     ];
+    // An inconclusive capacity search is no measurement: it does not count
+    // as the job's last successful run.
+    let mut inconclusive = false;
     let report = match &job.capacity {
         Some(c) => {
             let plan = CapacityPlan {
@@ -430,10 +433,33 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 &started.active.cancel,
             )
             .await;
-            if let Some(outcome) = r.outcome {
-                state
-                    .metrics
-                    .publish_slo_capacity(labels, outcome, &plan.search);
+            {
+                let mut caps = state.capacity.lock().expect("capacity lock");
+                let status = caps.entry(job.name.clone()).or_default();
+                if let Some(c) = &r.summary.capacity {
+                    status.outcome = c.outcome.clone();
+                    status.message = c.message.clone();
+                }
+                if let Some(outcome) = r.outcome {
+                    let qps = state
+                        .metrics
+                        .publish_slo_capacity(labels, outcome, &plan.search);
+                    status.published_qps = Some(qps);
+                } else if let Some(i) = &r.inconclusive {
+                    inconclusive = true;
+                    // The client was the limit: nothing is said about the
+                    // endpoint, and the gauges keep their last answer.
+                    state
+                        .metrics
+                        .capacity_inconclusive
+                        .with_label_values(&labels)
+                        .inc();
+                    status.inconclusive_runs += 1;
+                    tracing::warn!(
+                        target = %job.target, job = %job.name, qps = i.qps,
+                        reason = %i.reason, "capacity search inconclusive: the client was the limit; capacity not published"
+                    );
+                }
             }
             state.metrics.publish_levels(labels, &r.levels);
             runner::SweepReport {
@@ -476,7 +502,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
             t0.elapsed().as_secs_f64(),
         );
-    } else if report.status == RunStatus::Complete {
+    } else if report.status == RunStatus::Complete && !inconclusive {
         state.metrics.publish_finished(
             [labels[0], labels[2]],
             chrono::Utc::now().timestamp_millis() as f64 / 1000.0,

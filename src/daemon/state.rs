@@ -102,7 +102,24 @@ pub struct State {
     pub write_errors: AtomicU64,
     pub last_write_error: Mutex<Option<String>>,
     pub next_fires: Mutex<BTreeMap<String, String>>,
+    /// The last capacity search of each capacity job, by job name, as the
+    /// status API shows it.
+    pub capacity: Mutex<BTreeMap<String, CapacityStatus>>,
     pub telemetry: Option<crate::observe::telemetry::Telemetry>,
+}
+
+/// What a capacity job's last search concluded, and what the gauges say.
+/// An inconclusive search publishes nothing: `published_qps` is still the
+/// last conclusive answer, so alerts on it see no drop.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CapacityStatus {
+    /// `found`, `below_range`, `above_range` or `inconclusive`.
+    pub outcome: String,
+    pub message: String,
+    /// What `llmload_capacity_qps_under_slo` holds now (None before any
+    /// conclusive search).
+    pub published_qps: Option<f64>,
+    pub inconclusive_runs: u64,
 }
 
 impl State {
@@ -159,6 +176,7 @@ impl State {
             write_errors: AtomicU64::new(0),
             last_write_error: Mutex::new(None),
             next_fires: Mutex::new(BTreeMap::new()),
+            capacity: Mutex::new(BTreeMap::new()),
             telemetry,
         }))
     }

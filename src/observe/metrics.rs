@@ -82,6 +82,7 @@ pub struct Metrics {
     pub slo_capacity: GaugeVec,
     pub slo_capacity_low: GaugeVec,
     pub slo_capacity_high: GaugeVec,
+    pub capacity_inconclusive: IntCounterVec,
     pub goodput: GaugeVec,
     pub level_slo_attainment: GaugeVec,
     pub up: IntGauge,
@@ -278,6 +279,11 @@ impl Metrics {
                 "Last capacity search: the bracket's high end (first fail).",
                 BASE,
             ),
+            capacity_inconclusive: counter(
+                "capacity_inconclusive_total",
+                "Capacity searches that ended inconclusive: the client, not the endpoint, was the limit; the capacity gauges kept their last value.",
+                BASE,
+            ),
             goodput: gauge(
                 "goodput_qps",
                 "Requests/s that succeeded within the job's SLO, over the last 5 s (jobs with an SLO).",
@@ -336,6 +342,7 @@ impl Metrics {
             Box::new(m.last_success.clone()),
             Box::new(m.last_duration.clone()),
             Box::new(m.slo_capacity.clone()),
+            Box::new(m.capacity_inconclusive.clone()),
             Box::new(m.slo_capacity_low.clone()),
             Box::new(m.slo_capacity_high.clone()),
             Box::new(m.goodput.clone()),
@@ -460,7 +467,7 @@ impl Metrics {
         labels: [&str; 3],
         outcome: crate::analysis::search::Outcome,
         search: &crate::analysis::search::SearchConfig,
-    ) {
+    ) -> f64 {
         use crate::analysis::search::Outcome;
         let (qps, low, high) = match outcome {
             Outcome::Found { qps, bracket } => (qps, bracket[0], bracket[1]),
@@ -473,6 +480,7 @@ impl Metrics {
         self.slo_capacity.with_label_values(&labels).set(qps);
         self.slo_capacity_low.with_label_values(&labels).set(low);
         self.slo_capacity_high.with_label_values(&labels).set(high);
+        qps
     }
 
     /// Per-level SLO attainment of a finished run with an SLO.
