@@ -188,6 +188,10 @@ pub struct Line {
     pub regression: bool,
     /// How the noise was judged, or why there is no figure.
     pub note: String,
+    /// Why this figure cannot be judged (a client-bound level measured the
+    /// client, not the endpoint); empty when it can. Never a regression.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub not_comparable: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,7 +201,8 @@ pub struct Verdict {
     pub max_regression: f64,
     pub lines: Vec<Line>,
     pub regressions: Vec<String>,
-    /// `ok` or `regression`.
+    /// `ok`, `regression`, or `not comparable` (no regression among the
+    /// figures that can be judged, and some that cannot).
     pub verdict: String,
 }
 
@@ -357,21 +362,52 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
             };
             let eb = estimate(b, *field, *stat).map_err(Incomparable)?;
             let en = estimate(n, *field, *stat).map_err(Incomparable)?;
-            lines.push(judge_estimates(
+            let mut line = judge_estimates(
                 Some(b.qps_target),
                 m.name(),
                 eb,
                 en,
                 field.higher_is_worse(),
                 opts.max_regression,
-            ));
+            );
+            if let Some(why) = client_bound(&[(base, b), (new, n)]) {
+                line.set_not_comparable(why);
+            }
+            lines.push(line);
         }
     }
+    // Whole-run figures read every level: one client-bound level taints
+    // them. A capacity search's client-bound probes were repeated and never
+    // entered its answer, so only an inconclusive search taints its line.
+    let any_client_bound = [base, new]
+        .iter()
+        .find_map(|r| r.levels.iter().find_map(|l| client_bound(&[(r, l)])));
     if opts.metrics.contains(&MetricSpec::Capacity) {
-        lines.push(capacity_line(base, new, opts.max_regression));
+        let mut line = capacity_line(base, new, opts.max_regression);
+        for r in [base, new] {
+            if let Some(c) = r
+                .summary
+                .capacity
+                .as_ref()
+                .filter(|c| c.outcome == "inconclusive")
+            {
+                line.set_not_comparable(format!("{}: {}", r.name, c.message));
+            }
+        }
+        if !both_capacity && let Some(why) = &any_client_bound {
+            line.set_not_comparable(why.clone());
+        }
+        lines.push(line);
     }
-    lines.push(saturation_line(base, new));
-    lines.push(success_line(base, new, opts.max_regression));
+    for mut line in [
+        saturation_line(base, new),
+        success_line(base, new, opts.max_regression),
+    ] {
+        if !both_capacity && let Some(why) = &any_client_bound {
+            line.set_not_comparable(why.clone());
+        }
+        lines.push(line);
+    }
     let regressions: Vec<String> = lines
         .iter()
         .filter(|l| l.regression)
@@ -392,13 +428,35 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
         base: base.name.clone(),
         new: new.name.clone(),
         max_regression: opts.max_regression,
-        verdict: if regressions.is_empty() {
-            "ok".into()
-        } else {
+        verdict: if !regressions.is_empty() {
             "regression".into()
+        } else if lines.iter().any(|l| !l.not_comparable.is_empty()) {
+            "not comparable".into()
+        } else {
+            "ok".into()
         },
         lines,
         regressions,
+    })
+}
+
+impl Line {
+    fn set_not_comparable(&mut self, why: String) {
+        self.regression = false;
+        self.not_comparable = why;
+    }
+}
+
+/// Why a level of these runs measured the client rather than the
+/// endpoint, if one did.
+fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
+    levels.iter().find(|(_, l)| l.client_bound).map(|(r, l)| {
+        format!(
+            "client-bound at {} QPS in {}: {}",
+            crate::analysis::saturation::fmt_qps(l.qps_target),
+            r.name,
+            l.client_bound_reason
+        )
     })
 }
 
@@ -421,6 +479,7 @@ fn judge_estimates(
             base: b.map(|e| e.value),
             new: n.map(|e| e.value),
             change: None,
+            not_comparable: String::new(),
             beyond_noise: false,
             regression: false,
             note: "no samples in one run".into(),
@@ -439,6 +498,7 @@ fn judge_estimates(
         base: Some(b.value),
         new: Some(n.value),
         change,
+        not_comparable: String::new(),
         beyond_noise: beyond,
         regression: worse && beyond,
         note: format!(
@@ -463,6 +523,7 @@ fn capacity_line(base: &Run, new: &Run, max_regression: f64) -> Line {
                 base: Some(bq),
                 new: Some(nq),
                 change,
+                not_comparable: String::new(),
                 beyond_noise: beyond,
                 regression: beyond && change.is_some_and(|c| c < -max_regression),
                 note: format!("brackets [{}, {}] and [{}, {}]", bb[0], bb[1], nb[0], nb[1]),
@@ -484,6 +545,7 @@ fn capacity_line(base: &Run, new: &Run, max_regression: f64) -> Line {
                 base: b,
                 new: n,
                 change,
+                not_comparable: String::new(),
                 beyond_noise: change.is_some_and(|c| c != 0.0),
                 regression: change.is_some_and(|c| c < -max_regression),
                 note: "levels are discrete: no noise model".into(),
@@ -506,6 +568,7 @@ fn saturation_line(base: &Run, new: &Run) -> Line {
             (Some(b), Some(n)) => relative(b, n),
             _ => None,
         },
+        not_comparable: String::new(),
         beyond_noise: b != n,
         regression: false,
         note: "shown, not judged (max QPS or capacity carries the verdict)".into(),

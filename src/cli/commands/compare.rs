@@ -3,7 +3,7 @@
 //! regression (each listed); 2: the runs cannot be compared.
 
 use crate::analysis::compare::{self, MetricSpec, Options, Verdict};
-use crate::base::error::{EXIT_FAILURE, EXIT_OK, UsageError};
+use crate::base::error::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError};
 use crate::cli::CompareArgs;
 use std::path::{Path, PathBuf};
 
@@ -32,10 +32,12 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<u8> {
     } else {
         crate::out!("{}", render(&verdict));
     }
-    Ok(if verdict.regressions.is_empty() {
-        EXIT_OK
-    } else {
-        EXIT_FAILURE
+    // Exit 2, as for runs that cannot be compared at all: a figure the
+    // client distorted can neither pass nor fail a CI gate.
+    Ok(match verdict.verdict.as_str() {
+        "regression" => EXIT_FAILURE,
+        "not comparable" => EXIT_USAGE,
+        _ => EXIT_OK,
     })
 }
 
@@ -87,11 +89,29 @@ pub fn render(v: &Verdict) -> String {
                 .map(|c| format!("{:+.1}%", c * 100.0))
                 .unwrap_or_else(|| "-".into()),
             if l.beyond_noise { "beyond" } else { "within" },
-            if l.regression { "REGRESSION" } else { "" }
+            if l.regression {
+                "REGRESSION"
+            } else if !l.not_comparable.is_empty() {
+                "not comparable"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(o);
-    if v.regressions.is_empty() {
+    let mut why: Vec<&str> = v
+        .lines
+        .iter()
+        .map(|l| l.not_comparable.as_str())
+        .filter(|w| !w.is_empty())
+        .collect();
+    why.dedup();
+    if v.regressions.is_empty() && !why.is_empty() {
+        let _ = writeln!(o, "verdict: not comparable (no regression among the rest):");
+        for w in why {
+            let _ = writeln!(o, "  {w}");
+        }
+    } else if v.regressions.is_empty() {
         let _ = writeln!(
             o,
             "verdict: no regression beyond {:.0}% and beyond noise",
