@@ -1,9 +1,15 @@
 //! Saturation analysis: from per-level results to the three numbers a
 //! capacity engineer acts on, each with the reason it was chosen.
 //!
-//! * **saturation point**: the first level with errors, a send rate below
-//!   90 % of target, p95 TTFT above 3× the lowest level's, a growing
-//!   backlog (unstable), or, with an SLO, a failed SLO;
+//! * **saturation point**: the first level with errors (the seed's rule),
+//!   a send rate below 90 % of its schedule, a growing backlog (the
+//!   stability test `capacity` uses), or a server queue that grew by
+//!   [`SERVER_QUEUE_GROWTH`] requests (its own metrics); with an SLO, the
+//!   first level that missed it. A TTFT that grows as batches fill is not
+//!   saturation: a queueing server at 12 of its 17 req/s triples its TTFT
+//!   and still keeps up; a backlog that grows does not;
+//! * client-bound levels measured the client: they are never the
+//!   saturation point and never count as held;
 //! * **max QPS without errors**: the highest level *below the saturation
 //!   point* with 100 % success whose send rate reached ≥ 95 % of target
 //!   and whose backlog did not grow; with an SLO, the highest level below
@@ -50,11 +56,19 @@ pub struct Analysis {
     /// Targets of levels where the client, not the endpoint, was the limit:
     /// their numbers say little about the endpoint.
     pub client_bound_levels: Vec<f64>,
+    /// What decided the saturation point: `errors`, `send rate`,
+    /// `backlog`, `server queue` or `slo`; empty when not reached.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub saturation_evidence: String,
 }
 
 pub const HELD_FRACTION: f64 = 0.95;
 pub const SATURATED_FRACTION: f64 = 0.90;
-pub const TTFT_BLOWUP: f64 = 3.0;
+/// A server waiting queue that grew by at least this many requests through
+/// a level is a backlog the server itself reports. A continuous-batching
+/// server's queue fills to a few requests (its slots' worth) below
+/// capacity and stays there; past capacity it grows by hundreds.
+pub const SERVER_QUEUE_GROWTH: f64 = 32.0;
 pub const RECOMMENDED_FRACTION: f64 = 0.75;
 
 /// Sent less than the level's own schedule asked for: the load never
@@ -82,51 +96,60 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         .collect();
 
     let with_slo = sorted.iter().any(|l| l.slo_met.is_some());
-    let baseline_ttft = sorted.iter().find(|l| l.ttft_p95 > 0.0).map(|l| l.ttft_p95);
     let saturated = sorted.iter().find_map(|l| {
+        // The client was the limit: nothing here is the endpoint's.
+        if l.client_bound {
+            return None;
+        }
         // With an SLO, the SLO says what is acceptable (errors within its
         // attainment, TTFT within its limits).
         if with_slo {
             if l.slo_met == Some(false) {
                 return Some((
                     l,
+                    "slo",
                     "first level that missed the SLO (attainment or a growing backlog)".to_string(),
                 ));
             }
             if let Some(why) = fell_short(l) {
-                return Some((l, why));
+                return Some((l, "send rate", why));
             }
             return None;
         }
         if l.success_rate < 100.0 {
             return Some((
                 l,
+                "errors",
                 format!("first level with errors ({:.1}% success)", l.success_rate),
             ));
         }
         if let Some(why) = fell_short(l) {
-            return Some((l, why));
+            return Some((l, "send rate", why));
         }
         if l.stable == Some(false) {
             return Some((
                 l,
+                "backlog",
                 "the backlog grew through the level (requests queue faster than they are served)"
                     .to_string(),
             ));
         }
-        if let Some(base) = baseline_ttft
-            && l.ttft_p95 > TTFT_BLOWUP * base
+        if let Some((start, peak)) = l.server_waiting
+            && peak - start >= SERVER_QUEUE_GROWTH
         {
             return Some((
                 l,
-                format!(
-                    "p95 TTFT {:.3}s > {TTFT_BLOWUP}x the lowest level's {:.3}s",
-                    l.ttft_p95, base
-                ),
+                "server queue",
+                "the server's own queue grew through the level".to_string(),
             ));
         }
         None
     });
+    let saturation_evidence = saturated
+        .as_ref()
+        .map(|(_, e, _)| e.to_string())
+        .unwrap_or_default();
+    let saturated = saturated.map(|(l, _, why)| (l, why));
     let (saturation_qps, saturation_reason) = match saturated {
         Some((l, why)) => (
             Some(l.qps_target),
@@ -148,6 +171,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
     let below = |l: &LevelFacts| saturation_qps.is_none_or(|s| l.qps_target < s);
     let held = |l: &LevelFacts| {
         below(l)
+            && !l.client_bound
             && if with_slo {
                 l.slo_met == Some(true)
             } else {
@@ -212,6 +236,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         recommended_range,
         recommendation,
         client_bound_levels,
+        saturation_evidence,
     }
 }
 
@@ -244,6 +269,48 @@ mod tests {
             slo_met: None,
             server_waiting: None,
         }
+    }
+
+    fn unstable(mut f: LevelFacts) -> LevelFacts {
+        f.stable = Some(false);
+        f
+    }
+
+    #[test]
+    fn the_server_queue_decides_when_it_grows_by_a_backlog() {
+        let mut filled = l(16.0, 16.0, 100.0, 0.345);
+        filled.server_waiting = Some((0.0, 8.0)); // its slots' worth
+        let mut growing = l(20.0, 20.0, 100.0, 0.5);
+        growing.server_waiting = Some((0.0, 293.0));
+        let a = analyze(&[l(8.0, 8.0, 100.0, 0.05), filled, growing]);
+        assert_eq!(a.saturation_qps, Some(20.0));
+        assert_eq!(a.saturation_evidence, "server queue");
+        assert!(
+            a.saturation_reason.contains("grew from 0 to 293"),
+            "{}",
+            a.saturation_reason
+        );
+        assert_eq!(a.max_qps_without_errors, Some(16.0));
+    }
+
+    #[test]
+    fn a_client_bound_level_is_neither_saturation_nor_held() {
+        let mut starved = l(16.0, 12.0, 100.0, 0.9);
+        starved.client_bound = true;
+        let a = analyze(&[
+            l(8.0, 8.0, 100.0, 0.05),
+            starved,
+            l(12.0, 12.0, 100.0, 0.06),
+        ]);
+        assert_eq!(a.saturation_qps, None, "{a:?}");
+        assert_eq!(a.max_qps_without_errors, Some(12.0));
+        assert_eq!(a.client_bound_levels, vec![16.0]);
+        // Even the top level: held is the highest level the client measured.
+        let mut top = l(24.0, 24.0, 100.0, 0.05);
+        top.client_bound = true;
+        let a = analyze(&[l(8.0, 8.0, 100.0, 0.05), top]);
+        assert_eq!(a.max_qps_without_errors, Some(8.0));
+        assert_eq!(a.saturation_evidence, "");
     }
 
     #[test]
@@ -306,16 +373,19 @@ mod tests {
                 rec: None,
             },
             Case {
-                name: "ttft blow-up without errors: held only below it",
+                // llama-server, 8 slots: TTFT grows as batches fill, the
+                // backlog only past capacity (16.7 req/s).
+                name: "a growing TTFT is not saturation; a growing backlog is",
                 levels: vec![
-                    l(1.0, 1.0, 100.0, 0.1),
-                    l(2.0, 2.0, 100.0, 0.25),
-                    l(4.0, 4.0, 100.0, 0.31),
+                    l(8.0, 8.0, 100.0, 0.054),
+                    l(12.0, 12.0, 100.0, 0.219),
+                    l(16.0, 16.0, 100.0, 0.345),
+                    unstable(l(20.0, 20.0, 100.0, 23.9)),
                 ],
-                max: Some(2.0),
-                sat: Some(4.0),
-                sat_reason: "p95 TTFT",
-                rec: Some(1.5),
+                max: Some(16.0),
+                sat: Some(20.0),
+                sat_reason: "the backlog grew",
+                rec: Some(12.0),
             },
             Case {
                 name: "send rate collapse",

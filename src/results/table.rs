@@ -74,8 +74,13 @@ pub fn render_analysis(levels: &[LevelResult], a: &Analysis, partial: bool) -> S
     );
     let _ = writeln!(
         out,
-        "  Saturation point:       {:<8} {}",
+        "  Saturation point:       {:<8} {}{}",
         opt(a.saturation_qps),
+        if a.saturation_evidence.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", a.saturation_evidence)
+        },
         a.saturation_reason
     );
     let _ = writeln!(
