@@ -225,7 +225,7 @@ async fn starved_search(
     mock: &llmload::mock::MockServer,
     stall: &str,
     tmp: &std::path::Path,
-) -> (Option<i32>, String, serde_json::Value) {
+) -> (Option<i32>, String, serde_json::Value, serde_json::Value) {
     let dataset = write_dataset(tmp);
     let results = tmp.join("r");
     let args: Vec<String> = [
@@ -262,7 +262,8 @@ async fn starved_search(
     let dirs = run_dirs(&results);
     assert_eq!(dirs.len(), 1, "{stdout}{}", text(&out.stderr));
     let summary = read_json(&dirs[0].join("summary.json"));
-    (out.status.code(), stdout, summary)
+    let levels = read_json(&dirs[0].join("benchmark_qps_results.json"));
+    (out.status.code(), stdout, summary, levels)
 }
 
 /// A client starved during one probe (its pacer stalled for 700 ms, as a
@@ -277,13 +278,33 @@ async fn a_probe_whose_client_was_starved_is_repeated_not_failed() {
     let mock = start_mock(cfg).await;
     let tmp = tempfile::tempdir().unwrap();
     // Level 1 is the second growth probe, at 16 req/s.
-    let (code, stdout, summary) = starved_search(&mock, "700ms@1", tmp.path()).await;
+    let (code, stdout, summary, levels) = starved_search(&mock, "700ms@1", tmp.path()).await;
     assert_eq!(code, Some(0), "{stdout}");
     let cap = &summary["capacity"];
     let probes = cap["probes"].as_array().unwrap();
     assert_eq!(probes[1]["verdict"], "repeated", "{cap:#}");
     let reason = probes[1]["reason"].as_str().unwrap();
     assert!(reason.starts_with("client-bound: "), "{reason}");
+    // And why: the client's own figures name the stalled pacer.
+    assert!(
+        reason.contains("the pacer was not scheduled for"),
+        "{reason}"
+    );
+    let usage = &levels[1]["client_usage"];
+    assert!(
+        usage["pacer_stall_ms"].as_f64().unwrap() >= 500.0,
+        "{usage}"
+    );
+    assert!(
+        levels[2]["client_usage"]["pacer_stall_ms"]
+            .as_f64()
+            .unwrap()
+            < 500.0
+    );
+    assert!(
+        usage["cpu_us_per_request"].as_f64().unwrap() > 0.0,
+        "{usage}"
+    );
     assert_eq!(
         probes[2]["qps"], probes[1]["qps"],
         "repeated at the same rate"
@@ -309,7 +330,7 @@ async fn a_client_that_stays_starved_ends_inconclusive() {
     let _serial = serial();
     let mock = start_mock(mock_cfg(5, 52, 2_500, UNBOUNDED)).await;
     let tmp = tempfile::tempdir().unwrap();
-    let (code, stdout, summary) = starved_search(&mock, "700ms@*", tmp.path()).await;
+    let (code, stdout, summary, _) = starved_search(&mock, "700ms@*", tmp.path()).await;
     assert_eq!(code, Some(5), "{stdout}");
     let cap = &summary["capacity"];
     assert_eq!(cap["outcome"], "inconclusive", "{cap:#}");

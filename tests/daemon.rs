@@ -527,8 +527,12 @@ schedule = "at_start"
     );
 }
 
-/// Documented series that move only under a fault another test causes.
-const FAULT_ONLY: &[&str] = &["llmload_capacity_inconclusive_total"];
+/// Documented series that move only under a fault another test causes,
+/// or exist only where the machine has them (a readable cgroup `cpu.stat`).
+const FAULT_ONLY: &[&str] = &[
+    "llmload_capacity_inconclusive_total",
+    "llmload_sweep_level_client_throttled_seconds",
+];
 
 /// The metrics table in docs/src/metrics.md, between its markers: (name, type).
 fn readme_metrics() -> Vec<(String, String)> {

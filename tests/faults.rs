@@ -81,6 +81,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
             duration: dur,
             send_window: dur,
             drain: out.timing.drain,
+            client: None,
         },
     );
     assert_eq!(r.sent, r.succeeded + r.failed, "books balance");

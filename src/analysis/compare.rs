@@ -631,6 +631,7 @@ mod tests {
                 duration: Duration::from_secs(10),
                 send_window: Duration::from_secs(10),
                 drain: Duration::ZERO,
+                client: None,
             },
         )
     }

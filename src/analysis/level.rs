@@ -117,6 +117,9 @@ pub struct LevelResult {
     /// Why the level is client-bound (empty when it is not).
     #[serde(default)]
     pub client_bound_reason: String,
+    /// What the client used during the level (CPU, throttling, pacer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_usage: Option<ClientUsage>,
     /// Scheduled send → failure, over failed requests: how long users
     /// waited for an error.
     #[serde(default)]
@@ -189,6 +192,66 @@ pub struct LevelTiming {
     pub duration: Duration,
     pub send_window: Duration,
     pub drain: Duration,
+    /// What the client itself used during the level, when measured.
+    pub client: Option<ClientUsage>,
+}
+
+/// What the client used while a level ran: the figures that say why a
+/// client-bound level was so, and the CPU a given rate needs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClientUsage {
+    /// User + system CPU seconds of the llmload process.
+    pub cpu_seconds: f64,
+    /// CPU seconds over the level's wall time.
+    pub cores_used: f64,
+    /// The cgroup's quota, or the CPUs the process may run on.
+    pub cores_available: f64,
+    /// CPU microseconds per request sent (the whole process's: pacing,
+    /// streaming, parsing, recording, metrics).
+    pub cpu_us_per_request: f64,
+    /// Time the container's cgroup was CPU-throttled, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nr_throttled: Option<u64>,
+    /// The pacer's longest wake-up past a send's due time: how long it
+    /// was not scheduled.
+    pub pacer_stall_ms: f64,
+}
+
+/// Throttling above this during a level is named as the cause.
+const THROTTLED_CAUSE_MS: f64 = 100.0;
+/// A process using this share of its cores had none to spare.
+const CORES_BUSY_SHARE: f64 = 0.9;
+/// A pacer wake-up this late is named as the cause.
+const PACER_STALL_CAUSE_MS: f64 = 50.0;
+
+impl ClientUsage {
+    /// Why the client was slow, in a few words, from its own figures.
+    pub fn cause(&self) -> String {
+        if let Some(t) = self.throttled_ms.filter(|t| *t >= THROTTLED_CAUSE_MS) {
+            return format!("the container was CPU-throttled for {t:.0} ms");
+        }
+        if self.cores_used >= CORES_BUSY_SHARE * self.cores_available {
+            return format!(
+                "the process used {:.2} of {} cores",
+                self.cores_used,
+                crate::analysis::saturation::fmt_qps(round(self.cores_available, 2))
+            );
+        }
+        if self.pacer_stall_ms >= PACER_STALL_CAUSE_MS {
+            return format!(
+                "the pacer was not scheduled for {:.0} ms",
+                self.pacer_stall_ms
+            );
+        }
+        format!(
+            "the process used {:.2} of {} cores, was not throttled and its pacer waited at most {:.0} ms: another process may have held the CPU",
+            self.cores_used,
+            crate::analysis::saturation::fmt_qps(round(self.cores_available, 2)),
+            self.pacer_stall_ms
+        )
+    }
 }
 
 /// More than this share of sends late (and at least [`LATE_MIN`]) marks
@@ -307,7 +370,13 @@ impl LevelResult {
                     .then(|| round(s.input_excess as f64 / s.input_counted as f64, 2)),
             },
             client_bound: client_bound.is_some(),
-            client_bound_reason: client_bound.unwrap_or_default(),
+            client_bound_reason: client_bound
+                .map(|why| match &t.client {
+                    Some(u) => format!("{why}: {}", u.cause()),
+                    None => why,
+                })
+                .unwrap_or_default(),
+            client_usage: t.client,
             schedule_lag: lag,
             time_to_error: Dist::from_histogram(&s.time_to_error, 1e-6, 6),
             e2e_latency_all: Dist::from_histogram(&s.e2e_all, 1e-6, 6),
@@ -396,6 +465,7 @@ mod tests {
             duration: Duration::from_secs(secs),
             send_window: Duration::from_secs(secs),
             drain: Duration::from_secs(1),
+            client: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! shards' percentiles. Counts and rates add; a level is client-bound or
 //! interrupted if any shard's was. Pure.
 
+use crate::analysis::level::ClientUsage;
 use crate::analysis::level::{LevelResult, SerializedHistograms, TokenCounts};
 use crate::analysis::stability::Stability;
 use crate::analysis::stats::{Dist, decode, encode, round};
@@ -131,7 +132,29 @@ pub fn merge_level(
     } else {
         "mixed".into()
     };
+    // The shards' processes together: CPU and cores add up, the pacer's
+    // worst stall is the worst shard's.
+    let usages: Vec<ClientUsage> = levels.iter().filter_map(|l| l.client_usage).collect();
+    let client_usage = (usages.len() == n).then(|| {
+        let cpu: f64 = usages.iter().map(|u| u.cpu_seconds).sum();
+        let throttled: Option<Vec<f64>> = usages.iter().map(|u| u.throttled_ms).collect();
+        let nr: Option<Vec<u64>> = usages.iter().map(|u| u.nr_throttled).collect();
+        ClientUsage {
+            cpu_seconds: round(cpu, 3),
+            cores_used: round(usages.iter().map(|u| u.cores_used).sum(), 3),
+            cores_available: usages.iter().map(|u| u.cores_available).sum(),
+            cpu_us_per_request: if sent > 0 {
+                round(cpu * 1e6 / sent as f64, 1)
+            } else {
+                0.0
+            },
+            throttled_ms: throttled.map(|t| round(t.iter().sum(), 1)),
+            nr_throttled: nr.map(|t| t.iter().sum()),
+            pacer_stall_ms: usages.iter().map(|u| u.pacer_stall_ms).fold(0.0, f64::max),
+        }
+    });
     Ok(LevelResult {
+        client_usage,
         qps_target: first.qps_target,
         actual_qps: round(fsum(|l| l.actual_qps), 4),
         success_rate: if scheduled == 0 {
@@ -267,6 +290,7 @@ mod tests {
                 duration: Duration::from_secs(10),
                 send_window: Duration::from_secs(10),
                 drain: Duration::from_millis(500),
+                client: None,
             },
         )
     }

@@ -12,3 +12,4 @@ pub mod redact;
 pub mod secret;
 pub mod serve;
 pub mod signals;
+pub mod usage;

@@ -580,6 +580,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 duration: window,
                 send_window: window,
                 drain: Duration::ZERO,
+                client: None,
             },
         );
         r.interrupted = interrupted;
@@ -626,6 +627,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 duration: window,
                 send_window: window,
                 drain: outcome.timing.drain,
+                client: None,
             },
         );
         r.interrupted = outcome.interrupted;

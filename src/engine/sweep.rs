@@ -56,6 +56,8 @@ pub struct Progress {
     pub paused: AtomicBool,
     /// Total time spent paused, nanoseconds.
     pub paused_ns: AtomicU64,
+    /// The pacer's longest wake-up past a send's due time, nanoseconds.
+    pub pacer_stall_ns: AtomicU64,
 }
 
 /// Hooks for live sinks (Prometheus, traces). Called from request tasks:
@@ -176,6 +178,7 @@ impl Engine {
     ) -> LevelOutcome {
         let idle = Arc::new(Notify::new());
         let handle = tokio::runtime::Handle::current();
+        let usage_at_start = crate::base::usage::Snapshot::now();
         if let Some(d) = spec.duration {
             lock(&run.stats).start_timeline(d);
         }
@@ -254,7 +257,9 @@ impl Engine {
             notified.await;
         }
         let drained = Instant::now();
+        let used = usage_at_start.until(&crate::base::usage::Snapshot::now());
         let stats = lock(&run.stats).clone();
+        let client = client_usage(&used, &stats, &run.progress);
         let server = match (scraping, &self.server_metrics) {
             (Some((stop, task)), Some(sc)) => {
                 stop.cancel();
@@ -288,11 +293,41 @@ impl Engine {
                 duration: spec.duration.unwrap_or(window),
                 send_window: window,
                 drain: drained.saturating_duration_since(sent_done),
+                client: Some(client),
             },
             interrupted: interrupted || cancel.is_cancelled(),
             server,
             global_scheduled: global,
         }
+    }
+}
+
+/// The level's [`ClientUsage`] from what the process used during it.
+fn client_usage(
+    used: &crate::base::usage::Used,
+    stats: &crate::analysis::stats::LevelStats,
+    progress: &Progress,
+) -> crate::analysis::level::ClientUsage {
+    let cpu = used.cpu.as_secs_f64();
+    let wall = used.wall.as_secs_f64().max(1e-9);
+    let round = crate::analysis::stats::round;
+    crate::analysis::level::ClientUsage {
+        cpu_seconds: round(cpu, 3),
+        cores_used: round(cpu / wall, 3),
+        cores_available: crate::base::usage::cores_available(),
+        cpu_us_per_request: if stats.sent > 0 {
+            round(cpu * 1e6 / stats.sent as f64, 1)
+        } else {
+            0.0
+        },
+        throttled_ms: used
+            .throttle
+            .map(|t| round(t.throttled.as_secs_f64() * 1e3, 1)),
+        nr_throttled: used.throttle.map(|t| t.nr_throttled),
+        pacer_stall_ms: round(
+            progress.pacer_stall_ns.load(Ordering::Relaxed) as f64 / 1e6,
+            1,
+        ),
     }
 }
 
@@ -364,6 +399,10 @@ fn pace(
             }
             let now = std::time::Instant::now();
             if now >= due {
+                let late = now.duration_since(due).as_nanos() as u64;
+                ctx.progress
+                    .pacer_stall_ns
+                    .fetch_max(late, Ordering::Relaxed);
                 break;
             }
             // Sleep in slices so stop and pause are seen within 50 ms.

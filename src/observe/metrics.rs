@@ -77,6 +77,9 @@ pub struct Metrics {
     pub level_success: GaugeVec,
     pub level_ttft_p95: GaugeVec,
     pub level_e2e_p95: GaugeVec,
+    pub level_client_cores: GaugeVec,
+    pub level_pacer_stall: GaugeVec,
+    pub level_client_throttled: GaugeVec,
     pub last_success: GaugeVec,
     pub last_duration: GaugeVec,
     pub slo_capacity: GaugeVec,
@@ -254,6 +257,21 @@ impl Metrics {
                 "Last completed sweep: p95 E2E latency per level.",
                 lvl,
             ),
+            level_client_cores: gauge(
+                "sweep_level_client_cpu_cores",
+                "CPU cores llmload itself used during the level (CPU seconds over wall time), per level of the last complete sweep.",
+                lvl,
+            ),
+            level_pacer_stall: gauge(
+                "sweep_level_pacer_stall_seconds",
+                "The pacer's longest wake-up past a send's due time during the level, per level of the last complete sweep.",
+                lvl,
+            ),
+            level_client_throttled: gauge(
+                "sweep_level_client_throttled_seconds",
+                "Time the container's cgroup was CPU-throttled during the level (where cpu.stat is readable), per level of the last complete sweep.",
+                lvl,
+            ),
             last_success: gauge(
                 "last_successful_sweep_timestamp_seconds",
                 "Unix time the last complete sweep finished.",
@@ -339,6 +357,9 @@ impl Metrics {
             Box::new(m.level_success.clone()),
             Box::new(m.level_ttft_p95.clone()),
             Box::new(m.level_e2e_p95.clone()),
+            Box::new(m.level_client_cores.clone()),
+            Box::new(m.level_pacer_stall.clone()),
+            Box::new(m.level_client_throttled.clone()),
             Box::new(m.last_success.clone()),
             Box::new(m.last_duration.clone()),
             Box::new(m.slo_capacity.clone()),
@@ -450,6 +471,19 @@ impl Metrics {
             self.level_e2e_p95
                 .with_label_values(&ll)
                 .set(r.e2e_latency.p95);
+            if let Some(u) = &r.client_usage {
+                self.level_client_cores
+                    .with_label_values(&ll)
+                    .set(u.cores_used);
+                self.level_pacer_stall
+                    .with_label_values(&ll)
+                    .set(u.pacer_stall_ms / 1e3);
+                if let Some(t) = u.throttled_ms {
+                    self.level_client_throttled
+                        .with_label_values(&ll)
+                        .set(t / 1e3);
+                }
+            }
         }
         self.last_success
             .with_label_values(&[target, job])

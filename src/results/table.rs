@@ -291,6 +291,7 @@ mod tests {
                 duration: Duration::from_secs(1),
                 send_window: Duration::from_secs(1),
                 drain: Duration::ZERO,
+                client: None,
             },
         )
     }
