@@ -285,9 +285,10 @@ async fn a_probe_whose_client_was_starved_is_repeated_not_failed() {
     assert_eq!(probes[1]["verdict"], "repeated", "{cap:#}");
     let reason = probes[1]["reason"].as_str().unwrap();
     assert!(reason.starts_with("client-bound: "), "{reason}");
-    // And why: the client's own figures name the stalled pacer.
+    // And why, from the client's own figures: the stalled pacer (or, in a
+    // container with a CPU quota on a busy machine, its throttling).
     assert!(
-        reason.contains("the pacer was not scheduled for"),
+        reason.contains("the pacer was not scheduled for") || reason.contains("CPU-throttled"),
         "{reason}"
     );
     let usage = &levels[1]["client_usage"];
@@ -309,9 +310,9 @@ async fn a_probe_whose_client_was_starved_is_repeated_not_failed() {
         probes[2]["qps"], probes[1]["qps"],
         "repeated at the same rate"
     );
-    assert_ne!(probes[2]["verdict"], "repeated", "{cap:#}");
+    // (A busy machine may starve another probe too: each is repeated.)
     let repeated = probes.iter().filter(|p| p["verdict"] == "repeated").count();
-    assert_eq!(repeated, 1, "{cap:#}");
+    assert!(repeated >= 1, "{cap:#}");
     assert_eq!(cap["outcome"], "found", "{cap:#}");
     let qps = cap["qps"].as_f64().unwrap();
     assert!(
@@ -354,5 +355,78 @@ async fn a_client_that_stays_starved_ends_inconclusive() {
     );
     assert!(stdout.contains(message), "{stdout}");
     assert_eq!(summary["status"], "complete");
+    mock.shutdown().await;
+}
+
+/// Without an SLO, `run`'s saturation point against a queueing server is
+/// the first level whose backlog grows (not a TTFT ratio: TTFT grows well
+/// before that as the queue fills), and the recommended limit is at least
+/// half of what `capacity` finds on the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_finds_the_knee_where_the_backlog_grows() {
+    let _serial = serial();
+    let cfg = mock_cfg(5, 52, 2_500, UNBOUNDED);
+    let c = cfg.capacity.capacity_rps(1, 60);
+    let mock = start_mock(cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    // Levels at 0.3, 0.6, 0.88, 1.2 and 1.6 C (C = 25.1 req/s).
+    let mut args = base_run(&mock.chat_url(), &dataset);
+    args.extend(
+        [
+            "--qps",
+            "8,16,22,30,40",
+            "--duration",
+            "6",
+            "--arrival",
+            "constant",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    // A level this busy machine starved is client-bound: measure again.
+    let (summary, levels) = loop {
+        let out = llmload(&args, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let dir = run_dirs(&results).pop().unwrap();
+        let levels = read_json(&dir.join("benchmark_qps_results.json"));
+        let starved = levels
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["client_bound"] == true);
+        let summary = read_json(&dir.join("summary.json"));
+        if !starved || run_dirs(&results).len() >= 3 {
+            break (summary, levels);
+        }
+    };
+    let a = &summary["analysis"];
+    let levels = levels.as_array().unwrap();
+    let first_growing = levels
+        .iter()
+        .filter(|l| l["client_bound"] == false)
+        .find(|l| l["stability"]["stable"] == false)
+        .map(|l| l["qps_target"].as_f64().unwrap());
+    assert_eq!(a["saturation_qps"].as_f64(), first_growing, "{a:#}");
+    assert_eq!(a["saturation_evidence"], "backlog", "{a:#}");
+    let knee = first_growing.unwrap();
+    assert!(knee > c && knee <= 40.0, "C {c}: knee {knee}");
+    // TTFT grew below the knee already: the old ratio rule would have
+    // stopped there.
+    let ttft = |q: f64| {
+        levels.iter().find(|l| l["qps_target"] == q).unwrap()["ttft"]["p95"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(ttft(knee) > ttft(8.0), "{levels:#?}");
+    let recommended = a["recommended_qps"].as_f64().unwrap();
+    assert!(
+        recommended >= c / 2.0,
+        "recommended {recommended} for C {c}"
+    );
+    assert!(recommended < c, "recommended {recommended} for C {c}");
     mock.shutdown().await;
 }

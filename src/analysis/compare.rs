@@ -580,6 +580,9 @@ fn success_line(base: &Run, new: &Run, max_regression: f64) -> Line {
         let (ok, all) = r
             .levels
             .iter()
+            // A client-bound level measured the client (a capacity
+            // search's repeated probes): its drops are not the endpoint's.
+            .filter(|l| !l.client_bound)
             .fold((0u64, 0u64), |(o, a), l| (o + l.succeeded, a + l.scheduled));
         (all > 0).then(|| {
             let p = ok as f64 / all as f64;

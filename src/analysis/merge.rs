@@ -143,8 +143,15 @@ pub fn merge_level(
             cpu_seconds: round(cpu, 3),
             cores_used: round(usages.iter().map(|u| u.cores_used).sum(), 3),
             cores_available: usages.iter().map(|u| u.cores_available).sum(),
+            // Weighted by each shard's sends (one run merged gives its own
+            // figure back exactly).
             cpu_us_per_request: if sent > 0 {
-                round(cpu * 1e6 / sent as f64, 1)
+                let weighted: f64 = levels
+                    .iter()
+                    .zip(&usages)
+                    .map(|(l, u)| u.cpu_us_per_request * l.sent as f64)
+                    .sum();
+                round(weighted / sent as f64, 1)
             } else {
                 0.0
             },

@@ -89,7 +89,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
     let mut sorted: Vec<LevelFacts> = levels.to_vec();
     sorted.sort_by(|a, b| a.qps_target.total_cmp(&b.qps_target));
 
-    let client_bound_levels = sorted
+    let client_bound_levels: Vec<f64> = sorted
         .iter()
         .filter(|l| l.client_bound)
         .map(|l| l.qps_target)
@@ -97,8 +97,10 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
 
     let with_slo = sorted.iter().any(|l| l.slo_met.is_some());
     let saturated = sorted.iter().find_map(|l| {
-        // The client was the limit: nothing here is the endpoint's.
-        if l.client_bound {
+        // The client was the limit (late sends): nothing here is the
+        // endpoint's. Drops at --max-in-flight are errors, the endpoint's:
+        // a slow endpoint is what fills the cap.
+        if l.client_bound && l.success_rate >= 100.0 {
             return None;
         }
         // With an SLO, the SLO says what is acceptable (errors within its
@@ -162,7 +164,11 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         ),
         None => (
             None,
-            "not reached: every level held; test higher QPS to find it".into(),
+            if client_bound_levels.is_empty() {
+                "not reached: every level held; test higher QPS to find it".into()
+            } else {
+                "not reached: every level the client could measure held (client-bound levels are left out); test higher QPS to find it".into()
+            },
         ),
     };
 
@@ -222,8 +228,12 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         None => (
             None,
             None,
-            "no safe limit found: every level had errors or fell short; rerun with lower --qps"
-                .into(),
+            if sorted.iter().all(|l| l.client_bound) && !sorted.is_empty() {
+                "no safe limit found: every level was client-bound (the load generator, not the endpoint, was the limit); rerun with more CPU for llmload".into()
+            } else {
+                "no safe limit found: every level had errors or fell short; rerun with lower --qps"
+                    .into()
+            },
         ),
     };
 

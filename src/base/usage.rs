@@ -11,9 +11,43 @@
 
 use std::time::{Duration, Instant};
 
-/// Where cgroup v2 and v1 keep the CPU controller's files.
+/// Where cgroup v2 and v1 mount the CPU controller.
 const V2: &str = "/sys/fs/cgroup";
 const V1: &str = "/sys/fs/cgroup/cpu";
+
+/// The directories that may hold this process's CPU controller files, most
+/// specific first: its own cgroup (from `/proc/self/cgroup`, for hosts
+/// without a private cgroup namespace: systemd slices, some Kubernetes
+/// nodes), then the mount roots (a container's own cgroup namespace).
+fn cgroup_dirs() -> Vec<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = own_cgroup_dirs(&own);
+    dirs.push(V2.into());
+    dirs.push(V1.into());
+    dirs
+}
+
+/// From `/proc/self/cgroup`: the v2 line `0::/path` and the v1 line whose
+/// controllers include `cpu` (`4:cpu,cpuacct:/path`).
+pub fn own_cgroup_dirs(proc_self_cgroup: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut it = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            continue; // the root, tried last anyway
+        }
+        if id == "0" && controllers.is_empty() {
+            out.push(std::path::Path::new(V2).join(path));
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            out.push(std::path::Path::new(V1).join(path));
+        }
+    }
+    out
+}
 
 /// Counters at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -79,14 +113,11 @@ fn process_cpu() -> Duration {
 }
 
 fn read_throttle() -> Option<Throttle> {
-    std::fs::read_to_string(format!("{V2}/cpu.stat"))
-        .ok()
-        .and_then(|t| parse_cpu_stat(&t))
-        .or_else(|| {
-            std::fs::read_to_string(format!("{V1}/cpu.stat"))
-                .ok()
-                .and_then(|t| parse_cpu_stat(&t))
-        })
+    cgroup_dirs().iter().find_map(|d| {
+        std::fs::read_to_string(d.join("cpu.stat"))
+            .ok()
+            .and_then(|t| parse_cpu_stat(&t))
+    })
 }
 
 /// `cpu.stat` of either version: v2 has `throttled_usec`, v1
@@ -117,14 +148,14 @@ pub fn parse_cpu_stat(text: &str) -> Option<Throttle> {
 /// The cores this process may use: the cgroup's CPU quota when one is
 /// set, else the CPUs it may run on.
 pub fn cores_available() -> f64 {
-    let quota = std::fs::read_to_string(format!("{V2}/cpu.max"))
-        .ok()
-        .and_then(|t| parse_cpu_max(&t))
-        .or_else(|| {
-            let q = std::fs::read_to_string(format!("{V1}/cpu.cfs_quota_us")).ok()?;
-            let p = std::fs::read_to_string(format!("{V1}/cpu.cfs_period_us")).ok()?;
-            parse_cpu_max(&format!("{} {}", q.trim(), p.trim()))
-        });
+    let quota = cgroup_dirs().iter().find_map(|d| {
+        if let Ok(t) = std::fs::read_to_string(d.join("cpu.max")) {
+            return parse_cpu_max(&t);
+        }
+        let q = std::fs::read_to_string(d.join("cpu.cfs_quota_us")).ok()?;
+        let p = std::fs::read_to_string(d.join("cpu.cfs_period_us")).ok()?;
+        parse_cpu_max(&format!("{} {}", q.trim(), p.trim()))
+    });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     quota.map_or(cpus, |q| q.min(cpus))
 }
@@ -167,6 +198,25 @@ mod tests {
         assert_eq!(parse_cpu_max("max 100000\n"), None);
         assert_eq!(parse_cpu_max("-1 100000"), None);
         assert_eq!(parse_cpu_max("50000 100000"), Some(0.5));
+    }
+
+    #[test]
+    fn own_cgroup_from_proc_self_cgroup() {
+        let v1 = "9:name=systemd:/\n4:memory:/x\n2:cpu,cpuacct:/kubepods/pod1/c1\n0::/\n";
+        assert_eq!(
+            own_cgroup_dirs(v1),
+            vec![std::path::PathBuf::from(
+                "/sys/fs/cgroup/cpu/kubepods/pod1/c1"
+            )]
+        );
+        let v2 = "0::/system.slice/llmload.service\n";
+        assert_eq!(
+            own_cgroup_dirs(v2),
+            vec![std::path::PathBuf::from(
+                "/sys/fs/cgroup/system.slice/llmload.service"
+            )]
+        );
+        assert!(own_cgroup_dirs("0::/\n1:cpu:/\n").is_empty());
     }
 
     #[test]

@@ -52,9 +52,10 @@ const LIGHT_FOR: Duration = Duration::from_millis(1500);
 const COOLDOWN_STEP: Duration = Duration::from_secs(5);
 const COOLDOWN_MAX: Duration = Duration::from_secs(60);
 /// A probe whose client could not keep up measured the client, not the
-/// endpoint: it is repeated at the same rate after [`CLIENT_BOUND_PAUSE`],
-/// at most this many times in a row, and never counts as a pass or a fail.
-/// When the limit is reached the search ends inconclusive.
+/// endpoint: it never counts as a pass or a fail, and the same rate is
+/// probed again after [`CLIENT_BOUND_PAUSE`]. This many client-bound probes
+/// in a row at one rate (the first and two repeats) end the search
+/// inconclusive.
 pub const CLIENT_BOUND_REPEATS: u32 = 3;
 /// The pause before a client-bound probe is repeated: long enough for a
 /// CPU-throttling period (100 ms in a container) or a neighbour's burst to
@@ -290,8 +291,13 @@ pub async fn search(
                 r.interrupted = false; // stopped by the search, not the user
             }
         }
-        // The client's own stall says nothing about the endpoint.
-        let client_bound = !user_stopped && r.client_bound;
+        // The client's own stall says nothing about the endpoint: a probe
+        // whose sends were late (or whose window stretched) is repeated. A
+        // probe with drops at --max-in-flight, errors or an early stop is
+        // the endpoint's: in-flight is rate x latency, so a slow endpoint
+        // is what fills the cap.
+        let client_bound =
+            !user_stopped && r.client_bound && r.dropped == 0 && r.failed == 0 && !stopped_early;
         let passed = !stopped_early && !user_stopped && r.slo_met == Some(true) && !r.client_bound;
         let reason = if passed || user_stopped {
             String::new()
@@ -304,6 +310,8 @@ pub async fn search(
             verdict: if user_stopped {
                 "stopped".into()
             } else if client_bound {
+                // Not a verdict on the endpoint: probed again (or, the
+                // last time, the search ends inconclusive).
                 "repeated".into()
             } else if passed {
                 "pass".into()

@@ -284,7 +284,7 @@ impl Metrics {
             ),
             slo_capacity: gauge(
                 "capacity_qps_under_slo",
-                "Last capacity search: requests/s held under the job's SLO (0 if even min_qps failed; max_qps if it still passed).",
+                "Last conclusive capacity search: requests/s held under the job's SLO (0 if even min_qps failed; max_qps if it still passed); an inconclusive search leaves it unchanged.",
                 BASE,
             ),
             slo_capacity_low: gauge(
@@ -444,6 +444,9 @@ impl Metrics {
         let l = [target, model, job];
         match analysis.max_qps_without_errors {
             Some(v) => self.max_qps.with_label_values(&l).set(v),
+            // Nothing held because the client could not measure: no news
+            // about the endpoint, and the gauge keeps its last value.
+            None if levels.iter().any(|r| r.client_bound) => {}
             // Held nothing: 0 is the honest capacity, and alerts on a drop
             // must fire.
             None => self.max_qps.with_label_values(&l).set(0.0),
@@ -519,7 +522,7 @@ impl Metrics {
 
     /// Per-level SLO attainment of a finished run with an SLO.
     pub fn publish_levels(&self, [target, model, job]: [&str; 3], levels: &[LevelResult]) {
-        for r in levels {
+        for r in levels.iter().filter(|r| !r.client_bound) {
             if let Some(a) = r.slo_attainment {
                 let level = crate::analysis::saturation::fmt_qps(r.qps_target);
                 self.level_slo_attainment

@@ -223,13 +223,14 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3))
             });
-        // Capacity probes: passed green, failed red.
+        // Capacity probes: passed green, failed red, repeated (the client
+        // was the limit: no verdict on the endpoint) grey.
         chart.draw_series(levels.iter().filter_map(|l| {
             let p = l.probe.as_ref()?;
-            let c = if p.verdict == "pass" {
-                RGBColor(44, 160, 44)
-            } else {
-                RGBColor(214, 39, 40)
+            let c = match p.verdict.as_str() {
+                "pass" => RGBColor(44, 160, 44),
+                "repeated" => RGBColor(127, 127, 127),
+                _ => RGBColor(214, 39, 40),
             };
             Some(Cross::new(
                 (l.qps_target, l.goodput.unwrap_or(0.0)),
@@ -380,10 +381,16 @@ fn draw_summary(
                 .map(|l| (format!("  {l}"), 24, false)),
         );
         let passed = c.probes.iter().filter(|p| p.verdict == "pass").count();
+        let repeated = c.probes.iter().filter(|p| p.verdict == "repeated").count();
         lines.push((
             format!(
-                "  {} probes ({passed} passed) in {:.0}s",
+                "  {} probes ({passed} passed{}) in {:.0}s",
                 c.probes.len(),
+                if repeated > 0 {
+                    format!(", {repeated} client-bound, repeated")
+                } else {
+                    String::new()
+                },
                 c.wall_time_s
             ),
             24,

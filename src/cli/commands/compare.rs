@@ -1,6 +1,8 @@
 //! `llmload compare BASE NEW`: a regression verdict CI can gate on.
 //! Exit 0: no regression beyond the threshold and beyond noise; 1: a
-//! regression (each listed); 2: the runs cannot be compared.
+//! regression (each listed); 2: the runs cannot be compared, or no
+//! regression among the figures that can be judged and some that cannot
+//! (a client-bound level: "not comparable").
 
 use crate::analysis::compare::{self, MetricSpec, Options, Verdict};
 use crate::base::error::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError};
