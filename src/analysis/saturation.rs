@@ -41,6 +41,8 @@ pub struct LevelFacts {
     /// The server's waiting queue at the level's start and its peak, when
     /// it grew (from its own metrics).
     pub server_waiting: Option<(f64, f64)>,
+    /// The server's mean waiting queue over the level's scrapes.
+    pub server_waiting_mean: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,10 +67,16 @@ pub struct Analysis {
 pub const HELD_FRACTION: f64 = 0.95;
 pub const SATURATED_FRACTION: f64 = 0.90;
 /// A server waiting queue that grew by at least this many requests through
-/// a level is a backlog the server itself reports. A continuous-batching
-/// server's queue fills to a few requests (its slots' worth) below
-/// capacity and stays there; past capacity it grows by hundreds.
+/// a level, and stayed high ([`SERVER_QUEUE_HELD`]), is a backlog the
+/// server itself reports. A continuous-batching server's queue fills to a
+/// few requests (its slots' worth) below capacity; past capacity it grows
+/// by hundreds.
 pub const SERVER_QUEUE_GROWTH: f64 = 32.0;
+/// The queue's mean over the level must be at least this share of its
+/// peak: a queue that grows steadily averages half its peak, while a
+/// Poisson burst that drains again (llama-server at 28 of its ~30 req/s:
+/// peak 36, mean 7.8) averages far less.
+pub const SERVER_QUEUE_HELD: f64 = 1.0 / 3.0;
 pub const RECOMMENDED_FRACTION: f64 = 0.75;
 
 /// Sent less than the level's own schedule asked for: the load never
@@ -138,6 +146,7 @@ pub fn analyze(levels: &[LevelFacts]) -> Analysis {
         }
         if let Some((start, peak)) = l.server_waiting
             && peak - start >= SERVER_QUEUE_GROWTH
+            && l.server_waiting_mean.unwrap_or(peak) >= SERVER_QUEUE_HELD * peak
         {
             return Some((
                 l,
@@ -278,6 +287,7 @@ mod tests {
             stable: None,
             slo_met: None,
             server_waiting: None,
+            server_waiting_mean: None,
         }
     }
 
@@ -290,9 +300,14 @@ mod tests {
     fn the_server_queue_decides_when_it_grows_by_a_backlog() {
         let mut filled = l(16.0, 16.0, 100.0, 0.345);
         filled.server_waiting = Some((0.0, 8.0)); // its slots' worth
+        // A burst that drained again: peak 36, mean 7.8.
+        let mut burst = l(18.0, 18.0, 100.0, 0.4);
+        burst.server_waiting = Some((0.0, 36.0));
+        burst.server_waiting_mean = Some(7.8);
         let mut growing = l(20.0, 20.0, 100.0, 0.5);
         growing.server_waiting = Some((0.0, 293.0));
-        let a = analyze(&[l(8.0, 8.0, 100.0, 0.05), filled, growing]);
+        growing.server_waiting_mean = Some(119.0);
+        let a = analyze(&[l(8.0, 8.0, 100.0, 0.05), filled, burst, growing]);
         assert_eq!(a.saturation_qps, Some(20.0));
         assert_eq!(a.saturation_evidence, "server queue");
         assert!(
@@ -300,7 +315,7 @@ mod tests {
             "{}",
             a.saturation_reason
         );
-        assert_eq!(a.max_qps_without_errors, Some(16.0));
+        assert_eq!(a.max_qps_without_errors, Some(18.0));
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
             stable: l.stability.as_ref().map(|s| s.stable),
             slo_met: l.slo_met,
             server_waiting: l.server.as_ref().and_then(|s| s.waiting_growth()),
+            server_waiting_mean: l.server.as_ref().and_then(|s| s.waiting.map(|w| w.mean)),
         })
         .collect()
 }
