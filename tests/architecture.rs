@@ -34,6 +34,7 @@ const PURE: &[&str] = &[
     "workload/dataset.rs",
     "workload/request.rs",
     "workload/synthetic.rs",
+    "workload/trace.rs",
     "client/chunk.rs",
     "client/keepalive.rs",
     "client/record.rs",
@@ -41,6 +42,9 @@ const PURE: &[&str] = &[
     "server/metrics/",
     "server/view.rs",
     "analysis/",
+    "plan/profile.rs",
+    "plan/load.rs",
+    "plan/replay.rs",
     "plan/schedule.rs",
     "results/table.rs",
 ];

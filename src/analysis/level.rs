@@ -61,6 +61,8 @@ pub struct SerializedHistograms {
     pub e2e_all_us: String,
     #[serde(default)]
     pub connect_us: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_queue_us: String,
 }
 
 /// One level as written to `benchmark_qps_results.json`. The first seven
@@ -166,7 +168,41 @@ pub struct LevelResult {
     /// With `--server-metrics`: what the server's own metrics said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server::view::ServerLevel>,
+    /// A closed-loop level: the users (workers) it held. `qps_target` is
+    /// 0 then, and `actual_qps` is what those users managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// A level whose rate changed: `[start, end]` requests/s
+    /// (`qps_target` is the mean over the level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qps_ramp: Option<[f64; 2]>,
+    /// With `--max-concurrency`: how long sends waited for a slot, seconds
+    /// (latencies still count from the planned instant, so include it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_queue: Option<Dist>,
+    /// Levels whose rate changes: every step (10 s by default), target and
+    /// achieved rate, TTFT and E2E p50/p95, errors and requests in flight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeseries: Vec<crate::analysis::series::SeriesPoint>,
     pub histograms: SerializedHistograms,
+}
+
+impl LevelResult {
+    /// `QPS 5`, `QPS 10..100`, `concurrency 16`: the level in a line.
+    pub fn describe(&self) -> String {
+        let f = crate::analysis::saturation::fmt_qps;
+        match (self.concurrency, self.qps_ramp) {
+            (Some(n), _) => format!("concurrency {n}"),
+            (None, Some([a, b])) => format!("QPS {}..{}", f(a), f(b)),
+            (None, None) => format!("QPS {}", f(self.qps_target)),
+        }
+    }
+
+    /// The level's place on a sweep's x-axis: its concurrency for a
+    /// closed-loop level, else its target rate.
+    pub fn load(&self) -> f64 {
+        self.concurrency.map_or(self.qps_target, f64::from)
+    }
 }
 
 /// A level's role in a capacity search.
@@ -186,9 +222,13 @@ pub struct ProbeInfo {
 }
 
 /// What a level was asked to do and how long it took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LevelTiming {
     pub qps_target: f64,
+    /// A closed-loop level's users.
+    pub concurrency: Option<u32>,
+    /// A level whose rate changed: its start and end rates.
+    pub qps_ramp: Option<[f64; 2]>,
     pub duration: Duration,
     pub send_window: Duration,
     pub drain: Duration,
@@ -284,7 +324,8 @@ pub fn client_bound_reason(s: &LevelStats, t: &LevelTiming) -> Option<String> {
     let planned = s.sent + s.dropped;
     let dur = t.duration.as_secs_f64();
     let window = t.send_window.as_secs_f64().max(dur);
-    if planned >= 10 && dur > 0.0 && window > dur / ACHIEVED_SHARE {
+    // A closed loop has no rate to keep up with.
+    if t.concurrency.is_none() && planned >= 10 && dur > 0.0 && window > dur / ACHIEVED_SHARE {
         return Some(format!(
             "sending took {window:.2}s for a {dur:.2}s schedule (< {:.0}% of the rate)",
             ACHIEVED_SHARE * 100.0
@@ -401,6 +442,15 @@ impl LevelResult {
             }),
             probe: None,
             server: None,
+            concurrency: t.concurrency,
+            qps_ramp: t.qps_ramp,
+            client_queue: (s.client_queue.len() > 0)
+                .then(|| Dist::from_histogram(&s.client_queue, 1e-6, 6)),
+            timeseries: s
+                .series
+                .as_ref()
+                .map(|x| x.points(t.send_window.max(t.duration)))
+                .unwrap_or_default(),
             finish_reasons: s
                 .finish_reasons
                 .iter()
@@ -421,6 +471,11 @@ impl LevelResult {
                 time_to_error_us: encode(&s.time_to_error),
                 e2e_all_us: encode(&s.e2e_all),
                 connect_us: encode(&s.connect),
+                client_queue_us: if s.client_queue.is_empty() {
+                    String::new()
+                } else {
+                    encode(&s.client_queue)
+                },
             },
         }
     }

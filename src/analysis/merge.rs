@@ -88,6 +88,7 @@ pub fn merge_level(
     let tte = h(|s| &s.time_to_error_us)?;
     let e2e_all = h(|s| &s.e2e_all_us)?;
     let connect = h(|s| &s.connect_us)?;
+    let queue = h(|s| &s.client_queue_us)?;
     let n = levels.len();
     // Weighted by each shard's successes: the share of summed TTFT spent
     // in connection set-up.
@@ -234,6 +235,18 @@ pub fn merge_level(
         },
         probe: None,
         server: levels.iter().find_map(|l| l.server.clone()),
+        // A closed-loop level's shards each ran their share of its users.
+        concurrency: first
+            .concurrency
+            .map(|_| levels.iter().filter_map(|l| l.concurrency).sum()),
+        qps_ramp: first.qps_ramp,
+        client_queue: queue.as_ref().map(|q| Dist::from_histogram(q, 1e-6, 6)),
+        timeseries: crate::analysis::series::merge_points(
+            &levels
+                .iter()
+                .map(|l| l.timeseries.as_slice())
+                .collect::<Vec<_>>(),
+        ),
         histograms: SerializedHistograms {
             encoding: first.histograms.encoding.clone(),
             ttft_us: ser(&ttft),
@@ -248,6 +261,7 @@ pub fn merge_level(
             time_to_error_us: ser(&tte),
             e2e_all_us: ser(&e2e_all),
             connect_us: ser(&connect),
+            client_queue_us: ser(&queue),
         },
     })
 }

@@ -3,10 +3,12 @@
 //! regression verdicts (`compare`), shard merges and the run summary.
 
 pub mod compare;
+pub mod knee;
 pub mod level;
 pub mod merge;
 pub mod saturation;
 pub mod search;
+pub mod series;
 pub mod slo;
 pub mod stability;
 pub mod stats;

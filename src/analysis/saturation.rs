@@ -64,6 +64,25 @@ pub struct Analysis {
     pub saturation_evidence: String,
 }
 
+impl Analysis {
+    /// A concurrency sweep sets no rate: its rates are left empty, and
+    /// its knee is in `summary.concurrency`.
+    pub fn for_concurrency() -> Self {
+        let why = "a concurrency sweep sets no rate: see the concurrency analysis (knee, recommended users)";
+        Self {
+            max_qps_without_errors: None,
+            max_qps_reason: why.into(),
+            saturation_qps: None,
+            saturation_reason: why.into(),
+            recommended_qps: None,
+            recommended_range: None,
+            recommendation: why.into(),
+            client_bound_levels: Vec::new(),
+            saturation_evidence: String::new(),
+        }
+    }
+}
+
 pub const HELD_FRACTION: f64 = 0.95;
 pub const SATURATED_FRACTION: f64 = 0.90;
 /// A server waiting queue that grew by at least this many requests through

@@ -87,6 +87,12 @@ pub struct LevelStats {
     pub bad: u64,
     /// Backlog and TTFT per time window, for the stability check.
     pub timeline: Option<Timeline>,
+    /// Under `--max-concurrency`: each send's wait for a slot.
+    pub client_queue: Histogram<u64>,
+    /// Sends that waited for a `--max-concurrency` slot at all.
+    pub queued: u64,
+    /// The level's time series (levels whose rate changes).
+    pub series: Option<crate::analysis::series::Series>,
 }
 
 /// Most windows a timeline keeps: a level is judged on about
@@ -212,6 +218,9 @@ impl LevelStats {
             good: 0,
             bad: 0,
             timeline: None,
+            client_queue: latency_histogram(),
+            queued: 0,
+            series: None,
             input_tokens_total: 0,
             input_tokens_reported: 0,
             input_counted: 0,
@@ -232,6 +241,13 @@ impl LevelStats {
 
     /// Add one finished (or dropped) request.
     pub fn record(&mut self, r: &RequestRecord) {
+        if let Some(s) = &mut self.series {
+            s.record(r);
+        }
+        if let Some(q) = r.client_queue {
+            self.client_queue.saturating_record(micros(q));
+            self.queued += u64::from(!q.is_zero());
+        }
         if let Some(slo) = &self.slo {
             if slo.slo.is_good(r) {
                 self.good += 1;
@@ -343,6 +359,7 @@ impl LevelStats {
             (&mut self.time_to_error, &o.time_to_error),
             (&mut self.e2e_all, &o.e2e_all),
             (&mut self.connect, &o.connect),
+            (&mut self.client_queue, &o.client_queue),
         ] {
             a.add(b).expect("histograms share bounds");
         }
@@ -362,6 +379,12 @@ impl LevelStats {
         self.last_done_at = self.last_done_at.max(o.last_done_at);
         self.good += o.good;
         self.bad += o.bad;
+        self.queued += o.queued;
+        match (&mut self.series, &o.series) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.series = Some(b.clone()),
+            _ => {}
+        }
         match (&mut self.timeline, &o.timeline) {
             (Some(a), Some(b)) => a.merge(b),
             (None, Some(b)) => self.timeline = Some(b.clone()),

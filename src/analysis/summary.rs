@@ -24,6 +24,10 @@ pub struct Summary {
     /// A capacity search's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySummary>,
+    /// A concurrency sweep: its knee and recommended users (`analysis`
+    /// then holds no rates: a closed loop sets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::analysis::knee::ConcurrencyAnalysis>,
 }
 
 /// `summary.json`'s `capacity`: the rate the endpoint holds under the SLO.
@@ -92,13 +96,35 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
 }
 
 pub fn summarize(levels: &[LevelResult], status: &str) -> Summary {
+    let closed = !levels.is_empty() && levels.iter().all(|l| l.concurrency.is_some());
+    let (analysis, concurrency) = if closed {
+        let users: Vec<_> = levels
+            .iter()
+            .map(|l| crate::analysis::knee::UsersFacts {
+                concurrency: l.concurrency.unwrap_or(0),
+                tokens_per_sec: l.output_throughput_tokens_per_sec,
+                completed_qps: l.completed_qps,
+                ttft_p95: l.ttft.p95,
+                e2e_p50: l.e2e_latency.p50,
+                success_rate: l.success_rate,
+                client_bound: l.client_bound,
+            })
+            .collect();
+        (
+            Analysis::for_concurrency(),
+            Some(crate::analysis::knee::analyze(&users)),
+        )
+    } else {
+        (analyze(&facts(levels)), None)
+    };
     Summary {
         schema_version: SCHEMA_VERSION,
         status: status.into(),
         partial: status != "complete",
-        analysis: analyze(&facts(levels)),
+        analysis,
         slo: None,
         slo_attainment: None,
         capacity: None,
+        concurrency,
     }
 }

@@ -50,21 +50,13 @@ pub enum Command {
     Selftest(SelftestArgs),
 }
 
-fn parse_qps_list(s: &str) -> Result<Vec<f64>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let v: f64 = part
-            .parse()
-            .map_err(|_| format!("'{part}' is not a number (expected e.g. 1,5,10,20)"))?;
-        if !v.is_finite() || v <= 0.0 {
-            return Err(format!("'{part}' must be a rate above 0"));
-        }
-        out.push(v);
+fn parse_users(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{s}' must be a whole number of requests, at least 1"
+        )),
     }
-    if out.is_empty() {
-        return Err("give at least one rate, e.g. 1,5,10,20".into());
-    }
-    Ok(out)
 }
 
 fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
@@ -140,8 +132,9 @@ pub struct TargetArgs {
     pub model: String,
     /// Dataset: a file (the seed's JSON array, ShareGPT, or JSONL), or
     /// synthetic:input=N,output=M[,input_stddev=,output_stddev=,prefix=,samples=].
+    /// Required, except with `run --trace`.
     #[arg(long)]
-    pub dataset: PathBuf,
+    pub dataset: Option<PathBuf>,
     /// The dataset file's format (detected when omitted).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub dataset_format: Option<crate::workload::Format>,
@@ -228,11 +221,47 @@ pub struct TargetArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: TargetArgs,
-    /// QPS levels to test, comma-separated.
+    /// QPS levels to test, comma-separated; FROM..TO ramps the rate
+    /// linearly across the level (e.g. 10..100).
     // `std::vec::Vec` (not `Vec`) makes clap take one value and hand the
     // whole comma list to the parser.
-    #[arg(long, default_value = "1,5,10,20", value_parser = parse_qps_list)]
-    pub qps: std::vec::Vec<f64>,
+    #[arg(long, default_value = "1,5,10,20", value_parser = crate::plan::load::parse_rate_list)]
+    pub qps: std::vec::Vec<crate::plan::profile::RateLevel>,
+    /// Closed-loop levels instead of rates: N users, each sending its next
+    /// request as soon as its last one ends, comma-separated (e.g. 1,4,16,64).
+    #[arg(long, value_name = "N,...", value_parser = crate::plan::load::parse_concurrency_list, conflicts_with = "qps")]
+    pub concurrency: Option<std::vec::Vec<u32>>,
+    /// Open-loop levels: at most N requests open; a send due beyond them
+    /// waits for a slot (reported as client_queue). Unlike --max-in-flight,
+    /// nothing is dropped.
+    #[arg(long, value_name = "N", value_parser = parse_users, conflicts_with = "concurrency")]
+    pub max_concurrency: Option<usize>,
+    /// Before the first level, send at its load for this long (30s) or this
+    /// many requests (200); excluded from every figure, noted in metadata.
+    #[arg(long, value_name = "TIME|N", value_parser = crate::engine::runner::Warmup::parse)]
+    pub warmup: Option<crate::engine::runner::Warmup>,
+    /// Replay a timestamped trace (Mooncake JSONL or Azure CSV) instead of
+    /// rate levels: each request at its time, with its lengths.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["qps", "concurrency"])]
+    pub trace: Option<PathBuf>,
+    /// The trace's format (detected when omitted).
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "trace")]
+    pub trace_format: Option<crate::workload::trace::TraceFormat>,
+    /// Replay speed: 2 sends twice as fast as recorded.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_rate, requires = "trace")]
+    pub trace_speed: f64,
+    /// Skip the trace's first TIME (trace time).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "trace")]
+    pub trace_start: Duration,
+    /// Replay only TIME of the trace after --trace-start.
+    #[arg(long, value_parser = parse_positive_duration, requires = "trace")]
+    pub trace_duration: Option<Duration>,
+    /// Repeat the slice until --duration has passed.
+    #[arg(long, requires = "trace")]
+    pub trace_loop: bool,
+    /// Step of the time series of levels whose rate changes (ramps, traces).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub series_interval: Duration,
     /// Seconds per level (or 90s, 2m…).
     #[arg(long, default_value = "60", value_parser = parse_positive_duration)]
     pub duration: Duration,
@@ -332,6 +361,15 @@ impl TargetArgs {
     /// The target these flags describe (not yet validated: see
     /// [`Target::validate`]). Only header syntax is checked here, as it is
     /// a flag-format matter.
+    /// `--dataset`, which every command but `run --trace` needs.
+    pub fn require_dataset(&self) -> Result<&std::path::Path, crate::base::error::UsageError> {
+        self.dataset.as_deref().ok_or_else(|| {
+            crate::base::error::UsageError::new(
+                "--dataset is required: a dataset file or synthetic:input=N,output=M (or, for run, --trace FILE)",
+            )
+        })
+    }
+
     pub fn target(&self) -> Result<Target, String> {
         let mut t = Target::new(self.endpoint.clone(), self.model.clone());
         t.key = match (&self.api_key, &self.api_key_file) {

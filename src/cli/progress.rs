@@ -44,23 +44,26 @@ impl SweepHooks for ConsoleHooks {
         }
         // `levels` 0: a capacity probe (how many there will be is not known).
         let label = if levels == 0 {
-            format!(
-                "probe {}: {} QPS",
-                spec.index + 1,
-                crate::analysis::saturation::fmt_qps(spec.qps)
-            )
+            format!("probe {}: {}", spec.index + 1, spec.describe())
         } else {
-            format!(
-                "level {}/{levels}: {} QPS",
-                spec.index + 1,
-                crate::analysis::saturation::fmt_qps(spec.qps)
-            )
+            format!("level {}/{levels}: {}", spec.index + 1, spec.describe())
         };
         if !self.tty {
-            crate::errln!("{label}: sending {planned} requests");
+            match (spec.load.concurrency(), spec.duration) {
+                (Some(n), Some(d)) => crate::errln!(
+                    "{label}: {n} users for {}",
+                    crate::base::duration::format(d)
+                ),
+                _ if planned == 0 => crate::errln!("{label}: sending until stopped"),
+                _ => crate::errln!("{label}: sending {planned} requests"),
+            }
             return;
         }
-        let bar = ProgressBar::with_draw_target(Some(planned), ProgressDrawTarget::stderr());
+        // A closed loop's count is not known ahead: a bar without an end.
+        let bar = ProgressBar::with_draw_target(
+            (planned > 0).then_some(planned),
+            ProgressDrawTarget::stderr(),
+        );
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} sent {msg}",
@@ -84,6 +87,15 @@ impl SweepHooks for ConsoleHooks {
         *self.current.lock().expect("console lock") = Some((bar, ticker));
     }
 
+    fn warmed_up(&self, w: &crate::results::WarmupReport) {
+        crate::errln!(
+            "warm-up: {} requests in {:.1}s ({} errors), left out of the results",
+            w.requests,
+            w.duration_s,
+            w.errors
+        );
+    }
+
     fn level_finished(&self, _spec: &LevelSpec, r: &LevelResult) {
         if let Some((t, s)) = &self.traces {
             t.level_finished(s, r);
@@ -97,9 +109,18 @@ impl SweepHooks for ConsoleHooks {
         } else {
             String::new()
         };
+        let achieved = if r.concurrency.is_some() || r.qps_ramp.is_some() {
+            format!(" ({:.2} req/s)", r.actual_qps)
+        } else {
+            String::new()
+        };
+        let queue = match &r.client_queue {
+            Some(q) if q.max > 0.0 => format!(", client queue p95 {:.3}s", q.p95),
+            _ => String::new(),
+        };
         crate::errln!(
-            "  QPS {}: {} sent, {:.1}% ok, TTFT p95 {:.3}s, E2E p95 {:.3}s, {} new connections{retries}{}{}",
-            crate::analysis::saturation::fmt_qps(r.qps_target),
+            "  {}{achieved}: {} sent, {:.1}% ok, TTFT p95 {:.3}s, E2E p95 {:.3}s, {} new connections{queue}{retries}{}{}",
+            r.describe(),
             r.sent,
             r.success_rate,
             r.ttft.p95,

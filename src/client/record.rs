@@ -171,6 +171,9 @@ pub struct RequestRecord {
     /// Requests open (this one included) when the pacer sent it: the
     /// backlog the stability check follows.
     pub in_flight_at_send: u32,
+    /// Under `--max-concurrency`: how long the request waited for a slot
+    /// after its planned instant (`None` without a cap).
+    pub client_queue: Option<Duration>,
 }
 
 impl RequestRecord {
@@ -198,6 +201,7 @@ impl RequestRecord {
             retried_stale: false,
             error_detail: None,
             in_flight_at_send: 0,
+            client_queue: None,
         }
     }
 
@@ -205,9 +209,13 @@ impl RequestRecord {
         self.outcome.is_ok()
     }
 
-    /// `sent_at - scheduled_at`: how late the client was.
+    /// How late the client was: `sent_at - scheduled_at`, less any wait
+    /// for a `--max-concurrency` slot (a queue the user asked for is not
+    /// the client falling behind).
     pub fn lag(&self) -> Duration {
-        self.sent_at.saturating_sub(self.scheduled_at)
+        self.sent_at
+            .saturating_sub(self.scheduled_at)
+            .saturating_sub(self.client_queue.unwrap_or_default())
     }
 
     pub fn ttft(&self) -> Option<Duration> {

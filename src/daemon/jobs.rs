@@ -473,7 +473,15 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         }
         None => {
             let plan = SweepPlan {
-                levels: job.qps.clone(),
+                levels: crate::plan::load::Levels::Rates(
+                    job.qps
+                        .iter()
+                        .map(|q| crate::plan::profile::RateLevel::flat(*q))
+                        .collect(),
+                ),
+                max_concurrency: None,
+                warmup: None,
+                series_step: crate::analysis::series::DEFAULT_STEP,
                 duration: job.duration.unwrap_or(Duration::from_secs(60)),
                 arrival: job.arrival,
                 seed: job.seed,
@@ -559,6 +567,9 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         duration: job.duration,
         arrival: job.arrival,
         seed: job.seed,
+        load: Default::default(),
+        limit: None,
+        max_concurrency: None,
     };
     let hooks = DaemonHooks {
         state,
@@ -581,13 +592,14 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 send_window: window,
                 drain: Duration::ZERO,
                 client: None,
+                ..Default::default()
             },
         );
         r.interrupted = interrupted;
         r
     };
     let level = started.engine.run_level(
-        spec,
+        spec.clone(),
         &run,
         started.active.stop.clone(),
         started.active.cancel.clone(),
@@ -628,6 +640,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 send_window: window,
                 drain: outcome.timing.drain,
                 client: None,
+                ..outcome.timing
             },
         );
         r.interrupted = outcome.interrupted;

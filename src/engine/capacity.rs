@@ -262,6 +262,9 @@ pub async fn search(
                 a => a,
             },
             seed: plan.seed.wrapping_add(index as u64),
+            load: Default::default(),
+            limit: None,
+            max_concurrency: None,
         };
         let planned = planned(&spec);
         let run = LevelRun::with_slo(Some(plan.slo.clone()));
@@ -275,7 +278,7 @@ pub async fn search(
         ));
         let started = Instant::now();
         let outcome_of_level = engine
-            .run_level(spec, &run, probe_stop, probe_cancel, seq)
+            .run_level(spec.clone(), &run, probe_stop, probe_cancel, seq)
             .await;
         watcher.abort();
         // Aborted after a normal end: not stopped early (unless it had
@@ -473,6 +476,9 @@ async fn cool_down(
             duration: Some(LIGHT_FOR),
             arrival: Arrival::Constant,
             seed: 0,
+            load: Default::default(),
+            limit: None,
+            max_concurrency: None,
         };
         let out = engine
             .run_level(spec, &run, stop.child_token(), stop.child_token(), *seq)

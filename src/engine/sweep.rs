@@ -10,12 +10,19 @@
 //! Open loop: a request goes out at its time whatever earlier ones are
 //! doing. Only `max_in_flight` bounds it, so a dead endpoint with a long
 //! timeout cannot exhaust file descriptors; a send refused for that is
-//! recorded as dropped (and flags the level client-bound).
+//! recorded as dropped (and flags the level client-bound). A level with
+//! `max_concurrency` queues instead: the request is due at its planned
+//! instant, waits for one of N slots, and its latency still counts from
+//! the plan (the wait is reported as `client_queue`).
+//!
+//! Closed loop ([`Load::Concurrency`]) has no pacer: N tokio workers each
+//! send their next request when the last one ends.
 
 use crate::analysis::level::LevelTiming;
 use crate::analysis::stats::LevelStats;
 use crate::client::LlmClient;
 use crate::client::record::{ErrorKind, RequestRecord};
+use crate::plan::load::Load;
 use crate::plan::schedule::{Arrival, Schedule};
 use crate::workload::request::PreparedRequest;
 use http::{HeaderName, HeaderValue};
@@ -32,14 +39,63 @@ use tokio_util::sync::CancellationToken;
 pub const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
 /// What one level should do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LevelSpec {
     pub index: usize,
+    /// The nominal rate: the flat rate, a curve's or a trace's mean over
+    /// the level; 0 for a concurrency level.
     pub qps: f64,
     /// `None`: until cancelled (soak forever).
     pub duration: Option<Duration>,
     pub arrival: Arrival,
     pub seed: u64,
+    /// What the level holds steady.
+    pub load: Load,
+    /// Stop after this many sends (a warm-up of N requests).
+    pub limit: Option<u64>,
+    /// Open loop only: at most this many requests open at once; a send
+    /// due beyond them waits for a slot (`--max-concurrency`).
+    pub max_concurrency: Option<usize>,
+}
+
+impl LevelSpec {
+    /// `5 QPS`, `10..100 QPS`, `concurrency 16`, `trace (4.2 QPS mean)`.
+    pub fn describe(&self) -> String {
+        let f = crate::analysis::saturation::fmt_qps;
+        match &self.load {
+            Load::Flat => format!("{} QPS", f(self.qps)),
+            Load::Curve(c) => format!(
+                "{}..{} QPS",
+                f(c.rate_at(0.0)),
+                f(c.rate_at(self.duration.map_or(0.0, |d| d.as_secs_f64())))
+            ),
+            Load::Concurrency(n) => format!("concurrency {n}"),
+            Load::Trace(r) => format!(
+                "trace ({} QPS mean)",
+                f(crate::analysis::stats::round(r.mean_qps(), 2))
+            ),
+        }
+    }
+
+    /// A flat open-loop level.
+    pub fn flat(
+        index: usize,
+        qps: f64,
+        duration: Option<Duration>,
+        arrival: Arrival,
+        seed: u64,
+    ) -> Self {
+        Self {
+            index,
+            qps,
+            duration,
+            arrival,
+            seed,
+            load: Load::Flat,
+            limit: None,
+            max_concurrency: None,
+        }
+    }
 }
 
 /// Live counters of the running level, read by progress bars, the daemon
@@ -58,6 +114,9 @@ pub struct Progress {
     pub paused_ns: AtomicU64,
     /// The pacer's longest wake-up past a send's due time, nanoseconds.
     pub pacer_stall_ns: AtomicU64,
+    /// Trace replays: the trace-time offset (µs) of the last request sent,
+    /// for "where in the trace" gauges.
+    pub trace_position_us: AtomicU64,
 }
 
 /// Hooks for live sinks (Prometheus, traces). Called from request tasks:
@@ -179,8 +238,16 @@ impl Engine {
         let idle = Arc::new(Notify::new());
         let handle = tokio::runtime::Handle::current();
         let usage_at_start = crate::base::usage::Snapshot::now();
-        if let Some(d) = spec.duration {
-            lock(&run.stats).start_timeline(d);
+        {
+            let mut st = lock(&run.stats);
+            if let Some(d) = spec.duration {
+                st.start_timeline(d);
+            }
+            if spec.load.varies() && st.series.is_none() {
+                st.series = Some(crate::analysis::series::Series::new(
+                    crate::analysis::series::DEFAULT_STEP,
+                ));
+            }
         }
         // A little lead so the first send is not late because of set-up;
         // or the shared start of a sharded run, on this process's clock.
@@ -202,7 +269,10 @@ impl Engine {
             progress: run.progress.clone(),
             idle: idle.clone(),
             cancel: cancel.clone(),
-            spec,
+            gate: spec
+                .max_concurrency
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+            spec: spec.clone(),
             start,
         });
         // The server's metrics: a scrape now (before the first send goes
@@ -226,27 +296,36 @@ impl Engine {
         });
         let max_in_flight = self.max_in_flight.max(1);
         let shard = self.shard;
-        let pacer_ctx = ctx.clone();
-        let pacer_stop = stop_sending.clone();
-        let pacer_cancel = cancel.clone();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("llmload-pacer".into())
-            .spawn(move || {
-                let r = pace(
-                    &pacer_ctx,
-                    &handle,
-                    max_in_flight,
-                    first_seq,
-                    shard,
-                    &pacer_stop,
-                    &pacer_cancel,
-                );
-                let _ = done_tx.send(r);
-            })
-            .expect("spawning the pacer thread");
-        let (last_offset, interrupted, global) = done_rx.await.unwrap_or((Duration::ZERO, true, 0));
-        let sent_done = Instant::now();
+        let (last_offset, interrupted, global) = if let Load::Concurrency(n) = spec.load {
+            run_workers(&ctx, n, first_seq, shard, &stop_sending, &cancel).await
+        } else {
+            let pacer_ctx = ctx.clone();
+            let pacer_stop = stop_sending.clone();
+            let pacer_cancel = cancel.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("llmload-pacer".into())
+                .spawn(move || {
+                    let r = pace(
+                        &pacer_ctx,
+                        &handle,
+                        max_in_flight,
+                        first_seq,
+                        shard,
+                        &pacer_stop,
+                        &pacer_cancel,
+                    );
+                    let _ = done_tx.send(r);
+                })
+                .expect("spawning the pacer thread");
+            done_rx.await.unwrap_or((Duration::ZERO, true, 0))
+        };
+        let mut sent_done = Instant::now();
+        // Workers return when their last request has ended: the sending
+        // stopped at the level's end, the rest was the drain.
+        if let (Load::Concurrency(_), Some(d), false) = (&spec.load, spec.duration, interrupted) {
+            sent_done = sent_done.min(start + d);
+        }
 
         // Drain: every task carries its own deadline, so this ends.
         loop {
@@ -290,6 +369,14 @@ impl Engine {
             stats,
             timing: LevelTiming {
                 qps_target: spec.qps,
+                concurrency: spec.load.concurrency().map(|n| workers_of(n, self.shard)),
+                qps_ramp: match &spec.load {
+                    Load::Curve(c) => Some([
+                        c.rate_at(0.0),
+                        c.rate_at(spec.duration.unwrap_or(window).as_secs_f64()),
+                    ]),
+                    _ => None,
+                },
                 duration: spec.duration.unwrap_or(window),
                 send_window: window,
                 drain: drained.saturating_duration_since(sent_done),
@@ -339,6 +426,8 @@ struct TaskCtx {
     progress: Arc<Progress>,
     idle: Arc<Notify>,
     cancel: CancellationToken,
+    /// `max_concurrency` slots, when the level has them.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     spec: LevelSpec,
     start: Instant,
 }
@@ -356,15 +445,33 @@ fn pace(
     cancel: &CancellationToken,
 ) -> (Duration, bool, u64) {
     set_fine_timer_slack();
-    let spec = ctx.spec;
-    let schedule = Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed);
+    let spec = &ctx.spec;
+    let window = spec.duration;
+    let schedule: Box<dyn Iterator<Item = (Duration, Option<usize>)> + '_> = match &spec.load {
+        Load::Curve(c) => Box::new(
+            Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed).map(|d| (d, None)),
+        ),
+        Load::Trace(r) => Box::new(
+            r.arrivals()
+                .take_while(move |(d, _)| window.is_none_or(|w| *d < w))
+                .map(|(d, i)| (d, Some(i))),
+        ),
+        Load::Flat | Load::Concurrency(_) => Box::new(
+            Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed).map(|d| (d, None)),
+        ),
+    };
+    let schedule = schedule.take(spec.limit.map_or(usize::MAX, |l| l as usize));
+    let replay = match &spec.load {
+        Load::Trace(r) => Some(r.clone()),
+        _ => None,
+    };
     let std_start = ctx.start.into_std();
     // Time spent paused pushes the rest of the schedule back.
     let mut shift = Duration::ZERO;
     let mut last = Duration::ZERO;
     let mut seen = 0u64;
     let mut stall = inject_stall(spec.index).zip(spec.duration);
-    for (i, offset) in schedule.enumerate() {
+    for (i, (offset, line)) in schedule.enumerate() {
         seen = i as u64 + 1;
         if let Some((pause, length)) = stall
             && offset >= length / 2
@@ -376,6 +483,12 @@ fn pace(
         if shard.is_some_and(|s| !s.owns(i as u64)) {
             continue;
         }
+        // A trace line's prompt is made now, before waiting for its time,
+        // so that making it never delays the send.
+        let own = line.zip(replay.as_ref()).map(|(l, r)| {
+            let at = r.trace.entries[l].at_us;
+            (r.request(l), at)
+        });
         let mut due = std_start + shift + offset;
         loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
@@ -412,6 +525,10 @@ fn pace(
         last = scheduled_at;
         let seq = first_seq + i as u64;
         ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        let own = own.map(|(req, at)| {
+            ctx.progress.trace_position_us.store(at, Ordering::Relaxed);
+            req
+        });
         if ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
             let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
             rec.outcome = Err(ErrorKind::Dropped);
@@ -419,24 +536,112 @@ fn pace(
             ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
             lock(&ctx.stats).record(&rec);
             ctx.observer
-                .request_done(&spec, ctx.start.into_std(), &rec, None);
+                .request_done(spec, ctx.start.into_std(), &rec, None);
             continue;
         }
         let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let task_ctx = ctx.clone();
-        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open).await });
+        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open, own).await });
     }
     (last, false, seen)
+}
+
+/// A closed-loop level: `n` workers (this shard's share of them), each
+/// sending its next request when its previous one ends, until the level's
+/// duration is up. A request is "scheduled" the instant its worker is
+/// free, so schedule lag is ~0 by construction: the server's slowness
+/// shows as fewer sends, which is why capacity is an open-loop question.
+async fn run_workers(
+    ctx: &Arc<TaskCtx>,
+    n: u32,
+    first_seq: u64,
+    shard: Option<crate::plan::schedule::Shard>,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> (Duration, bool, u64) {
+    let (index, count) = shard.map_or((0, 1), |s| (s.index as u64, s.count as u64));
+    let workers = workers_of(n, shard);
+    let next = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
+    let limit = ctx.spec.limit.map(|l| l.div_ceil(count));
+    tokio::time::sleep_until(ctx.start).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (ctx, next, last) = (ctx.clone(), next.clone(), last.clone());
+        let (stop, cancel) = (stop.clone(), cancel.clone());
+        set.spawn(async move {
+            loop {
+                if stop.is_cancelled() || cancel.is_cancelled() {
+                    return true;
+                }
+                if ctx.progress.paused.load(Ordering::Acquire) {
+                    let t0 = Instant::now();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    ctx.progress
+                        .paused_ns
+                        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                let at = Instant::now() - ctx.start;
+                if ctx.spec.duration.is_some_and(|d| at >= d) {
+                    return false;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if limit.is_some_and(|l| k >= l) {
+                    return false;
+                }
+                last.fetch_max(at.as_nanos() as u64, Ordering::Relaxed);
+                let seq = first_seq + k * count + index;
+                ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+                let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                request_task(ctx.clone(), seq, at, open, None).await;
+            }
+        });
+    }
+    let mut interrupted = false;
+    while let Some(r) = set.join_next().await {
+        interrupted |= r.unwrap_or(true);
+    }
+    let sent = next.load(Ordering::Relaxed);
+    (
+        Duration::from_nanos(last.load(Ordering::Relaxed)),
+        interrupted,
+        sent.saturating_mul(count),
+    )
+}
+
+/// The workers shard `I/N` runs of a level of `n`: `n / N`, plus one for
+/// the first `n mod N` shards, so the shards' workers sum to `n`.
+pub fn workers_of(n: u32, shard: Option<crate::plan::schedule::Shard>) -> u32 {
+    match shard {
+        None => n,
+        Some(s) => n / s.count + u32::from(s.index < n % s.count),
+    }
 }
 
 /// One request, from spawn to books. Whatever happens inside (a panic in
 /// the client or an observer included), the request is counted exactly
 /// once and `in_flight` goes down, so the level ends on time.
-async fn request_task(ctx: Arc<TaskCtx>, seq: u64, scheduled_at: Duration, open: usize) {
+async fn request_task(
+    ctx: Arc<TaskCtx>,
+    seq: u64,
+    scheduled_at: Duration,
+    open: usize,
+    own: Option<PreparedRequest>,
+) {
     let _in_flight = InFlight(&ctx);
     let mut counted = false;
-    let run =
-        std::panic::AssertUnwindSafe(run_request(&ctx, seq, scheduled_at, open, &mut counted));
+    let run = std::panic::AssertUnwindSafe(run_request(
+        &ctx,
+        seq,
+        scheduled_at,
+        open,
+        own,
+        &mut counted,
+    ));
     if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
         report_panic(&*panic);
         if !counted {
@@ -459,9 +664,13 @@ async fn run_request(
     seq: u64,
     scheduled_at: Duration,
     open: usize,
+    own: Option<PreparedRequest>,
     counted: &mut bool,
 ) {
-    let req = &ctx.requests[(seq % ctx.requests.len() as u64) as usize];
+    let req = match &own {
+        Some(r) => r,
+        None => &ctx.requests[(seq % ctx.requests.len() as u64) as usize],
+    };
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
     rec.in_flight_at_send = open.min(u32::MAX as usize) as u32;
     rec.client_input_tokens = req.input_tokens;
@@ -471,6 +680,29 @@ async fn run_request(
     if inject_panic(seq) {
         panic!("injected panic (LLMLOAD_INJECT_PANIC) in request {seq}");
     }
+    // A queueing cap: wait for a slot; the wait is the client's queue,
+    // and latency still counts from the planned instant.
+    let _slot = match &ctx.gate {
+        None => None,
+        Some(gate) => {
+            let slot = tokio::select! {
+                s = gate.clone().acquire_owned() => s.ok(),
+                _ = ctx.cancel.cancelled() => None,
+            };
+            let waited = (Instant::now() - ctx.start).saturating_sub(scheduled_at);
+            rec.client_queue = Some(waited);
+            if slot.is_none() {
+                rec.sent_at = scheduled_at + waited;
+                rec.done_at = rec.sent_at;
+                rec.outcome = Err(ErrorKind::Cancelled);
+                count(ctx, &rec);
+                *counted = true;
+                ctx.observer.request_done(&ctx.spec, base, &rec, hook);
+                return;
+            }
+            slot
+        }
+    };
     tokio::select! {
         _ = ctx.client.send(req.body.clone(), &mut rec, ctx.start, header) => {}
         _ = ctx.cancel.cancelled() => {
@@ -652,13 +884,13 @@ pub(crate) mod tests {
     }
 
     fn spec(qps: f64, secs: f64) -> LevelSpec {
-        LevelSpec {
-            index: 0,
+        LevelSpec::flat(
+            0,
             qps,
-            duration: Some(Duration::from_secs_f64(secs)),
-            arrival: Arrival::Constant,
-            seed: 0,
-        }
+            Some(Duration::from_secs_f64(secs)),
+            Arrival::Constant,
+            0,
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

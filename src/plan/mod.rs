@@ -2,6 +2,9 @@
 //! settings, the arrival schedules, and the prompts a run sends to a
 //! target (read or generated, then counted).
 
+pub mod load;
+pub mod profile;
 pub mod prompts;
+pub mod replay;
 pub mod schedule;
 pub mod target;

@@ -10,6 +10,36 @@ use crate::workload::tokenizer::Tokenizer;
 use crate::workload::{Api, Format, LengthStats, Source, Workload};
 use std::path::Path;
 
+/// A trace replay of `path`: the trace read (errors name the file, the
+/// line and the field), its prompts made with the tokenizer's one-token
+/// words when there is one, and `ignore_eos` on so that every request
+/// generates its trace length.
+pub fn load_trace(
+    path: &Path,
+    format: Option<crate::workload::trace::TraceFormat>,
+    tokenizer: Option<&Path>,
+    seed: u64,
+    target: &Target,
+    options: crate::plan::replay::ReplayOptions,
+) -> Result<crate::plan::replay::Replay, String> {
+    let trace = crate::workload::files::load_trace(path, format)?;
+    let words = match tokenizer {
+        Some(p) => {
+            let tok = Tokenizer::load(p).map_err(|e| format!("--tokenizer {e}"))?;
+            Some(crate::workload::synthetic::usable_words(&tok))
+        }
+        None => None,
+    };
+    let mut params = target.body_params();
+    params.ignore_eos = true;
+    crate::plan::replay::Replay::new(
+        std::sync::Arc::new(trace),
+        options,
+        crate::workload::trace::TracePrompts::new(words, seed),
+        params,
+    )
+}
+
 /// A run's prepared requests and what they are.
 pub struct Prompts {
     pub requests: Vec<PreparedRequest>,

@@ -6,6 +6,7 @@
 //! shows up as latency instead of silently lowering the load (coordinated
 //! omission). This module is pure: it yields offsets from the level start.
 
+use crate::plan::profile::Profile;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
@@ -103,6 +104,10 @@ pub struct Schedule {
     /// Poisson-exact: every offset, sorted, in seconds.
     fixed: Vec<f64>,
     rng: StdRng,
+    /// A rate that changes: offsets are Λ⁻¹ of a flat schedule's counts
+    /// (see [`crate::plan::profile`]); `None` for a flat rate, whose
+    /// arithmetic stays the exact `index / qps`.
+    curve: Option<Profile>,
 }
 
 impl Schedule {
@@ -117,6 +122,7 @@ impl Schedule {
             next_poisson: 0.0,
             fixed: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
+            curve: None,
         };
         match (arrival, window) {
             (Arrival::PoissonExact, Some(w)) => {
@@ -138,6 +144,46 @@ impl Schedule {
         s
     }
 
+    /// A schedule whose rate follows `curve`. A flat curve is the plain
+    /// schedule at its rate, draw for draw.
+    pub fn with_curve(
+        curve: &Profile,
+        window: Option<Duration>,
+        arrival: Arrival,
+        seed: u64,
+    ) -> Self {
+        if curve.is_flat() {
+            return Self::new(curve.rate_at(0.0), window, arrival, seed);
+        }
+        let mut s = Self {
+            qps: 1.0,
+            window,
+            arrival,
+            index: 0,
+            next_poisson: 0.0,
+            fixed: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            curve: Some(curve.clone()),
+        };
+        // In "count space" every schedule is the unit-rate one.
+        match (arrival, window) {
+            (Arrival::PoissonExact, Some(w)) => {
+                use rand::RngExt;
+                let total = curve.cumulative(w.as_secs_f64());
+                let n = total.round().max(1.0) as usize;
+                let mut v: Vec<f64> = (0..n).map(|_| s.rng.random::<f64>() * total).collect();
+                v.sort_by(f64::total_cmp);
+                s.fixed = v;
+            }
+            (Arrival::PoissonExact, None) | (Arrival::Poisson, _) => {
+                s.arrival = Arrival::Poisson;
+                s.next_poisson = s.draw_gap();
+            }
+            (Arrival::Constant, _) => {}
+        }
+        s
+    }
+
     /// The number of requests a constant schedule plans: `ceil(qps × window)`.
     /// `--qps 0.1 --duration 10` plans exactly one.
     pub fn constant_count(qps: f64, window: Duration) -> u64 {
@@ -153,10 +199,36 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The next offset of a curved schedule: the instant its count is due.
+    fn next_curved(&mut self, curve: &Profile) -> Option<Duration> {
+        let n = match self.arrival {
+            Arrival::Constant => self.index as f64,
+            Arrival::PoissonExact => *self.fixed.get(self.index as usize)?,
+            Arrival::Poisson => {
+                let n = self.next_poisson;
+                self.next_poisson += self.draw_gap();
+                n
+            }
+        };
+        let at = curve.time_of(n)?;
+        if self.window.is_some_and(|w| at >= w.as_secs_f64()) {
+            return None;
+        }
+        self.index += 1;
+        Some(Duration::from_secs_f64(at))
+    }
+}
+
 impl Iterator for Schedule {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if let Some(curve) = self.curve.take() {
+            let at = self.next_curved(&curve);
+            self.curve = Some(curve);
+            return at;
+        }
         let at = match self.arrival {
             Arrival::Constant => {
                 if let Some(w) = self.window
@@ -302,6 +374,47 @@ mod tests {
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
         let cv = var.sqrt() / mean;
         assert!((0.9..1.1).contains(&cv), "cv {cv}");
+    }
+
+    #[test]
+    fn a_ramp_schedule_follows_its_rate() {
+        let w = ms(60_000);
+        let curve = Profile::ramp(10.0, 100.0, w).unwrap();
+        // Constant gaps: exactly Λ(60 s) = 3300 sends, each due at Λ⁻¹(k),
+        // so a 10 s window anywhere holds the curve's integral over it.
+        let c: Vec<f64> = Schedule::with_curve(&curve, Some(w), Arrival::Constant, 0)
+            .map(|d| d.as_secs_f64())
+            .collect();
+        assert_eq!(c.len(), 3300);
+        assert!(c.windows(2).all(|p| p[0] < p[1]));
+        let first_10s = c.iter().filter(|&&t| t < 10.0).count() as f64;
+        let last_10s = c.iter().filter(|&&t| t >= 50.0).count() as f64;
+        assert!(
+            (first_10s - curve.cumulative(10.0)).abs() <= 1.0,
+            "{first_10s}"
+        );
+        let want = curve.cumulative(60.0) - curve.cumulative(50.0);
+        assert!((last_10s - want).abs() <= 1.0, "{last_10s} vs {want}");
+        // Poisson: seeded, the same count within 4 sd, and exact with
+        // poisson-exact.
+        let a: Vec<_> = Schedule::with_curve(&curve, Some(w), Arrival::Poisson, 4).collect();
+        let b: Vec<_> = Schedule::with_curve(&curve, Some(w), Arrival::Poisson, 4).collect();
+        assert_eq!(a, b);
+        assert!(
+            (a.len() as f64 - 3300.0).abs() < 4.0 * 3300f64.sqrt(),
+            "{}",
+            a.len()
+        );
+        let late = a.iter().filter(|d| d.as_secs_f64() >= 50.0).count() as f64;
+        assert!((late - want).abs() < 4.0 * want.sqrt(), "{late}");
+        let e: Vec<_> = Schedule::with_curve(&curve, Some(w), Arrival::PoissonExact, 4).collect();
+        assert_eq!(e.len(), 3300);
+        assert!(e.windows(2).all(|p| p[0] <= p[1]) && e.iter().all(|&t| t < w));
+        // A flat curve is the flat schedule, draw for draw.
+        let flat: Vec<_> =
+            Schedule::with_curve(&Profile::flat(7.0), Some(w), Arrival::Poisson, 2).collect();
+        let plain: Vec<_> = Schedule::new(7.0, Some(w), Arrival::Poisson, 2).collect();
+        assert_eq!(flat, plain);
     }
 
     #[test]

@@ -98,6 +98,44 @@ pub struct Metadata {
     /// What was sent: format, API, tokenizer, lengths, seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<crate::workload::Workload>,
+    /// `qps` (open-loop rates, the default), `concurrency` (closed loop)
+    /// or `trace` (a replay).
+    #[serde(default = "qps_mode")]
+    pub load: String,
+    /// Concurrency sweeps: the users of each level (`qps_levels` is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency_levels: Vec<u32>,
+    /// Levels given as ramps, as written (`10..100`); `qps_levels` holds
+    /// their means.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qps_ramps: Vec<String>,
+    /// `--max-concurrency`: sends beyond this many open requests waited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// A trace replay: what the slice held, its speed and prefix reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::plan::replay::ReplaySummary>,
+    /// The trace file as the user named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_file: Option<String>,
+    /// Requests sent before the first level and left out of every figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupReport>,
+}
+
+fn qps_mode() -> String {
+    "qps".into()
+}
+
+/// What the warm-up did: it is in no statistic, so it is said here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmupReport {
+    /// As asked: `30s` or `200` (requests).
+    pub asked: String,
+    pub requests: u64,
+    pub succeeded: u64,
+    pub errors: u64,
+    pub duration_s: f64,
 }
 
 fn yes() -> bool {
@@ -168,6 +206,13 @@ impl Metadata {
             start_at: None,
             merged_from: Vec::new(),
             workload: None,
+            load: qps_mode(),
+            concurrency_levels: Vec::new(),
+            qps_ramps: Vec::new(),
+            max_concurrency: None,
+            trace: None,
+            trace_file: None,
+            warmup: None,
         }
     }
 }

@@ -17,8 +17,10 @@ pub fn render_table(levels: &[LevelResult], percentiles: &[f64]) -> String {
     let rule = "=".repeat(80);
     let _ = writeln!(out, "{rule}\nQPS BENCHMARK RESULTS\n{rule}");
 
+    // A concurrency sweep's levels are users, and its first column says so.
+    let closed = !levels.is_empty() && levels.iter().all(|l| l.concurrency.is_some());
     let mut header = vec![
-        format!("{:<12}", "QPS Target"),
+        format!("{:<12}", if closed { "Concurrency" } else { "QPS Target" }),
         format!("{:<12}", "Actual QPS"),
         format!("{:<10}", "Success%"),
     ];
@@ -33,8 +35,13 @@ pub fn render_table(levels: &[LevelResult], percentiles: &[f64]) -> String {
     let _ = writeln!(out, "{}", header.join(" "));
 
     for l in levels {
+        let first = match (l.concurrency, l.qps_ramp) {
+            (Some(n), _) => format!("{n:<12}"),
+            (None, Some([a, b])) => format!("{:<12}", format!("{}..{}", fmt_qps(a), fmt_qps(b))),
+            (None, None) => format!("{:<12.1}", l.qps_target),
+        };
         let mut row = vec![
-            format!("{:<12.1}", l.qps_target),
+            first,
             format!("{:<12.2}", l.actual_qps),
             format!("{:<10.1}", l.success_rate),
         ];
@@ -51,12 +58,69 @@ pub fn render_table(levels: &[LevelResult], percentiles: &[f64]) -> String {
 
     for l in levels.iter().filter(|l| !l.errors.is_empty()) {
         let total: u64 = l.errors.values().sum();
-        let _ = writeln!(out, "\nQPS {:.1} - Errors ({total} total):", l.qps_target);
+        match l.concurrency {
+            Some(n) => {
+                let _ = writeln!(out, "\nConcurrency {n} - Errors ({total} total):");
+            }
+            None => {
+                let _ = writeln!(out, "\nQPS {:.1} - Errors ({total} total):", l.qps_target);
+            }
+        }
         let mut errs: Vec<_> = l.errors.iter().collect();
         errs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (k, v) in errs {
             let _ = writeln!(out, "  - {k}: {v} occurrences");
         }
+    }
+    out
+}
+
+/// A concurrency sweep's analysis: its knee and the users to run at.
+pub fn render_concurrency(
+    levels: &[LevelResult],
+    a: &crate::analysis::knee::ConcurrencyAnalysis,
+    partial: bool,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nCONCURRENCY ANALYSIS");
+    let opt = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "  Knee:                   {:<8} {}",
+        opt(a.knee),
+        a.knee_reason
+    );
+    let _ = writeln!(
+        out,
+        "  Peak throughput:        {:<8} tokens/s at {} users",
+        crate::analysis::saturation::fmt_qps(a.peak_tokens_per_sec),
+        opt(a.peak_at)
+    );
+    let _ = writeln!(
+        out,
+        "  Recommended users:      {:<8} {}",
+        opt(a.recommended_concurrency),
+        a.recommendation
+    );
+    let _ = writeln!(
+        out,
+        "  NOTE: a closed loop sends less when the server slows down, so its latencies hide that \
+         delay (coordinated omission); use open-loop --qps levels or `llmload capacity` for a \
+         rate to hold under an SLO"
+    );
+    for l in levels.iter().filter(|l| l.client_bound) {
+        let _ = writeln!(
+            out,
+            "  WARNING: {} was client-bound ({}): the load generator, not the endpoint, limited this level",
+            l.describe(),
+            l.client_bound_reason
+        );
+    }
+    if partial {
+        let _ = writeln!(
+            out,
+            "  PARTIAL RUN: stopped before every level finished; results hold the levels measured"
+        );
     }
     out
 }
@@ -256,6 +320,30 @@ pub fn render_capacity(c: &CapacitySummary) -> String {
 /// With a tokenizer: how the server's prompt token counts compare with
 /// ours, when they differ (a chat template adds tokens; a different
 /// tokenizer counts differently).
+/// With `--max-concurrency`: how long sends waited for a slot, per level
+/// (the wait is inside TTFT and E2E, which count from the planned send).
+pub fn render_queue(levels: &[LevelResult]) -> Option<String> {
+    let queued: Vec<&LevelResult> = levels.iter().filter(|l| l.client_queue.is_some()).collect();
+    if queued.is_empty() {
+        return None;
+    }
+    let mut out =
+        String::from("\nCLIENT QUEUE (--max-concurrency: waits for a slot, inside TTFT and E2E)\n");
+    for l in queued {
+        let q = l.client_queue.as_ref().expect("filtered");
+        let _ = writeln!(
+            out,
+            "  {}: p50 {:.3}s  p95 {:.3}s  p99 {:.3}s  max {:.3}s",
+            l.describe(),
+            q.p50,
+            q.p95,
+            q.p99,
+            q.max
+        );
+    }
+    Some(out)
+}
+
 pub fn render_input_check(levels: &[LevelResult]) -> Option<String> {
     let counted: u64 = levels.iter().map(|l| l.tokens.input_counted).sum();
     let mismatch: u64 = levels.iter().map(|l| l.tokens.input_mismatch).sum();

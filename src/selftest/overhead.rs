@@ -118,6 +118,9 @@ pub(super) async fn overheads(
                     duration: Some(dur),
                     arrival: Arrival::Constant,
                     seed: 0,
+                    load: Default::default(),
+                    limit: None,
+                    max_concurrency: None,
                 };
                 if let (Some(t), Some(s)) = (tel, &span) {
                     t.level_started(s, &spec);
@@ -201,6 +204,9 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
         duration: None,
         arrival: Arrival::Constant,
         seed: 0,
+        load: Default::default(),
+        limit: None,
+        max_concurrency: None,
     };
     let base = std::time::Instant::now();
 

@@ -23,6 +23,37 @@ pub fn load(path: &Path) -> Result<Vec<Conversation>, DatasetError> {
     parse(path, &bytes)
 }
 
+/// Read a trace file line by line (a million lines never sit in memory
+/// as text). Errors name the file, the line and the field.
+pub fn load_trace(
+    path: &Path,
+    format: Option<crate::workload::trace::TraceFormat>,
+) -> Result<crate::workload::trace::Trace, String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("{}: cannot read trace: {e}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut parser = crate::workload::trace::TraceParser::new(format);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: line {}: cannot read: {e}", path.display(), n + 1))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        parser
+            .line(n, &line)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    parser
+        .finish(n)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod files;
 pub mod request;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod trace;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

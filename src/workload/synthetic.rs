@@ -131,7 +131,7 @@ pub fn generate(
 /// Words that are one token after a space, and stay so alone at the start
 /// of a prompt (the first word has no space before it). The built-in
 /// words first, then the tokenizer's own.
-fn usable_words(t: &dyn TokenCount) -> Vec<String> {
+pub fn usable_words(t: &dyn TokenCount) -> Vec<String> {
     let mut out: Vec<String> = WORDS
         .iter()
         .map(|w| w.to_string())

@@ -44,10 +44,11 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         seed: args.common.seed,
     };
     let a = &args.common;
+    let dataset = a.require_dataset()?;
     let session = Session::start(a, &[args.min_qps, args.max_qps], None).await?;
     let mut meta = Metadata::new(&RunInfo {
         target: &session.target,
-        dataset: &a.dataset.display().to_string(),
+        dataset: &dataset.display().to_string(),
         qps: &[],
         duration: Some(args.probe_duration),
         arrival: args.arrival,
@@ -58,7 +59,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         job: None,
         kind: "capacity",
     });
-    meta.workload = Some(session.workload.clone());
+    meta.workload = session.workload.clone();
     let outputs = Outputs {
         dir: session.dir.clone(),
         results_file: results::DEFAULT_RESULTS_FILE.into(),

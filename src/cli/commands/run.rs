@@ -8,6 +8,7 @@ use crate::cli::RunArgs;
 use crate::cli::progress::ConsoleHooks;
 use crate::engine::runner::{self, Outputs, RunStatus, RunWriter, SweepPlan};
 use crate::observe::metrics::{JobMetrics, Metrics, MetricsObserver};
+use crate::plan::load::Levels;
 use crate::plan::schedule::Shard;
 use crate::results::table;
 use crate::results::{self, Metadata, RunInfo};
@@ -48,8 +49,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             })
         }
     };
-    let mut session = Session::start(a, &args.qps, stamp.as_deref()).await?;
+    if args.trace.is_none() {
+        a.require_dataset()?;
+    } else if a.dataset.is_some() {
+        crate::errln!("note: --dataset is not used with --trace: the prompts come from the trace");
+    }
+    let nominal: Vec<f64> = match &args.concurrency {
+        Some(_) => Vec::new(),
+        None => args.qps.iter().map(|r| r.mean()).collect(),
+    };
+    let mut session = Session::start(a, &nominal, stamp.as_deref()).await?;
     session.engine.shard = shard;
+    let levels = match (&args.trace, &args.concurrency) {
+        (Some(path), _) => {
+            let options = crate::plan::replay::ReplayOptions {
+                speed: args.trace_speed,
+                start: args.trace_start,
+                duration: args.trace_duration,
+                looping: args.trace_loop,
+            };
+            let replay = crate::plan::prompts::load_trace(
+                path,
+                args.trace_format,
+                a.tokenizer.as_deref(),
+                a.seed,
+                &session.target,
+                options,
+            )
+            .map_err(UsageError::new)?;
+            Levels::Trace(Arc::new(replay))
+        }
+        (None, Some(c)) => Levels::Concurrency(c.clone()),
+        (None, None) => Levels::Rates(args.qps.clone()),
+    };
+    let nominal = levels.nominal_qps();
     // The shards of one run share its id: the directory name without the
     // shard suffix.
     let run_id = match session.dir.id.split_once(".shard-") {
@@ -58,8 +91,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let mut meta = Metadata::new(&RunInfo {
         target: &session.target,
-        dataset: &a.dataset.display().to_string(),
-        qps: &args.qps,
+        dataset: &a
+            .dataset
+            .as_ref()
+            .map_or_else(|| "trace".to_string(), |d| d.display().to_string()),
+        qps: &nominal,
         duration: Some(args.duration),
         arrival: args.arrival,
         seed: a.seed,
@@ -70,18 +106,70 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         kind: "sweep",
     });
     meta.shard = shard;
-    meta.workload = Some(session.workload.clone());
+    meta.workload = session.workload.clone();
+    meta.load = levels.mode().to_string();
+    match &levels {
+        Levels::Concurrency(c) => meta.concurrency_levels = c.clone(),
+        Levels::Rates(r) if r.iter().any(|l| l.is_ramp()) => {
+            meta.qps_ramps = r.iter().map(|l| l.to_string()).collect()
+        }
+        Levels::Trace(r) => {
+            meta.trace = Some(r.summary());
+            meta.trace_file = args.trace.as_ref().map(|p| p.display().to_string());
+            if r.options.looping {
+                meta.duration = serde_json::Value::from(args.duration.as_secs_f64());
+            } else {
+                meta.duration = serde_json::Value::from(r.pass().as_secs_f64());
+            }
+        }
+        Levels::Rates(_) => {}
+    }
+    meta.max_concurrency = args.max_concurrency;
     meta.start_at = args
         .start_at
         .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
     let plan = SweepPlan {
-        levels: args.qps.clone(),
+        levels,
         duration: args.duration,
         arrival: args.arrival,
         seed: a.seed,
         slo,
         timeline: args.start_at.map(|t| (t, args.level_gap)),
+        max_concurrency: args.max_concurrency,
+        warmup: args.warmup,
+        series_step: args.series_interval,
     };
+    if let Levels::Trace(r) = &plan.levels {
+        let s = r.summary();
+        crate::errln!(
+            "trace: {} requests over {:.1}s ({} req/s mean, input {:.0} / output {:.0} tokens mean{}){}",
+            s.requests,
+            s.pass_s,
+            crate::analysis::saturation::fmt_qps(s.mean_qps),
+            s.input_tokens_mean,
+            s.output_tokens_mean,
+            s.prefix_reuse
+                .map(|p| format!(", {:.1}% of input tokens in blocks seen before", p * 100.0))
+                .unwrap_or_default(),
+            if r.options.looping { ", looping" } else { "" }
+        );
+    }
+    if let (Levels::Concurrency(c), Some(s)) = (&plan.levels, shard) {
+        crate::errln!(
+            "shard {}/{}: runs {} of each level's users ({})",
+            s.index,
+            s.count,
+            if c.iter().all(|n| n % s.count == 0) {
+                "1/N"
+            } else {
+                "its share"
+            },
+            c.iter()
+                .map(|n| crate::engine::sweep::workers_of(*n, Some(s)).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let live = match args.metrics_listen {
         Some(addr) => Some(
             LiveMetrics::serve(
@@ -126,10 +214,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(stop.clone(), cancel.clone()));
+    let length = match &plan.levels {
+        Levels::Trace(r) if !r.options.looping => crate::base::duration::format(r.pass()),
+        _ => crate::base::duration::format(plan.duration),
+    };
     crate::errln!(
-        "llmload: {} level(s) x {} against {} -> {}",
+        "llmload: {} {} x {length} against {} -> {}",
         plan.levels.len(),
-        crate::base::duration::format(plan.duration),
+        match &plan.levels {
+            Levels::Concurrency(_) => "concurrency level(s)",
+            Levels::Trace(_) => "trace replay",
+            Levels::Rates(_) => "level(s)",
+        },
         results::redact_url(session.target.endpoint()),
         session.dir.path.display()
     );
@@ -148,14 +244,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         "\n{}",
         table::render_table(&report.levels, &args.percentiles)
     );
-    crate::out!(
-        "{}",
-        table::render_analysis(
-            &report.levels,
-            &report.summary.analysis,
-            report.status == RunStatus::Partial
-        )
-    );
+    let partial = report.status == RunStatus::Partial;
+    match &report.summary.concurrency {
+        Some(c) => crate::out!("{}", table::render_concurrency(&report.levels, c, partial)),
+        None => crate::out!(
+            "{}",
+            table::render_analysis(&report.levels, &report.summary.analysis, partial)
+        ),
+    }
+    if let Some(q) = table::render_queue(&report.levels) {
+        crate::out!("{q}");
+    }
     if let Some(slo) = &plan.slo {
         crate::out!("{}", table::render_slo(&report.levels, slo));
     }
@@ -330,6 +429,10 @@ struct LiveHooks<'a> {
 }
 
 impl runner::SweepHooks for LiveHooks<'_> {
+    fn warmed_up(&self, w: &crate::results::WarmupReport) {
+        self.console.warmed_up(w);
+    }
+
     fn level_started(
         &self,
         spec: &crate::engine::sweep::LevelSpec,

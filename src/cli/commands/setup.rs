@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 pub struct Session {
     pub target: Target,
-    /// What the run sends, for `metadata.json`.
-    pub workload: crate::workload::Workload,
+    /// What the run sends, for `metadata.json` (none for a trace replay,
+    /// whose prompts come from the trace).
+    pub workload: Option<crate::workload::Workload>,
     pub engine: Engine,
     pub dir: RunDir,
     pub now: chrono::DateTime<chrono::Local>,
@@ -39,14 +40,17 @@ impl Session {
             return Err(UsageError::new(problems.join("; ")).into());
         }
         warn_about_flags(a);
-        let prompts = crate::plan::prompts::load(
-            &a.dataset.to_string_lossy(),
-            a.dataset_format,
-            a.tokenizer.as_deref(),
-            a.seed,
-            &target,
-        )?;
-        for n in &prompts.notices {
+        let prompts = match &a.dataset {
+            Some(d) => Some(crate::plan::prompts::load(
+                &d.to_string_lossy(),
+                a.dataset_format,
+                a.tokenizer.as_deref(),
+                a.seed,
+                &target,
+            )?),
+            None => None,
+        };
+        for n in prompts.iter().flat_map(|p| &p.notices) {
             crate::errln!("note: {n}");
         }
 
@@ -84,8 +88,10 @@ impl Session {
                 .build_client(telemetry.is_some())
                 .map_err(|e| UsageError::new(e.to_string()))?,
         );
-        let requests = Arc::new(prompts.requests);
-        let workload = prompts.workload;
+        let (requests, workload) = match prompts {
+            Some(p) => (Arc::new(p.requests), Some(p.workload)),
+            None => (Arc::new(Vec::new()), None),
+        };
 
         let now = chrono::Local::now();
         let stamp = stamp
