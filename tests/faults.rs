@@ -85,6 +85,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
             send_window: dur,
             drain: out.timing.drain,
             client: None,
+            ..Default::default()
         },
     );
     assert_eq!(r.sent, r.succeeded + r.failed, "books balance");

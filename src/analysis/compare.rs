@@ -635,6 +635,7 @@ mod tests {
                 send_window: Duration::from_secs(10),
                 drain: Duration::ZERO,
                 client: None,
+                ..Default::default()
             },
         )
     }

@@ -172,6 +172,9 @@ pub struct LevelResult {
     /// 0 then, and `actual_qps` is what those users managed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// A trace replay's level (`qps_target` is the trace's mean rate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
     /// A level whose rate changed: `[start, end]` requests/s
     /// (`qps_target` is the mean over the level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +194,9 @@ impl LevelResult {
     /// `QPS 5`, `QPS 10..100`, `concurrency 16`: the level in a line.
     pub fn describe(&self) -> String {
         let f = crate::analysis::saturation::fmt_qps;
+        if self.trace {
+            return format!("trace ({} QPS mean)", f(self.qps_target));
+        }
         match (self.concurrency, self.qps_ramp) {
             (Some(n), _) => format!("concurrency {n}"),
             (None, Some([a, b])) => format!("QPS {}..{}", f(a), f(b)),
@@ -227,6 +233,8 @@ pub struct LevelTiming {
     pub qps_target: f64,
     /// A closed-loop level's users.
     pub concurrency: Option<u32>,
+    /// A trace replay.
+    pub trace: bool,
     /// A level whose rate changed: its start and end rates.
     pub qps_ramp: Option<[f64; 2]>,
     pub duration: Duration,
@@ -443,6 +451,7 @@ impl LevelResult {
             probe: None,
             server: None,
             concurrency: t.concurrency,
+            trace: t.trace,
             qps_ramp: t.qps_ramp,
             client_queue: (s.client_queue.len() > 0)
                 .then(|| Dist::from_histogram(&s.client_queue, 1e-6, 6)),
@@ -521,6 +530,7 @@ mod tests {
             send_window: Duration::from_secs(secs),
             drain: Duration::from_secs(1),
             client: None,
+            ..Default::default()
         }
     }
 

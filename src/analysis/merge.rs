@@ -240,6 +240,7 @@ pub fn merge_level(
             .concurrency
             .map(|_| levels.iter().filter_map(|l| l.concurrency).sum()),
         qps_ramp: first.qps_ramp,
+        trace: first.trace,
         client_queue: queue.as_ref().map(|q| Dist::from_histogram(q, 1e-6, 6)),
         timeseries: crate::analysis::series::merge_points(
             &levels
@@ -312,6 +313,7 @@ mod tests {
                 send_window: Duration::from_secs(10),
                 drain: Duration::from_millis(500),
                 client: None,
+                ..Default::default()
             },
         )
     }

@@ -104,7 +104,8 @@ impl SweepPlan {
                 } else {
                     r.window()
                 };
-                let mut s = LevelSpec::flat(index, r.mean_qps(), window, self.arrival, seed);
+                let qps = crate::analysis::stats::round(r.mean_qps(), 3);
+                let mut s = LevelSpec::flat(index, qps, window, self.arrival, seed);
                 s.load = Load::Trace(r.clone());
                 open(s)
             }

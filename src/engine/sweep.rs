@@ -370,6 +370,7 @@ impl Engine {
             timing: LevelTiming {
                 qps_target: spec.qps,
                 concurrency: spec.load.concurrency().map(|n| workers_of(n, self.shard)),
+                trace: matches!(spec.load, Load::Trace(_)),
                 qps_ramp: match &spec.load {
                     Load::Curve(c) => Some([
                         c.rate_at(0.0),

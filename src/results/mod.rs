@@ -13,6 +13,7 @@
 
 pub mod plot;
 pub mod table;
+pub mod timeline;
 pub mod writer;
 
 use crate::analysis::level::LevelResult;

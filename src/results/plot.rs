@@ -31,7 +31,7 @@ fn tick(v: &f64) -> String {
 
 static FONTS: Once = Once::new();
 
-fn register_fonts() {
+pub(crate) fn register_fonts() {
     FONTS.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
         let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
@@ -71,7 +71,7 @@ pub fn render(
         message: e.to_string(),
     };
     let mut sorted: Vec<&LevelResult> = levels.iter().collect();
-    sorted.sort_by(|a, b| a.qps_target.total_cmp(&b.qps_target));
+    sorted.sort_by(|a, b| a.load().total_cmp(&b.load()));
 
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -134,8 +134,17 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 /// X range covering all targets, padded so single levels are visible.
 fn x_range(levels: &[&LevelResult]) -> std::ops::Range<f64> {
-    let max = levels.iter().map(|l| l.qps_target).fold(0.0, f64::max);
+    let max = levels.iter().map(|l| l.load()).fold(0.0, f64::max);
     0.0..(max * 1.08).max(1.0)
+}
+
+/// The x-axis: users for a concurrency sweep, the target rate otherwise.
+fn x_name(levels: &[&LevelResult]) -> &'static str {
+    if !levels.is_empty() && levels.iter().all(|l| l.concurrency.is_some()) {
+        "concurrency (users)"
+    } else {
+        "target QPS"
+    }
 }
 
 fn y_max(values: impl Iterator<Item = f64>) -> f64 {
@@ -180,7 +189,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .configure_mesh()
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
-        .x_desc("target QPS")
+        .x_desc(x_name(levels))
         .y_desc("requests/s")
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
@@ -202,7 +211,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
             l.completed_qps
         }),
     ] {
-        let pts: Vec<(f64, f64)> = levels.iter().map(|l| (l.qps_target, get(l))).collect();
+        let pts: Vec<(f64, f64)> = levels.iter().map(|l| (l.load(), get(l))).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
             .label(name)
@@ -215,7 +224,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         let color = RGBColor(148, 103, 189);
         let pts: Vec<(f64, f64)> = levels
             .iter()
-            .map(|l| (l.qps_target, l.goodput.unwrap_or(0.0)))
+            .map(|l| (l.load(), l.goodput.unwrap_or(0.0)))
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))?
@@ -233,7 +242,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
                 _ => RGBColor(214, 39, 40),
             };
             Some(Cross::new(
-                (l.qps_target, l.goodput.unwrap_or(0.0)),
+                (l.load(), l.goodput.unwrap_or(0.0)),
                 12,
                 c.stroke_width(4),
             ))
@@ -243,7 +252,8 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
     // the sent line, and both must still show.
     let ideal: Vec<(f64, f64)> = levels
         .iter()
-        .map(|l| (l.qps_target, l.qps_target))
+        .filter(|l| l.concurrency.is_none())
+        .map(|l| (l.load(), l.qps_target))
         .collect();
     let target_style = BLACK.mix(0.75).stroke_width(3);
     chart
@@ -252,7 +262,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], target_style));
     let succ: Vec<(f64, f64)> = levels
         .iter()
-        .map(|l| (l.qps_target, l.success_rate))
+        .map(|l| (l.load(), l.success_rate))
         .collect();
     chart
         .draw_secondary_series(LineSeries::new(succ.clone(), PCT_COLORS[3].stroke_width(3)))?
@@ -302,7 +312,7 @@ fn draw_percentiles(
         .configure_mesh()
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
-        .x_desc("target QPS")
+        .x_desc(x_name(levels))
         .y_desc(unit)
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
@@ -319,7 +329,7 @@ fn draw_percentiles(
         let pts: Vec<(f64, f64)> = levels
             .iter()
             .filter(|l| get(l).count > 0)
-            .map(|l| (l.qps_target, f(get(l))))
+            .map(|l| (l.load(), f(get(l))))
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?
@@ -399,15 +409,39 @@ fn draw_summary(
     } else if let Some(slo) = &summary.slo {
         lines.push((format!("SLO: {slo}"), 26, true));
     }
-    for (head, value, reason) in [
-        (
-            "Max QPS without errors",
-            a.max_qps_without_errors,
-            &a.max_qps_reason,
-        ),
-        ("Saturation point", a.saturation_qps, &a.saturation_reason),
-        ("Recommended limit", a.recommended_qps, &a.recommendation),
-    ] {
+    if let Some(c) = &summary.concurrency {
+        let users = |v: Option<u32>| v.map_or("-".to_string(), |n| format!("{n} users"));
+        for (head, value, reason) in [
+            ("Knee", c.knee, &c.knee_reason),
+            ("Recommended", c.recommended_concurrency, &c.recommendation),
+        ] {
+            lines.push((format!("{head}: {}", users(value)), 30, true));
+            lines.extend(wrap(reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+        }
+        lines.extend(
+            wrap(
+                "A closed loop sends less when the server slows down (coordinated omission): \
+                 use --qps levels or llmload capacity for a rate to hold.",
+                62,
+            )
+            .into_iter()
+            .map(|l| (l, 22, false)),
+        );
+    }
+    let rows = if summary.concurrency.is_some() {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "Max QPS without errors",
+                a.max_qps_without_errors,
+                &a.max_qps_reason,
+            ),
+            ("Saturation point", a.saturation_qps, &a.saturation_reason),
+            ("Recommended limit", a.recommended_qps, &a.recommendation),
+        ]
+    };
+    for (head, value, reason) in rows {
         // With a capacity answer above, the sweep numbers take a line
         // each: the panel has room for one set of reasons.
         if summary.capacity.is_some() {
@@ -474,7 +508,7 @@ fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .configure_mesh()
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
-        .x_desc("target QPS")
+        .x_desc(x_name(levels))
         .y_desc("requests")
         .label_style((FONT, 24))
         .axis_desc_style((FONT, 26))
@@ -493,7 +527,7 @@ fn draw_errors(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         let color = palette[i % palette.len()];
         let pts: Vec<(f64, f64)> = levels
             .iter()
-            .map(|l| (l.qps_target, l.errors.get(key).copied().unwrap_or(0) as f64))
+            .map(|l| (l.load(), l.errors.get(key).copied().unwrap_or(0) as f64))
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(4)))?

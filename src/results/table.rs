@@ -380,6 +380,7 @@ mod tests {
                 send_window: Duration::from_secs(1),
                 drain: Duration::ZERO,
                 client: None,
+                ..Default::default()
             },
         )
     }

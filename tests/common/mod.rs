@@ -596,13 +596,13 @@ pub async fn run_level(
     let dur = Duration::from_secs_f64(secs);
     let out = engine
         .run_level(
-            LevelSpec {
-                index: 0,
+            LevelSpec::flat(
+                0,
                 qps,
-                duration: Some(dur),
-                arrival: llmload::plan::schedule::Arrival::Constant,
-                seed: 0,
-            },
+                Some(dur),
+                llmload::plan::schedule::Arrival::Constant,
+                0,
+            ),
             &LevelRun::new(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::sync::CancellationToken::new(),
