@@ -76,6 +76,7 @@ async fn search(url: &str, min: f64, max: f64, probe: Duration) -> capacity::Cap
             min_qps: min,
             max_qps: max,
             precision: 0.08,
+            integer: false,
         },
         // The confirmation resolves a few percent of overload (see the
         // stability module): two probes long, as by default.
@@ -88,6 +89,7 @@ async fn search(url: &str, min: f64, max: f64, probe: Duration) -> capacity::Cap
         // those runs.
         arrival: Arrival::Constant,
         seed: 1,
+        concurrency: false,
     };
     let target = llmload::plan::target::Target::new(url, "m");
     let meta = Metadata::new(&RunInfo {

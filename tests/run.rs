@@ -784,7 +784,9 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         observer: records,
     };
     let plan = SweepPlan {
-        levels: llmload::plan::load::Levels::Rates(vec![llmload::plan::profile::RateLevel::flat(10.0)]),
+        levels: llmload::plan::load::Levels::Rates(vec![llmload::plan::profile::RateLevel::flat(
+            10.0,
+        )]),
         max_concurrency: None,
         warmup: None,
         series_step: llmload::analysis::series::DEFAULT_STEP,

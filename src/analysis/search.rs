@@ -22,6 +22,9 @@ pub struct SearchConfig {
     pub max_qps: f64,
     /// Relative width the bracket must shrink to (0.05 = 5 %).
     pub precision: f64,
+    /// Whole numbers only (a concurrency): probes are integers, and a
+    /// bracket of neighbours `[n, n+1]` is as narrow as it gets.
+    pub integer: bool,
 }
 
 /// Confirmations that may fail before the search gives up stepping down.
@@ -115,7 +118,17 @@ impl Search {
     }
 
     fn narrow_enough(&self, lo: f64, hi: f64) -> bool {
-        hi <= lo * (1.0 + self.cfg.precision) + 1e-12
+        hi <= lo * (1.0 + self.cfg.precision) + 1e-12 || (self.cfg.integer && hi - lo <= 1.0)
+    }
+
+    /// A rate as probed: rounded to 3 significant digits, or to a whole
+    /// number for an integer search.
+    fn round(&self, v: f64) -> f64 {
+        if self.cfg.integer {
+            v.round().max(1.0)
+        } else {
+            round3(v)
+        }
     }
 
     pub fn next(&self) -> Next {
@@ -132,9 +145,12 @@ impl Search {
                     self.pass.expect("bisect has a pass"),
                     self.fail.expect("and a fail"),
                 );
-                let mut mid = round3((lo * hi).sqrt());
+                let mut mid = self.round((lo * hi).sqrt());
                 if mid <= lo || mid >= hi {
                     mid = (lo + hi) / 2.0;
+                    if self.cfg.integer {
+                        mid = mid.floor().max(lo + 1.0);
+                    }
                 }
                 Next::Probe {
                     qps: mid,
@@ -162,7 +178,7 @@ impl Search {
                         self.done = Some(Outcome::AboveRange);
                         return;
                     }
-                    self.grow = round3((qps * 2.0).min(self.cfg.max_qps));
+                    self.grow = self.round((qps * 2.0).min(self.cfg.max_qps));
                 } else {
                     self.fail = Some(qps);
                     match self.pass {
@@ -257,6 +273,31 @@ mod tests {
             min_qps: 0.5,
             max_qps: 1000.0,
             precision: 0.05,
+            integer: false,
+        }
+    }
+
+    #[test]
+    fn an_integer_search_probes_whole_numbers_and_ends_on_neighbours() {
+        for c in [1.0, 2.0, 7.0, 12.0, 16.0, 17.0, 100.0, 511.0] {
+            let cfg = SearchConfig {
+                min_qps: 1.0,
+                max_qps: 512.0,
+                precision: 0.05,
+                integer: true,
+            };
+            let (o, probes) = against(c, cfg, true);
+            assert!(probes.iter().all(|(q, _)| q.fract() == 0.0), "{probes:?}");
+            let Outcome::Found { qps, bracket } = o else {
+                panic!("{c}: {o:?} via {probes:?}")
+            };
+            // Exact below 20 (neighbours), within 5 % above.
+            assert!(
+                qps <= c && (qps >= c / 1.05 || c - qps < 1.0),
+                "{c}: {qps} via {probes:?}"
+            );
+            assert!(bracket[1] - bracket[0] <= 1.0 || bracket[1] <= bracket[0] * 1.05 + 1e-9);
+            assert!(probes.len() <= 20, "{c}: {probes:?}");
         }
     }
 

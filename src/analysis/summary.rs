@@ -36,6 +36,10 @@ pub struct CapacitySummary {
     /// `found`, `below_range` (even `min_qps` failed) or `above_range`
     /// (`max_qps` still passed).
     pub outcome: String,
+    /// `capacity --concurrency`: `qps`, the bracket, the range and each
+    /// probe's `qps` are concurrent users, not requests/s.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub concurrency: bool,
     /// Requests/s held under the SLO (the last confirmed pass).
     pub qps: Option<f64>,
     /// `[last pass, first fail]`.

@@ -355,6 +355,17 @@ pub struct CapacityArgs {
     /// Do not draw benchmark_qps.png.
     #[arg(long)]
     pub no_plot: bool,
+    /// Search the most concurrent users (closed loop, a whole number)
+    /// that hold the SLO, between --min-users and --max-users, instead of
+    /// a rate.
+    #[arg(long)]
+    pub concurrency: bool,
+    /// With --concurrency: the fewest users to try.
+    #[arg(long, default_value_t = 1, value_parser = parse_users, requires = "concurrency")]
+    pub min_users: usize,
+    /// With --concurrency: the most users to try.
+    #[arg(long, default_value_t = 512, value_parser = parse_users, requires = "concurrency")]
+    pub max_users: usize,
 }
 
 impl TargetArgs {

@@ -423,6 +423,7 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
                 confirm_duration: c.confirm_duration,
                 arrival: job.arrival,
                 seed: job.seed,
+                concurrency: false,
             };
             let r = crate::engine::capacity::search(
                 &started.engine,

@@ -37,6 +37,8 @@ pub struct CapacityPlan {
     pub confirm_duration: Duration,
     pub arrival: Arrival,
     pub seed: u64,
+    /// Search concurrent users (closed loop) instead of a rate.
+    pub concurrency: bool,
 }
 
 /// Growth probes are this share of the probe duration…
@@ -86,13 +88,18 @@ impl CapacityPlan {
         let mut s = crate::results::summarize(levels, status);
         s.slo = Some(self.slo.slo.to_string());
         s.slo_attainment = Some(self.slo.attainment);
+        let (unit, min_flag, max_flag) = if self.concurrency {
+            ("concurrent users", "--min-users", "--max-users")
+        } else {
+            ("req/s", "--min-qps", "--max-qps")
+        };
         let (name, qps, bracket, message) = match outcome {
             Some(Outcome::Found { qps, bracket }) => (
                 "found",
                 Some(qps),
                 Some(bracket),
                 format!(
-                    "capacity: {} req/s under SLO {} ({}% of requests), bracket [{}, {}]",
+                    "capacity: {} {unit} under SLO {} ({}% of requests), bracket [{}, {}]",
                     crate::analysis::saturation::fmt_qps(qps),
                     self.slo.slo,
                     crate::analysis::saturation::fmt_qps(self.slo.attainment * 100.0),
@@ -105,7 +112,7 @@ impl CapacityPlan {
                 None,
                 None,
                 format!(
-                    "even --min-qps {} misses SLO {}: capacity lies below the range (lower --min-qps, or check the endpoint)",
+                    "even {min_flag} {} misses SLO {}: capacity lies below the range (lower {min_flag}, or check the endpoint)",
                     crate::analysis::saturation::fmt_qps(self.search.min_qps),
                     self.slo.slo
                 ),
@@ -115,7 +122,7 @@ impl CapacityPlan {
                 None,
                 None,
                 format!(
-                    "--max-qps {} still meets SLO {}: capacity lies above the range (raise --max-qps)",
+                    "{max_flag} {} still meets SLO {}: capacity lies above the range (raise {max_flag})",
                     crate::analysis::saturation::fmt_qps(self.search.max_qps),
                     self.slo.slo
                 ),
@@ -127,6 +134,7 @@ impl CapacityPlan {
         };
         s.capacity = Some(CapacitySummary {
             outcome: name.into(),
+            concurrency: self.concurrency,
             qps,
             bracket,
             slo: self.slo.slo.to_string(),
@@ -251,7 +259,7 @@ pub async fn search(
             Next::Probe { qps, phase } => (qps, phase),
         };
         let index = levels.len();
-        let spec = LevelSpec {
+        let mut spec = LevelSpec {
             index,
             qps,
             duration: Some(plan.probe_length(phase)),
@@ -266,13 +274,24 @@ pub async fn search(
             limit: None,
             max_concurrency: None,
         };
-        let planned = planned(&spec);
+        // A closed loop sends as many requests as its users manage: no
+        // count is known ahead, so it runs its length (no early stop).
+        if plan.concurrency {
+            spec.load = crate::plan::load::Load::Concurrency(qps.round().max(1.0) as u32);
+            spec.qps = 0.0;
+        }
+        let planned = if plan.concurrency { 0 } else { planned(&spec) };
+        let allowed_bad = if plan.concurrency {
+            u64::MAX
+        } else {
+            plan.slo.allowed_bad(planned)
+        };
         let run = LevelRun::with_slo(Some(plan.slo.clone()));
         hooks.level_started(&spec, 0, planned, &run);
         let (probe_stop, probe_cancel) = (stop.child_token(), cancel.child_token());
         let watcher = tokio::spawn(watch(
             run.stats.clone(),
-            plan.slo.allowed_bad(planned),
+            allowed_bad,
             probe_stop.clone(),
             probe_cancel.clone(),
         ));

@@ -260,10 +260,7 @@ fn draw_qps(area: &Area, levels: &[&LevelResult]) -> DrawResult {
         .draw_series(DashedLineSeries::new(ideal, 14, 10, target_style))?
         .label("target")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], target_style));
-    let succ: Vec<(f64, f64)> = levels
-        .iter()
-        .map(|l| (l.load(), l.success_rate))
-        .collect();
+    let succ: Vec<(f64, f64)> = levels.iter().map(|l| (l.load(), l.success_rate)).collect();
     chart
         .draw_secondary_series(LineSeries::new(succ.clone(), PCT_COLORS[3].stroke_width(3)))?
         .label("success % (right)")
@@ -416,7 +413,11 @@ fn draw_summary(
             ("Recommended", c.recommended_concurrency, &c.recommendation),
         ] {
             lines.push((format!("{head}: {}", users(value)), 30, true));
-            lines.extend(wrap(reason, 62).into_iter().map(|l| (format!("  {l}"), 24, false)));
+            lines.extend(
+                wrap(reason, 62)
+                    .into_iter()
+                    .map(|l| (format!("  {l}"), 24, false)),
+            );
         }
         lines.extend(
             wrap(

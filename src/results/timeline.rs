@@ -49,7 +49,11 @@ fn tick(v: &f64) -> String {
 }
 
 /// Draw the timeline at `path`.
-pub fn render(path: &Path, levels: &[LevelResult], title: &str) -> Result<(), super::plot::PlotError> {
+pub fn render(
+    path: &Path,
+    levels: &[LevelResult],
+    title: &str,
+) -> Result<(), super::plot::PlotError> {
     super::plot::register_fonts();
     let err = |e: &dyn std::fmt::Display| super::plot::PlotError {
         path: path.display().to_string(),
@@ -93,9 +97,33 @@ pub fn render(path: &Path, levels: &[LevelResult], title: &str) -> Result<(), su
         ("in flight (mean at send)", |p| Some(p.in_flight)),
         ("in flight (max)", |p| Some(p.in_flight_max as f64)),
     ];
-    panel(&panels[0], &pts, xr.clone(), "Target and achieved rate", "requests/s", &rates).map_err(|e| err(&e))?;
-    panel(&panels[1], &pts, xr.clone(), "Latency percentiles per step", "seconds", &latencies).map_err(|e| err(&e))?;
-    panel(&panels[2], &pts, xr, "Errors and requests in flight", "requests", &load).map_err(|e| err(&e))?;
+    panel(
+        &panels[0],
+        &pts,
+        xr.clone(),
+        "Target and achieved rate",
+        "requests/s",
+        &rates,
+    )
+    .map_err(|e| err(&e))?;
+    panel(
+        &panels[1],
+        &pts,
+        xr.clone(),
+        "Latency percentiles per step",
+        "seconds",
+        &latencies,
+    )
+    .map_err(|e| err(&e))?;
+    panel(
+        &panels[2],
+        &pts,
+        xr,
+        "Errors and requests in flight",
+        "requests",
+        &load,
+    )
+    .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -130,7 +158,10 @@ fn panel(
         .draw()?;
     for (i, (name, get)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let series: Vec<(f64, f64)> = pts.iter().filter_map(|(t, p)| get(p).map(|v| (*t, v))).collect();
+        let series: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|(t, p)| get(p).map(|v| (*t, v)))
+            .collect();
         if name.starts_with("target") {
             // Dashed and drawn over the achieved line it usually hides.
             let style = BLACK.mix(0.75).stroke_width(3);
@@ -143,8 +174,14 @@ fn panel(
         chart
             .draw_series(LineSeries::new(series.clone(), color.stroke_width(3)))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3)));
-        chart.draw_series(series.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3))
+            });
+        chart.draw_series(
+            series
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()

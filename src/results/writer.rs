@@ -138,7 +138,10 @@ impl RunWriter {
         }
         // Levels whose rate changed are read over time, beside the grid.
         if crate::results::timeline::has_series(levels) {
-            let path = self.out.dir.file(crate::results::timeline::DEFAULT_TIMELINE_FILE);
+            let path = self
+                .out
+                .dir
+                .file(crate::results::timeline::DEFAULT_TIMELINE_FILE);
             if let Err(e) = crate::results::timeline::render(&path, levels, title) {
                 self.add_error(e.to_string());
             }

@@ -28,16 +28,30 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         ))
         .into());
     }
+    if args.concurrency && args.min_users >= args.max_users {
+        return Err(UsageError::new(format!(
+            "--min-users {} must be below --max-users {}",
+            args.min_users, args.max_users
+        ))
+        .into());
+    }
+    let (min, max) = if args.concurrency {
+        (args.min_users as f64, args.max_users as f64)
+    } else {
+        (args.min_qps, args.max_qps)
+    };
     let plan = CapacityPlan {
         slo: Arc::new(SloTarget {
             slo,
             attainment: args.slo_attainment,
         }),
         search: SearchConfig {
-            min_qps: args.min_qps,
-            max_qps: args.max_qps,
+            min_qps: min,
+            max_qps: max,
             precision: args.precision,
+            integer: args.concurrency,
         },
+        concurrency: args.concurrency,
         probe_duration: args.probe_duration,
         confirm_duration: args.confirm_duration,
         arrival: args.arrival,
@@ -71,18 +85,24 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(stop.clone(), cancel.clone()));
     crate::errln!(
-        "llmload capacity: SLO {} ({}% of requests) against {}, {}..{} req/s, precision {}% -> {}",
+        "llmload capacity: SLO {} ({}% of requests) against {}, {}..{} {}, precision {}% -> {}",
         plan.slo.slo,
         crate::analysis::saturation::fmt_qps(plan.slo.attainment * 100.0),
         results::redact_url(session.target.endpoint()),
-        crate::analysis::saturation::fmt_qps(args.min_qps),
-        crate::analysis::saturation::fmt_qps(args.max_qps),
+        crate::analysis::saturation::fmt_qps(min),
+        crate::analysis::saturation::fmt_qps(max),
+        if args.concurrency {
+            "concurrent users"
+        } else {
+            "req/s"
+        },
         crate::analysis::saturation::fmt_qps(args.precision * 100.0),
         session.dir.path.display()
     );
-    let console = Console(ConsoleHooks::new(
-        session.telemetry.clone().zip(session.sweep_span.clone()),
-    ));
+    let console = Console(
+        ConsoleHooks::new(session.telemetry.clone().zip(session.sweep_span.clone())),
+        args.concurrency,
+    );
     let report = capacity::search(
         &session.engine,
         &plan,
@@ -118,7 +138,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
 }
 
 /// Progress per probe on stderr.
-struct Console(ConsoleHooks);
+struct Console(ConsoleHooks, bool);
 
 impl SweepHooks for Console {
     fn level_started(&self, spec: &LevelSpec, _levels: usize, planned: u64, run: &LevelRun) {
@@ -132,10 +152,14 @@ impl SweepHooks for Console {
 impl CapacityHooks for Console {
     fn probe_finished(&self, p: &ProbeSummary) {
         crate::errln!(
-            "  probe {} ({}) at {} req/s: {}{}{}",
+            "  probe {} ({}) at {}: {}{}{}",
             p.index,
             p.phase,
-            crate::analysis::saturation::fmt_qps(p.qps),
+            if self.1 {
+                format!("{} users", p.qps)
+            } else {
+                format!("{} req/s", crate::analysis::saturation::fmt_qps(p.qps))
+            },
             p.verdict,
             if p.reason.is_empty() {
                 String::new()

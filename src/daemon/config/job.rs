@@ -190,6 +190,7 @@ pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) 
                     min_qps,
                     max_qps,
                     precision,
+                    integer: false,
                 },
                 probe_duration: probe_len("probe_duration", &j.probe_duration, 30),
                 confirm_duration: probe_len("confirm_duration", &j.confirm_duration, 60),
