@@ -194,6 +194,12 @@ impl LlmClient {
         })
     }
 
+    /// Open up to `n` connections ahead of the first request (see
+    /// [`Pool::prewarm`]); how many opened.
+    pub async fn prewarm(&self, n: usize) -> usize {
+        self.pool.prewarm(n).await
+    }
+
     pub fn uri(&self) -> &Uri {
         &self.uri
     }

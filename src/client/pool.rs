@@ -163,6 +163,35 @@ impl Pool {
         }
     }
 
+    /// Open up to `n` connections ahead and keep them idle, so that the
+    /// first burst of a replay does not wait for connects. Returns how many
+    /// opened (stops at the first failure: the requests will report it).
+    /// One is enough for HTTP/2, which shares it.
+    pub async fn prewarm(&self, n: usize) -> usize {
+        let mut opened = Vec::new();
+        for _ in 0..n.min(self.cfg.max_idle.max(1)) {
+            match self.open(Duration::ZERO).await {
+                Ok(l) if l.is_h2() => return opened.len() + 1,
+                Ok(l) => opened.push(l),
+                Err(_) => break,
+            }
+        }
+        let count = opened.len();
+        let expires = Instant::now() + self.cfg.idle_timeout;
+        let mut idle = self.idle.lock().expect("idle lock");
+        for l in opened {
+            if let Sender::H1(tx) = l.sender {
+                idle.push(IdleH1 {
+                    tx,
+                    id: l.id,
+                    served: 0,
+                    expires,
+                });
+            }
+        }
+        count
+    }
+
     /// A connection for one request. `fresh` forces a new connection (the
     /// retry after a stale one).
     pub async fn checkout(&self, fresh: bool) -> Result<Lease, ConnectError> {

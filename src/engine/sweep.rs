@@ -235,6 +235,13 @@ impl Engine {
         cancel: CancellationToken,
         first_seq: u64,
     ) -> LevelOutcome {
+        // A replay's bursts are its timing: open the connections its
+        // largest one needs before the first is due, not during it.
+        if let Load::Trace(r) = &spec.load {
+            let want = r.largest_burst(Duration::from_millis(10)).min(64);
+            let share = self.shard.map_or(want, |s| want.div_ceil(s.count as usize));
+            self.client.prewarm(share).await;
+        }
         let idle = Arc::new(Notify::new());
         let handle = tokio::runtime::Handle::current();
         let usage_at_start = crate::base::usage::Snapshot::now();
@@ -447,33 +454,70 @@ fn pace(
 ) -> (Duration, bool, u64) {
     set_fine_timer_slack();
     let spec = &ctx.spec;
-    let window = spec.duration;
-    let schedule: Box<dyn Iterator<Item = (Duration, Option<usize>)> + '_> = match &spec.load {
-        Load::Curve(c) => Box::new(
-            Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed).map(|d| (d, None)),
-        ),
-        Load::Trace(r) => Box::new(
-            r.arrivals()
-                .take_while(move |(d, _)| window.is_none_or(|w| *d < w))
-                .map(|(d, i)| (d, Some(i))),
-        ),
-        Load::Flat | Load::Concurrency(_) => Box::new(
-            Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed).map(|d| (d, None)),
-        ),
-    };
-    let schedule = schedule.take(spec.limit.map_or(usize::MAX, |l| l as usize));
-    let replay = match &spec.load {
-        Load::Trace(r) => Some(r.clone()),
-        _ => None,
+    let limit = spec.limit.map_or(usize::MAX, |l| l as usize);
+    // Entries of the global schedule gone through, every shard's.
+    let total = Arc::new(AtomicU64::new(0));
+    let owned = move |i: &usize| shard.is_none_or(|s| s.owns(*i as u64));
+    // The sends to make, in order. A replay's prompts are made on their
+    // own thread, up to [`PREPARE_AHEAD`] ahead, so that making one never
+    // delays a send and a burst of lines due at once goes out back to back.
+    let mut upcoming: Box<dyn Iterator<Item = Pending> + '_> = match &spec.load {
+        Load::Trace(r) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(PREPARE_AHEAD);
+            let (r, window, seen) = (r.clone(), spec.duration, total.clone());
+            std::thread::Builder::new()
+                .name("llmload-prompts".into())
+                .spawn(move || {
+                    let lines = r
+                        .arrivals()
+                        .take_while(|(d, _)| window.is_none_or(|w| *d < w))
+                        .take(limit)
+                        .enumerate();
+                    for (i, (offset, line)) in lines {
+                        seen.store(i as u64 + 1, Ordering::Relaxed);
+                        if !owned(&i) {
+                            continue;
+                        }
+                        let ready = Some((r.request(line), r.trace.entries[line].at_us));
+                        // The pacer gone (stopped): nothing more to make.
+                        if tx.send(Pending { i, offset, ready }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning the prompt thread");
+            Box::new(rx.into_iter())
+        }
+        load => {
+            let schedule = match load {
+                Load::Curve(c) => Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed),
+                _ => Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed),
+            };
+            let seen = total.clone();
+            Box::new(
+                schedule
+                    .take(limit)
+                    .enumerate()
+                    .inspect(move |(i, _)| seen.store(*i as u64 + 1, Ordering::Relaxed))
+                    .filter(move |(i, _)| owned(i))
+                    .map(|(i, offset)| Pending {
+                        i,
+                        offset,
+                        ready: None,
+                    }),
+            )
+        }
     };
     let std_start = ctx.start.into_std();
     // Time spent paused pushes the rest of the schedule back.
     let mut shift = Duration::ZERO;
     let mut last = Duration::ZERO;
-    let mut seen = 0u64;
     let mut stall = inject_stall(spec.index).zip(spec.duration);
-    for (i, (offset, line)) in schedule.enumerate() {
-        seen = i as u64 + 1;
+    loop {
+        let Some(mut p) = upcoming.next() else {
+            break;
+        };
+        let (i, offset) = (p.i, p.offset);
         if let Some((pause, length)) = stall
             && offset >= length / 2
         {
@@ -481,19 +525,10 @@ fn pace(
             std::thread::sleep(pause);
             stall = None;
         }
-        if shard.is_some_and(|s| !s.owns(i as u64)) {
-            continue;
-        }
-        // A trace line's prompt is made now, before waiting for its time,
-        // so that making it never delays the send.
-        let own = line.zip(replay.as_ref()).map(|(l, r)| {
-            let at = r.trace.entries[l].at_us;
-            (r.request(l), at)
-        });
         let mut due = std_start + shift + offset;
         loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
-                return (last, true, seen - 1);
+                return (last, true, i as u64);
             }
             if ctx.progress.paused.load(Ordering::Acquire) {
                 let t0 = std::time::Instant::now();
@@ -522,6 +557,7 @@ fn pace(
             // Sleep in slices so stop and pause are seen within 50 ms.
             std::thread::sleep((due - now).min(Duration::from_millis(50)));
         }
+        let own = p.ready.take();
         let scheduled_at = shift + offset;
         last = scheduled_at;
         let seq = first_seq + i as u64;
@@ -544,7 +580,20 @@ fn pace(
         let task_ctx = ctx.clone();
         handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open, own).await });
     }
-    (last, false, seen)
+    drop(upcoming);
+    (last, false, total.load(Ordering::Relaxed))
+}
+
+/// Trace lines whose prompts are made ahead of their sends.
+const PREPARE_AHEAD: usize = 256;
+
+/// A send taken from the schedule.
+struct Pending {
+    /// Its index in the global schedule.
+    i: usize,
+    offset: Duration,
+    /// A replay's request, made ahead, and its trace time (µs).
+    ready: Option<(PreparedRequest, u64)>,
 }
 
 /// A closed-loop level: `n` workers (this shard's share of them), each

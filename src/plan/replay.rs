@@ -151,6 +151,21 @@ impl Replay {
         (!self.options.looping).then(|| self.pass())
     }
 
+    /// The most requests of a pass due within any `window` of one another:
+    /// the connections its bursts need at once.
+    pub fn largest_burst(&self, window: Duration) -> usize {
+        let w = window.as_micros() as f64 * self.options.speed;
+        let e = &self.trace.entries[self.first..self.end];
+        let (mut lo, mut best) = (0, 0);
+        for hi in 0..e.len() {
+            while (e[hi].at_us - e[lo].at_us) as f64 > w {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
     /// Mean requests/s over a pass.
     pub fn mean_qps(&self) -> f64 {
         self.len() as f64 / self.period.max(1e-9)
