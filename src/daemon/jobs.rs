@@ -19,6 +19,8 @@ use crate::engine::capacity::CapacityPlan;
 use crate::engine::runner::{self, Outputs, RunStatus, RunWriter, SweepHooks, SweepPlan};
 use crate::engine::sweep::{Engine, LevelRun, LevelSpec, Observer, Progress};
 use crate::observe::metrics::{JobMetrics, MetricsObserver};
+use crate::plan::load::{Levels, Load};
+use crate::plan::profile::RateLevel;
 use crate::results::{self, Metadata, RunDir, RunInfo};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,10 +80,32 @@ struct Started {
     engine: Engine,
     job_metrics: JobMetrics,
     sweep_span: Option<crate::observe::telemetry::SweepSpan>,
+    /// What it sends (none for a capacity search).
+    levels: Option<Levels>,
+}
+
+/// What a sweep or soak job sends (`None` for a capacity search).
+fn job_levels(job: &Job, slot: &TargetSlot) -> Result<Option<Levels>, String> {
+    if job.capacity.is_some() {
+        return Ok(None);
+    }
+    let t = &slot.target;
+    Ok(Some(match (&job.trace, job.concurrency.is_empty()) {
+        (Some(tr), _) => Levels::Trace(Arc::new(crate::plan::prompts::replay_of(
+            tr.trace.clone(),
+            t.tokenizer.as_deref(),
+            job.seed,
+            &t.spec,
+            tr.options.clone(),
+        )?)),
+        (None, false) => Levels::Concurrency(job.concurrency.clone()),
+        (None, true) => Levels::Rates(job.qps.iter().map(|q| RateLevel::flat(*q)).collect()),
+    }))
 }
 
 fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started, String> {
     let t = &slot.target;
+    let levels = job_levels(job, slot)?;
     let now = chrono::Local::now();
     let root = state.config.results_dir.join(&t.name);
     let dir = RunDir::create(&root, &results::stamp(&now)).map_err(|e| {
@@ -105,6 +129,17 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         kind: job.kind.as_str(),
     });
     meta.workload = Some(slot.workload.clone());
+    if let Some(levels) = &levels {
+        meta.describe_load(
+            levels,
+            job.trace.as_ref().map(|t| t.path.as_path()),
+            job.max_concurrency,
+        );
+        if job.trace.is_some() {
+            meta.workload = None;
+            meta.dataset = "trace".into();
+        }
+    }
     let writer = RunWriter::start(
         Outputs {
             dir: dir.clone(),
@@ -218,6 +253,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         engine,
         job_metrics,
         sweep_span,
+        levels,
     })
 }
 
@@ -264,6 +300,7 @@ fn finish_run(state: &Arc<State>, job: &Job, slot: &TargetSlot, s: &Started, end
         .set(0);
     s.job_metrics.target_qps.set(0.0);
     s.job_metrics.achieved_qps.set(0.0);
+    s.job_metrics.target_concurrency.set(0);
     s.job_metrics.goodput.set(0.0);
     s.job_metrics.in_flight.set(0);
     let mut entry = s.entry.clone();
@@ -335,6 +372,9 @@ impl SweepHooks for DaemonHooks<'_> {
             .with_label_values(&[&self.job.target, &self.job.name])
             .set(spec.index as i64 + 1);
         self.metrics.target_qps.set(spec.qps);
+        self.metrics
+            .target_concurrency
+            .set(spec.load.concurrency().map_or(0, i64::from));
         if let (Some(tel), Some(span)) = (&self.state.telemetry, &self.span) {
             tel.level_started(span, spec);
         }
@@ -474,15 +514,12 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         }
         None => {
             let plan = SweepPlan {
-                levels: crate::plan::load::Levels::Rates(
-                    job.qps
-                        .iter()
-                        .map(|q| crate::plan::profile::RateLevel::flat(*q))
-                        .collect(),
-                ),
-                max_concurrency: None,
-                warmup: None,
-                series_step: crate::analysis::series::DEFAULT_STEP,
+                levels: started.levels.clone().unwrap_or_else(|| {
+                    Levels::Rates(job.qps.iter().map(|q| RateLevel::flat(*q)).collect())
+                }),
+                max_concurrency: job.max_concurrency,
+                warmup: job.warmup,
+                series_step: job.series_step,
                 duration: job.duration.unwrap_or(Duration::from_secs(60)),
                 arrival: job.arrival,
                 seed: job.seed,
@@ -561,17 +598,40 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     };
     let run = LevelRun::new();
     *slot.soak.lock().expect("soak lock") = Some(run.progress.clone());
-    let qps = job.qps[0];
-    let spec = LevelSpec {
-        index: 0,
-        qps,
-        duration: job.duration,
-        arrival: job.arrival,
-        seed: job.seed,
-        load: Default::default(),
-        limit: None,
-        max_concurrency: None,
-    };
+    let mut spec = LevelSpec::flat(
+        0,
+        job.qps.first().copied().unwrap_or(0.0),
+        job.duration,
+        job.arrival,
+        job.seed,
+    );
+    spec.max_concurrency = job.max_concurrency;
+    match (&job.shape, &started.levels) {
+        (Some(shape), _) => {
+            // A daily curve is placed by the time of day the soak starts.
+            let curve = shape.profile(chrono::Utc::now());
+            let span = job
+                .duration
+                .unwrap_or(Duration::from_secs_f64(curve.length()));
+            spec.qps = crate::analysis::stats::round(curve.mean(span), 3);
+            spec.load = Load::Curve(Arc::new(curve));
+        }
+        (None, Some(Levels::Concurrency(c))) => {
+            spec.qps = 0.0;
+            spec.load = Load::Concurrency(c[0]);
+            spec.max_concurrency = None;
+        }
+        (None, Some(Levels::Trace(r))) => {
+            spec.qps = crate::analysis::stats::round(r.mean_qps(), 3);
+            spec.load = Load::Trace(r.clone());
+        }
+        _ => {}
+    }
+    let qps = spec.qps;
+    if spec.load.varies() {
+        run.stats.lock().unwrap_or_else(|e| e.into_inner()).series =
+            Some(crate::analysis::series::Series::new(job.series_step));
+    }
     let hooks = DaemonHooks {
         state,
         active: started.active.clone(),

@@ -160,6 +160,15 @@ async fn gauge_ticker(state: Arc<State>) {
             let good = p.good.load(Ordering::Relaxed);
             let m = state.metrics.for_job(&a.target, &a.model, &a.job);
             m.in_flight.set(p.in_flight.load(Ordering::Relaxed) as i64);
+            // Where a replay is in its trace; a changing rate's target now.
+            let pos = p.trace_position_us.load(Ordering::Relaxed);
+            if pos > 0 {
+                m.trace_position.set(pos as f64 * 1e-6);
+            }
+            let rate = p.current_rate_milli.load(Ordering::Relaxed);
+            if rate > 0 {
+                m.target_qps.set(rate as f64 / 1000.0);
+            }
             let w = windows.entry(a.run_id.clone()).or_default();
             // A new level restarts the count: start the window afresh.
             if a.last_sent.swap(level, Ordering::Relaxed) != level {

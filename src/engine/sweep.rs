@@ -117,6 +117,9 @@ pub struct Progress {
     /// Trace replays: the trace-time offset (µs) of the last request sent,
     /// for "where in the trace" gauges.
     pub trace_position_us: AtomicU64,
+    /// A level whose rate changes: the rate at the last send, milli-req/s
+    /// (0 for flat levels), for the live target gauge.
+    pub current_rate_milli: AtomicU64,
 }
 
 /// Hooks for live sinks (Prometheus, traces). Called from request tasks:
@@ -562,6 +565,12 @@ fn pace(
         last = scheduled_at;
         let seq = first_seq + i as u64;
         ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        if let Load::Curve(c) = &spec.load {
+            let rate = c.rate_at(offset.as_secs_f64());
+            ctx.progress
+                .current_rate_milli
+                .store((rate * 1000.0) as u64, Ordering::Relaxed);
+        }
         let own = own.map(|(req, at)| {
             ctx.progress.trace_position_us.store(at, Ordering::Relaxed);
             req

@@ -23,6 +23,18 @@ pub fn load_trace(
     options: crate::plan::replay::ReplayOptions,
 ) -> Result<crate::plan::replay::Replay, String> {
     let trace = crate::workload::files::load_trace(path, format)?;
+    replay_of(std::sync::Arc::new(trace), tokenizer, seed, target, options)
+}
+
+/// A replay of a trace already read (a daemon job reads its trace once,
+/// with its configuration).
+pub fn replay_of(
+    trace: std::sync::Arc<crate::workload::trace::Trace>,
+    tokenizer: Option<&Path>,
+    seed: u64,
+    target: &Target,
+    options: crate::plan::replay::ReplayOptions,
+) -> Result<crate::plan::replay::Replay, String> {
     let words = match tokenizer {
         Some(p) => {
             let tok = Tokenizer::load(p).map_err(|e| format!("--tokenizer {e}"))?;
@@ -33,7 +45,7 @@ pub fn load_trace(
     let mut params = target.body_params();
     params.ignore_eos = true;
     crate::plan::replay::Replay::new(
-        std::sync::Arc::new(trace),
+        trace,
         options,
         crate::workload::trace::TracePrompts::new(words, seed),
         params,

@@ -219,6 +219,36 @@ impl Metadata {
 }
 
 impl Metadata {
+    /// Say what the levels are: rates, ramps, users or a replay (and its
+    /// trace), and the queueing cap.
+    pub fn describe_load(
+        &mut self,
+        levels: &crate::plan::load::Levels,
+        trace_file: Option<&Path>,
+        max_concurrency: Option<usize>,
+    ) {
+        use crate::plan::load::Levels;
+        self.load = levels.mode().to_string();
+        self.max_concurrency = max_concurrency;
+        match levels {
+            Levels::Concurrency(c) => {
+                self.concurrency_levels = c.clone();
+                self.qps_levels.clear();
+            }
+            Levels::Rates(r) if r.iter().any(|l| l.is_ramp()) => {
+                self.qps_ramps = r.iter().map(|l| l.to_string()).collect()
+            }
+            Levels::Rates(_) => {}
+            Levels::Trace(r) => {
+                self.trace = Some(r.summary());
+                self.trace_file = trace_file.map(|p| p.display().to_string());
+                if !r.options.looping {
+                    self.duration = json_number(r.pass().as_secs_f64());
+                }
+            }
+        }
+    }
+
     /// The PNG's title: model, where, which run.
     pub fn plot_title(&self) -> String {
         match (&self.job, &self.target) {

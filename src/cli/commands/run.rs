@@ -107,24 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     meta.shard = shard;
     meta.workload = session.workload.clone();
-    meta.load = levels.mode().to_string();
-    match &levels {
-        Levels::Concurrency(c) => meta.concurrency_levels = c.clone(),
-        Levels::Rates(r) if r.iter().any(|l| l.is_ramp()) => {
-            meta.qps_ramps = r.iter().map(|l| l.to_string()).collect()
-        }
-        Levels::Trace(r) => {
-            meta.trace = Some(r.summary());
-            meta.trace_file = args.trace.as_ref().map(|p| p.display().to_string());
-            if r.options.looping {
-                meta.duration = serde_json::Value::from(args.duration.as_secs_f64());
-            } else {
-                meta.duration = serde_json::Value::from(r.pass().as_secs_f64());
-            }
-        }
-        Levels::Rates(_) => {}
-    }
-    meta.max_concurrency = args.max_concurrency;
+    meta.describe_load(&levels, args.trace.as_deref(), args.max_concurrency);
     meta.start_at = args
         .start_at
         .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
@@ -445,6 +428,11 @@ impl runner::SweepHooks for LiveHooks<'_> {
             return;
         };
         l.job.target_qps.set(spec.qps * l.share);
+        l.job.target_concurrency.set(
+            spec.load
+                .concurrency()
+                .map_or(0, |n| i64::from(crate::engine::sweep::workers_of(n, None))),
+        );
         let [t, _, j] = &l.labels;
         l.metrics
             .current_level
@@ -455,6 +443,7 @@ impl runner::SweepHooks for LiveHooks<'_> {
         // same window as the daemon's.
         let (progress, job, stop) = (run.progress.clone(), l.job.clone(), l.stop.clone());
         let has_slo = l.has_slo;
+        let share = l.share;
         tokio::spawn(async move {
             use std::sync::atomic::Ordering;
             let mut window = crate::observe::metrics::RateWindow::default();
@@ -469,6 +458,14 @@ impl runner::SweepHooks for LiveHooks<'_> {
                 }
                 job.in_flight
                     .set(progress.in_flight.load(Ordering::Relaxed) as i64);
+                let pos = progress.trace_position_us.load(Ordering::Relaxed);
+                if pos > 0 {
+                    job.trace_position.set(pos as f64 * 1e-6);
+                }
+                let rate = progress.current_rate_milli.load(Ordering::Relaxed);
+                if rate > 0 {
+                    job.target_qps.set(rate as f64 / 1000.0 * share);
+                }
                 let sent = progress.scheduled.load(Ordering::Relaxed);
                 let good = progress.good.load(Ordering::Relaxed);
                 if let Some((achieved, goodput)) = window.push(sent, good) {

@@ -6,7 +6,12 @@ use super::*;
 use std::collections::HashSet;
 
 /// Every job, validated; `names` are the targets' names.
-pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) -> Vec<Job> {
+pub(super) fn jobs(
+    raw: &RawConfig,
+    names: &HashSet<String>,
+    base: &std::path::Path,
+    pr: &mut Problems,
+) -> Vec<Job> {
     let file = pr.file.clone();
     let mut jobs = Vec::new();
     let mut job_names = HashSet::new();
@@ -44,12 +49,38 @@ pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) 
                 JobKind::Sweep
             }
         };
+        // What the job sends: rates, users, a trace or (soaks) a shape;
+        // exactly one.
+        let loads: Vec<&str> = [
+            ("qps", j.qps.is_some()),
+            ("concurrency", j.concurrency.is_some()),
+            ("trace", j.trace.is_some()),
+            ("shape", j.shape.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        if loads.len() > 1 {
+            pr.err(
+                &key(loads[1]),
+                format!(
+                    "give one of qps, concurrency, trace or shape, not {}",
+                    loads.join(" and ")
+                ),
+            );
+        }
         let qps = match (&j.qps, kind) {
             (Some(QpsValue::One(q)), _) => vec![*q],
             (Some(QpsValue::Many(v)), _) => v.clone(),
             (None, JobKind::Capacity) => Vec::new(),
+            (None, _) if !loads.is_empty() => Vec::new(),
             (None, _) => {
-                pr.err(&key("qps"), "missing: the rate(s) to send".into());
+                pr.err(
+                    &key("qps"),
+                    "missing: the rate(s) to send (or concurrency, trace, or a soak's shape)"
+                        .into(),
+                );
                 Vec::new()
             }
         };
@@ -75,6 +106,8 @@ pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) 
         }
         let duration = match (&j.duration, kind) {
             (None, JobKind::Capacity) => None,
+            // A replay lasts its slice (unless it loops).
+            (None, JobKind::Sweep) if j.trace.is_some() && j.trace_loop != Some(true) => None,
             (None, _) => {
                 pr.err(&key("duration"), "missing: how long to send".into());
                 None
@@ -226,7 +259,14 @@ pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) 
                 key("snapshot_every")
             ));
         }
+        let traffic = traffic(j, kind, base, &key, pr);
         jobs.push(Job {
+            concurrency: traffic.concurrency,
+            max_concurrency: j.max_concurrency,
+            warmup: traffic.warmup,
+            trace: traffic.trace,
+            shape: traffic.shape,
+            series_step: traffic.series_step,
             name: j.name.clone(),
             target: j.target.clone(),
             kind,
@@ -243,4 +283,297 @@ pub(super) fn jobs(raw: &RawConfig, names: &HashSet<String>, pr: &mut Problems) 
         });
     }
     jobs
+}
+
+/// The traffic keys of one job, checked.
+struct Traffic {
+    concurrency: Vec<u32>,
+    warmup: Option<crate::engine::runner::Warmup>,
+    trace: Option<TraceJob>,
+    shape: Option<Shape>,
+    series_step: Duration,
+}
+
+fn traffic(
+    j: &RawJob,
+    kind: JobKind,
+    base: &std::path::Path,
+    key: &dyn Fn(&str) -> String,
+    pr: &mut Problems,
+) -> Traffic {
+    let capacity = kind == JobKind::Capacity;
+    for (k, set) in [
+        ("concurrency", j.concurrency.is_some()),
+        ("trace", j.trace.is_some()),
+        ("shape", j.shape.is_some()),
+        ("max_concurrency", j.max_concurrency.is_some()),
+    ] {
+        if capacity && set {
+            pr.err(
+                &key(k),
+                "a capacity job searches rates: it takes none".into(),
+            );
+        }
+    }
+    let concurrency = match &j.concurrency {
+        None => Vec::new(),
+        Some(ConcurrencyValue::One(n)) => vec![*n],
+        Some(ConcurrencyValue::Many(v)) => v.clone(),
+    };
+    if j.concurrency.is_some() && (concurrency.is_empty() || concurrency.contains(&0)) {
+        pr.err(
+            &key("concurrency"),
+            "give whole numbers of users, at least 1 each".into(),
+        );
+    }
+    if kind == JobKind::Soak && concurrency.len() > 1 {
+        pr.err(
+            &key("concurrency"),
+            "a soak runs one concurrency: give a single number".into(),
+        );
+    }
+    if j.max_concurrency == Some(0) {
+        pr.err(&key("max_concurrency"), "must be at least 1".into());
+    }
+    if j.max_concurrency.is_some() && j.concurrency.is_some() {
+        pr.err(
+            &key("max_concurrency"),
+            "caps open-loop rates; a concurrency job already holds its users".into(),
+        );
+    }
+    let warmup = match &j.warmup {
+        None => None,
+        Some(WarmupValue::Requests(n)) => {
+            match crate::engine::runner::Warmup::parse(&n.to_string()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    pr.err(&key("warmup"), e);
+                    None
+                }
+            }
+        }
+        Some(WarmupValue::Text(t)) => match crate::engine::runner::Warmup::parse(t) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                pr.err(&key("warmup"), e);
+                None
+            }
+        },
+    };
+    if kind != JobKind::Sweep && warmup.is_some() {
+        pr.err(
+            &key("warmup"),
+            "only sweeps take one (a soak is one long level: its start is its warm-up)".into(),
+        );
+    }
+    let series_step = match &j.series_interval {
+        None => crate::analysis::series::DEFAULT_STEP,
+        Some(v) => match finite_duration(v) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                pr.err(&key("series_interval"), "must be longer than zero".into());
+                crate::analysis::series::DEFAULT_STEP
+            }
+            Err(e) => {
+                pr.err(&key("series_interval"), e);
+                crate::analysis::series::DEFAULT_STEP
+            }
+        },
+    };
+    let trace_keys = [
+        ("trace_format", j.trace_format.is_some()),
+        ("trace_speed", j.trace_speed.is_some()),
+        ("trace_start", j.trace_start.is_some()),
+        ("trace_duration", j.trace_duration.is_some()),
+        ("trace_loop", j.trace_loop.is_some()),
+    ];
+    if j.trace.is_none() {
+        for (k, set) in trace_keys {
+            if set {
+                pr.err(&key(k), "only with trace = \"FILE\"".into());
+            }
+        }
+    }
+    let trace = j.trace.as_ref().and_then(|t| {
+        let path = rel(base, t);
+        let format = match j.trace_format.as_deref().map(str::parse) {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => {
+                pr.err(&key("trace_format"), e);
+                None
+            }
+        };
+        let dur = |k: &str, v: &Option<DurationValue>, pr: &mut Problems| match v {
+            None => None,
+            Some(v) => finite_duration(v).map(Some).unwrap_or_else(|e| {
+                pr.err(&key(k), e);
+                None
+            }),
+        };
+        let speed = j.trace_speed.unwrap_or(1.0);
+        if !(speed.is_finite() && speed > 0.0) {
+            pr.err(&key("trace_speed"), format!("{speed} must be above 0"));
+        }
+        let options = crate::plan::replay::ReplayOptions {
+            speed: if speed > 0.0 && speed.is_finite() {
+                speed
+            } else {
+                1.0
+            },
+            start: dur("trace_start", &j.trace_start, pr).unwrap_or_default(),
+            duration: dur("trace_duration", &j.trace_duration, pr),
+            // A soak replays its trace for as long as it runs.
+            looping: j.trace_loop.unwrap_or(kind == JobKind::Soak),
+        };
+        match crate::workload::files::load_trace(&path, format) {
+            Ok(trace) => Some(TraceJob {
+                path,
+                trace: std::sync::Arc::new(trace),
+                options,
+            }),
+            Err(e) => {
+                pr.err(&key("trace"), e);
+                None
+            }
+        }
+    });
+    let shape = j.shape.as_ref().and_then(|s| {
+        if kind != JobKind::Soak {
+            pr.err(
+                &key("shape"),
+                "only soaks take a shape (sweeps ramp with qps levels)".into(),
+            );
+            return None;
+        }
+        let shape_key = |k: &str| {
+            if k.is_empty() {
+                key("shape")
+            } else {
+                key(&format!("shape.{k}"))
+            }
+        };
+        shape_of(s, j.timezone.as_deref(), &shape_key, pr)
+    });
+    Traffic {
+        concurrency,
+        warmup,
+        trace,
+        shape,
+        series_step,
+    }
+}
+
+/// A soak's `shape`, checked by building its curve once.
+fn shape_of(
+    s: &RawShape,
+    tz: Option<&str>,
+    key: &dyn Fn(&str) -> String,
+    pr: &mut Problems,
+) -> Option<Shape> {
+    let need = |v: Option<f64>, k: &str, pr: &mut Problems| {
+        if v.is_none() {
+            pr.err(&key(k), format!("missing: a {} shape needs it", s.kind));
+        }
+        v
+    };
+    let shape = match s.kind.as_str() {
+        "ramp" => {
+            let (from, to) = (need(s.from, "from", pr)?, need(s.to, "to", pr)?);
+            let over = match &s.over {
+                None => {
+                    pr.err(&key("over"), "missing: how long the ramp takes".into());
+                    return None;
+                }
+                Some(v) => match finite_duration(v) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        pr.err(&key("over"), e);
+                        return None;
+                    }
+                },
+            };
+            Shape::Stages(vec![(over, from, to)])
+        }
+        "stages" => {
+            let Some(stages) = &s.stages else {
+                pr.err(
+                    &key("stages"),
+                    "missing: [{ duration = \"5m\", qps = 5 }, ...]".into(),
+                );
+                return None;
+            };
+            let mut out = Vec::new();
+            for (i, st) in stages.iter().enumerate() {
+                let d = match finite_duration(&st.duration) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        pr.err(&key(&format!("stages[{i}].duration")), e);
+                        return None;
+                    }
+                };
+                let (from, to) = match (st.qps, st.from, st.to) {
+                    (Some(q), None, None) => (q, q),
+                    (None, Some(a), Some(b)) => (a, b),
+                    _ => {
+                        pr.err(
+                            &key(&format!("stages[{i}]")),
+                            "give qps, or from and to (a ramp)".into(),
+                        );
+                        return None;
+                    }
+                };
+                out.push((d, from, to));
+            }
+            Shape::Stages(out)
+        }
+        "daily" => {
+            let (min, max) = (
+                need(s.min_qps, "min_qps", pr)?,
+                need(s.max_qps, "max_qps", pr)?,
+            );
+            let peak = s.peak.as_deref().unwrap_or("14:00");
+            let Ok(t) = chrono::NaiveTime::parse_from_str(peak, "%H:%M") else {
+                pr.err(
+                    &key("peak"),
+                    format!("'{peak}' is not a time of day (HH:MM)"),
+                );
+                return None;
+            };
+            let tz = match tz.map(str::parse::<chrono_tz::Tz>) {
+                None => chrono_tz::UTC,
+                Some(Ok(z)) => z,
+                // The schedule reports a bad timezone already.
+                Some(Err(_)) => chrono_tz::UTC,
+            };
+            use chrono::Timelike;
+            Shape::Daily {
+                min,
+                max,
+                peak: t.num_seconds_from_midnight() as f64,
+                tz,
+            }
+        }
+        other => {
+            pr.err(
+                &key("kind"),
+                format!("'{other}' must be \"ramp\", \"stages\" or \"daily\""),
+            );
+            return None;
+        }
+    };
+    // Build it once: the curve's own checks (rates >= 0, not all zero).
+    let check = match &shape {
+        Shape::Stages(s) => crate::plan::profile::Profile::stages(s).map(|_| ()),
+        Shape::Daily { min, max, peak, .. } => {
+            crate::plan::profile::Profile::daily(*min, *max, *peak, 0.0).map(|_| ())
+        }
+    };
+    match check {
+        Ok(()) => Some(shape),
+        Err(e) => {
+            pr.err(&key(""), e);
+            None
+        }
+    }
 }

@@ -92,6 +92,56 @@ pub struct Job {
     pub slo: Option<std::sync::Arc<crate::analysis::slo::SloTarget>>,
     /// Capacity jobs: what to search and how.
     pub capacity: Option<CapacityJob>,
+    /// Closed-loop users per level (sweeps), or of the soak; empty for
+    /// rate jobs.
+    pub concurrency: Vec<u32>,
+    /// Open-loop jobs: sends beyond this many open requests wait.
+    pub max_concurrency: Option<usize>,
+    pub warmup: Option<crate::engine::runner::Warmup>,
+    /// A trace replay instead of rates.
+    pub trace: Option<TraceJob>,
+    /// A soak's changing rate.
+    pub shape: Option<Shape>,
+    pub series_step: Duration,
+}
+
+/// A job's trace: read (and checked) when the configuration is.
+#[derive(Debug, Clone)]
+pub struct TraceJob {
+    pub path: PathBuf,
+    pub trace: std::sync::Arc<crate::workload::trace::Trace>,
+    pub options: crate::plan::replay::ReplayOptions,
+}
+
+/// A soak's `shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// Stages `(length, from, to)`; a ramp is one stage, the last rate
+    /// held after.
+    Stages(Vec<(Duration, f64, f64)>),
+    /// Cosine from `min` to `max` (at `peak` seconds after midnight in `tz`).
+    Daily {
+        min: f64,
+        max: f64,
+        peak: f64,
+        tz: chrono_tz::Tz,
+    },
+}
+
+impl Shape {
+    /// The curve of a soak starting at `now`.
+    pub fn profile(&self, now: chrono::DateTime<chrono::Utc>) -> crate::plan::profile::Profile {
+        use chrono::Timelike;
+        match self {
+            Self::Stages(s) => crate::plan::profile::Profile::stages(s).expect("validated"),
+            Self::Daily { min, max, peak, tz } => {
+                let local = now.with_timezone(tz);
+                let secs =
+                    local.num_seconds_from_midnight() as f64 + local.nanosecond() as f64 * 1e-9;
+                crate::plan::profile::Profile::daily(*min, *max, *peak, secs).expect("validated")
+            }
+        }
+    }
 }
 
 /// A `kind = "capacity"` job's search.
@@ -208,7 +258,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         shutdown_grace,
     } = server::server(&raw, &base, &mut p);
     let (targets, names) = target::targets(&raw, &base, &mut p);
-    let jobs = job::jobs(&raw, &names, &mut p);
+    let jobs = job::jobs(&raw, &names, &base, &mut p);
     let Problems { errs, warnings, .. } = p;
     if !errs.is_empty() {
         return Err(errs);

@@ -126,4 +126,67 @@ pub struct RawJob {
     pub precision: Option<f64>,
     pub probe_duration: Option<DurationValue>,
     pub confirm_duration: Option<DurationValue>,
+    /// Sweeps: closed-loop levels (users) instead of `qps`; soaks: one
+    /// number of users.
+    pub concurrency: Option<ConcurrencyValue>,
+    /// Open-loop jobs: sends beyond this many open requests wait.
+    pub max_concurrency: Option<usize>,
+    /// Before the first level: `"30s"` or a number of requests.
+    pub warmup: Option<WarmupValue>,
+    /// Replay this trace instead of `qps` (a path, relative to the file).
+    pub trace: Option<String>,
+    /// `mooncake` or `azure` (detected when omitted).
+    pub trace_format: Option<String>,
+    pub trace_speed: Option<f64>,
+    pub trace_start: Option<DurationValue>,
+    pub trace_duration: Option<DurationValue>,
+    /// Repeat the slice (soaks: default true).
+    pub trace_loop: Option<bool>,
+    /// Soaks: a rate that changes (a ramp, stages, or a daily curve).
+    pub shape: Option<RawShape>,
+    /// The time series' step for levels whose rate changes (default 10 s).
+    pub series_interval: Option<DurationValue>,
+}
+
+/// `concurrency = 16` or `concurrency = [1, 4, 16, 64]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum ConcurrencyValue {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// `warmup = "30s"` or `warmup = 200` (requests).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum WarmupValue {
+    Requests(u64),
+    Text(String),
+}
+
+/// A soak's `shape`: `{ kind = "ramp", from = 1, to = 20, over = "10m" }`,
+/// `{ kind = "stages", stages = [{ duration = "5m", qps = 5 }, ...] }` or
+/// `{ kind = "daily", min_qps = 2, max_qps = 20, peak = "14:00" }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawShape {
+    pub kind: String,
+    pub from: Option<f64>,
+    pub to: Option<f64>,
+    pub over: Option<DurationValue>,
+    pub stages: Option<Vec<RawStage>>,
+    pub min_qps: Option<f64>,
+    pub max_qps: Option<f64>,
+    /// `HH:MM`, in the job's `timezone` (default UTC).
+    pub peak: Option<String>,
+}
+
+/// One stage: `qps` held for `duration`, or a ramp `from`..`to` over it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub duration: DurationValue,
+    pub qps: Option<f64>,
+    pub from: Option<f64>,
+    pub to: Option<f64>,
 }
