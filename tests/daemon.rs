@@ -835,3 +835,90 @@ async fn an_inconclusive_capacity_search_keeps_the_last_capacity() {
     assert!(d.log_text().contains("capacity search inconclusive"));
     fast.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_sweeps_and_shaped_soaks_run_from_the_config() {
+    let _serial = serial();
+    let mut cfg = fast_mock();
+    cfg.capacity.slots = 64;
+    cfg.capacity.queue = 64;
+    let mock = start_mock(cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "{}{}\n[[job]]\nname = \"users\"\ntarget = \"t\"\nkind = \"sweep\"\nconcurrency = [2, 4]\nduration = \"2s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"ramp\"\ntarget = \"u\"\nkind = \"soak\"\nshape = {{ kind = \"ramp\", from = 5, to = 20, over = \"4s\" }}\nduration = \"4s\"\nseries_interval = \"1s\"\nschedule = \"at_start\"\n",
+            target("t", &mock.chat_url(), &dataset, ""),
+            target("u", &mock.chat_url(), &dataset, "")
+        ),
+    );
+    let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_KEY", "k")]).await;
+    // While the users run, the gauge says how many.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let (_, m) = get(&d.url("/metrics")).await;
+        let v = m
+            .lines()
+            .find(|l| l.starts_with("llmload_target_concurrency{") && l.contains("job=\"users\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(v) = v
+            && !seen.contains(&v)
+        {
+            seen.push(v);
+        }
+        if seen.contains(&4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.contains(&2) && seen.contains(&4),
+        "{seen:?}\n{}",
+        d.log_text()
+    );
+    // Both runs end on their own; their directories say what they sent.
+    let index = d
+        .wait_json("/api/v1/runs", 30, |v| {
+            v["runs"]
+                .as_array()
+                .is_some_and(|a| a.iter().filter(|r| r["status"] == "complete").count() >= 2)
+        })
+        .await;
+    let index = &index["runs"];
+    let results = tmp.path().join("results");
+    let dir_of = |job: &str| {
+        let r = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["job"] == job)
+            .unwrap_or_else(|| panic!("{job}: {index}"));
+        results.join(r["dir"].as_str().unwrap())
+    };
+    let users = dir_of("users");
+    assert_eq!(
+        read_json(&users.join("metadata.json"))["load"],
+        "concurrency"
+    );
+    let levels = read_json(&users.join("benchmark_qps_results.json"));
+    assert_eq!(levels[0]["concurrency"], 2);
+    assert_eq!(levels[1]["concurrency"], 4);
+    let summary = read_json(&users.join("summary.json"));
+    assert!(summary["concurrency"].is_object(), "{summary}");
+    let ramp = read_json(&dir_of("ramp").join("benchmark_qps_results.json"));
+    let l = &ramp[0];
+    assert_eq!(l["qps_ramp"], serde_json::json!([5.0, 20.0]), "{l}");
+    // Λ(4 s) = 4 × 12.5 = 50 requests, and a step a second.
+    assert_eq!(l["scheduled"], 50, "{l}");
+    let series = l["timeseries"].as_array().unwrap();
+    assert!(series.len() >= 4, "{series:?}");
+    assert!(
+        series[3]["target_qps"].as_f64().unwrap() > series[0]["target_qps"].as_f64().unwrap() * 2.0,
+        "{series:?}"
+    );
+    mock.shutdown().await;
+}

@@ -241,3 +241,169 @@ schedule = "at_start"
         "{e}"
     );
 }
+
+const TARGET: &str = r#"
+[[target]]
+name = "t"
+endpoint = "http://127.0.0.1:1/v1/chat/completions"
+model = "m"
+dataset = "conversations.json"
+"#;
+
+#[test]
+fn traffic_keys_make_concurrency_trace_and_shaped_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    write(
+        tmp.path(),
+        "trace.jsonl",
+        "{\"timestamp\": 0, \"input_length\": 600, \"output_length\": 4, \"hash_ids\": [1, 2]}\n\
+         {\"timestamp\": 500, \"input_length\": 600, \"output_length\": 4, \"hash_ids\": [1, 3]}\n",
+    );
+    let p = write(
+        tmp.path(),
+        "c.toml",
+        &format!(
+            r#"{TARGET}
+[[job]]
+name = "users"
+target = "t"
+kind = "sweep"
+concurrency = [1, 4, 16]
+duration = "30s"
+warmup = 50
+schedule = "at_start"
+[[job]]
+name = "replay"
+target = "t"
+kind = "sweep"
+trace = "trace.jsonl"
+trace_speed = 2
+max_concurrency = 8
+schedule = "at_start"
+[[job]]
+name = "day"
+target = "t"
+kind = "soak"
+shape = {{ kind = "daily", min_qps = 2, max_qps = 20, peak = "14:00" }}
+duration = "forever"
+schedule = "at_start"
+[[job]]
+name = "steps"
+target = "t"
+kind = "soak"
+shape = {{ kind = "stages", stages = [{{ duration = "5m", qps = 5 }}, {{ duration = "10m", from = 5, to = 20 }}] }}
+duration = "1h"
+schedule = "at_start"
+[[job]]
+name = "looped"
+target = "t"
+kind = "soak"
+trace = "trace.jsonl"
+duration = "forever"
+schedule = "at_start"
+"#
+        ),
+    );
+    let c = load(&p).unwrap();
+    let j = |n: &str| c.jobs.iter().find(|j| j.name == n).unwrap();
+    assert_eq!(j("users").concurrency, vec![1, 4, 16]);
+    assert_eq!(
+        j("users").warmup,
+        Some(crate::engine::runner::Warmup::Requests(50))
+    );
+    let r = j("replay").trace.as_ref().unwrap();
+    assert_eq!(r.trace.entries.len(), 2);
+    assert_eq!(r.options.speed, 2.0);
+    assert!(!r.options.looping, "a sweep replays its slice once");
+    assert_eq!(j("replay").duration, None, "a replay lasts its slice");
+    assert_eq!(j("replay").max_concurrency, Some(8));
+    assert!(
+        j("looped").trace.as_ref().unwrap().options.looping,
+        "a soak loops its trace"
+    );
+    assert!(matches!(j("day").shape, Some(Shape::Daily { peak, .. }) if peak == 14.0 * 3600.0));
+    let Some(Shape::Stages(st)) = &j("steps").shape else {
+        panic!("stages")
+    };
+    assert_eq!(st[1], (Duration::from_secs(600), 5.0, 20.0));
+}
+
+#[test]
+fn bad_traffic_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    write(
+        tmp.path(),
+        "bad.jsonl",
+        "{\"timestamp\": 5, \"input_length\": 1}\n",
+    );
+    let p = write(
+        tmp.path(),
+        "c.toml",
+        &format!(
+            r#"{TARGET}
+[[job]]
+name = "a"
+target = "t"
+kind = "sweep"
+qps = [1]
+concurrency = [2]
+duration = "10s"
+schedule = "at_start"
+[[job]]
+name = "b"
+target = "t"
+kind = "sweep"
+trace = "bad.jsonl"
+schedule = "at_start"
+[[job]]
+name = "c"
+target = "t"
+kind = "sweep"
+qps = 3
+shape = {{ kind = "ramp", from = 1, to = 2, over = "1m" }}
+duration = "10s"
+schedule = "at_start"
+[[job]]
+name = "d"
+target = "t"
+kind = "soak"
+shape = {{ kind = "daily", min_qps = 5, max_qps = 1, peak = "25:00" }}
+duration = "1h"
+schedule = "at_start"
+[[job]]
+name = "e"
+target = "t"
+kind = "soak"
+concurrency = [1, 2]
+warmup = "soon"
+trace_speed = 2
+duration = "1h"
+schedule = "at_start"
+[[job]]
+name = "f"
+target = "t"
+kind = "sweep"
+concurrency = 4
+max_concurrency = 2
+duration = "10s"
+schedule = "at_start"
+"#
+        ),
+    );
+    let e = load(&p).unwrap_err().join("\n");
+    for want in [
+        "job[0].concurrency: give one of qps, concurrency, trace or shape, not qps and concurrency",
+        "job[1].trace:",
+        "bad.jsonl: line 1: 'output_length': missing",
+        "job[2].shape: give one of",
+        "job[3].shape.peak: '25:00' is not a time of day",
+        "job[4].concurrency: a soak runs one concurrency",
+        "job[4].warmup:",
+        "job[4].trace_speed: only with trace",
+        "job[5].max_concurrency: caps open-loop rates",
+    ] {
+        assert!(e.contains(want), "{want}\n in\n{e}");
+    }
+}
