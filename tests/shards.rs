@@ -502,3 +502,110 @@ async fn merging_one_run_gives_it_back() {
     }
     mock.shutdown().await;
 }
+
+/// Shards of a concurrency sweep and of a trace replay: each shard runs
+/// its share (users; trace lines by residue), the mock sees the whole,
+/// and the merge adds them back up and says how they were divided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_users_and_trace_lines() {
+    let _serial = serial();
+    let mock = start_mock(roomy()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_dataset(tmp.path());
+    let trace = tmp.path().join("t.jsonl");
+    let lines: String = (0..60)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": 20, \"output_length\": 3}}\n",
+                i * 25
+            )
+        })
+        .collect();
+    std::fs::write(&trace, lines).unwrap();
+    for (mode, extra) in [
+        ("concurrency", vec!["--concurrency", "5", "--duration", "2"]),
+        ("trace", vec!["--trace", trace.to_str().unwrap()]),
+    ] {
+        let results = tmp.path().join(mode);
+        let (start, at) = start_in(2.0);
+        let mut procs = Vec::new();
+        for i in 0..2 {
+            let mut a = strings(&["run", "--endpoint", &mock.chat_url(), "--model", "m"]);
+            if mode == "concurrency" {
+                a.extend(strings(&["--dataset", ds.to_str().unwrap()]));
+            }
+            a.extend(strings(&extra));
+            a.extend(strings(&[
+                "--shard",
+                &format!("{i}/2"),
+                "--start-at",
+                &at,
+                "--results-dir",
+                results.to_str().unwrap(),
+            ]));
+            procs.push(tokio::spawn(async move { llmload(&a, &[]).await }));
+        }
+        for p in procs {
+            let out = p.await.unwrap();
+            assert_eq!(out.status.code(), Some(0), "{mode}: {}", text(&out.stderr));
+        }
+        let got = arrivals(&mock, start).await;
+        let shards = run_dirs(&results);
+        assert_eq!(shards.len(), 2, "{shards:?}");
+        let per: Vec<serde_json::Value> = shards
+            .iter()
+            .map(|d| read_json(&d.join("benchmark_qps_results.json"))[0].clone())
+            .collect();
+        let out = llmload(
+            &[
+                "merge".to_string(),
+                shards[0].to_str().unwrap().to_string(),
+                shards[1].to_str().unwrap().to_string(),
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", text(&out.stderr));
+        let merged = run_dirs(&results)
+            .into_iter()
+            .find(|d| !d.to_string_lossy().contains(".shard-"))
+            .unwrap();
+        let level = &read_json(&merged.join("benchmark_qps_results.json"))[0];
+        let meta = read_json(&merged.join("metadata.json"));
+        assert_eq!(meta["status"], "complete", "{mode}: {meta}");
+        assert!(
+            meta["notices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("2 shards each")),
+            "{mode}: {}",
+            meta["notices"]
+        );
+        let sent: u64 = per.iter().map(|l| l["sent"].as_u64().unwrap()).sum();
+        assert_eq!(level["sent"].as_u64().unwrap(), sent);
+        assert_eq!(
+            got.len() as u64,
+            sent,
+            "{mode}: the mock saw every shard's requests"
+        );
+        if mode == "concurrency" {
+            // 5 users: 3 and 2.
+            let mut users: Vec<u64> = per
+                .iter()
+                .map(|l| l["concurrency"].as_u64().unwrap())
+                .collect();
+            users.sort();
+            assert_eq!(users, vec![2, 3]);
+            assert_eq!(level["concurrency"], 5);
+        } else {
+            // 60 lines: 30 each, and every line once.
+            assert!(per.iter().all(|l| l["sent"] == 30), "{per:?}");
+            assert_eq!(level["trace"], true);
+            // Arrivals on the trace's 25 ms grid after the common start.
+            let span = got.last().unwrap() - got[0];
+            assert!((span - 59.0 * 0.025).abs() < 0.05, "{span}");
+        }
+    }
+    mock.shutdown().await;
+}

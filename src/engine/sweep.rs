@@ -587,7 +587,9 @@ fn pace(
         }
         let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let task_ctx = ctx.clone();
-        handle.spawn(async move { request_task(task_ctx, seq, scheduled_at, open, own).await });
+        handle.spawn(async move {
+            request_task(task_ctx, seq, scheduled_at, open, own).await;
+        });
     }
     drop(upcoming);
     (last, false, total.load(Ordering::Relaxed))
@@ -656,7 +658,13 @@ async fn run_workers(
                 let seq = first_seq + k * count + index;
                 ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
                 let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                request_task(ctx.clone(), seq, at, open, None).await;
+                let ok = request_task(ctx.clone(), seq, at, open, None).await;
+                // A request that failed (a refused connection fails in
+                // microseconds): a short pause, so that a dead endpoint
+                // does not turn the workers into a busy loop.
+                if !ok {
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
             }
         });
     }
@@ -671,6 +679,9 @@ async fn run_workers(
         sent.saturating_mul(count),
     )
 }
+
+/// A closed-loop worker's pause after a failed request.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// The workers shard `I/N` runs of a level of `n`: `n / N`, plus one for
 /// the first `n mod N` shards, so the shards' workers sum to `n`.
@@ -690,9 +701,10 @@ async fn request_task(
     scheduled_at: Duration,
     open: usize,
     own: Option<PreparedRequest>,
-) {
+) -> bool {
     let _in_flight = InFlight(&ctx);
     let mut counted = false;
+    let mut ok = false;
     let run = std::panic::AssertUnwindSafe(run_request(
         &ctx,
         seq,
@@ -700,6 +712,7 @@ async fn request_task(
         open,
         own,
         &mut counted,
+        &mut ok,
     ));
     if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
         report_panic(&*panic);
@@ -716,6 +729,7 @@ async fn request_task(
             }));
         }
     }
+    ok
 }
 
 async fn run_request(
@@ -725,6 +739,7 @@ async fn run_request(
     open: usize,
     own: Option<PreparedRequest>,
     counted: &mut bool,
+    ok: &mut bool,
 ) {
     let req = match &own {
         Some(r) => r,
@@ -772,6 +787,7 @@ async fn run_request(
     // The books first: an observer that fails cannot un-count a request.
     count(ctx, &rec);
     *counted = true;
+    *ok = rec.is_ok();
     let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ctx.observer.request_done(&ctx.spec, base, &rec, hook)
     }));

@@ -249,6 +249,16 @@ impl Metadata {
         }
     }
 
+    /// How many levels the run planned: its rates, its users, or the one
+    /// level of a replay.
+    pub fn planned_levels(&self) -> usize {
+        match self.load.as_str() {
+            "concurrency" => self.concurrency_levels.len(),
+            "trace" => 1,
+            _ => self.qps_levels.len(),
+        }
+    }
+
     /// The PNG's title: model, where, which run.
     pub fn plot_title(&self) -> String {
         match (&self.job, &self.target) {

@@ -82,7 +82,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<u8> {
         );
     }
     let complete =
-        parts.iter().all(|p| p.meta.status == "complete") && common == first.meta.qps_levels.len();
+        parts.iter().all(|p| p.meta.status == "complete") && common == first.meta.planned_levels();
     let status = if complete {
         RunStatus::Complete
     } else {
@@ -111,10 +111,14 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<u8> {
     writer.finish(&levels, &summary, status);
 
     crate::out!("{}", table::render_table(&levels, &percentiles));
-    crate::out!(
-        "{}",
-        table::render_analysis(&levels, &summary.analysis, status == RunStatus::Partial)
-    );
+    let partial = status == RunStatus::Partial;
+    match &summary.concurrency {
+        Some(c) => crate::out!("{}", table::render_concurrency(&levels, c, partial)),
+        None => crate::out!(
+            "{}",
+            table::render_analysis(&levels, &summary.analysis, partial)
+        ),
+    }
     if let Some(s) = &slo {
         crate::out!("{}", table::render_slo(&levels, s));
     }
@@ -229,6 +233,19 @@ fn merged_metadata(parts: &[Part], levels: usize) -> Metadata {
         }
     }
     meta.error = None;
+    // How the shards divided the load, said once.
+    let n = parts.len();
+    match meta.load.as_str() {
+        "concurrency" => meta.notices.push(format!(
+            "{n} shards each ran their share of every level's users (level / {n}, the first \
+             shards one more when it does not divide); the merged levels count them all"
+        )),
+        "trace" => meta.notices.push(format!(
+            "{n} shards each replayed the trace lines whose index is theirs modulo {n}; the \
+             merged level holds every line"
+        )),
+        _ => {}
+    }
     // RFC 3339 strings with one offset compare as times.
     if let Some(s) = parts.iter().map(|p| &p.meta.started_at).min() {
         meta.started_at = s.clone();

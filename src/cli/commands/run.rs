@@ -143,9 +143,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             s.index,
             s.count,
             if c.iter().all(|n| n % s.count == 0) {
-                "1/N"
+                format!("1/{}", s.count)
             } else {
-                "its share"
+                "its share".to_string()
             },
             c.iter()
                 .map(|n| crate::engine::sweep::workers_of(*n, Some(s)).to_string())
