@@ -453,7 +453,7 @@ impl LevelResult {
             concurrency: t.concurrency,
             trace: t.trace,
             qps_ramp: t.qps_ramp,
-            client_queue: (s.client_queue.len() > 0)
+            client_queue: (!s.client_queue.is_empty())
                 .then(|| Dist::from_histogram(&s.client_queue, 1e-6, 6)),
             timeseries: s
                 .series

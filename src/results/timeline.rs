@@ -42,6 +42,9 @@ fn joined(levels: &[LevelResult]) -> Vec<(f64, &SeriesPoint)> {
     out
 }
 
+/// A plotted line: its legend and how to read it from a point.
+type Line<'a> = (&'a str, fn(&SeriesPoint) -> Option<f64>);
+
 fn tick(v: &f64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
@@ -134,7 +137,7 @@ fn panel(
     xr: std::ops::Range<f64>,
     caption: &str,
     unit: &str,
-    lines: &[(&str, fn(&SeriesPoint) -> Option<f64>)],
+    lines: &[Line],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let ymax = pts
         .iter()

@@ -464,7 +464,7 @@ impl TracePrompts {
         while out.len() < want {
             let w = &self.words[rng.random_range(0..self.words.len())];
             let room = want - out.len();
-            if w.len() + 1 <= room {
+            if w.len() < room {
                 out.push_str(w);
                 out.push(' ');
             } else {
