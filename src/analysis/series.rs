@@ -7,10 +7,16 @@
 //! Requests are bucketed by their planned send time, so a bucket's
 //! latencies are those of the requests its load sent.
 
-use crate::analysis::stats::round;
 use crate::client::record::RequestRecord;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// `v` to `decimals` places (stats' own helper would make a circle:
+/// stats keeps a series).
+fn round(v: f64, decimals: i32) -> f64 {
+    let m = 10f64.powi(decimals);
+    (v * m).round() / m
+}
 
 /// The step results use unless told otherwise.
 pub const DEFAULT_STEP: Duration = Duration::from_secs(10);

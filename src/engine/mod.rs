@@ -1,7 +1,14 @@
 //! The executor: one code path that schedules, sends and records
-//! requests level by level ([`sweep`]), runs a plan of levels into a
-//! results directory ([`runner`]), and probes for capacity ([`capacity`]).
+//! requests level by level ([`sweep`]: open loop through the [`pacer`],
+//! closed loop through [`closed_loop`] workers), runs a plan of levels into
+//! a results directory ([`runner`]), and probes for capacity ([`capacity`]).
 
 pub mod capacity;
+pub mod closed_loop;
+pub mod level;
+pub mod pacer;
+pub mod request;
 pub mod runner;
 pub mod sweep;
+
+pub use closed_loop::workers_of;

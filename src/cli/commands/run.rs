@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 "its share".to_string()
             },
             c.iter()
-                .map(|n| crate::engine::sweep::workers_of(*n, Some(s)).to_string())
+                .map(|n| crate::engine::workers_of(*n, Some(s)).to_string())
                 .collect::<Vec<_>>()
                 .join(",")
         );
@@ -431,7 +431,7 @@ impl runner::SweepHooks for LiveHooks<'_> {
         l.job.target_concurrency.set(
             spec.load
                 .concurrency()
-                .map_or(0, |n| i64::from(crate::engine::sweep::workers_of(n, None))),
+                .map_or(0, |n| i64::from(crate::engine::workers_of(n, None))),
         );
         let [t, _, j] = &l.labels;
         l.metrics

@@ -1,0 +1,231 @@
+//! The pacer: a dedicated OS thread that owns the clock of an open-loop
+//! level. It sleeps to each planned instant with `std::thread::sleep`
+//! (nanosleep, timer slack set to 1 µs) rather than tokio's timer, whose
+//! 1 ms wheel would add up to a millisecond of lag to every send, and
+//! hands each request to the runtime as a task. A trace replay's prompts
+//! are made on a thread of their own, ahead of their sends.
+
+use super::request::{TaskCtx, lock, request_task};
+use crate::client::record::{ErrorKind, RequestRecord};
+use crate::plan::load::Load;
+use crate::plan::schedule::Schedule;
+use crate::workload::request::PreparedRequest;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The pacer loop (runs on its own OS thread). Returns the offset of the
+/// last send, whether it was stopped early, and how many entries of the
+/// global schedule it went through (all shards' together).
+pub(super) fn pace(
+    ctx: &Arc<TaskCtx>,
+    handle: &tokio::runtime::Handle,
+    max_in_flight: usize,
+    first_seq: u64,
+    shard: Option<crate::plan::schedule::Shard>,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> (Duration, bool, u64) {
+    set_fine_timer_slack();
+    let spec = &ctx.spec;
+    let limit = spec.limit.map_or(usize::MAX, |l| l as usize);
+    // Entries of the global schedule gone through, every shard's.
+    let total = Arc::new(AtomicU64::new(0));
+    let owned = move |i: &usize| shard.is_none_or(|s| s.owns(*i as u64));
+    // The sends to make, in order. A replay's prompts are made on their
+    // own thread, up to [`PREPARE_AHEAD`] ahead, so that making one never
+    // delays a send and a burst of lines due at once goes out back to back.
+    let mut upcoming: Box<dyn Iterator<Item = Pending> + '_> = match &spec.load {
+        Load::Trace(r) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(PREPARE_AHEAD);
+            let (r, window, seen) = (r.clone(), spec.duration, total.clone());
+            std::thread::Builder::new()
+                .name("llmload-prompts".into())
+                .spawn(move || {
+                    let lines = r
+                        .arrivals()
+                        .take_while(|(d, _)| window.is_none_or(|w| *d < w))
+                        .take(limit)
+                        .enumerate();
+                    for (i, (offset, line)) in lines {
+                        seen.store(i as u64 + 1, Ordering::Relaxed);
+                        if !owned(&i) {
+                            continue;
+                        }
+                        let ready = Some((r.request(line), r.trace.entries[line].at_us));
+                        // The pacer gone (stopped): nothing more to make.
+                        if tx.send(Pending { i, offset, ready }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning the prompt thread");
+            Box::new(rx.into_iter())
+        }
+        load => {
+            let schedule = match load {
+                Load::Curve(c) => Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed),
+                _ => Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed),
+            };
+            let seen = total.clone();
+            Box::new(
+                schedule
+                    .take(limit)
+                    .enumerate()
+                    .inspect(move |(i, _)| seen.store(*i as u64 + 1, Ordering::Relaxed))
+                    .filter(move |(i, _)| owned(i))
+                    .map(|(i, offset)| Pending {
+                        i,
+                        offset,
+                        ready: None,
+                    }),
+            )
+        }
+    };
+    let std_start = ctx.start.into_std();
+    // Time spent paused pushes the rest of the schedule back.
+    let mut shift = Duration::ZERO;
+    let mut last = Duration::ZERO;
+    let mut stall = inject_stall(spec.index).zip(spec.duration);
+    loop {
+        let Some(mut p) = upcoming.next() else {
+            break;
+        };
+        let (i, offset) = (p.i, p.offset);
+        if let Some((pause, length)) = stall
+            && offset >= length / 2
+        {
+            // The test suite's starved client: the pacer is not scheduled.
+            std::thread::sleep(pause);
+            stall = None;
+        }
+        let mut due = std_start + shift + offset;
+        loop {
+            if stop.is_cancelled() || cancel.is_cancelled() {
+                return (last, true, i as u64);
+            }
+            if ctx.progress.paused.load(Ordering::Acquire) {
+                let t0 = std::time::Instant::now();
+                while ctx.progress.paused.load(Ordering::Acquire)
+                    && !stop.is_cancelled()
+                    && !cancel.is_cancelled()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let paused_for = t0.elapsed();
+                shift += paused_for;
+                ctx.progress
+                    .paused_ns
+                    .fetch_add(paused_for.as_nanos() as u64, Ordering::Relaxed);
+                due = std_start + shift + offset;
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if now >= due {
+                let late = now.duration_since(due).as_nanos() as u64;
+                ctx.progress
+                    .pacer_stall_ns
+                    .fetch_max(late, Ordering::Relaxed);
+                break;
+            }
+            // Sleep in slices so stop and pause are seen within 50 ms.
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+        }
+        let own = p.ready.take();
+        let scheduled_at = shift + offset;
+        last = scheduled_at;
+        let seq = first_seq + i as u64;
+        ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        if let Load::Curve(c) = &spec.load {
+            let rate = c.rate_at(offset.as_secs_f64());
+            ctx.progress
+                .current_rate_milli
+                .store((rate * 1000.0) as u64, Ordering::Relaxed);
+        }
+        let own = own.map(|(req, at)| {
+            ctx.progress.trace_position_us.store(at, Ordering::Relaxed);
+            req
+        });
+        if ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
+            let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
+            rec.outcome = Err(ErrorKind::Dropped);
+            ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
+            lock(&ctx.stats).record(&rec);
+            ctx.observer
+                .request_done(spec, ctx.start.into_std(), &rec, None);
+            continue;
+        }
+        let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let task_ctx = ctx.clone();
+        handle.spawn(async move {
+            request_task(task_ctx, seq, scheduled_at, open, own).await;
+        });
+    }
+    drop(upcoming);
+    (last, false, total.load(Ordering::Relaxed))
+}
+
+/// Trace lines whose prompts are made ahead of their sends.
+const PREPARE_AHEAD: usize = 256;
+
+/// A send taken from the schedule.
+struct Pending {
+    /// Its index in the global schedule.
+    i: usize,
+    offset: Duration,
+    /// A replay's request, made ahead, and its trace time (µs).
+    ready: Option<(PreparedRequest, u64)>,
+}
+
+/// Fault injection for the test suite: `LLMLOAD_INJECT_STALL=600ms@1,2`
+/// stalls the pacer for 600 ms halfway through levels 1 and 2 (0-based),
+/// as a CPU-throttled or descheduled client would be; `600ms@*` stalls
+/// every level, and `600ms@file:PATH` every level that starts while PATH
+/// exists (a daemon test turns it on and off). Read once; unset costs one
+/// branch per level.
+fn inject_stall(level: usize) -> Option<Duration> {
+    enum Which {
+        All,
+        Levels(Vec<usize>),
+        WhileExists(std::path::PathBuf),
+    }
+    static STALL: std::sync::OnceLock<Option<(Duration, Which)>> = std::sync::OnceLock::new();
+    let stall = STALL.get_or_init(|| {
+        let v = std::env::var("LLMLOAD_INJECT_STALL").ok()?;
+        let (pause, which) = v.split_once('@')?;
+        let pause = crate::base::duration::parse(pause).ok()?;
+        let which = match which {
+            "*" => Which::All,
+            w => match w.strip_prefix("file:") {
+                Some(path) => Which::WhileExists(path.into()),
+                None => Which::Levels(w.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
+            },
+        };
+        Some((pause, which))
+    });
+    let (pause, which) = stall.as_ref()?;
+    let on = match which {
+        Which::All => true,
+        Which::Levels(l) => l.contains(&level),
+        Which::WhileExists(p) => p.exists(),
+    };
+    on.then_some(*pause)
+}
+
+/// Ask the kernel to wake this thread within 1 µs of its deadline instead
+/// of the default 50 µs slack.
+fn set_fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and affects only the
+    // calling thread; setpriority on our own thread id only lowers its
+    // nice value, and fails harmlessly without the privilege to.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+        // A pacer that wakes late makes every later send late: ask the
+        // scheduler to prefer it (it sleeps almost all the time, so this
+        // costs the machine nothing). Needs CAP_SYS_NICE; best effort.
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, -10);
+    }
+}
