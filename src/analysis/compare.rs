@@ -326,8 +326,28 @@ fn comparable(base: &Run, new: &Run) -> Result<(), Incomparable> {
         }
         return Ok(());
     }
+    // A level is its load: users, a replay's mean rate, or a target rate.
+    let kind = |l: &LevelResult| match (l.concurrency, l.trace) {
+        (Some(_), _) => "concurrency",
+        (None, true) => "trace",
+        (None, false) => "qps",
+    };
+    let kinds = |r: &Run| {
+        let mut v: Vec<&str> = r.levels.iter().map(kind).collect();
+        v.dedup();
+        v
+    };
+    if kinds(base) != kinds(new) {
+        return Err(Incomparable(format!(
+            "different kinds of levels ({} in {}, {} in {})",
+            kinds(base).join(","),
+            base.name,
+            kinds(new).join(","),
+            new.name
+        )));
+    }
     let qps = |r: &Run| {
-        let mut v: Vec<f64> = r.levels.iter().map(|l| l.qps_target).collect();
+        let mut v: Vec<f64> = r.levels.iter().map(|l| l.load()).collect();
         v.sort_by(f64::total_cmp);
         v.dedup();
         v
@@ -357,13 +377,13 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
             continue; // probes at different rates: per-level lines mean nothing
         }
         for b in &base.levels {
-            let Some(n) = new.levels.iter().find(|l| l.qps_target == b.qps_target) else {
+            let Some(n) = new.levels.iter().find(|l| l.load() == b.load()) else {
                 continue;
             };
             let eb = estimate(b, *field, *stat).map_err(Incomparable)?;
             let en = estimate(n, *field, *stat).map_err(Incomparable)?;
             let mut line = judge_estimates(
-                Some(b.qps_target),
+                Some(b.load()),
                 m.name(),
                 eb,
                 en,
@@ -451,11 +471,13 @@ impl Line {
 /// endpoint, if one did.
 fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
     levels.iter().find(|(_, l)| l.client_bound).map(|(r, l)| {
+        let at = match l.concurrency {
+            Some(n) => format!("{n} users"),
+            None => format!("{} QPS", crate::analysis::saturation::fmt_qps(l.qps_target)),
+        };
         format!(
-            "client-bound at {} QPS in {}: {}",
-            crate::analysis::saturation::fmt_qps(l.qps_target),
-            r.name,
-            l.client_bound_reason
+            "client-bound at {at} in {}: {}",
+            r.name, l.client_bound_reason
         )
     })
 }

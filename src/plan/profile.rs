@@ -305,7 +305,10 @@ impl RateLevel {
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| {
-                    format!("'{}' is not a rate (expected e.g. 10 or 10..100)", p.trim())
+                    format!(
+                        "'{}' is not a number (expected a rate, e.g. 10, or a ramp, 10..100)",
+                        p.trim()
+                    )
                 })
         };
         match s.split_once("..") {
@@ -443,7 +446,11 @@ mod tests {
                 .contains("two different")
         );
         assert!(RateLevel::parse("0").unwrap_err().contains("above 0"));
-        assert!(RateLevel::parse("a..5").unwrap_err().contains("'a'"));
+        assert!(
+            RateLevel::parse("a..5")
+                .unwrap_err()
+                .contains("'a' is not a number")
+        );
         assert!(RateLevel::parse("-1..5").is_err());
     }
 }
