@@ -848,12 +848,23 @@ async fn concurrency_sweeps_and_shaped_soaks_run_from_the_config() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{}{}\n[[job]]\nname = \"users\"\ntarget = \"t\"\nkind = \"sweep\"\nconcurrency = [2, 4]\nduration = \"2s\"\nschedule = \"at_start\"\n\
+            "{}{}{}\n[[job]]\nname = \"loop\"\ntarget = \"v\"\nkind = \"soak\"\ntrace = \"trace.jsonl\"\nduration = \"3s\"\nschedule = \"at_start\"\n[[job]]\nname = \"users\"\ntarget = \"t\"\nkind = \"sweep\"\nconcurrency = [2, 4]\nduration = \"2s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"ramp\"\ntarget = \"u\"\nkind = \"soak\"\nshape = {{ kind = \"ramp\", from = 5, to = 20, over = \"4s\" }}\nduration = \"4s\"\nseries_interval = \"1s\"\nschedule = \"at_start\"\n",
             target("t", &mock.chat_url(), &dataset, ""),
-            target("u", &mock.chat_url(), &dataset, "")
+            target("u", &mock.chat_url(), &dataset, ""),
+            target("v", &mock.chat_url(), &dataset, "")
         ),
     );
+    // 20 lines a second: a 3 s soak replays it three times.
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": 8, \"output_length\": 2}}\n",
+                i * 50
+            )
+        })
+        .collect();
+    std::fs::write(tmp.path().join("trace.jsonl"), lines).unwrap();
     let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_KEY", "k")]).await;
     // While the users run, the gauge says how many.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -885,7 +896,7 @@ async fn concurrency_sweeps_and_shaped_soaks_run_from_the_config() {
         .wait_json("/api/v1/runs", 30, |v| {
             v["runs"]
                 .as_array()
-                .is_some_and(|a| a.iter().filter(|r| r["status"] == "complete").count() >= 2)
+                .is_some_and(|a| a.iter().filter(|r| r["status"] == "complete").count() >= 3)
         })
         .await;
     let index = &index["runs"];
@@ -920,5 +931,17 @@ async fn concurrency_sweeps_and_shaped_soaks_run_from_the_config() {
         series[3]["target_qps"].as_f64().unwrap() > series[0]["target_qps"].as_f64().unwrap() * 2.0,
         "{series:?}"
     );
+    // The looping replay went round its trace, and says so.
+    let looped = dir_of("loop");
+    let l = &read_json(&looped.join("benchmark_qps_results.json"))[0];
+    assert_eq!(l["trace"], true);
+    let sent = l["sent"].as_u64().unwrap();
+    assert!(
+        (50..=62).contains(&sent),
+        "three passes of 20 lines: {sent}"
+    );
+    let meta = read_json(&looped.join("metadata.json"));
+    assert_eq!(meta["load"], "trace");
+    assert_eq!(meta["trace"]["looping"], true);
     mock.shutdown().await;
 }

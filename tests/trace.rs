@@ -500,3 +500,80 @@ async fn a_bad_trace_exits_2_naming_the_file_line_and_field() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replays_of_one_trace_compare() {
+    let _serial = serial();
+    // A TTFT well above the client's own jitter.
+    let mut cfg = quick();
+    cfg.capacity.ttft = Duration::from_millis(60);
+    let m = start_mock(cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let l: Vec<Line> = lines().into_iter().take(120).collect();
+    let trace = write_mooncake(tmp.path(), &l);
+    let a = replay(&m, &trace, tmp.path(), &[]).await;
+    let b = replay(&m, &trace, tmp.path(), &[]).await;
+    let out = llmload(
+        &[
+            "compare".to_string(),
+            a.dir.to_str().unwrap().to_string(),
+            b.dir.to_str().unwrap().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    // The same endpoint twice: compared level for level, no regression
+    // (or, on a starved machine, "not comparable": never a false alarm).
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("ttft"), "{stdout}");
+    if out.status.code() == Some(2) {
+        assert!(stdout.contains("not comparable"), "{stdout}");
+    }
+    // A replay and a rate sweep are not the same kind of run.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let ds = write_dataset(tmp2.path());
+    let rates = tmp2.path().join("r");
+    let r = llmload(
+        &[
+            "run",
+            "--endpoint",
+            &m.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--qps",
+            "5",
+            "--duration",
+            "1",
+            "--results-dir",
+            rates.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    let sweep = run_dirs(&rates).pop().unwrap();
+    let out = llmload(
+        &[
+            "compare".to_string(),
+            a.dir.to_str().unwrap().to_string(),
+            sweep.to_str().unwrap().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        format!("{}{}", text(&out.stdout), text(&out.stderr)).contains("cannot be compared"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    m.shutdown().await;
+}

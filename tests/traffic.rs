@@ -29,6 +29,15 @@ fn sixteen_slots() -> MockConfig {
     }
 }
 
+/// The same, with room for everything: only llmload limits what is open.
+fn roomy(tpot_ms: u64, tokens: u32) -> MockConfig {
+    let mut cfg = sixteen_slots();
+    cfg.capacity.slots = 200;
+    cfg.capacity.tpot = Duration::from_millis(tpot_ms);
+    cfg.output_tokens = Some(OutputTokens::Cap(tokens));
+    cfg
+}
+
 /// What the mock saw: `(received_ns, last_byte_ns)` of every request.
 async fn truth(m: &llmload::mock::MockServer) -> Vec<(u64, u64, u32, u32)> {
     let (status, body) = get(&format!("{}/debug/requests", m.base_url())).await;
@@ -230,11 +239,7 @@ async fn capacity_by_concurrency_answers_the_slots() {
 async fn max_concurrency_queues_instead_of_dropping() {
     let _serial = serial();
     // Plenty of slots: only llmload's cap limits what is open.
-    let mut cfg = sixteen_slots();
-    cfg.capacity.slots = 200;
-    cfg.capacity.tpot = Duration::from_millis(5);
-    cfg.output_tokens = Some(OutputTokens::Cap(40));
-    let m = start_mock(cfg).await;
+    let m = start_mock(roomy(5, 40)).await;
     let tmp = tempfile::tempdir().unwrap();
     let ds = write_dataset(tmp.path());
     let out = llmload(
@@ -282,11 +287,7 @@ async fn max_concurrency_queues_instead_of_dropping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_sends_its_rate_step_by_step_and_draws_a_timeline() {
     let _serial = serial();
-    let mut cfg = sixteen_slots();
-    cfg.capacity.slots = 200;
-    cfg.capacity.tpot = Duration::from_millis(2);
-    cfg.output_tokens = Some(OutputTokens::Cap(4));
-    let m = start_mock(cfg).await;
+    let m = start_mock(roomy(2, 4)).await;
     let tmp = tempfile::tempdir().unwrap();
     let ds = write_dataset(tmp.path());
     let out = llmload(
@@ -351,11 +352,7 @@ async fn a_ramp_sends_its_rate_step_by_step_and_draws_a_timeline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warmup_is_sent_and_left_out_of_every_figure() {
     let _serial = serial();
-    let mut cfg = sixteen_slots();
-    cfg.capacity.slots = 200;
-    cfg.capacity.tpot = Duration::from_millis(2);
-    cfg.output_tokens = Some(OutputTokens::Cap(4));
-    let m = start_mock(cfg).await;
+    let m = start_mock(roomy(2, 4)).await;
     let tmp = tempfile::tempdir().unwrap();
     let ds = write_dataset(tmp.path());
     let out = llmload(

@@ -135,9 +135,9 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
             job.trace.as_ref().map(|t| t.path.as_path()),
             job.max_concurrency,
         );
-        if job.trace.is_some() {
+        if let Some(t) = &job.trace {
             meta.workload = None;
-            meta.dataset = "trace".into();
+            meta.dataset = t.path.display().to_string();
         }
     }
     let writer = RunWriter::start(

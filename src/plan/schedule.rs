@@ -114,16 +114,7 @@ impl Schedule {
     /// `qps` must be finite and > 0 (validated at the edge).
     pub fn new(qps: f64, window: Option<Duration>, arrival: Arrival, seed: u64) -> Self {
         assert!(qps.is_finite() && qps > 0.0, "qps must be > 0");
-        let mut s = Self {
-            qps,
-            window,
-            arrival,
-            index: 0,
-            next_poisson: 0.0,
-            fixed: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
-            curve: None,
-        };
+        let mut s = Self::blank(qps, window, arrival, seed, None);
         match (arrival, window) {
             (Arrival::PoissonExact, Some(w)) => {
                 use rand::RngExt;
@@ -155,16 +146,7 @@ impl Schedule {
         if curve.is_flat() {
             return Self::new(curve.rate_at(0.0), window, arrival, seed);
         }
-        let mut s = Self {
-            qps: 1.0,
-            window,
-            arrival,
-            index: 0,
-            next_poisson: 0.0,
-            fixed: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
-            curve: Some(curve.clone()),
-        };
+        let mut s = Self::blank(1.0, window, arrival, seed, Some(curve.clone()));
         // In "count space" every schedule is the unit-rate one.
         match (arrival, window) {
             (Arrival::PoissonExact, Some(w)) => {
@@ -182,6 +164,26 @@ impl Schedule {
             (Arrival::Constant, _) => {}
         }
         s
+    }
+
+    /// A schedule before its first draw.
+    fn blank(
+        qps: f64,
+        window: Option<Duration>,
+        arrival: Arrival,
+        seed: u64,
+        curve: Option<Profile>,
+    ) -> Self {
+        Self {
+            qps,
+            window,
+            arrival,
+            index: 0,
+            next_poisson: 0.0,
+            fixed: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            curve,
+        }
     }
 
     /// The number of requests a constant schedule plans: `ceil(qps × window)`.

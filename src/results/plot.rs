@@ -23,7 +23,7 @@ const FONT: &str = "sans-serif";
 const TITLE_BAND: u32 = 72;
 
 /// An axis tick: `45`, not `45.0`; `0.25`, not `0.250000`.
-fn tick(v: &f64) -> String {
+pub(crate) fn tick(v: &f64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" { "0".into() } else { s.to_string() }

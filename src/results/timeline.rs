@@ -4,6 +4,7 @@
 //! errors and requests in flight. Levels follow one another on the time
 //! axis, each starting where the previous one's send window ended.
 
+use super::plot::tick;
 use crate::analysis::level::LevelResult;
 use crate::analysis::series::SeriesPoint;
 use plotters::prelude::*;
@@ -44,12 +45,6 @@ fn joined(levels: &[LevelResult]) -> Vec<(f64, &SeriesPoint)> {
 
 /// A plotted line: its legend and how to read it from a point.
 type Line<'a> = (&'a str, fn(&SeriesPoint) -> Option<f64>);
-
-fn tick(v: &f64) -> String {
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
-}
 
 /// Draw the timeline at `path`.
 pub fn render(

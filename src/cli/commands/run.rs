@@ -91,10 +91,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let mut meta = Metadata::new(&RunInfo {
         target: &session.target,
-        dataset: &a
-            .dataset
-            .as_ref()
-            .map_or_else(|| "trace".to_string(), |d| d.display().to_string()),
+        // A replay's "dataset" is its trace: replays of different traces
+        // are not compared.
+        dataset: &match (&args.trace, &a.dataset) {
+            (Some(t), _) => t.display().to_string(),
+            (None, Some(d)) => d.display().to_string(),
+            (None, None) => String::new(),
+        },
         qps: &nominal,
         duration: Some(args.duration),
         arrival: args.arrival,
