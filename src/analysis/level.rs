@@ -361,9 +361,14 @@ impl LevelResult {
         };
         let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
         let client_bound = client_bound_reason(s, &t);
+        // A rate that changes moves the backlog with it (in flight = rate ×
+        // latency): the constant-rate test would call every ramp-up
+        // unstable. Such levels are read by their time series instead.
+        let varies = t.qps_ramp.is_some() || t.trace;
         let stability = s
             .timeline
             .as_ref()
+            .filter(|_| !varies)
             .map(|tl| crate::analysis::stability::judge(&tl.windows()));
         let setup_share = if s.ttft_us_total > 0 {
             round(s.setup_us_total as f64 / s.ttft_us_total as f64, 4)
@@ -532,6 +537,29 @@ mod tests {
             client: None,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_ramps_growing_backlog_is_not_called_unstable() {
+        // In flight grows with the rate through a ramp-up: a flat level
+        // with that backlog is unstable, the ramp is read by its series.
+        let mut s = LevelStats::new();
+        s.start_timeline(Duration::from_secs(10));
+        for i in 0..400u64 {
+            let mut r = ok(i, i * 25, 20, 200, 4);
+            r.in_flight_at_send = (1 + i / 10) as u32;
+            s.record(&r);
+        }
+        let flat = LevelResult::from_stats(&s, timing(40.0, 10));
+        assert_eq!(flat.stability.map(|st| st.stable), Some(false));
+        let ramp = LevelResult::from_stats(
+            &s,
+            LevelTiming {
+                qps_ramp: Some([10.0, 70.0]),
+                ..timing(40.0, 10)
+            },
+        );
+        assert_eq!(ramp.stability, None);
     }
 
     #[test]

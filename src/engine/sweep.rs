@@ -156,9 +156,11 @@ impl Engine {
             progress: run.progress.clone(),
             idle: idle.clone(),
             cancel: cancel.clone(),
-            gate: spec
-                .max_concurrency
-                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+            // A shard holds its share of the cap, as of the schedule.
+            gate: spec.max_concurrency.map(|n| {
+                let share = self.shard.map_or(n, |s| n.div_ceil(s.count as usize));
+                Arc::new(tokio::sync::Semaphore::new(share.max(1)))
+            }),
             spec: spec.clone(),
             start,
         });
