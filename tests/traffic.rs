@@ -445,3 +445,48 @@ async fn bad_traffic_flags_exit_2_naming_the_flag() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_gives_up_the_requests_waiting_for_a_slot() {
+    let _serial = serial();
+    // A second a request, two slots for 40 req/s: the wait list grows.
+    let mut cfg = roomy(15, 64);
+    cfg.capacity.ttft = Duration::from_millis(50);
+    let m = start_mock(cfg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut child = tokio::process::Command::new(bin())
+        .args(run_args(
+            &m.chat_url(),
+            &ds,
+            &results,
+            &["--qps", "40", "--duration", "20", "--max-concurrency", "2"],
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let t0 = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the run ends after Ctrl-C, not after its wait list")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let l = &read_json(&only_run(&results).join("benchmark_qps_results.json"))[0];
+    assert_eq!(l["interrupted"], true);
+    // ~120 planned in 3 s, a handful served: the rest gave up, counted.
+    let cancelled = l["errors"]["cancelled"].as_u64().unwrap_or(0);
+    assert!(cancelled > 50, "{}", l["errors"]);
+    assert_eq!(l["dropped"], 0);
+    assert!(
+        (truth(&m).await.len() as u64) < l["scheduled"].as_u64().unwrap() - 50,
+        "requests given up while waiting never reached the server"
+    );
+    m.shutdown().await;
+}

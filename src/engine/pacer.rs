@@ -147,7 +147,9 @@ pub(super) fn pace(
             ctx.progress.trace_position_us.store(at, Ordering::Relaxed);
             req
         });
-        if ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
+        // With a queueing cap, requests waiting for a slot hold no socket:
+        // the cap bounds what is open, and nothing is dropped.
+        if ctx.gate.is_none() && ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
             let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
             rec.outcome = Err(ErrorKind::Dropped);
             ctx.progress.failed.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,8 @@ pub(super) struct TaskCtx {
     pub(super) progress: Arc<Progress>,
     pub(super) idle: Arc<Notify>,
     pub(super) cancel: CancellationToken,
+    /// The level stops sending: requests still waiting for a slot give up.
+    pub(super) stop: CancellationToken,
     /// `max_concurrency` slots, when the level has them.
     pub(super) gate: Option<Arc<tokio::sync::Semaphore>>,
     pub(super) spec: LevelSpec,
@@ -98,6 +100,7 @@ async fn run_request(
             let slot = tokio::select! {
                 s = gate.clone().acquire_owned() => s.ok(),
                 _ = ctx.cancel.cancelled() => None,
+                _ = ctx.stop.cancelled() => None,
             };
             let waited = (Instant::now() - ctx.start).saturating_sub(scheduled_at);
             rec.client_queue = Some(waited);

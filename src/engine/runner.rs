@@ -182,6 +182,11 @@ async fn warm_up(
             spec.duration = None;
         }
     }
+    // A replay's warm-up sends its first lines with other words: it warms
+    // the server, not the replay's own prefixes.
+    if let Load::Trace(r) = &spec.load {
+        spec.load = Load::Trace(std::sync::Arc::new(r.reseeded(spec.seed ^ 0x3A97_3A97)));
+    }
     // A ramp's warm-up holds its starting rate (its mean if it starts at 0).
     if let (Load::Curve(_), Levels::Rates(r)) = (&spec.load, &plan.levels) {
         spec.load = Load::Flat;

@@ -148,6 +148,12 @@ impl Engine {
             }
             None => Instant::now() + Duration::from_millis(2),
         };
+        // A shard holds its share of the cap, as of the schedule.
+        let gate_slots = spec.max_concurrency.map(|n| {
+            self.shard
+                .map_or(n, |s| n.div_ceil(s.count as usize))
+                .max(1)
+        });
         let ctx = Arc::new(TaskCtx {
             client: self.client.clone(),
             requests: self.requests.clone(),
@@ -156,11 +162,8 @@ impl Engine {
             progress: run.progress.clone(),
             idle: idle.clone(),
             cancel: cancel.clone(),
-            // A shard holds its share of the cap, as of the schedule.
-            gate: spec.max_concurrency.map(|n| {
-                let share = self.shard.map_or(n, |s| n.div_ceil(s.count as usize));
-                Arc::new(tokio::sync::Semaphore::new(share.max(1)))
-            }),
+            stop: stop_sending.clone(),
+            gate: gate_slots.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             spec: spec.clone(),
             start,
         });

@@ -34,7 +34,7 @@ impl Default for ReplayOptions {
 }
 
 /// A trace, the slice of it to send and the prompts to send it with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Replay {
     pub trace: Arc<Trace>,
     pub options: ReplayOptions,
@@ -81,9 +81,9 @@ impl Replay {
         prompts: TracePrompts,
         params: BodyParams,
     ) -> Result<Self, String> {
-        if !(options.speed.is_finite() && options.speed > 0.0) {
+        if !(options.speed.is_finite() && (1e-3..=1e6).contains(&options.speed)) {
             return Err(format!(
-                "--trace-speed {}: must be a number above 0",
+                "--trace-speed {}: must be between 0.001 and 1000000",
                 options.speed
             ));
         }
@@ -130,6 +130,15 @@ impl Replay {
             end,
             period,
         })
+    }
+
+    /// The same slice with other words in every prompt (a warm-up that
+    /// must not warm the replay's own prefixes).
+    pub fn reseeded(&self, seed: u64) -> Self {
+        Self {
+            prompts: self.prompts.with_seed(seed),
+            ..self.clone()
+        }
     }
 
     /// Requests in one pass.
@@ -323,5 +332,15 @@ mod tests {
             )
             .is_err()
         );
+        let slow = ReplayOptions {
+            speed: 1e-9,
+            ..Default::default()
+        };
+        assert!(replay(&ms, slow).is_err());
+        // A warm-up's replay: the same lines and times, other words.
+        let w = all.reseeded(99);
+        assert_eq!(offsets(&w, 5), offsets(&all, 5));
+        assert_ne!(w.request(0).body, all.request(0).body);
+        assert_eq!(w.request(0).input_chars, all.request(0).input_chars);
     }
 }

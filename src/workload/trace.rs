@@ -419,6 +419,14 @@ impl TracePrompts {
         self.exact
     }
 
+    /// The same words, drawn with another seed: other text everywhere.
+    pub fn with_seed(&self, seed: u64) -> Self {
+        Self {
+            seed,
+            ..self.clone()
+        }
+    }
+
     /// The prompt of request `line` (its index in the trace): `input`
     /// tokens, the first of them the blocks of `hash_ids`.
     pub fn prompt(&self, line: u64, input: u32, hash_ids: &[u64]) -> String {

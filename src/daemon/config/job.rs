@@ -412,15 +412,15 @@ fn traffic(
             }),
         };
         let speed = j.trace_speed.unwrap_or(1.0);
-        if !(speed.is_finite() && speed > 0.0) {
-            pr.err(&key("trace_speed"), format!("{speed} must be above 0"));
+        let speed_ok = speed.is_finite() && (1e-3..=1e6).contains(&speed);
+        if !speed_ok {
+            pr.err(
+                &key("trace_speed"),
+                format!("{speed} must be between 0.001 and 1000000"),
+            );
         }
         let options = crate::plan::replay::ReplayOptions {
-            speed: if speed > 0.0 && speed.is_finite() {
-                speed
-            } else {
-                1.0
-            },
+            speed: if speed_ok { speed } else { 1.0 },
             start: dur("trace_start", &j.trace_start, pr).unwrap_or_default(),
             duration: dur("trace_duration", &j.trace_duration, pr),
             // A soak replays its trace for as long as it runs.
@@ -440,10 +440,7 @@ fn traffic(
     });
     let shape = j.shape.as_ref().and_then(|s| {
         if kind != JobKind::Soak {
-            pr.err(
-                &key("shape"),
-                "only soaks take a shape (sweeps ramp with qps levels)".into(),
-            );
+            pr.err(&key("shape"), "only soaks take a shape".into());
             return None;
         }
         let shape_key = |k: &str| {
