@@ -361,10 +361,12 @@ impl LevelResult {
         };
         let lag = Dist::from_histogram(&s.lag, 1e-6, 6);
         let client_bound = client_bound_reason(s, &t);
-        // A rate that changes moves the backlog with it (in flight = rate ×
+        // A ramp moves the backlog with its rate (in flight = rate ×
         // latency): the constant-rate test would call every ramp-up
-        // unstable. Such levels are read by their time series instead.
-        let varies = t.qps_ramp.is_some() || t.trace;
+        // unstable, so a ramp is read by its time series instead. A trace
+        // is judged: over a level its rate is roughly steady, and a
+        // backlog that grows through it is the replay's own verdict.
+        let varies = t.qps_ramp.is_some();
         let stability = s
             .timeline
             .as_ref()
