@@ -29,7 +29,7 @@ pub(super) async fn run_workers(
     let limit = ctx.spec.limit.map(|l| l.div_ceil(count));
     tokio::time::sleep_until(ctx.start).await;
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    for w in 0..workers {
         let (ctx, next, last) = (ctx.clone(), next.clone(), last.clone());
         let (stop, cancel) = (stop.clone(), cancel.clone());
         set.spawn(async move {
@@ -43,13 +43,23 @@ pub(super) async fn run_workers(
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                         _ = stop.cancelled() => {}
                     }
-                    ctx.progress
-                        .paused_ns
-                        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    // Every worker waits out the pause; one of them keeps
+                    // its time, so that it is counted once.
+                    if w == 0 {
+                        ctx.progress
+                            .paused_ns
+                            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    }
                     continue;
                 }
                 let at = Instant::now() - ctx.start;
-                if ctx.spec.duration.is_some_and(|d| at >= d) {
+                // The duration counts time spent sending, not paused.
+                let paused = Duration::from_nanos(ctx.progress.paused_ns.load(Ordering::Relaxed));
+                if ctx
+                    .spec
+                    .duration
+                    .is_some_and(|d| at.saturating_sub(paused) >= d)
+                {
                     return false;
                 }
                 let k = next.fetch_add(1, Ordering::Relaxed);
