@@ -35,6 +35,7 @@ const PURE: &[&str] = &[
     "workload/request.rs",
     "workload/synthetic.rs",
     "workload/trace.rs",
+    "workload/session.rs",
     "client/chunk.rs",
     "client/keepalive.rs",
     "client/record.rs",
@@ -46,6 +47,7 @@ const PURE: &[&str] = &[
     "plan/load.rs",
     "plan/replay.rs",
     "plan/schedule.rs",
+    "plan/think.rs",
     "results/table.rs",
 ];
 

@@ -57,6 +57,7 @@ fn engine(url: &str) -> Engine {
         server_metrics: None,
         shard: None,
         observer: Arc::new(llmload::engine::sweep::NoObserver),
+        sessions: None,
     }
 }
 

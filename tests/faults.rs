@@ -55,6 +55,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
         server_metrics: None,
         shard: None,
         observer: Arc::new(NoObserver),
+        sessions: None,
     };
     let qps = 20.0;
     let dur = Duration::from_secs_f64(n as f64 / qps);

@@ -782,6 +782,7 @@ async fn a_failed_requests_jsonl_write_is_reported_not_ignored() {
         server_metrics: None,
         shard: None,
         observer: records,
+        sessions: None,
     };
     let plan = SweepPlan {
         levels: llmload::plan::load::Levels::Rates(vec![llmload::plan::profile::RateLevel::flat(

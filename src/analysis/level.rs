@@ -32,6 +32,15 @@ pub struct TokenCounts {
     pub input_mismatch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_excess_mean: Option<f64>,
+    /// Successful requests whose server reported cached prompt tokens
+    /// (`usage.prompt_tokens_details.cached_tokens`), the cached tokens
+    /// and the prompt tokens of those requests.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_reported: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_total: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_total: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -187,6 +196,13 @@ pub struct LevelResult {
     /// achieved rate, TTFT and E2E p50/p95, errors and requests in flight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeseries: Vec<crate::analysis::series::SeriesPoint>,
+    /// Cached ÷ prompt tokens over the requests whose server reported
+    /// cached tokens: how much prefill the server's prefix cache saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit_ratio: Option<f64>,
+    /// Multi-turn sessions: counts, lags and figures by turn bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<crate::analysis::sessions::SessionsResult>,
     pub histograms: SerializedHistograms,
 }
 
@@ -424,7 +440,21 @@ impl LevelResult {
                 input_mismatch: s.input_mismatch,
                 input_excess_mean: (s.input_counted > 0)
                     .then(|| round(s.input_excess as f64 / s.input_counted as f64, 2)),
+                cached_reported: s.cached_reported,
+                cached_total: s.cached_tokens_total,
+                cached_input_total: s.cached_input_total,
             },
+            cache_hit_ratio: crate::analysis::sessions::ratio(
+                s.cached_tokens_total,
+                s.cached_input_total,
+            ),
+            sessions: s.sessions.as_ref().map(|x| {
+                x.result(if t.send_window.is_zero() {
+                    t.duration
+                } else {
+                    t.duration.max(t.send_window)
+                })
+            }),
             client_bound: client_bound.is_some(),
             client_bound_reason: client_bound
                 .map(|why| match &t.client {

@@ -209,6 +209,25 @@ pub fn merge_level(
                     round(total / counted as f64, 2)
                 })
             },
+            cached_reported: sum(|l| l.tokens.cached_reported),
+            cached_total: sum(|l| l.tokens.cached_total),
+            cached_input_total: sum(|l| l.tokens.cached_input_total),
+        },
+        cache_hit_ratio: crate::analysis::sessions::ratio(
+            sum(|l| l.tokens.cached_total),
+            sum(|l| l.tokens.cached_input_total),
+        ),
+        sessions: {
+            let parts: Vec<_> = levels.iter().filter_map(|l| l.sessions.as_ref()).collect();
+            if parts.is_empty() {
+                None
+            } else {
+                let window = levels.iter().map(|l| l.send_window_s).fold(first.duration, f64::max);
+                Some(crate::analysis::sessions::merge(
+                    &parts,
+                    std::time::Duration::from_secs_f64(window.max(0.0)),
+                )?)
+            }
         },
         schedule_lag: dist(&lag, 1e-6, 6),
         client_bound: levels.iter().any(|l| l.client_bound),

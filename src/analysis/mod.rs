@@ -9,6 +9,7 @@ pub mod merge;
 pub mod saturation;
 pub mod search;
 pub mod series;
+pub mod sessions;
 pub mod slo;
 pub mod stability;
 pub mod stats;

@@ -93,6 +93,13 @@ pub struct LevelStats {
     pub queued: u64,
     /// The level's time series (levels whose rate changes).
     pub series: Option<crate::analysis::series::Series>,
+    /// Successful requests whose server reported cached prompt tokens,
+    /// and sums over them: the level's cache hit ratio.
+    pub cached_reported: u64,
+    pub cached_tokens_total: u64,
+    pub cached_input_total: u64,
+    /// Multi-turn sessions, when the level ran them.
+    pub sessions: Option<crate::analysis::sessions::SessionStats>,
 }
 
 /// Most windows a timeline keeps: a level is judged on about
@@ -221,6 +228,10 @@ impl LevelStats {
             client_queue: latency_histogram(),
             queued: 0,
             series: None,
+            cached_reported: 0,
+            cached_tokens_total: 0,
+            cached_input_total: 0,
+            sessions: None,
             input_tokens_total: 0,
             input_tokens_reported: 0,
             input_counted: 0,
@@ -243,6 +254,9 @@ impl LevelStats {
     pub fn record(&mut self, r: &RequestRecord) {
         if let Some(s) = &mut self.series {
             s.record(r);
+        }
+        if r.turn > 0 {
+            self.sessions.get_or_insert_with(Default::default).record(r);
         }
         if let Some(q) = r.client_queue {
             self.client_queue.saturating_record(micros(q));
@@ -295,6 +309,15 @@ impl LevelStats {
             return;
         }
         self.succeeded += 1;
+        if let Some(c) = r.cached_input_tokens {
+            self.cached_reported += 1;
+            self.cached_tokens_total += c as u64;
+            self.cached_input_total += r
+                .usage_input_tokens
+                .or(r.client_input_tokens)
+                .unwrap_or_else(|| crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize))
+                as u64;
+        }
         if let Some(t) = r.ttft() {
             self.ttft_us_total += micros(t);
             self.setup_us_total += r.client_setup().as_micros() as u64;
@@ -380,6 +403,14 @@ impl LevelStats {
         self.good += o.good;
         self.bad += o.bad;
         self.queued += o.queued;
+        self.cached_reported += o.cached_reported;
+        self.cached_tokens_total += o.cached_tokens_total;
+        self.cached_input_total += o.cached_input_total;
+        match (&mut self.sessions, &o.sessions) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.sessions = Some(b.clone()),
+            _ => {}
+        }
         match (&mut self.series, &o.series) {
             (Some(a), Some(b)) => a.merge(b),
             (None, Some(b)) => self.series = Some(b.clone()),

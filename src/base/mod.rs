@@ -1,6 +1,6 @@
 //! Small shared types and process plumbing that every stage uses:
 //! durations, secrets, clocks, exit codes, URL redaction, console output,
-//! logging, signals, resource limits and the HTTP listener helper.
+//! logging, signals, a sub-millisecond timer, resource limits and the HTTP listener helper.
 
 pub mod clock;
 pub mod console;
@@ -12,4 +12,5 @@ pub mod redact;
 pub mod secret;
 pub mod serve;
 pub mod signals;
+pub mod timer;
 pub mod usage;

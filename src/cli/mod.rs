@@ -142,6 +142,16 @@ pub struct TargetArgs {
     /// lengths and client-side input token counts.
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
+    /// Replay a ShareGPT file's entries as multi-turn sessions: each human
+    /// turn is sent with the history and the server's own replies. (JSONL
+    /// with `session_id`/`turn` or `turns`, and synthetic specs with
+    /// `turns=`, are sessions without it.)
+    #[arg(long)]
+    pub sessions: bool,
+    /// Sessions: the pause between the end of a reply and the next turn:
+    /// a duration (`2s`), or `exp:2s` for exponential pauses of that mean.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = crate::plan::think::ThinkTime::parse)]
+    pub think_time: crate::plan::think::ThinkTime,
     /// Send ignore_eos and min_tokens (vLLM, llama.cpp) so that every request
     /// generates exactly its max_tokens.
     #[arg(long)]

@@ -51,6 +51,13 @@ pub struct ChunkInfo<'a> {
     pub finish: Option<FinishReason>,
     pub completion_tokens: Option<u32>,
     pub prompt_tokens: Option<u32>,
+    /// Prompt tokens the server served from its prefix cache:
+    /// `usage.prompt_tokens_details.cached_tokens` (OpenAI, vLLM, SGLang,
+    /// llama.cpp), else llama.cpp's `timings.cache_n`.
+    pub cached_tokens: Option<u32>,
+    /// The answer text the chunk carried, decoded; only read when asked
+    /// for (a session's next turn sends it back as history).
+    pub text: Option<Cow<'a, str>>,
     /// An `error` object inside the stream (vLLM and proxies send these
     /// with status 200 once streaming has begun).
     pub error: bool,
@@ -97,6 +104,12 @@ pub fn parse(data: &[u8]) -> Result<Payload<'_>, ChunkError> {
 /// needs them once per request, for traces; skipping them saves a UTF-8
 /// check of two strings per chunk).
 pub fn parse_with(data: &[u8], want_ids: bool) -> Result<Payload<'_>, ChunkError> {
+    parse_full(data, want_ids, false)
+}
+
+/// [`parse_with`], also decoding the answer text into `text` when
+/// `want_text` (a string per content delta, joined).
+pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payload<'_>, ChunkError> {
     let trimmed = data.trim_ascii();
     if trimmed == b"[DONE]" {
         return Ok(Payload::Done);
@@ -125,6 +138,7 @@ pub fn parse_with(data: &[u8], want_ids: bool) -> Result<Payload<'_>, ChunkError
                                 return Ok(());
                             }
                             sc.object(|sc, dk| match dk {
+                                b"content" if want_text => sc.text_into(&mut info),
                                 b"content" => {
                                     info.content |= sc.non_empty()?;
                                     Ok(())
@@ -136,6 +150,7 @@ pub fn parse_with(data: &[u8], want_ids: bool) -> Result<Payload<'_>, ChunkError
                                 _ => sc.skip_value(0),
                             })
                         }
+                        b"text" if want_text => sc.text_into(&mut info),
                         b"text" => {
                             info.content |= sc.non_empty()?;
                             Ok(())
@@ -161,6 +176,35 @@ pub fn parse_with(data: &[u8], want_ids: bool) -> Result<Payload<'_>, ChunkError
                     }
                     b"prompt_tokens" => {
                         info.prompt_tokens = sc.opt_u32()?;
+                        Ok(())
+                    }
+                    b"prompt_tokens_details" => {
+                        if !sc.null()? {
+                            sc.object(|sc, dk| match dk {
+                                b"cached_tokens" => {
+                                    if let Some(n) = sc.opt_u32()? {
+                                        info.cached_tokens = Some(n);
+                                    }
+                                    Ok(())
+                                }
+                                _ => sc.skip_value(0),
+                            })?;
+                        }
+                        Ok(())
+                    }
+                    _ => sc.skip_value(0),
+                })?;
+            }
+            Ok(())
+        }
+        // llama.cpp's own figures, beside `usage` (and on the finish
+        // chunk when usage was not asked for).
+        b"timings" => {
+            if !sc.null()? {
+                sc.object(|sc, tk| match tk {
+                    b"cache_n" => {
+                        let n = sc.opt_u32()?;
+                        info.cached_tokens = info.cached_tokens.or(n);
                         Ok(())
                     }
                     _ => sc.skip_value(0),
@@ -325,6 +369,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Answer text: a string is decoded and appended to `info.text`
+    /// (content parts and other shapes only mark the chunk as content).
+    fn text_into(&mut self, info: &mut ChunkInfo<'a>) -> Res<()> {
+        if self.peek()? != b'"' {
+            info.content |= self.non_empty()?;
+            return Ok(());
+        }
+        if let Some(s) = self.opt_str()?
+            && !s.is_empty()
+        {
+            info.content = true;
+            match &mut info.text {
+                None => info.text = Some(s),
+                Some(t) => t.to_mut().push_str(&s),
+            }
+        }
+        Ok(())
+    }
+
     /// A non-negative integer that fits u32, or null; other numbers are
     /// skipped and read as absent.
     fn opt_u32(&mut self) -> Res<Option<u32>> {
@@ -436,6 +499,13 @@ pub mod reference {
             finish: choices.finish,
             completion_tokens: raw.usage.as_ref().and_then(|u| u.completion_tokens),
             prompt_tokens: raw.usage.as_ref().and_then(|u| u.prompt_tokens),
+            cached_tokens: raw
+                .usage
+                .as_ref()
+                .and_then(|u| u.prompt_tokens_details.as_ref())
+                .and_then(|d| d.cached_tokens)
+                .or(raw.timings.and_then(|t| t.cache_n)),
+            text: None,
             error: raw.error.is_some_and(|e| e.0),
             id: raw.id,
             model: raw.model,
@@ -453,7 +523,21 @@ pub mod reference {
         #[serde(default)]
         usage: Option<RawUsage>,
         #[serde(default)]
+        timings: Option<RawTimings>,
+        #[serde(default)]
         error: Option<NonEmpty>,
+    }
+
+    #[derive(Deserialize)]
+    struct RawTimings {
+        #[serde(default)]
+        cache_n: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    struct RawDetails {
+        #[serde(default)]
+        cached_tokens: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -462,6 +546,8 @@ pub mod reference {
         completion_tokens: Option<u32>,
         #[serde(default)]
         prompt_tokens: Option<u32>,
+        #[serde(default)]
+        prompt_tokens_details: Option<RawDetails>,
     }
 
     #[derive(Default)]
@@ -600,6 +686,52 @@ mod tests {
         assert_eq!(c.model.as_deref(), Some("m"));
         assert!(!chunk(r#"{"choices":[{"delta":{}}]}"#).has_tokens());
         assert!(!chunk(r#"{"choices":[{"delta":{"content":null}}]}"#).has_tokens());
+    }
+
+    #[test]
+    fn answer_text_is_decoded_only_when_asked_for() {
+        let data = br#"{"choices":[{"delta":{"content":"h\u00e9 \"q\"","reasoning_content":"not this"}}]}"#;
+        let Payload::Chunk(c) = parse_full(data, false, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.text.as_deref(), Some("hé \"q\""));
+        assert!(c.content && c.other_tokens);
+        let Payload::Chunk(c) = parse_full(data, false, false).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.text, None, "not decoded unless asked for");
+        assert!(c.content);
+        let Payload::Chunk(c) =
+            parse_full(br#"{"choices":[{"text":" more","finish_reason":null}]}"#, false, true)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.text.as_deref(), Some(" more"));
+        let Payload::Chunk(c) = parse_full(
+            br#"{"choices":[{"delta":{"content":""}},{"delta":{"content":[{"type":"text"}]}}]}"#,
+            false,
+            true,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.text, None);
+        assert!(c.content, "content parts still count as content");
+    }
+
+    #[test]
+    fn cached_tokens_from_usage_details_or_llamacpp_timings() {
+        let c = chunk(
+            r#"{"choices":[],"usage":{"completion_tokens":16,"prompt_tokens":121,"total_tokens":137,"prompt_tokens_details":{"cached_tokens":81}},"timings":{"cache_n":80,"prompt_n":40}}"#,
+        );
+        assert_eq!((c.prompt_tokens, c.cached_tokens), (Some(121), Some(81)));
+        let t = chunk(
+            r#"{"choices":[{"finish_reason":"length","index":0,"delta":{}}],"timings":{"cache_n":120,"prompt_n":1}}"#,
+        );
+        assert_eq!(t.cached_tokens, Some(120));
+        let n = chunk(r#"{"usage":{"prompt_tokens":3,"prompt_tokens_details":null}}"#);
+        assert_eq!(n.cached_tokens, None);
     }
 
     #[test]

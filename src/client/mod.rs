@@ -519,7 +519,8 @@ impl StreamState {
             return false;
         }
         let want_ids = cfg.keep_response_ids && rec.response_id.is_none();
-        let info = match chunk::parse_with(data, want_ids) {
+        let want_text = rec.reply.is_some();
+        let info = match chunk::parse_full(data, want_ids, want_text) {
             Ok(Payload::Done) => {
                 self.end = Some(End::Done);
                 return false;
@@ -568,6 +569,12 @@ impl StreamState {
         }
         if info.prompt_tokens.is_some() {
             rec.usage_input_tokens = info.prompt_tokens;
+        }
+        if info.cached_tokens.is_some() {
+            rec.cached_input_tokens = info.cached_tokens;
+        }
+        if let (Some(reply), Some(text)) = (rec.reply.as_mut(), info.text.as_deref()) {
+            reply.push_str(text);
         }
         true
     }

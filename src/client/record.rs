@@ -150,6 +150,16 @@ pub struct RequestRecord {
     pub usage_input_tokens: Option<u32>,
     /// Prompt tokens counted with the run's tokenizer (none without one).
     pub client_input_tokens: Option<u32>,
+    /// Prompt tokens the server said it served from its prefix cache.
+    pub cached_input_tokens: Option<u32>,
+    /// The answer text streamed. `Some` before the send asks the client
+    /// to keep it (a session sends it back as history); `None` costs
+    /// nothing.
+    pub reply: Option<String>,
+    /// A session's turn, 1-based; 0 for a request outside any session.
+    pub turn: u32,
+    /// Characters of prompt text sent (the estimate where no count is).
+    pub prompt_chars: u32,
     pub finish: Option<FinishReason>,
     pub status: Option<u16>,
     /// Only filled when a sink asked for them (tracing): they allocate.
@@ -190,6 +200,10 @@ impl RequestRecord {
             usage_output_tokens: None,
             usage_input_tokens: None,
             client_input_tokens: None,
+            cached_input_tokens: None,
+            reply: None,
+            turn: 0,
+            prompt_chars: 0,
             finish: None,
             status: None,
             response_id: None,

@@ -214,6 +214,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
             job: job_metrics.clone(),
             next,
         }),
+        sessions: slot.sessions.clone(),
     };
     let active = Arc::new(ActiveRun {
         run_id,

@@ -19,6 +19,8 @@ pub struct TargetSlot {
     pub target: Target,
     pub client: Arc<LlmClient>,
     pub requests: Arc<Vec<PreparedRequest>>,
+    /// The dataset's multi-turn sessions, when it has them.
+    pub sessions: Option<Arc<crate::engine::session::SessionPlan>>,
     /// What the requests are, for each run's metadata.
     pub workload: crate::workload::Workload,
     /// The server's own metrics, when the target names them.
@@ -135,12 +137,13 @@ impl State {
         for t in &config.targets {
             // Daemon prompts are seeded with 0: every run of a target sends
             // the same workload, so its runs compare.
-            let prompts = crate::plan::prompts::load(
+            let prompts = crate::plan::prompts::load_with(
                 &t.dataset.to_string_lossy(),
                 t.dataset_format,
                 t.tokenizer.as_deref(),
                 0,
                 &t.spec,
+                t.sessions,
             )
             .map_err(|e| format!("target '{}': {e}", t.name))?;
             let client = t
@@ -153,6 +156,14 @@ impl State {
                     target: t.clone(),
                     client: Arc::new(client),
                     requests: Arc::new(prompts.requests),
+                    sessions: prompts.sessions.map(|s| {
+                        Arc::new(crate::engine::session::SessionPlan {
+                            sessions: s,
+                            params: t.spec.body_params(),
+                            think: t.think_time,
+                            seed: 0,
+                        })
+                    }),
                     workload: prompts.workload,
                     scraper: t
                         .spec

@@ -2,7 +2,7 @@
 //! when its last one ends. No pacer: a request is "scheduled" the instant
 //! its worker is free.
 
-use super::request::{TaskCtx, request_task};
+use super::request::{Job, TaskCtx, request_task};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -68,9 +68,20 @@ pub(super) async fn run_workers(
                 }
                 last.fetch_max(at.as_nanos() as u64, Ordering::Relaxed);
                 let seq = first_seq + k * count + index;
-                ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
-                let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                let ok = request_task(ctx.clone(), seq, at, open, None).await;
+                // A user with sessions runs them back to back, each to
+                // its end (or the level's).
+                let ok = if let Some(plan) = ctx.sessions.clone() {
+                    let end = ctx.spec.duration.map(|d| d + paused);
+                    let ended = super::session::run_session(&ctx, &plan, seq, at, end).await;
+                    !matches!(ended, crate::analysis::sessions::SessionEnd::Aborted(_))
+                } else {
+                    ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+                    let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                    request_task(ctx.clone(), Job::new(seq, at, open))
+                        .await
+                        .outcome
+                        .is_ok()
+                };
                 // A request that failed (a refused connection fails in
                 // microseconds): a short pause, so that a dead endpoint
                 // does not turn the workers into a busy loop.

@@ -79,6 +79,8 @@ pub struct Progress {
     /// Requests that met the level's SLO (when it has one).
     pub good: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// Sessions started and not ended (thinking between turns included).
+    pub sessions_active: AtomicUsize,
     /// Set while a soak is paused for a sweep on the same target.
     pub paused: AtomicBool,
     /// Total time spent paused, nanoseconds.

@@ -5,7 +5,7 @@
 //! hands each request to the runtime as a task. A trace replay's prompts
 //! are made on a thread of their own, ahead of their sends.
 
-use super::request::{TaskCtx, lock, request_task};
+use super::request::{Job, TaskCtx, lock, request_task};
 use crate::client::record::{ErrorKind, RequestRecord};
 use crate::plan::load::Load;
 use crate::plan::schedule::Schedule;
@@ -136,7 +136,10 @@ pub(super) fn pace(
         let scheduled_at = shift + offset;
         last = scheduled_at;
         let seq = first_seq + i as u64;
-        ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        // A session counts its turns as it sends them.
+        if ctx.sessions.is_none() {
+            ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        }
         if let Load::Curve(c) = &spec.load {
             let rate = c.rate_at(offset.as_secs_f64());
             ctx.progress
@@ -152,6 +155,17 @@ pub(super) fn pace(
         if ctx.gate.is_none() && ctx.progress.in_flight.load(Ordering::Acquire) >= max_in_flight {
             let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
             rec.outcome = Err(ErrorKind::Dropped);
+            if ctx.sessions.is_some() {
+                // The session's first turn never went: the session broke.
+                ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+                rec.turn = 1;
+                let mut st = lock(&ctx.stats);
+                let s = st.sessions.get_or_insert_with(Default::default);
+                s.started();
+                s.ended(crate::analysis::sessions::SessionEnd::Aborted(
+                    ErrorKind::Dropped,
+                ));
+            }
             ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
             ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
             lock(&ctx.stats).record(&rec);
@@ -159,10 +173,19 @@ pub(super) fn pace(
                 .request_done(spec, ctx.start.into_std(), &rec, None);
             continue;
         }
-        let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let task_ctx = ctx.clone();
+        if let Some(plan) = ctx.sessions.clone() {
+            let end = spec.duration.map(|d| d + shift);
+            handle.spawn(async move {
+                super::session::run_session(&task_ctx, &plan, seq, scheduled_at, end).await;
+            });
+            continue;
+        }
+        let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         handle.spawn(async move {
-            request_task(task_ctx, seq, scheduled_at, open, own).await;
+            let mut job = Job::new(seq, scheduled_at, open);
+            job.own = own;
+            request_task(task_ctx, job).await;
         });
     }
     drop(upcoming);

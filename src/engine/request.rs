@@ -26,39 +26,71 @@ pub(super) struct TaskCtx {
     pub(super) stop: CancellationToken,
     /// `max_concurrency` slots, when the level has them.
     pub(super) gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Multi-turn sessions, when the level sends them.
+    pub(super) sessions: Option<Arc<super::session::SessionPlan>>,
+    /// Cancelled when the level's send window closes: sessions stop
+    /// sending turns (and count as open at its end).
+    pub(super) window_over: CancellationToken,
+    /// Requests sent by sessions so far (their turns' sequence numbers).
+    pub(super) turn_seq: std::sync::atomic::AtomicU64,
     pub(super) spec: LevelSpec,
     pub(super) start: Instant,
+}
+
+/// What to send: its place in the level, its planned instant, the
+/// requests open when it was handed over, its own body (else the
+/// level's request `seq` cycles to), and its session turn (0: none; a
+/// turn keeps the reply's text).
+pub(super) struct Job {
+    pub(super) seq: u64,
+    pub(super) scheduled_at: Duration,
+    pub(super) open: usize,
+    pub(super) own: Option<PreparedRequest>,
+    pub(super) turn: u32,
+}
+
+impl Job {
+    pub(super) fn new(seq: u64, scheduled_at: Duration, open: usize) -> Self {
+        Self {
+            seq,
+            scheduled_at,
+            open,
+            own: None,
+            turn: 0,
+        }
+    }
+}
+
+/// How a request ended, for a session's next turn.
+pub(super) struct Sent {
+    pub(super) outcome: Result<(), ErrorKind>,
+    /// The answer text (session turns only).
+    pub(super) reply: Option<String>,
+    pub(super) done_at: Duration,
 }
 
 /// One request, from spawn to books. Whatever happens inside (a panic in
 /// the client or an observer included), the request is counted exactly
 /// once and `in_flight` goes down, so the level ends on time.
-pub(super) async fn request_task(
-    ctx: Arc<TaskCtx>,
-    seq: u64,
-    scheduled_at: Duration,
-    open: usize,
-    own: Option<PreparedRequest>,
-) -> bool {
+pub(super) async fn request_task(ctx: Arc<TaskCtx>, job: Job) -> Sent {
     let _in_flight = InFlight(&ctx);
     let mut counted = false;
-    let mut ok = false;
-    let run = std::panic::AssertUnwindSafe(run_request(
-        &ctx,
-        seq,
-        scheduled_at,
-        open,
-        own,
-        &mut counted,
-        &mut ok,
-    ));
+    let (seq, scheduled_at, open, turn) = (job.seq, job.scheduled_at, job.open, job.turn);
+    let mut sent = Sent {
+        outcome: Err(ErrorKind::Internal),
+        reply: None,
+        done_at: scheduled_at,
+    };
+    let run = std::panic::AssertUnwindSafe(run_request(&ctx, job, &mut counted, &mut sent));
     if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
         report_panic(&*panic);
         if !counted {
             let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
             rec.done_at = Instant::now() - ctx.start;
             rec.in_flight_at_send = open as u32;
+            rec.turn = turn;
             rec.outcome = Err(ErrorKind::Internal);
+            sent.done_at = rec.done_at;
             count(&ctx, &rec);
             // Metrics, requests.jsonl and traces count it too.
             let base = ctx.start.into_std();
@@ -67,25 +99,23 @@ pub(super) async fn request_task(
             }));
         }
     }
-    ok
+    sent
 }
 
-async fn run_request(
-    ctx: &TaskCtx,
-    seq: u64,
-    scheduled_at: Duration,
-    open: usize,
-    own: Option<PreparedRequest>,
-    counted: &mut bool,
-    ok: &mut bool,
-) {
-    let req = match &own {
+async fn run_request(ctx: &TaskCtx, job: Job, counted: &mut bool, sent: &mut Sent) {
+    let (seq, scheduled_at, open) = (job.seq, job.scheduled_at, job.open);
+    let req = match &job.own {
         Some(r) => r,
         None => &ctx.requests[(seq % ctx.requests.len() as u64) as usize],
     };
     let mut rec = RequestRecord::new(seq, scheduled_at, scheduled_at);
     rec.in_flight_at_send = open.min(u32::MAX as usize) as u32;
     rec.client_input_tokens = req.input_tokens;
+    rec.prompt_chars = req.input_chars.min(u32::MAX as usize) as u32;
+    rec.turn = job.turn;
+    if job.turn > 0 {
+        rec.reply = Some(String::new());
+    }
     let base = ctx.start.into_std();
     let hook = ctx.observer.request_start(&ctx.spec, base, &rec);
     let header = hook.as_ref().and_then(|h| h.header.clone());
@@ -110,6 +140,7 @@ async fn run_request(
                 rec.outcome = Err(ErrorKind::Cancelled);
                 count(ctx, &rec);
                 *counted = true;
+                (sent.outcome, sent.done_at) = (rec.outcome, rec.done_at);
                 ctx.observer.request_done(&ctx.spec, base, &rec, hook);
                 return;
             }
@@ -126,13 +157,14 @@ async fn run_request(
     // The books first: an observer that fails cannot un-count a request.
     count(ctx, &rec);
     *counted = true;
-    *ok = rec.is_ok();
+    (sent.outcome, sent.done_at) = (rec.outcome, rec.done_at);
     let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ctx.observer.request_done(&ctx.spec, base, &rec, hook)
     }));
     if let Err(panic) = observed {
         report_panic(&*panic);
     }
+    sent.reply = rec.reply.take();
 }
 
 /// Add a finished request to the level's stats and progress.
@@ -163,6 +195,25 @@ struct InFlight<'a>(&'a TaskCtx);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.0.progress.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts a session in `sessions_active` while it lives, however it
+/// ends, so that the drain waits for it.
+pub(super) struct ActiveSession<'a>(&'a TaskCtx);
+
+impl<'a> ActiveSession<'a> {
+    pub(super) fn enter(ctx: &'a TaskCtx) -> Self {
+        ctx.progress.sessions_active.fetch_add(1, Ordering::AcqRel);
+        Self(ctx)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        if self.0.progress.sessions_active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
     }

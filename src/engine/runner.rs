@@ -169,6 +169,9 @@ async fn warm_up(
         server_metrics: None,
         shard: engine.shard,
         observer: std::sync::Arc::new(NoObserver),
+        // Warm-ups send single requests: a session warm-up would fill
+        // the cache the first level is measured on.
+        sessions: None,
     };
     let mut spec = plan.spec(0);
     // Its own seed, so a Poisson warm-up is not the first level's pattern.

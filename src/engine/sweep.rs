@@ -49,6 +49,9 @@ pub struct Engine {
     /// Send only this shard's part of every schedule.
     pub shard: Option<crate::plan::schedule::Shard>,
     pub observer: Arc<dyn Observer>,
+    /// Multi-turn sessions: each schedule entry (or each user's next
+    /// iteration) starts a session instead of sending one request.
+    pub sessions: Option<Arc<super::session::SessionPlan>>,
 }
 
 /// A level in progress: the stats are shared so a soak can snapshot them.
@@ -164,6 +167,10 @@ impl Engine {
             cancel: cancel.clone(),
             stop: stop_sending.clone(),
             gate: gate_slots.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            // A warm-up of N requests sends single requests.
+            sessions: self.sessions.clone().filter(|_| spec.limit.is_none()),
+            window_over: CancellationToken::new(),
+            turn_seq: std::sync::atomic::AtomicU64::new(first_seq),
             spec: spec.clone(),
             start,
         });
@@ -219,10 +226,15 @@ impl Engine {
             sent_done = sent_done.min(start + d);
         }
 
-        // Drain: every task carries its own deadline, so this ends.
+        // The window is closed: sessions send no more turns.
+        ctx.window_over.cancel();
+        // Drain: every task carries its own deadline, and a session ends
+        // with the window, so this ends.
         loop {
             let notified = idle.notified();
-            if run.progress.in_flight.load(Ordering::Acquire) == 0 {
+            if run.progress.in_flight.load(Ordering::Acquire) == 0
+                && run.progress.sessions_active.load(Ordering::Acquire) == 0
+            {
                 break;
             }
             notified.await;
@@ -361,6 +373,7 @@ pub(crate) mod tests {
             server_metrics: None,
             shard: None,
             observer: Arc::new(NoObserver),
+            sessions: None,
         }
     }
 

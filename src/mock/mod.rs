@@ -17,7 +17,6 @@ pub mod generate;
 pub mod metrics;
 pub mod server;
 pub mod state;
-pub mod timer;
 pub mod truth;
 
 pub use server::MockServer;

@@ -4,7 +4,7 @@
 
 use super::MockConfig;
 use super::metrics::MockMetrics;
-use super::timer::PreciseTimer;
+use crate::base::timer::PreciseTimer;
 use super::truth::TruthLog;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};

@@ -8,3 +8,4 @@ pub mod prompts;
 pub mod replay;
 pub mod schedule;
 pub mod target;
+pub mod think;

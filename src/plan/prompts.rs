@@ -55,6 +55,9 @@ pub fn replay_of(
 /// A run's prepared requests and what they are.
 pub struct Prompts {
     pub requests: Vec<PreparedRequest>,
+    /// Multi-turn sessions (then `requests` are their first turns, for
+    /// warm-ups).
+    pub sessions: Option<Vec<crate::workload::session::Session>>,
     pub workload: Workload,
     /// Worth saying once (entries skipped, lengths approximate).
     pub notices: Vec<String>,
@@ -68,6 +71,19 @@ pub fn load(
     seed: u64,
     target: &Target,
 ) -> Result<Prompts, DatasetError> {
+    load_with(dataset, format, tokenizer, seed, target, false)
+}
+
+/// [`load`]; `sessions`: a ShareGPT file's entries become multi-turn
+/// sessions (JSONL and synthetic specs say so themselves).
+pub fn load_with(
+    dataset: &str,
+    format: Option<Format>,
+    tokenizer: Option<&Path>,
+    seed: u64,
+    target: &Target,
+    sessions: bool,
+) -> Result<Prompts, DatasetError> {
     let source = Source::parse(dataset, format).map_err(DatasetError::Setting)?;
     let tok = match tokenizer {
         Some(p) => Some(
@@ -76,20 +92,50 @@ pub fn load(
         None => None,
     };
     let mut notices = Vec::new();
+    let mut sessions_out = None;
     let (convs, counts, format_name, synthetic): (Vec<Conversation>, Vec<u32>, String, _) =
         match &source {
             Source::Synthetic(spec) => {
-                let g = crate::workload::synthetic::generate(
-                    spec,
-                    seed,
-                    tok.as_ref().map(|t| t as &dyn TokenCount),
-                )
-                .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
+                if sessions {
+                    return Err(DatasetError::Setting(format!(
+                        "{dataset}: --sessions reads a ShareGPT file's turns; a synthetic spec makes sessions with turns=T,turn_input=K"
+                    )));
+                }
+                let tc = tok.as_ref().map(|t| t as &dyn TokenCount);
+                let g = crate::workload::synthetic::generate(spec, seed, tc)
+                    .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
+                if spec.turns > 1 {
+                    sessions_out = Some(
+                        crate::workload::synthetic::generate_sessions(spec, seed, tc)
+                            .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?,
+                    );
+                }
                 let (convs, counts) = g.into_iter().unzip();
                 (convs, counts, "synthetic".to_string(), Some(spec.clone()))
             }
             Source::File { path, format } => {
-                let loaded = crate::workload::files::load_as(path, *format)?;
+                let loaded = crate::workload::files::load_as(path, *format, sessions)?;
+                if loaded.multi_turn > 0 {
+                    notices.push(format!(
+                        "{}: {} entries have several human turns; each is sent once, up to its last (--sessions replays them turn by turn, with the server's replies)",
+                        path.display(),
+                        loaded.multi_turn
+                    ));
+                }
+                if let Some(s) = loaded.sessions {
+                    let counted: Vec<crate::workload::session::Session> = s
+                        .into_iter()
+                        .map(|mut s| {
+                            for t in &mut s.turns {
+                                t.new_tokens = tok.as_ref().map(|tk| {
+                                    t.messages.iter().map(|m| tk.count(&m.content) as u32).sum()
+                                });
+                            }
+                            s
+                        })
+                        .collect();
+                    sessions_out = Some(counted);
+                }
                 if loaded.skipped > 0 {
                     notices.push(format!(
                         "{}: {} of {} entries have no human turn and were skipped",
@@ -135,9 +181,13 @@ pub fn load(
         seed,
         ignore_eos: target.ignore_eos,
         extra_body_keys: target.extra_body.keys().cloned().collect(),
+        sessions: sessions_out
+            .as_ref()
+            .map(|s| crate::workload::SessionsInfo::of(s)),
     };
     Ok(Prompts {
         requests,
+        sessions: sessions_out,
         workload,
         notices,
     })

@@ -83,6 +83,7 @@ pub(super) fn engine(
         server_metrics: None,
         shard: None,
         observer,
+        sessions: None,
     }
 }
 

@@ -49,6 +49,11 @@ pub struct ServerLevel {
     pub prompt_tokens: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation_tokens: Option<f64>,
+    /// The server's own prefix-cache hit ratio over the level: prompt
+    /// tokens found in its cache ÷ prompt tokens looked up (vLLM,
+    /// llama.cpp, the mock; `None` where the server exports no counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_hit_ratio: Option<f64>,
     /// The server's TTFT over the level, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_p50: Option<f64>,
@@ -79,6 +84,7 @@ impl ServerLevel {
             preemptions: None,
             prompt_tokens: None,
             generation_tokens: None,
+            prefix_cache_hit_ratio: None,
             ttft_p50: None,
             ttft_p95: None,
             ttft_p95_gap: None,
@@ -113,6 +119,9 @@ impl ServerLevel {
         }
         if let (Some(p95), Some(gap)) = (self.ttft_p95, self.ttft_p95_gap) {
             parts.push(format!("server TTFT p95 {p95:.3}s (ours {gap:+.3}s)"));
+        }
+        if let Some(r) = self.prefix_cache_hit_ratio {
+            parts.push(format!("prefix cache hit {:.0}%", r * 100.0));
         }
         if let Some(t) = self.generation_tokens {
             parts.push(match self.our_output_tokens {
@@ -235,6 +244,10 @@ pub fn reduce(
         preemptions: counter_delta(first.preemptions, last.preemptions),
         prompt_tokens: counter_delta(first.prompt_tokens, last.prompt_tokens),
         generation_tokens: counter_delta(first.generation_tokens, last.generation_tokens),
+        prefix_cache_hit_ratio: counter_delta(first.prefix_cache_queries, last.prefix_cache_queries)
+            .zip(counter_delta(first.prefix_cache_hits, last.prefix_cache_hits))
+            .filter(|(q, _)| *q > 0.0)
+            .map(|(q, h)| ((h / q).min(1.0) * 1e4).round() / 1e4),
         ttft_p50: p(0.5),
         ttft_p95,
         ttft_p95_gap: ours_ttft_p95.zip(ttft_p95).map(|(o, s)| o - s),
@@ -256,6 +269,8 @@ mod tests {
             preemptions: Some(3.0),
             prompt_tokens: Some(1000.0),
             generation_tokens: Some(gen_tokens),
+            prefix_cache_queries: Some(gen_tokens),
+            prefix_cache_hits: Some(gen_tokens / 2.0),
             ttft_buckets: Some(buckets),
         }
     }
@@ -294,6 +309,8 @@ mod tests {
         assert_eq!(v.kv_cache_max, Some(0.53));
         assert_eq!(v.preemptions, Some(0.0));
         assert_eq!(v.generation_tokens, Some(2000.0));
+        // 2000 looked up, 1000 found over the level.
+        assert_eq!(v.prefix_cache_hit_ratio, Some(0.5));
         // Increase: 40 in (0, 0.1], 60 in (0.1, 1]: p50 at rank 50 is 10
         // into the second bucket of 60: 0.1 + 0.9 × 10/60 = 0.25.
         assert!(

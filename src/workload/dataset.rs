@@ -116,26 +116,95 @@ pub struct Loaded {
     pub conversations: Vec<Conversation>,
     pub format: Format,
     pub skipped: usize,
+    /// Multi-turn sessions: JSONL with `session_id`/`turn` or `turns`, or
+    /// ShareGPT read as sessions. `conversations` then holds each
+    /// session's first turn.
+    pub sessions: Option<Vec<crate::workload::session::Session>>,
+    /// ShareGPT entries with several human turns (a notice says that
+    /// `--sessions` would replay them turn by turn).
+    pub multi_turn: usize,
 }
 
 const SEED_EXAMPLE: &str = r#"[{"prompt_content": "...", "cut_chat_history": [...]}]"#;
 const SHAREGPT_EXAMPLE: &str = r#"[{"conversations": [{"from": "human", "value": "..."}]}]"#;
 
-/// Parse dataset bytes in `format` (detected when `None`).
-pub fn parse_as(path: &Path, bytes: &[u8], format: Option<Format>) -> Result<Loaded, DatasetError> {
+/// Parse dataset bytes in `format` (detected when `None`). `sessions`:
+/// read ShareGPT's human turns as a session each entry (JSONL says so
+/// itself, with `session_id` or `turns`; the seed's format has none).
+pub fn parse_as(
+    path: &Path,
+    bytes: &[u8],
+    format: Option<Format>,
+    sessions: bool,
+) -> Result<Loaded, DatasetError> {
+    use crate::workload::session;
     let format = match format {
         Some(f) => f,
         None => detect(path, bytes)?,
     };
-    let (conversations, skipped) = match format {
-        Format::Seed => (parse(path, bytes)?, 0),
-        Format::Sharegpt => parse_sharegpt(path, bytes)?,
-        Format::Jsonl => (parse_jsonl(path, bytes)?, 0),
+    let first_turns = |s: &[session::Session]| -> Vec<Conversation> {
+        s.iter().map(|s| s.conversation(0, &[])).collect()
+    };
+    let mut multi_turn = 0;
+    let (conversations, skipped, sessions) = match format {
+        Format::Seed if sessions => {
+            return Err(DatasetError::Setting(format!(
+                "{}: the seed's format has one prompt per sample, no sessions (drop --sessions, or use ShareGPT or JSONL)",
+                path.display()
+            )));
+        }
+        Format::Seed => (parse(path, bytes)?, 0, None),
+        Format::Sharegpt => {
+            let entries = sharegpt_entries(path, bytes)?;
+            if sessions {
+                let (s, skipped) = session::from_sharegpt(entries);
+                if s.is_empty() {
+                    return Err(DatasetError::Empty {
+                        path: path.to_owned(),
+                    });
+                }
+                (first_turns(&s), skipped, Some(s))
+            } else {
+                multi_turn = entries
+                    .iter()
+                    .filter(|e| e.iter().filter(|m| m.role == Role::User).count() > 1)
+                    .count();
+                let (c, skipped) = last_human_turns(path, entries)?;
+                (c, skipped, None)
+            }
+        }
+        Format::Jsonl => {
+            let lines = jsonl_lines(path, bytes)?;
+            if lines.iter().any(|l| l.session.is_some()) {
+                let s = session::from_lines(
+                    path,
+                    lines.into_iter().map(JsonlEntry::into_session).collect(),
+                )?;
+                (first_turns(&s), 0, Some(s))
+            } else {
+                if sessions {
+                    return Err(DatasetError::Setting(format!(
+                        "{}: no line has `session_id` and `turn` or `turns`: nothing to replay as sessions (drop --sessions)",
+                        path.display()
+                    )));
+                }
+                let convs = lines
+                    .into_iter()
+                    .map(|l| Conversation {
+                        messages: l.messages,
+                        max_tokens: l.max_tokens,
+                    })
+                    .collect();
+                (convs, 0, None)
+            }
+        }
     };
     Ok(Loaded {
         conversations,
         format,
         skipped,
+        sessions,
+        multi_turn,
     })
 }
 
@@ -214,21 +283,18 @@ struct ShareGptTurn {
     value: String,
 }
 
-/// ShareGPT: each entry's turns up to its last human turn, roles mapped
-/// (`human`/`user` to user, `gpt`/`assistant`/`chatgpt`/`bard`/`model`
-/// to assistant, `system`). An entry without a human turn has nothing to
-/// ask and is skipped (real dumps have some); an unknown role is an error.
-fn parse_sharegpt(path: &Path, bytes: &[u8]) -> Result<(Vec<Conversation>, usize), DatasetError> {
+/// ShareGPT entries with their roles mapped (`human`/`user` to user,
+/// `gpt`/`assistant`/`chatgpt`/`bard`/`model` to assistant, `system`);
+/// an unknown role is an error naming the entry and the turn.
+fn sharegpt_entries(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<Message>>, DatasetError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let raw: Vec<ShareGptSample> = match serde_path_to_error::deserialize(de) {
         Ok(v) => v,
         Err(e) => return Err(describe(path, e, SHAREGPT_EXAMPLE)),
     };
     let mut out = Vec::with_capacity(raw.len());
-    let mut skipped = 0;
     for (index, sample) in raw.into_iter().enumerate() {
         let mut messages = Vec::with_capacity(sample.conversations.len());
-        let mut last_human = None;
         for (t, turn) in sample.conversations.into_iter().enumerate() {
             let role = match turn.from.as_str() {
                 "human" | "user" => Role::User,
@@ -243,15 +309,27 @@ fn parse_sharegpt(path: &Path, bytes: &[u8]) -> Result<(Vec<Conversation>, usize
                     });
                 }
             };
-            if role == Role::User {
-                last_human = Some(messages.len());
-            }
             messages.push(Message {
                 role,
                 content: turn.value,
             });
         }
-        match last_human {
+        out.push(messages);
+    }
+    Ok(out)
+}
+
+/// ShareGPT as single requests: each entry's turns up to its last human
+/// turn. An entry without a human turn has nothing to ask and is skipped
+/// (real dumps have some).
+fn last_human_turns(
+    path: &Path,
+    entries: Vec<Vec<Message>>,
+) -> Result<(Vec<Conversation>, usize), DatasetError> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut skipped = 0;
+    for mut messages in entries {
+        match messages.iter().rposition(|m| m.role == Role::User) {
             Some(i) => {
                 messages.truncate(i + 1);
                 out.push(Conversation {
@@ -278,12 +356,54 @@ struct JsonlLine {
     prompt: Option<String>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    /// A session's id (a string or a number) and this line's turn in it.
+    #[serde(default)]
+    session_id: Option<serde_json::Value>,
+    #[serde(default)]
+    turn: Option<u32>,
+    /// A whole session on one line: its user turns, each a string or a
+    /// `{"role", "content"}` message.
+    #[serde(default)]
+    turns: Option<Vec<serde_json::Value>>,
+}
+
+/// One JSONL line, checked.
+struct JsonlEntry {
+    line: usize,
+    messages: Vec<Message>,
+    max_tokens: Option<u32>,
+    /// `Some` on a session's line: its id and turn, or `None` with the
+    /// whole session's turns.
+    session: Option<(Option<(String, u32)>, Vec<crate::workload::session::Turn>)>,
+}
+
+impl JsonlEntry {
+    fn into_session(self) -> crate::workload::session::SessionLine {
+        use crate::workload::session::{SessionLine, Turn};
+        match self.session {
+            Some((key, turns)) => SessionLine {
+                line: self.line,
+                key,
+                turns,
+            },
+            None => SessionLine {
+                line: self.line,
+                key: None,
+                turns: vec![Turn {
+                    messages: self.messages,
+                    max_tokens: self.max_tokens,
+                    new_tokens: None,
+                }],
+            },
+        }
+    }
 }
 
 /// JSONL: one `{"messages": [...]}` or `{"prompt": "..."}` per line, with
 /// an optional `max_tokens`; other keys (ids, timestamps) are ignored and
-/// blank lines skipped. Errors name the line.
-fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<Conversation>, DatasetError> {
+/// blank lines skipped. A session's turn adds `session_id` and `turn`; a
+/// whole session is `{"turns": [...]}`. Errors name the line.
+fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::Line {
         path: path.to_owned(),
         line: bytes[..e.valid_up_to()]
@@ -316,6 +436,80 @@ fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<Conversation>, DatasetEr
                 )),
             }
         })?;
+        if raw.max_tokens == Some(0) {
+            return Err(bad("field `max_tokens`: must be at least 1".into()));
+        }
+        let key = match (&raw.session_id, raw.turn) {
+            (None, None) => None,
+            (Some(id), Some(turn)) => {
+                if turn == 0 {
+                    return Err(bad("field `turn`: turns count from 1".into()));
+                }
+                let id = match id {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(bad(format!(
+                            "field `session_id`: expected a string or a number, found {other}"
+                        )));
+                    }
+                };
+                Some((id, turn))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "has `session_id` but no `turn`: give the turn's number (1, 2, 3…)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "has `turn` but no `session_id`: say which session the turn is of".into(),
+                ));
+            }
+        };
+        if let Some(turns) = raw.turns {
+            if key.is_some() || raw.messages.is_some() || raw.prompt.is_some() {
+                return Err(bad(
+                    "has `turns` (a whole session) and `session_id`, `messages` or `prompt`: give one form"
+                        .into(),
+                ));
+            }
+            if turns.is_empty() {
+                return Err(bad(
+                    "field `turns`: empty session: give at least one turn".into()
+                ));
+            }
+            let turns = turns
+                .into_iter()
+                .enumerate()
+                .map(|(t, v)| {
+                    let message = match v {
+                        serde_json::Value::String(content) => Message {
+                            role: Role::User,
+                            content,
+                        },
+                        v => serde_json::from_value::<Message>(v).map_err(|e| {
+                            bad(format!(
+                                "field `turns[{t}]`: {} (a turn is a string or a {{\"role\", \"content\"}} message)",
+                                strip_position(&e.to_string())
+                            ))
+                        })?,
+                    };
+                    Ok(crate::workload::session::Turn {
+                        messages: vec![message],
+                        max_tokens: raw.max_tokens,
+                        new_tokens: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, DatasetError>>()?;
+            out.push(JsonlEntry {
+                line: line_no,
+                messages: Vec::new(),
+                max_tokens: raw.max_tokens,
+                session: Some((None, turns)),
+            });
+            continue;
+        }
         let messages = match (raw.messages, raw.prompt) {
             (Some(_), Some(_)) => {
                 return Err(bad("has both `messages` and `prompt`: give one".into()));
@@ -337,12 +531,39 @@ fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<Conversation>, DatasetEr
                 content: p,
             }],
         };
-        if raw.max_tokens == Some(0) {
-            return Err(bad("field `max_tokens`: must be at least 1".into()));
-        }
-        out.push(Conversation {
+        let session = key.map(|key| {
+            // A later turn's recorded answers are dropped: the server's own
+            // replies take their place.
+            let own: Vec<Message> = if key.1 > 1 {
+                messages
+                    .iter()
+                    .filter(|m| m.role != Role::Assistant)
+                    .cloned()
+                    .collect()
+            } else {
+                messages.clone()
+            };
+            if own.is_empty() {
+                return Err(bad(format!(
+                    "turn {} of session '{}' has only the recorded answer: give the user's message",
+                    key.1, key.0
+                )));
+            }
+            Ok((
+                Some(key),
+                vec![crate::workload::session::Turn {
+                    messages: own,
+                    max_tokens: raw.max_tokens,
+                    new_tokens: None,
+                }],
+            ))
+        });
+        let session = session.transpose()?;
+        out.push(JsonlEntry {
+            line: line_no,
             messages,
             max_tokens: raw.max_tokens,
+            session,
         });
     }
     if out.is_empty() {

@@ -5,13 +5,14 @@ use crate::workload::Format;
 use crate::workload::dataset::{Conversation, DatasetError, Loaded, parse, parse_as};
 use std::path::Path;
 
-/// Load a dataset file in `format`, or the format its content shows.
-pub fn load_as(path: &Path, format: Option<Format>) -> Result<Loaded, DatasetError> {
+/// Load a dataset file in `format`, or the format its content shows;
+/// `sessions`: ShareGPT entries as multi-turn sessions.
+pub fn load_as(path: &Path, format: Option<Format>, sessions: bool) -> Result<Loaded, DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse_as(path, &bytes, format)
+    parse_as(path, &bytes, format, sessions)
 }
 
 /// Load and convert a dataset file.

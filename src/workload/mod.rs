@@ -8,6 +8,7 @@
 pub mod dataset;
 pub mod files;
 pub mod request;
+pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod trace;
@@ -82,7 +83,7 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// `synthetic:input=512,output=128[,input_stddev=,output_stddev=,prefix=,samples=]`.
+/// `synthetic:input=512,output=128[,input_stddev=,output_stddev=,prefix=,samples=,turns=,turn_input=]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyntheticSpec {
     /// Prompt tokens (the shared prefix included).
@@ -94,8 +95,26 @@ pub struct SyntheticSpec {
     /// Tokens at the start of every prompt that are the same for all, for
     /// servers with prefix caching. Part of `input`.
     pub prefix: u32,
-    /// Distinct prompts generated; requests cycle through them.
+    /// Distinct prompts generated; requests cycle through them. With
+    /// `turns` > 1, distinct sessions.
     pub samples: usize,
+    /// Turns per session: 1 is single-turn requests; more makes sessions
+    /// whose later turns carry the history and the server's replies.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub turns: u32,
+    /// New user tokens each turn after the first adds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub turn_input: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 pub const SYNTHETIC: &str = "synthetic:";
@@ -103,6 +122,8 @@ pub const DEFAULT_SAMPLES: usize = 256;
 /// Longest prompt generated: beyond any model's context today, small
 /// enough that a typo (`input=5120000`) fails fast.
 pub const MAX_INPUT: u32 = 1_000_000;
+/// Most turns a synthetic session has.
+pub const MAX_TURNS: u32 = 1000;
 
 impl SyntheticSpec {
     /// Parse what follows `synthetic:`. Errors name the key.
@@ -114,6 +135,8 @@ impl SyntheticSpec {
             output_stddev: 0.0,
             prefix: 0,
             samples: DEFAULT_SAMPLES,
+            turns: 1,
+            turn_input: 0,
         };
         let (mut input, mut output) = (false, false);
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -142,9 +165,11 @@ impl SyntheticSpec {
                 "output_stddev" => spec.output_stddev = spread()?,
                 "prefix" => spec.prefix = whole()?,
                 "samples" => spec.samples = whole()? as usize,
+                "turns" => spec.turns = whole()?,
+                "turn_input" => spec.turn_input = whole()?,
                 other => {
                     return Err(format!(
-                        "unknown key '{other}' (input, output, input_stddev, output_stddev, prefix, samples)"
+                        "unknown key '{other}' (input, output, input_stddev, output_stddev, prefix, samples, turns, turn_input)"
                     ));
                 }
             }
@@ -171,6 +196,29 @@ impl SyntheticSpec {
         }
         if spec.samples == 0 {
             return Err("samples=0: generate at least 1 prompt".into());
+        }
+        if spec.turns == 0 || spec.turns > MAX_TURNS {
+            return Err(format!(
+                "turns={}: a session has 1 to {MAX_TURNS} turns",
+                spec.turns
+            ));
+        }
+        if spec.turns > 1 && spec.turn_input == 0 {
+            return Err(format!(
+                "turns={} needs turn_input=K: the new user tokens each later turn adds",
+                spec.turns
+            ));
+        }
+        if spec.turns == 1 && spec.turn_input > 0 {
+            return Err("turn_input= needs turns= above 1 (a session of several turns)".into());
+        }
+        let longest = spec.input as u64
+            + (spec.turns as u64 - 1) * (spec.turn_input as u64 + spec.output as u64);
+        if longest > MAX_INPUT as u64 {
+            return Err(format!(
+                "turns={}: the last turn's history would be {longest} tokens, beyond {MAX_INPUT}",
+                spec.turns
+            ));
         }
         Ok(spec)
     }
@@ -302,6 +350,39 @@ pub struct Workload {
     /// Keys merged into every body by `--extra-body`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_body_keys: Vec<String>,
+    /// Multi-turn sessions: how many, and their turns. `samples`,
+    /// `input_tokens` and `output_tokens` then describe first turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsInfo>,
+}
+
+/// `workload.sessions` in `metadata.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionsInfo {
+    pub count: usize,
+    /// Turns per session, min / mean / max.
+    pub turns: LengthStats,
+    /// New prompt tokens a later turn adds (counted with the tokenizer,
+    /// else 4 characters a token), min / mean / max.
+    pub turn_input_tokens: LengthStats,
+}
+
+impl SessionsInfo {
+    pub fn of(sessions: &[session::Session]) -> Self {
+        Self {
+            count: sessions.len(),
+            turns: LengthStats::of(session::turn_counts(sessions)),
+            turn_input_tokens: LengthStats::of(sessions.iter().flat_map(|s| {
+                s.turns.iter().skip(1).map(|t| {
+                    t.new_tokens.unwrap_or_else(|| {
+                        synthetic::estimate_tokens(
+                            t.messages.iter().map(|m| m.content.chars().count()).sum(),
+                        )
+                    })
+                })
+            })),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -341,6 +422,9 @@ mod tests {
             .unwrap();
         assert_eq!((s.input, s.output, s.prefix, s.samples), (512, 128, 64, 10));
         assert_eq!(s.output_stddev, 8.0);
+        assert_eq!((s.turns, s.turn_input), (1, 0));
+        let s = SyntheticSpec::parse("input=512,output=64,turns=8,turn_input=32").unwrap();
+        assert_eq!((s.turns, s.turn_input), (8, 32));
         for (bad, says) in [
             ("input=512", "give input= and output="),
             ("input=x,output=1", "input=x"),
@@ -352,6 +436,13 @@ mod tests {
             ("input=0,output=1", "input=0"),
             ("input=4,output=0", "output=0"),
             ("input=4,output=2,input_stddev=-1", "input_stddev=-1"),
+            ("input=4,output=2,turns=3", "needs turn_input"),
+            ("input=4,output=2,turn_input=3", "needs turns="),
+            ("input=4,output=2,turns=0,turn_input=1", "turns=0"),
+            (
+                "input=900000,output=2000,turns=100,turn_input=10",
+                "beyond 1000000",
+            ),
             ("input=4,output", "expected KEY=VALUE"),
         ] {
             let e = SyntheticSpec::parse(bad).unwrap_err();

@@ -128,6 +128,57 @@ pub fn generate(
     Ok(samples)
 }
 
+/// Sessions of `spec.turns` turns: the first turn is the single-turn
+/// prompt of the same index (shared prefix included), each later turn
+/// `turn_input` new tokens of its own. Every turn asks for a drawn
+/// output length.
+pub fn generate_sessions(
+    spec: &SyntheticSpec,
+    seed: u64,
+    tok: Option<&dyn TokenCount>,
+) -> Result<Vec<crate::workload::session::Session>, SyntheticError> {
+    use crate::workload::session::{Session, Turn};
+    let first = generate(spec, seed, tok)?;
+    let words: Vec<String> = match tok {
+        Some(t) => usable_words(t),
+        None => WORDS.iter().map(|w| w.to_string()).collect(),
+    };
+    let mut out_rng = StdRng::seed_from_u64(seed ^ 0x7E57_0F75);
+    let mut sessions = Vec::with_capacity(first.len());
+    for (i, (conv, tokens)) in first.into_iter().enumerate() {
+        let mut turns = Vec::with_capacity(spec.turns as usize);
+        turns.push(Turn {
+            max_tokens: conv.max_tokens,
+            messages: conv.messages,
+            new_tokens: Some(tokens),
+        });
+        for t in 1..spec.turns {
+            let mut rng = StdRng::seed_from_u64(
+                seed.wrapping_mul(0x100_0000_01B3) ^ ((i as u64 + 1) << 20) ^ t as u64,
+            );
+            let (text, n) = match tok {
+                Some(tk) => exact(tk, &words, &[], spec.turn_input, &mut rng)?,
+                None => approximate(&words, &[], spec.turn_input, &mut rng),
+            };
+            turns.push(Turn {
+                messages: vec![Message {
+                    role: Role::User,
+                    content: text,
+                }],
+                max_tokens: Some(draw(
+                    &mut out_rng,
+                    spec.output,
+                    spec.output_stddev,
+                    u32::MAX,
+                )),
+                new_tokens: Some(n),
+            });
+        }
+        sessions.push(Session { turns });
+    }
+    Ok(sessions)
+}
+
 /// Words that are one token after a space, and stay so alone at the start
 /// of a prompt (the first word has no space before it). The built-in
 /// words first, then the tokenizer's own.
@@ -239,7 +290,30 @@ mod tests {
             output_stddev: 0.0,
             prefix,
             samples: 20,
+            turns: 1,
+            turn_input: 0,
         }
+    }
+
+    #[test]
+    fn sessions_add_turn_input_tokens_a_turn() {
+        let mut s = spec(30, 5);
+        s.turns = 4;
+        s.turn_input = 7;
+        let g = generate_sessions(&s, 2, Some(&Words)).unwrap();
+        assert_eq!(g.len(), 20);
+        let single = generate(&spec(30, 5), 2, Some(&Words)).unwrap();
+        for (sess, (one, _)) in g.iter().zip(&single) {
+            assert_eq!(sess.turns.len(), 4);
+            assert_eq!(sess.turns[0].messages, one.messages, "turn 1 is the prompt");
+            for t in &sess.turns[1..] {
+                assert_eq!(Words.count(&t.messages[0].content), 7);
+                assert_eq!(t.new_tokens, Some(7));
+                assert_eq!(t.max_tokens, Some(16));
+            }
+        }
+        assert_ne!(g[0].turns[1], g[1].turns[1], "later turns vary too");
+        assert_eq!(g, generate_sessions(&s, 2, Some(&Words)).unwrap());
     }
 
     #[test]

@@ -592,6 +592,7 @@ pub async fn run_level(
         server_metrics: None,
         shard: None,
         observer: Arc::new(NoObserver),
+        sessions: None,
     };
     let dur = Duration::from_secs_f64(secs);
     let out = engine

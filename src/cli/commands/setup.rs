@@ -41,15 +41,24 @@ impl Session {
         }
         warn_about_flags(a);
         let prompts = match &a.dataset {
-            Some(d) => Some(crate::plan::prompts::load(
+            Some(d) => Some(crate::plan::prompts::load_with(
                 &d.to_string_lossy(),
                 a.dataset_format,
                 a.tokenizer.as_deref(),
                 a.seed,
                 &target,
+                a.sessions,
             )?),
             None => None,
         };
+        let has_sessions = prompts.as_ref().is_some_and(|p| p.sessions.is_some());
+        if !has_sessions && a.think_time != crate::plan::think::ThinkTime::None {
+            return Err(UsageError::new(
+                "--think-time is the pause between a session's turns: give a multi-turn dataset \
+                 (synthetic:…,turns=T,turn_input=K; JSONL with session_id/turn; ShareGPT with --sessions)",
+            )
+            .into());
+        }
         for n in prompts.iter().flat_map(|p| &p.notices) {
             crate::errln!("note: {n}");
         }
@@ -88,9 +97,19 @@ impl Session {
                 .build_client(telemetry.is_some())
                 .map_err(|e| UsageError::new(e.to_string()))?,
         );
-        let (requests, workload) = match prompts {
-            Some(p) => (Arc::new(p.requests), Some(p.workload)),
-            None => (Arc::new(Vec::new()), None),
+        let (requests, workload, sessions) = match prompts {
+            Some(p) => {
+                let sessions = p.sessions.map(|s| {
+                    Arc::new(crate::engine::session::SessionPlan {
+                        sessions: s,
+                        params: target.body_params(),
+                        think: a.think_time,
+                        seed: a.seed,
+                    })
+                });
+                (Arc::new(p.requests), Some(p.workload), sessions)
+            }
+            None => (Arc::new(Vec::new()), None, None),
         };
 
         let now = chrono::Local::now();
@@ -147,6 +166,7 @@ impl Session {
             server_metrics,
             shard: None,
             observer,
+            sessions,
         };
         Ok(Self {
             target,

@@ -46,6 +46,9 @@ pub struct Target {
     pub dataset: PathBuf,
     pub dataset_format: Option<crate::workload::Format>,
     pub tokenizer: Option<PathBuf>,
+    /// ShareGPT entries as sessions (`sessions = true`).
+    pub sessions: bool,
+    pub think_time: crate::plan::think::ThinkTime,
     pub keep_runs: Option<usize>,
     pub keep_days: Option<f64>,
 }

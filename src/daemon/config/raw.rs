@@ -64,6 +64,12 @@ pub struct RawTarget {
     pub dataset_format: Option<String>,
     /// A Hugging Face tokenizer.json for exact lengths and counts.
     pub tokenizer: Option<String>,
+    /// A ShareGPT dataset's entries as multi-turn sessions.
+    #[serde(default)]
+    pub sessions: bool,
+    /// Sessions: the pause between a reply and the next turn (`2s`,
+    /// `exp:2s`).
+    pub think_time: Option<String>,
     /// Send `ignore_eos` and `min_tokens`: exact output lengths.
     #[serde(default)]
     pub ignore_eos: bool,

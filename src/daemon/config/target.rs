@@ -157,14 +157,30 @@ pub(super) fn targets(
                 _ => pr.err(&key("extra_body"), "must be a table".into()),
             }
         }
-        if let Err(e) = crate::plan::prompts::load(
+        let think_time = match t.think_time.as_deref().map(crate::plan::think::ThinkTime::parse) {
+            None => crate::plan::think::ThinkTime::None,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                pr.err(&key("think_time"), e);
+                crate::plan::think::ThinkTime::None
+            }
+        };
+        match crate::plan::prompts::load_with(
             &dataset.to_string_lossy(),
             dataset_format,
             tokenizer.as_deref(),
             0,
             &spec,
+            t.sessions,
         ) {
-            pr.err(&key("dataset"), e.to_string());
+            Err(e) => pr.err(&key("dataset"), e.to_string()),
+            Ok(p) if p.sessions.is_none() && think_time != crate::plan::think::ThinkTime::None => {
+                pr.err(
+                    &key("think_time"),
+                    "is the pause between a session's turns, and this dataset has no sessions".into(),
+                )
+            }
+            Ok(_) => {}
         }
         for p in spec.validate() {
             // A key file that is missing now may appear before the daemon
@@ -181,6 +197,8 @@ pub(super) fn targets(
             dataset,
             dataset_format,
             tokenizer,
+            sessions: t.sessions,
+            think_time,
             keep_runs: t.keep_runs,
             keep_days: t.keep_days,
         });

@@ -25,6 +25,11 @@ pub(super) const DIALECT: Dialect = Dialect {
         "llamacpp:prompt_tokens_cached_total",
     ],
     generation_tokens: &["llamacpp:tokens_predicted_total"],
+    cache_queries: &[
+        "llamacpp:prompt_tokens_total",
+        "llamacpp:prompt_tokens_cached_total",
+    ],
+    cache_hits: &["llamacpp:prompt_tokens_cached_total"],
     ttft: None,
 };
 
@@ -44,6 +49,8 @@ mod tests {
         // Processed plus reused from the cache: every prompt token sent.
         assert_eq!(r.prompt_tokens, Some(11_509.0 + 459_646.0));
         assert_eq!(r.generation_tokens, Some(201_616.0));
+        assert_eq!(r.prefix_cache_queries, Some(11_509.0 + 459_646.0));
+        assert_eq!(r.prefix_cache_hits, Some(459_646.0));
         assert_eq!(r.ttft_buckets, None);
     }
 

@@ -14,6 +14,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     preemptions: &[],
     prompt_tokens: &["llmload_mock_prompt_tokens_total"],
     generation_tokens: &["llmload_mock_generation_tokens_total"],
+    cache_queries: &["llmload_mock_prefix_cache_queries_total"],
+    cache_hits: &["llmload_mock_prefix_cache_hits_total"],
     ttft: None,
 };
 

@@ -61,6 +61,13 @@ pub struct Reading {
     /// Counters: prompt and generated tokens so far.
     pub prompt_tokens: Option<f64>,
     pub generation_tokens: Option<f64>,
+    /// Counters: prompt tokens looked up in the prefix cache, and found
+    /// there (vLLM's `prefix_cache_queries`/`hits`; llama.cpp's processed
+    /// plus cached prompt tokens, and cached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_queries: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_hits: Option<f64>,
     /// The server's TTFT histogram, cumulative buckets (le seconds, count),
     /// sorted by le, +Inf last; with its _count.
     #[serde(default, with = "bucket_serde")]
@@ -82,6 +89,11 @@ struct Dialect {
     /// tokens apart, and llmload compares with every token it sent.
     prompt_tokens: &'static [&'static str],
     generation_tokens: &'static [&'static str],
+    /// Prefix-cache counters, in tokens: the parts of the looked-up total
+    /// (summed) and the hits. Empty: the family exports none (SGLang has
+    /// only a gauge of its recent hit rate, TGI nothing).
+    cache_queries: &'static [&'static str],
+    cache_hits: &'static [&'static str],
     /// Histogram base name (its series are `_bucket`, `_count`, `_sum`).
     ttft: Option<&'static str>,
 }
@@ -168,6 +180,8 @@ pub fn read(samples: &[Sample], model: Option<&str>) -> Reading {
         preemptions: first_total(dialect.preemptions),
         prompt_tokens: parts_total(dialect.prompt_tokens),
         generation_tokens: parts_total(dialect.generation_tokens),
+        prefix_cache_queries: parts_total(dialect.cache_queries),
+        prefix_cache_hits: parts_total(dialect.cache_hits),
         ttft_buckets: dialect.ttft.and_then(|base| histogram(&by_name, base)),
     }
 }
@@ -439,6 +453,8 @@ vllm:time_to_first_token_seconds_count{engine=\"1\"} 11
             preemptions: Some(3.0),
             prompt_tokens: Some(1_602_346.0),
             generation_tokens: None,
+            prefix_cache_queries: Some(100.0),
+            prefix_cache_hits: Some(75.0),
             ttft_buckets: Some(vec![(0.25, 3.0), (1.0, 7.0), (f64::INFINITY, 9.0)]),
         };
         let json = serde_json::to_string(&r).unwrap();

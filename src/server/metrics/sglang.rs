@@ -23,6 +23,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     preemptions: &["sglang:num_retracted_requests_total"],
     prompt_tokens: &["sglang:prompt_tokens_total"],
     generation_tokens: &["sglang:generation_tokens_total"],
+    cache_queries: &[],
+    cache_hits: &[],
     ttft: Some("sglang:time_to_first_token_seconds"),
 };
 

@@ -22,6 +22,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     // when it ends): totals, though kept as histogram sums.
     prompt_tokens: &["tgi_request_input_length_sum"],
     generation_tokens: &["tgi_request_generated_tokens_sum"],
+    cache_queries: &[],
+    cache_hits: &[],
     ttft: None,
 };
 

@@ -26,6 +26,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     preemptions: &["vllm:num_preemptions_total"],
     prompt_tokens: &["vllm:prompt_tokens_total"],
     generation_tokens: &["vllm:generation_tokens_total"],
+    cache_queries: &["vllm:prefix_cache_queries_total"],
+    cache_hits: &["vllm:prefix_cache_hits_total"],
     ttft: Some("vllm:time_to_first_token_seconds"),
 };
 

@@ -1,0 +1,131 @@
+//! One session's life: its turns in order, each sent when the reply
+//! before it has ended and the think time has passed, each carrying the
+//! history with the replies the server actually streamed.
+//!
+//! A turn's planned instant is the end of the previous reply plus the
+//! think time; its latency counts from that instant, as an open-loop
+//! request's counts from its schedule, so a client that wakes late shows
+//! as turn lag rather than as a faster server. The wait is on the precise
+//! timer thread (tokio's 1 ms wheel would add up to a millisecond to
+//! every think time). A failed turn ends its session; turns not sent when
+//! the level's window closes leave the session open at the level's end,
+//! and both are counted.
+
+use super::request::{ActiveSession, Job, TaskCtx, lock, request_task};
+use crate::analysis::sessions::SessionEnd;
+use crate::base::timer::PreciseTimer;
+use crate::plan::think::ThinkTime;
+use crate::workload::request::{BodyParams, PreparedRequest, build_body};
+use crate::workload::session::Session;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// What a level's sessions send.
+#[derive(Debug)]
+pub struct SessionPlan {
+    /// Session instance `i` replays `sessions[i % len]`.
+    pub sessions: Vec<Session>,
+    pub params: BodyParams,
+    pub think: ThinkTime,
+    /// Seeds the exponential think times.
+    pub seed: u64,
+}
+
+/// One timer thread for every session of the process.
+fn timer() -> &'static PreciseTimer {
+    static TIMER: std::sync::OnceLock<PreciseTimer> = std::sync::OnceLock::new();
+    TIMER.get_or_init(PreciseTimer::new)
+}
+
+/// Run session instance `instance`, its first turn planned at `first_at`
+/// (an offset from the level start). `end`: no turn is planned at or
+/// after this offset. Returns how it ended (also counted in the stats).
+pub(super) async fn run_session(
+    ctx: &Arc<TaskCtx>,
+    plan: &SessionPlan,
+    instance: u64,
+    first_at: Duration,
+    end: Option<Duration>,
+) -> SessionEnd {
+    let _active = ActiveSession::enter(ctx);
+    let session = &plan.sessions[(instance % plan.sessions.len() as u64) as usize];
+    lock(&ctx.stats)
+        .sessions
+        .get_or_insert_with(Default::default)
+        .started();
+    let ended = turns(ctx, plan, session, instance, first_at, end).await;
+    lock(&ctx.stats)
+        .sessions
+        .get_or_insert_with(Default::default)
+        .ended(ended);
+    ended
+}
+
+async fn turns(
+    ctx: &Arc<TaskCtx>,
+    plan: &SessionPlan,
+    session: &Session,
+    instance: u64,
+    first_at: Duration,
+    end: Option<Duration>,
+) -> SessionEnd {
+    let mut replies: Vec<String> = Vec::with_capacity(session.turns.len());
+    let mut planned = first_at;
+    for k in 0..session.turns.len() {
+        let turn = k as u32 + 1;
+        if k > 0 {
+            if end.is_some_and(|e| planned >= e) || ctx.window_over.is_cancelled() {
+                return SessionEnd::OpenAtEnd;
+            }
+            let due = ctx.start.into_std() + planned;
+            tokio::select! {
+                _ = timer().sleep_until(due) => {}
+                _ = ctx.window_over.cancelled() => return SessionEnd::OpenAtEnd,
+                _ = ctx.stop.cancelled() => return SessionEnd::OpenAtEnd,
+                _ = ctx.cancel.cancelled() => return SessionEnd::OpenAtEnd,
+            }
+            // A soak paused for a sweep on the same target: its sessions
+            // wait too, and the pause moves the turn's plan back.
+            if ctx.progress.paused.load(Ordering::Acquire) {
+                let t0 = tokio::time::Instant::now();
+                while ctx.progress.paused.load(Ordering::Acquire) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = ctx.stop.cancelled() => return SessionEnd::OpenAtEnd,
+                    }
+                }
+                planned += t0.elapsed();
+            }
+        }
+        let conv = session.conversation(k, &replies);
+        let req = PreparedRequest {
+            body: build_body(&conv, &plan.params),
+            input_chars: conv.text_chars(),
+            // Later turns hold replies we did not count.
+            input_tokens: if k == 0 {
+                session.turns[0].new_tokens
+            } else {
+                None
+            },
+        };
+        ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
+        let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let job = Job {
+            seq: ctx.turn_seq.fetch_add(1, Ordering::Relaxed),
+            scheduled_at: planned,
+            open,
+            own: Some(req),
+            turn,
+        };
+        let sent = request_task(ctx.clone(), job).await;
+        if let Err(kind) = sent.outcome {
+            return SessionEnd::Aborted(kind);
+        }
+        replies.push(sent.reply.unwrap_or_default());
+        if k + 1 < session.turns.len() {
+            planned = sent.done_at + plan.think.draw(plan.seed, instance, turn + 1);
+        }
+    }
+    SessionEnd::Completed
+}
