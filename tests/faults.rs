@@ -71,6 +71,7 @@ async fn level(cfg: ClientConfig, n: u32) -> (LevelResult, Duration) {
                 load: Default::default(),
                 limit: None,
                 max_concurrency: None,
+                sessions: false,
             },
             &LevelRun::new(),
             CancellationToken::new(),

@@ -82,11 +82,12 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
         .iter()
         .map(|l| LevelFacts {
             qps_target: l.qps_target,
-            actual_qps: l.actual_qps,
-            planned_qps: if l.duration > 0.0 && l.scheduled > 0 {
-                l.scheduled as f64 / l.duration
-            } else {
-                l.qps_target
+            // A session level's rate is sessions started per second.
+            actual_qps: l.sessions.as_ref().map_or(l.actual_qps, |s| s.sessions_per_sec),
+            planned_qps: match &l.sessions {
+                Some(s) if l.duration > 0.0 && s.started > 0 => s.started as f64 / l.duration,
+                None if l.duration > 0.0 && l.scheduled > 0 => l.scheduled as f64 / l.duration,
+                _ => l.qps_target,
             },
             success_rate: l.success_rate,
             ttft_p95: l.ttft.p95,

@@ -529,6 +529,17 @@ pub struct MockArgs {
     /// max_tokens assumed by --print-capacity (the run default).
     #[arg(long, default_value_t = 512)]
     pub assume_max_tokens: u32,
+    /// Prefix cache of TOKENS tokens (0: off): blocks of 16 tokens keyed
+    /// by the whole prefix, least recently used evicted; prefill is
+    /// charged for uncached tokens only, and `cached_tokens` reported.
+    #[arg(long, value_name = "TOKENS", default_value_t = 0)]
+    pub prefix_cache: usize,
+    /// Turns per session assumed by --print-capacity (1: single requests).
+    #[arg(long, default_value_t = 1)]
+    pub assume_turns: u32,
+    /// New user tokens per later turn assumed by --print-capacity.
+    #[arg(long, default_value_t = 0)]
+    pub assume_turn_input: u32,
 }
 
 impl MockArgs {
@@ -561,6 +572,7 @@ impl MockArgs {
             stall_for: self.stall_for,
             model_name: self.model_name.clone(),
             truth_capacity: self.truth_capacity,
+            prefix_cache_tokens: self.prefix_cache,
         };
         cfg.validate()?;
         Ok(cfg)

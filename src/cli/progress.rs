@@ -55,6 +55,9 @@ impl SweepHooks for ConsoleHooks {
                     crate::base::duration::format(d)
                 ),
                 _ if planned == 0 => crate::errln!("{label}: sending until stopped"),
+                _ if spec.sessions => crate::errln!(
+                    "{label}: starting {planned} sessions (each sends its turns as its replies end)"
+                ),
                 _ => crate::errln!("{label}: sending {planned} requests"),
             }
             return;

@@ -273,6 +273,7 @@ pub async fn search(
             load: Default::default(),
             limit: None,
             max_concurrency: None,
+            sessions: false,
         };
         // A closed loop sends as many requests as its users manage: no
         // count is known ahead, so it runs its length (no early stop).
@@ -280,8 +281,13 @@ pub async fn search(
             spec.load = crate::plan::load::Load::Concurrency(qps.round().max(1.0) as u32);
             spec.qps = 0.0;
         }
-        let planned = if plan.concurrency { 0 } else { planned(&spec) };
-        let allowed_bad = if plan.concurrency {
+        // Sessions: the requests a session makes depend on its turns and
+        // on how many end by the level's end, so neither is a count known
+        // ahead.
+        let unplanned = plan.concurrency || engine.sessions.is_some();
+        spec.sessions = engine.sessions.is_some();
+        let planned = if unplanned { 0 } else { planned(&spec) };
+        let allowed_bad = if unplanned {
             u64::MAX
         } else {
             plan.slo.allowed_bad(planned)
@@ -361,7 +367,7 @@ pub async fn search(
                 .unwrap_or_default(),
             reason,
             stopped_early,
-            achieved_qps: r.actual_qps,
+            achieved_qps: r.sessions.as_ref().map_or(r.actual_qps, |s| s.sessions_per_sec),
             goodput: r.goodput.unwrap_or(0.0),
             slo_attainment: r.slo_attainment.unwrap_or(0.0),
             ttft_p95: r.ttft.p95,
@@ -498,6 +504,7 @@ async fn cool_down(
             load: Default::default(),
             limit: None,
             max_concurrency: None,
+            sessions: false,
         };
         let out = engine
             .run_level(spec, &run, stop.child_token(), stop.child_token(), *seq)

@@ -27,6 +27,8 @@ pub struct LevelSpec {
     /// Open loop only: at most this many requests open at once; a send
     /// due beyond them waits for a slot (`--max-concurrency`).
     pub max_concurrency: Option<usize>,
+    /// Each send starts a multi-turn session: the rate counts sessions.
+    pub sessions: bool,
 }
 
 impl LevelSpec {
@@ -34,6 +36,7 @@ impl LevelSpec {
     pub fn describe(&self) -> String {
         let f = crate::analysis::saturation::fmt_qps;
         match &self.load {
+            Load::Flat if self.sessions => format!("{} sessions/s", f(self.qps)),
             Load::Flat => format!("{} QPS", f(self.qps)),
             Load::Curve(c) => format!(
                 "{}..{} QPS",
@@ -65,6 +68,7 @@ impl LevelSpec {
             load: Load::Flat,
             limit: None,
             max_concurrency: None,
+            sessions: false,
         }
     }
 }

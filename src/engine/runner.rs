@@ -265,7 +265,8 @@ pub async fn execute(
             interrupted = true;
             break;
         }
-        let spec = plan.spec(index);
+        let mut spec = plan.spec(index);
+        spec.sessions = engine.sessions.is_some();
         let mut run = LevelRun::with_slo(plan.slo.clone());
         if spec.load.varies() {
             run.stats.lock().unwrap_or_else(|e| e.into_inner()).series =

@@ -60,6 +60,56 @@ impl CapacityModel {
     }
 }
 
+/// A multi-turn workload, for the capacity statement: sessions of `turns`
+/// turns, the first of `first_input` prompt tokens, each later one adding
+/// `turn_input` user tokens to the history (and the previous answer's
+/// `output`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionShape {
+    pub turns: u32,
+    pub first_input: u32,
+    pub turn_input: u32,
+    pub output: f64,
+}
+
+/// Prompt tokens per request of a session workload, with and without a
+/// prefix cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prefill {
+    /// Mean prompt tokens a request carries (history included).
+    pub mean_input: f64,
+    /// Mean prompt tokens prefill computes: all of them without a cache;
+    /// with one, the first turn's and each later turn's new tokens plus
+    /// the half block (8 tokens) left uncached at the end of the history.
+    pub mean_uncached: f64,
+    /// The longest history a session reaches.
+    pub longest: f64,
+    /// The cache holds `slots` such histories at once: below that, the
+    /// figure is optimistic (evictions cost prefill again).
+    pub cache_holds: bool,
+}
+
+impl SessionShape {
+    pub fn prefill(&self, cache_tokens: usize, slots: usize) -> Prefill {
+        let t = self.turns.max(1) as f64;
+        let step = self.turn_input as f64 + self.output;
+        let mean_input = self.first_input as f64 + (t - 1.0) / 2.0 * step;
+        let longest = self.first_input as f64 + (t - 1.0) * step;
+        let block = super::prefix_cache::BLOCK_TOKENS as f64;
+        let mean_uncached = if cache_tokens == 0 {
+            mean_input
+        } else {
+            (self.first_input as f64 + (t - 1.0) * (self.turn_input as f64 + block / 2.0)) / t
+        };
+        Prefill {
+            mean_input,
+            mean_uncached: mean_uncached.min(mean_input),
+            longest,
+            cache_holds: cache_tokens as f64 >= slots as f64 * longest,
+        }
+    }
+}
+
 /// Rough input-token estimate from text: 4 characters a token, at least 1.
 /// The same rule the mock uses for `prompt_tokens` and prefill time.
 pub fn estimate_tokens(chars: usize) -> u32 {
@@ -93,6 +143,20 @@ mod tests {
         let cap = m.capacity_rps(100, 10);
         assert!((cap - 4.0 / 0.285).abs() < 1e-9, "{cap}");
         assert_eq!(estimate_tokens(0), 1);
+        // 8 turns of 64 new tokens on a 512-token start, 32 out each.
+        let s = SessionShape {
+            turns: 8,
+            first_input: 512,
+            turn_input: 64,
+            output: 32.0,
+        };
+        let off = s.prefill(0, 4);
+        assert_eq!(off.mean_input, 512.0 + 3.5 * 96.0);
+        assert_eq!(off.mean_uncached, off.mean_input);
+        let on = s.prefill(1 << 20, 4);
+        assert_eq!(on.mean_uncached, (512.0 + 7.0 * 72.0) / 8.0);
+        assert!(on.cache_holds);
+        assert!(!s.prefill(1000, 4).cache_holds);
         assert_eq!(estimate_tokens(9), 3);
     }
 }

@@ -152,6 +152,21 @@ pub struct Job {
     pub fault: Option<FaultKind>,
     pub rng: StdRng,
     pub truth: Truth,
+    /// With `--prefix-cache`: the prompt's block keys, continued over the
+    /// answer as it is written.
+    pub cache: Option<JobCache>,
+    /// Prompt tokens the prefix cache held (known once prefill starts).
+    pub cached_tokens: u32,
+    /// FNV-1a of the answer text so far.
+    pub reply_hash: u64,
+}
+
+/// A request's blocks for the prefix cache.
+pub struct JobCache {
+    /// The prompt's blocks, then the answer's as it is written.
+    pub blocks: super::prefix_cache::BlockHasher,
+    /// How many of `blocks.blocks` are the prompt's.
+    pub prompt_blocks: usize,
 }
 
 impl Job {
@@ -176,8 +191,16 @@ impl Job {
     }
 
     fn usage_json(&self) -> String {
+        let details = if self.cache.is_some() {
+            format!(
+                r#","prompt_tokens_details":{{"cached_tokens":{}}}"#,
+                self.cached_tokens
+            )
+        } else {
+            String::new()
+        };
         format!(
-            r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}"#,
+            r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}{details}}}"#,
             self.input_tokens,
             self.output_tokens,
             self.input_tokens + self.output_tokens
@@ -185,11 +208,55 @@ impl Job {
     }
 
     fn push_words(&mut self, out: &mut Vec<u8>, n: u32, first: bool) {
+        let from = out.len();
         for i in 0..n {
             if !(first && i == 0) {
                 out.push(b' ');
             }
             out.extend_from_slice(VOCAB[self.rng.random_range(0..VOCAB.len())].as_bytes());
+        }
+        let text = &out[from..];
+        self.reply_hash = super::prefix_cache::fnv_continue(self.reply_hash, text);
+        if let Some(c) = &mut self.cache {
+            c.blocks.feed(text);
+        }
+    }
+
+    /// Prefill starts: look the prompt up in the prefix cache (its blocks
+    /// go in), and return the prompt tokens prefill must compute.
+    fn prefill_tokens(&mut self, st: &MockState) -> u32 {
+        let (Some(cache), Some(c)) = (&st.prefix, &mut self.cache) else {
+            return self.input_tokens;
+        };
+        let hits = cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup_and_insert(&c.blocks.blocks[..c.prompt_blocks]);
+        let cached = (hits as u32)
+            .saturating_mul(super::prefix_cache::BLOCK_TOKENS)
+            .min(self.input_tokens);
+        self.cached_tokens = cached;
+        self.truth.cached_tokens = Some(cached);
+        st.metrics.prefix_queries.inc_by(self.input_tokens as u64);
+        st.metrics.prefix_hits.inc_by(cached as u64);
+        // The answer follows as the assistant's message.
+        if self.api == Api::Chat {
+            c.blocks.feed(b"assistant\n");
+        }
+        self.input_tokens - cached
+    }
+
+    /// The answer is written: its blocks (prompt and answer) go into the
+    /// cache, for the session's next turn.
+    fn cache_answer(&mut self, st: &MockState) {
+        if let (Some(cache), Some(c)) = (&st.prefix, &mut self.cache) {
+            if self.api == Api::Chat {
+                c.blocks.feed(b"\n\n");
+            }
+            cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(&c.blocks.blocks);
         }
     }
 }
@@ -230,9 +297,13 @@ impl Drop for Gen {
                 status: 0,
                 fault: None,
                 traceparent: None,
+                cached_tokens: None,
+                assistant_hashes: Vec::new(),
+                reply_hash: 0,
             },
         );
         t.output_tokens = self.emitted;
+        t.reply_hash = self.job.reply_hash;
         self.st
             .metrics
             .generation_tokens
@@ -269,11 +340,12 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
                 let permit = g.st.slots.clone().acquire_owned().await.ok()?;
                 g._permit = Some(permit);
                 g.occupancy.start_running();
+                let uncached = g.job.prefill_tokens(&g.st);
                 let cap = &g.st.cfg.capacity;
                 let k = g.st.cfg.chunk_tokens.min(g.job.output_tokens);
                 // The first event goes out when its last token exists.
                 g.next_at = Instant::now()
-                    + cap.prefill(g.job.input_tokens)
+                    + cap.prefill(uncached)
                     + cap.token_gap(g.occupancy.running_now()) * k.saturating_sub(1);
                 g.phase = Phase::Tokens;
                 if g.job.api == Api::Chat {
@@ -358,6 +430,7 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
 /// Append the finish chunk, the usage chunk if asked, and `[DONE]`: they go
 /// out in the same write as the last token, as fast servers do.
 fn finish(g: &mut Gen, out: &mut Vec<u8>) {
+    g.job.cache_answer(&g.st);
     let reason = g.job.finish_reason();
     let _ = match g.job.api {
         Api::Chat => write!(
@@ -387,8 +460,9 @@ fn finish(g: &mut Gen, out: &mut Vec<u8>) {
 pub async fn non_streaming(st: Arc<MockState>, mut job: Job, mut occupancy: Occupancy) -> Bytes {
     let _permit = st.slots.clone().acquire_owned().await.ok();
     occupancy.start_running();
+    let uncached = job.prefill_tokens(&st);
     let cap = &st.cfg.capacity;
-    let mut at = Instant::now() + cap.prefill(job.input_tokens);
+    let mut at = Instant::now() + cap.prefill(uncached);
     st.timer.sleep_until(at).await;
     job.truth.first_token_ns = mono_ns();
     for _ in 1..job.output_tokens {
@@ -401,6 +475,8 @@ pub async fn non_streaming(st: Arc<MockState>, mut job: Job, mut occupancy: Occu
     let mut text = Vec::new();
     let n = job.output_tokens;
     job.push_words(&mut text, n, true);
+    job.cache_answer(&st);
+    job.truth.reply_hash = job.reply_hash;
     let text = String::from_utf8(text).expect("vocabulary is ASCII");
     let reason = job.finish_reason();
     let body = match job.api {

@@ -13,6 +13,10 @@ pub struct MockMetrics {
     pub generation_tokens: IntCounter,
     pub prompt_tokens: IntCounter,
     pub faults: IntCounterVec,
+    /// With `--prefix-cache`: prompt tokens looked up, and found (vLLM:
+    /// `prefix_cache_queries`, `prefix_cache_hits`).
+    pub prefix_queries: IntCounter,
+    pub prefix_hits: IntCounter,
 }
 
 impl MockMetrics {
@@ -46,6 +50,16 @@ impl MockMetrics {
             "Input tokens prefilled, estimated at 4 characters a token.",
         )
         .expect("valid metric");
+        let prefix_queries = IntCounter::new(
+            "prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache (vLLM: prefix_cache_queries).",
+        )
+        .expect("valid metric");
+        let prefix_hits = IntCounter::new(
+            "prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache (vLLM: prefix_cache_hits).",
+        )
+        .expect("valid metric");
         let faults = IntCounterVec::new(
             Opts::new("faults_injected_total", "Faults injected, by kind."),
             &["kind"],
@@ -59,6 +73,8 @@ impl MockMetrics {
             Box::new(generation_tokens.clone()),
             Box::new(prompt_tokens.clone()),
             Box::new(faults.clone()),
+            Box::new(prefix_queries.clone()),
+            Box::new(prefix_hits.clone()),
         ] {
             registry.register(m).expect("names are unique");
         }
@@ -71,6 +87,8 @@ impl MockMetrics {
             generation_tokens,
             prompt_tokens,
             faults,
+            prefix_queries,
+            prefix_hits,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod capacity;
 pub mod faults;
 pub mod generate;
 pub mod metrics;
+pub mod prefix_cache;
 pub mod server;
 pub mod state;
 pub mod truth;
@@ -80,6 +81,9 @@ pub struct MockConfig {
     pub model_name: String,
     /// How many recent requests `/debug/requests` keeps.
     pub truth_capacity: usize,
+    /// Prefix cache size in tokens (0: no cache, every prompt token is
+    /// prefilled and no `cached_tokens` is reported).
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for MockConfig {
@@ -105,6 +109,7 @@ impl Default for MockConfig {
             stall_for: Duration::from_secs(5),
             model_name: "mock".into(),
             truth_capacity: 100_000,
+            prefix_cache_tokens: 0,
         }
     }
 }

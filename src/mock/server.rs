@@ -1,6 +1,7 @@
 //! The mock's HTTP face: routes, admission, and an accept loop that can be
 //! embedded in tests and in `llmload run --endpoint mock`.
 
+use super::prefix_cache::{BlockHasher, fnv1a};
 use super::capacity::estimate_tokens;
 use super::faults::{self, FaultKind};
 use super::generate::{self, Api, Job, Occupancy};
@@ -120,7 +121,23 @@ struct RequestIn {
 #[derive(Deserialize)]
 struct MessageIn {
     #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
     content: Option<serde_json::Value>,
+}
+
+/// A message's text: a string, or the text of its content parts.
+fn text_of(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) => out.push_str(s),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| text_of(x, out)),
+        serde_json::Value::Object(o) => {
+            if let Some(t) = o.get("text") {
+                text_of(t, out)
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Deserialize)]
@@ -187,6 +204,33 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
         Api::Completions => req.prompt.as_ref().map(text_chars).unwrap_or(0),
     };
     let input_tokens = estimate_tokens(chars);
+    // The prompt as the prefix cache keys it, and the answers it carries.
+    let mut assistant_hashes = Vec::new();
+    let mut blocks = st.prefix.as_ref().map(|_| BlockHasher::new());
+    let mut text = String::new();
+    match api {
+        Api::Chat => {
+            for m in &req.messages {
+                text.clear();
+                if let Some(c) = &m.content {
+                    text_of(c, &mut text);
+                }
+                let role = m.role.as_deref().unwrap_or("user");
+                if role == "assistant" {
+                    assistant_hashes.push(fnv1a(text.as_bytes()));
+                }
+                if let Some(b) = &mut blocks {
+                    b.message(role, &text);
+                }
+            }
+        }
+        Api::Completions => {
+            if let (Some(b), Some(p)) = (&mut blocks, &req.prompt) {
+                text_of(p, &mut text);
+                b.feed(text.as_bytes());
+            }
+        }
+    }
     let mut truth = Truth {
         seq,
         received_ns,
@@ -200,6 +244,9 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        cached_tokens: None,
+        assistant_hashes,
+        reply_hash: 0,
     };
 
     let quick_status = match fault {
@@ -261,6 +308,12 @@ async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes)
         fault,
         rng,
         truth,
+        cache: blocks.map(|b| generate::JobCache {
+            prompt_blocks: b.blocks.len(),
+            blocks: b,
+        }),
+        cached_tokens: 0,
+        reply_hash: 0xcbf2_9ce4_8422_2325,
     };
 
     if fault == Some(FaultKind::SlowFirstByte) {

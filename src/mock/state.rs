@@ -22,6 +22,8 @@ pub struct MockState {
     pub truth: TruthLog,
     /// Sub-millisecond sleeps: "TTFT 40 ms" means 40 ms, not 41.5.
     pub timer: PreciseTimer,
+    /// `--prefix-cache`: blocks of prompts (and answers) prefilled.
+    pub prefix: Option<std::sync::Mutex<super::prefix_cache::PrefixCache>>,
 }
 
 impl MockState {
@@ -34,6 +36,11 @@ impl MockState {
             metrics: MockMetrics::new(),
             truth: TruthLog::new(cfg.truth_capacity),
             timer: PreciseTimer::new(),
+            prefix: (cfg.prefix_cache_tokens > 0).then(|| {
+                std::sync::Mutex::new(super::prefix_cache::PrefixCache::new(
+                    cfg.prefix_cache_tokens,
+                ))
+            }),
             cfg,
         })
     }

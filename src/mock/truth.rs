@@ -25,6 +25,15 @@ pub struct Truth {
     /// W3C trace context received, so tests can check propagation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Prompt tokens served from the prefix cache (with `--prefix-cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
+    /// [`fnv1a`](super::prefix_cache::fnv1a) of each assistant message
+    /// received, in order, and of the answer text streamed: a session's
+    /// turn k carries the hashes of the answers to turns 1…k−1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assistant_hashes: Vec<u64>,
+    pub reply_hash: u64,
 }
 
 /// A bounded ring of the most recent requests: memory stays flat however

@@ -105,10 +105,16 @@ pub fn load_with(
                 let g = crate::workload::synthetic::generate(spec, seed, tc)
                     .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
                 if spec.turns > 1 {
-                    sessions_out = Some(
-                        crate::workload::synthetic::generate_sessions(spec, seed, tc)
-                            .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?,
-                    );
+                    let mut s = crate::workload::synthetic::generate_sessions(spec, seed, tc)
+                        .map_err(|e| DatasetError::Setting(format!("{dataset}: {e}")))?;
+                    if tc.is_none() {
+                        // Estimates, not counts: never compared with the
+                        // server's.
+                        s.iter_mut()
+                            .flat_map(|s| &mut s.turns)
+                            .for_each(|t| t.new_tokens = None);
+                    }
+                    sessions_out = Some(s);
                 }
                 let (convs, counts) = g.into_iter().unzip();
                 (convs, counts, "synthetic".to_string(), Some(spec.clone()))

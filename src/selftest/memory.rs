@@ -59,6 +59,7 @@ pub(super) async fn memory(e: &Engine, server: &str, rate: f64, total: u64) -> M
                 load: Default::default(),
                 limit: None,
                 max_concurrency: None,
+                sessions: false,
             },
             &run,
             CancellationToken::new(),

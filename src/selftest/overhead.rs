@@ -121,6 +121,7 @@ pub(super) async fn overheads(
                     load: Default::default(),
                     limit: None,
                     max_concurrency: None,
+                    sessions: false,
                 };
                 if let (Some(t), Some(s)) = (tel, &span) {
                     t.level_started(s, &spec);
@@ -207,6 +208,7 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
         load: Default::default(),
         limit: None,
         max_concurrency: None,
+        sessions: false,
     };
     let base = std::time::Instant::now();
 

@@ -161,6 +161,7 @@ pub(super) async fn probe(e: &Engine, qps: f64, dur: Duration) -> Probe {
                 load: Default::default(),
                 limit: None,
                 max_concurrency: None,
+                sessions: false,
             },
             &run,
             CancellationToken::new(),

@@ -90,6 +90,7 @@ pub async fn soak(minutes: u64, rate: f64, log: &dyn Fn(&str)) -> Result<Vec<Soa
                     load: Default::default(),
                     limit: None,
                     max_concurrency: None,
+                    sessions: false,
                 },
                 &run,
                 CancellationToken::new(),
