@@ -225,10 +225,10 @@ pub struct Incomparable(pub String);
 
 /// A value and its 95 % interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Estimate {
-    value: f64,
-    lo: f64,
-    hi: f64,
+pub(crate) struct Estimate {
+    pub(crate) value: f64,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
 /// The value at 0-based rank `r` of a histogram's samples.
@@ -248,7 +248,7 @@ fn value_at_rank(h: &Histogram<u64>, r: f64) -> u64 {
     h.max()
 }
 
-fn quantile_estimate(h: &Histogram<u64>, q: f64, scale: f64) -> Option<Estimate> {
+pub(crate) fn quantile_estimate(h: &Histogram<u64>, q: f64, scale: f64) -> Option<Estimate> {
     let n = h.len() as f64;
     if n == 0.0 {
         return None;
@@ -419,6 +419,14 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
         }
         lines.push(line);
     }
+    // Sessions and prefix caches: TTFT by turn bucket, and the share of
+    // prompt tokens the server's cache served.
+    lines.extend(crate::analysis::compare_cache::lines(
+        base,
+        new,
+        opts.max_regression,
+        !both_capacity,
+    ));
     for mut line in [
         saturation_line(base, new),
         success_line(base, new, opts.max_regression),
@@ -469,7 +477,7 @@ impl Line {
 
 /// Why a level of these runs measured the client rather than the
 /// endpoint, if one did.
-fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
+pub(crate) fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
     levels.iter().find(|(_, l)| l.client_bound).map(|(r, l)| {
         let at = match l.concurrency {
             Some(n) => format!("{n} users"),
@@ -486,7 +494,7 @@ fn fmt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }
 
-fn judge_estimates(
+pub(crate) fn judge_estimates(
     qps: Option<f64>,
     metric: String,
     b: Option<Estimate>,

@@ -3,6 +3,7 @@
 //! regression verdicts (`compare`), shard merges and the run summary.
 
 pub mod compare;
+pub mod compare_cache;
 pub mod knee;
 pub mod level;
 pub mod merge;

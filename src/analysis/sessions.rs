@@ -356,9 +356,9 @@ mod tests {
         assert_eq!((r.turns[0].requests, r.turns[0].succeeded), (2, 1));
         assert_eq!(r.turns[0].cache_hit_ratio, Some(0.0));
         assert!(r.turns[1].ttft.p50 < r.turns[0].ttft.p50);
-        // Turns 2-4: 1100+1200+1300 looked up, 1000+1100+1200 cached.
-        assert_eq!(r.turns[1].cache_hit_ratio, ratio(3300, 3600));
-        assert_eq!(r.turns[1].input_tokens_mean, 1200.0);
+        // Turns 2-4: 1200+1300+1400 looked up, 1100+1200+1300 cached.
+        assert_eq!(r.turns[1].cache_hit_ratio, ratio(3600, 3900));
+        assert_eq!(r.turns[1].input_tokens_mean, 1300.0);
         assert_eq!(r.start_lag.count, 2);
         assert_eq!(r.turn_lag.count, 5);
     }

@@ -129,6 +129,10 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         kind: job.kind.as_str(),
     });
     meta.workload = Some(slot.workload.clone());
+    meta.sessions = slot
+        .sessions
+        .as_ref()
+        .map(|s| crate::results::SessionsMeta::new(&s.think));
     if let Some(levels) = &levels {
         meta.describe_load(
             levels,
@@ -137,6 +141,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
         );
         if let Some(t) = &job.trace {
             meta.workload = None;
+            meta.sessions = None;
             meta.dataset = t.path.display().to_string();
         }
     }

@@ -168,7 +168,11 @@ impl Engine {
             stop: stop_sending.clone(),
             gate: gate_slots.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             // A warm-up of N requests sends single requests.
-            sessions: self.sessions.clone().filter(|_| spec.limit.is_none()),
+            // (and a trace's lines are its own requests).
+            sessions: self
+                .sessions
+                .clone()
+                .filter(|_| spec.limit.is_none() && !matches!(spec.load, Load::Trace(_))),
             window_over: CancellationToken::new(),
             turn_seq: std::sync::atomic::AtomicU64::new(first_seq),
             spec: spec.clone(),

@@ -122,6 +122,28 @@ pub struct Metadata {
     /// Requests sent before the first level and left out of every figure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupReport>,
+    /// Multi-turn sessions: what a level's rate counts and the think time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsMeta>,
+}
+
+/// `metadata.json`'s `sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionsMeta {
+    /// `qps_levels` (and each level's `qps_target`) count new sessions
+    /// per second; every turn is a request in `actual_qps`.
+    pub rate: String,
+    /// `0`, `2s`, or `exp:2s`.
+    pub think_time: String,
+}
+
+impl SessionsMeta {
+    pub fn new(think: &crate::plan::think::ThinkTime) -> Self {
+        Self {
+            rate: "new sessions per second".into(),
+            think_time: think.describe(),
+        }
+    }
 }
 
 fn qps_mode() -> String {
@@ -214,6 +236,7 @@ impl Metadata {
             trace: None,
             trace_file: None,
             warmup: None,
+            sessions: None,
         }
     }
 }

@@ -322,6 +322,70 @@ pub fn render_capacity(c: &CapacitySummary) -> String {
 /// tokenizer counts differently).
 /// With `--max-concurrency`: how long sends waited for a slot, per level
 /// (the wait is inside TTFT and E2E, which count from the planned send).
+/// Sessions by level: how they ended, and TTFT, prompt and cached tokens
+/// by turn bucket; or, for single requests, the cache hit ratio where the
+/// server reported cached tokens. `None` when there is neither.
+pub fn render_sessions(levels: &[LevelResult]) -> Option<String> {
+    let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    if levels.iter().all(|l| l.sessions.is_none()) {
+        let cached: Vec<&LevelResult> =
+            levels.iter().filter(|l| l.cache_hit_ratio.is_some()).collect();
+        if cached.is_empty() {
+            return None;
+        }
+        let mut out = String::from("\nPREFIX CACHE (cached ÷ prompt tokens, as the server reported)\n");
+        for l in cached {
+            let _ = writeln!(out, "  {}: {}", l.describe(), pct(l.cache_hit_ratio));
+        }
+        return Some(out);
+    }
+    let mut out = String::from(
+        "\nSESSIONS (QPS Target counts new sessions per second; Actual QPS counts requests, every turn)\n",
+    );
+    for l in levels {
+        let Some(s) = &l.sessions else { continue };
+        let aborted: u64 = s.aborted.values().sum();
+        let _ = writeln!(
+            out,
+            "  {}: {} started ({:.2}/s), {} completed, {} aborted, {} open at the end; lag p95: first turns {:.3}s, later turns {:.3}s; cache hit {}",
+            l.describe(),
+            s.started,
+            s.sessions_per_sec,
+            s.completed,
+            aborted,
+            s.open_at_end,
+            s.start_lag.p95,
+            s.turn_lag.p95,
+            pct(l.cache_hit_ratio)
+        );
+        if aborted > 0 {
+            let why: Vec<String> = s.aborted.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(out, "    aborted by: {}", why.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "    {:<6} {:<9} {:<12} {:<12} {:<12} {:<11} {:<11} {:<9}",
+            "Turn", "Requests", "TTFT P50(s)", "TTFT P95(s)", "E2E P50(s)", "Prompt tok", "Cached tok", "Cache hit"
+        );
+        for t in &s.turns {
+            let _ = writeln!(
+                out,
+                "    {:<6} {:<9} {:<12.3} {:<12.3} {:<12.3} {:<11.1} {:<11} {:<9}",
+                t.turn,
+                t.requests,
+                t.ttft.p50,
+                t.ttft.p95,
+                t.e2e_latency.p50,
+                t.input_tokens_mean,
+                t.cached_tokens_mean
+                    .map_or("-".to_string(), |c| format!("{c:.1}")),
+                pct(t.cache_hit_ratio)
+            );
+        }
+    }
+    Some(out)
+}
+
 pub fn render_queue(levels: &[LevelResult]) -> Option<String> {
     let queued: Vec<&LevelResult> = levels.iter().filter(|l| l.client_queue.is_some()).collect();
     if queued.is_empty() {

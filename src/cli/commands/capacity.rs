@@ -74,6 +74,11 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         kind: "capacity",
     });
     meta.workload = session.workload.clone();
+    meta.sessions = session
+        .engine
+        .sessions
+        .as_ref()
+        .map(|s| crate::results::SessionsMeta::new(&s.think));
     let outputs = Outputs {
         dir: session.dir.clone(),
         results_file: results::DEFAULT_RESULTS_FILE.into(),

@@ -110,6 +110,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     meta.shard = shard;
     meta.workload = session.workload.clone();
+    meta.sessions = session
+        .engine
+        .sessions
+        .as_ref()
+        .filter(|_| args.trace.is_none())
+        .map(|s| crate::results::SessionsMeta::new(&s.think));
     meta.describe_load(&levels, args.trace.as_deref(), args.max_concurrency);
     meta.start_at = args
         .start_at
@@ -237,6 +243,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             "{}",
             table::render_analysis(&report.levels, &report.summary.analysis, partial)
         ),
+    }
+    if let Some(s) = table::render_sessions(&report.levels) {
+        crate::out!("{s}");
     }
     if let Some(q) = table::render_queue(&report.levels) {
         crate::out!("{q}");
