@@ -583,6 +583,11 @@ async fn every_metric_the_readme_lists_moves() {
     let mut slow_cfg = fast_mock();
     slow_cfg.capacity.ttft = Duration::from_millis(800);
     let slow = start_mock(slow_cfg).await;
+    // Sessions against a caching server: the turn, cache and session
+    // series move.
+    let mut cached_cfg = fast_mock();
+    cached_cfg.prefix_cache_tokens = 100_000;
+    let cached = start_mock(cached_cfg).await;
     let closer = common::closing::start(common::closing::Habits {
         one_request_per_connection: true,
         ..Default::default()
@@ -598,14 +603,15 @@ async fn every_metric_the_readme_lists_moves() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{}{}{}{}{}\
+            "{}{}{}{}{}{}\
              [[job]]\nname = \"capacity\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 100]\nduration = \"1.5s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"drops\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"unwritable\"\ntarget = \"broken\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"nightly\"\ntarget = \"slow\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
              [[job]]\nname = \"stale\"\ntarget = \"closer\"\nkind = \"sweep\"\nqps = [20]\nduration = \"1s\"\nschedule = \"at_start\"\n\
-             [[job]]\nname = \"cap\"\ntarget = \"cap\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 5\nmax_qps = 10\nprobe_duration = \"1s\"\nconfirm_duration = \"1s\"\nschedule = \"at_start\"\n",
+             [[job]]\nname = \"cap\"\ntarget = \"cap\"\nkind = \"capacity\"\nslo = [\"ttft<=1s\"]\nmin_qps = 5\nmax_qps = 10\nprobe_duration = \"1s\"\nconfirm_duration = \"1s\"\nschedule = \"at_start\"\n\
+             [[job]]\nname = \"chat\"\ntarget = \"sess\"\nkind = \"sweep\"\nqps = [4]\nduration = \"1.5s\"\nschedule = \"at_start\"\n",
             target(
                 "t",
                 &fast.chat_url(),
@@ -619,6 +625,12 @@ async fn every_metric_the_readme_lists_moves() {
             target("closer", &closer.url, &dataset, ""),
             // Holds more than 10 req/s: the search ends above its range.
             target("cap", &fast.chat_url(), &dataset, ""),
+            target(
+                "sess",
+                &cached.chat_url(),
+                Path::new("synthetic:input=64,output=8,turns=3,turn_input=16,samples=8"),
+                "think_time = \"10ms\"",
+            ),
         ),
     );
     let d = Daemon::start(&cfg, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;
@@ -688,6 +700,10 @@ async fn every_metric_the_readme_lists_moves() {
         v["runs"][0]["status"] == "complete"
     })
     .await;
+    d.wait_json("/api/v1/runs?job=chat", 60, |v| {
+        v["runs"][0]["status"] == "complete"
+    })
+    .await;
     let (_, text) = get(&d.url("/metrics")).await;
     let listed = readme_metrics();
     assert!(
@@ -733,6 +749,7 @@ async fn every_metric_the_readme_lists_moves() {
     }
     fast.shutdown().await;
     slow.shutdown().await;
+    cached.shutdown().await;
 }
 
 /// The files in a run directory, sorted.

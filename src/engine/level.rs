@@ -121,6 +121,9 @@ pub trait Observer: Send + Sync {
         _hook: Option<RequestHook>,
     ) {
     }
+    /// A session ended (completed, aborted by a failed turn, or left open
+    /// at the level's end).
+    fn session_ended(&self, _level: &LevelSpec, _end: crate::analysis::sessions::SessionEnd) {}
     /// Called after each level: push buffered output out, and say what
     /// could not be written since the last call (one line per problem).
     fn flush(&self) -> Vec<String> {

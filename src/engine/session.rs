@@ -59,6 +59,7 @@ pub(super) async fn run_session(
         .sessions
         .get_or_insert_with(Default::default)
         .ended(ended);
+    ctx.observer.session_ended(&ctx.spec, ended);
     ended
 }
 

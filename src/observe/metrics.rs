@@ -94,6 +94,8 @@ pub struct Metrics {
     pub start_time: Gauge,
     pub job_running: IntGaugeVec,
     pub schedule_interval: GaugeVec,
+    /// Sessions and prefix caches (`session_metrics.rs`).
+    pub sessions: super::session_metrics::SessionMetrics,
 }
 
 fn hist(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -337,6 +339,7 @@ impl Metrics {
                 "Nominal time between fires of a scheduled job (absent for at_start).",
                 &["target", "job"],
             ),
+            sessions: super::session_metrics::SessionMetrics::new(),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -387,7 +390,7 @@ impl Metrics {
             Box::new(m.job_running.clone()),
             Box::new(m.schedule_interval.clone()),
         ];
-        for c in all {
+        for c in all.into_iter().chain(m.sessions.collectors()) {
             m.registry.register(c).expect("metric names are unique");
         }
         m
@@ -445,6 +448,7 @@ impl Metrics {
             goodput: self.goodput.with_label_values(&l),
             achieved_qps: self.achieved_qps.with_label_values(&l),
             errors: self.errors.clone(),
+            sessions: self.sessions.for_job(l),
         }
     }
 
@@ -592,10 +596,12 @@ pub struct JobMetrics {
     pub achieved_qps: Gauge,
     pub goodput: Gauge,
     errors: IntCounterVec,
+    pub sessions: super::session_metrics::JobSessionMetrics,
 }
 
 impl JobMetrics {
     pub fn record(&self, r: &RequestRecord) {
+        self.sessions.record(r);
         if r.outcome == Err(ErrorKind::Dropped) {
             self.dropped.inc();
             self.error(ErrorKind::Dropped);
@@ -684,6 +690,13 @@ impl Observer for MetricsObserver {
         self.job.record(rec);
         if let Some(n) = &self.next {
             n.request_done(level, base, rec, hook);
+        }
+    }
+
+    fn session_ended(&self, level: &LevelSpec, end: crate::analysis::sessions::SessionEnd) {
+        self.job.sessions.session_ended(end);
+        if let Some(n) = &self.next {
+            n.session_ended(level, end);
         }
     }
 

@@ -5,4 +5,5 @@
 pub mod alerts;
 pub mod metrics;
 pub mod requests_jsonl;
+pub mod session_metrics;
 pub mod telemetry;

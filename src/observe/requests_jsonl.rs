@@ -31,6 +31,12 @@ struct Line<'a> {
     new_connection: bool,
     connect: Option<f64>,
     retried_stale_connection: bool,
+    /// A session's turn (absent outside sessions) and the cached prompt
+    /// tokens the server reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached_tokens: Option<u32>,
 }
 
 /// Appends a line per finished request, then passes the request on.
@@ -137,6 +143,8 @@ impl Observer for RecordsObserver {
             new_connection: rec.new_connection,
             connect: rec.connect.map(|d| d.as_secs_f64()),
             retried_stale_connection: rec.retried_stale,
+            turn: (rec.turn > 0).then_some(rec.turn),
+            cached_tokens: rec.cached_input_tokens,
         };
         if let Ok(mut text) = serde_json::to_vec(&line) {
             text.push(b'\n');
@@ -148,6 +156,12 @@ impl Observer for RecordsObserver {
         }
         if let Some(n) = &self.next {
             n.request_done(level, base, rec, hook);
+        }
+    }
+
+    fn session_ended(&self, level: &LevelSpec, end: crate::analysis::sessions::SessionEnd) {
+        if let Some(n) = &self.next {
+            n.session_ended(level, end);
         }
     }
 

@@ -560,6 +560,12 @@ impl TraceObserver {
                 span.set_attribute(KeyValue::new("llmload.tpot_s", t.as_secs_f64()));
             }
         }
+        if rec.turn > 0 {
+            span.set_attribute(KeyValue::new("llmload.session.turn", rec.turn as i64));
+        }
+        if let Some(c) = rec.cached_input_tokens {
+            span.set_attribute(KeyValue::new("llmload.cached_input_tokens", c as i64));
+        }
         if let Err(kind) = rec.outcome {
             span.set_attribute(KeyValue::new("error.type", kind.otel_type()));
             span.set_status(Status::error(kind.key()));
