@@ -401,9 +401,12 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
     let _serial = serial();
     let full = start_mock(capacity_mock(4)).await;
     let half = start_mock(capacity_mock(2)).await;
-    // The soak target fails now and then, so its error panels have data.
+    // The soak target fails now and then, so its error panels have data;
+    // it caches prefixes and the soak sends sessions, so the cache and
+    // per-turn panels have data too.
     let mut soak_cfg = capacity_mock(8);
     soak_cfg.faults = vec!["http500=0.1".parse().unwrap()];
+    soak_cfg.prefix_cache_tokens = 100_000;
     let soak_mock = start_mock(soak_cfg).await;
     let proxy = Proxy::start(full.addr).await;
     // The second leg: a queueing server that never refuses (vLLM-like),
@@ -442,7 +445,7 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         format!(
             "[server]\nresults_dir = \"{results}\"\n\
              [[target]]\nname = \"prod\"\nendpoint = \"http://{proxy}/v1/chat/completions\"\nmodel = \"m\"\ndataset = \"{ds}\"\n\
-             [[target]]\nname = \"staging\"\nendpoint = \"{soak}\"\nmodel = \"m\"\ndataset = \"{ds}\"\n\
+             [[target]]\nname = \"staging\"\nendpoint = \"{soak}\"\nmodel = \"m\"\ndataset = \"synthetic:input=64,output=8,turns=3,turn_input=16,samples=16\"\n\
              [[job]]\nname = \"capacity\"\ntarget = \"prod\"\nkind = \"sweep\"\nqps = [10, 30, 60]\nduration = \"2s\"\nschedule = \"at_start\"\n\
              [[job]]\nname = \"nightly\"\ntarget = \"prod\"\nkind = \"sweep\"\nqps = [1]\nduration = \"1s\"\nschedule = \"0 3 * * *\"\n\
              [[job]]\nname = \"soak\"\ntarget = \"staging\"\nkind = \"soak\"\nqps = 5\nduration = \"forever\"\nsnapshot_every = \"2s\"\nschedule = \"at_start\"\n\
