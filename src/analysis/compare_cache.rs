@@ -106,8 +106,7 @@ fn cache_line(base: &Run, new: &Run, max_regression: f64) -> Option<Line> {
             );
             // A ratio far below a small base is still small in points:
             // judged relative, like latencies, and beyond noise.
-            line.regression =
-                line.beyond_noise && (b.value - n.value) / b.value > max_regression;
+            line.regression = line.beyond_noise && (b.value - n.value) / b.value > max_regression;
         }
         (Some(_), None) => line.note = format!("{} reported no cached tokens", new.name),
         (None, Some(_)) => line.note = format!("{} reported no cached tokens", base.name),
@@ -177,8 +176,16 @@ mod tests {
         let first = l.iter().find(|l| l.metric == "ttft.p95 (turn 1)").unwrap();
         assert!(!first.regression, "first turns are as before: {first:?}");
         let again = run("again", level(40, 900));
-        assert!(lines(&good, &again, 0.1, true).iter().all(|l| !l.regression));
+        assert!(
+            lines(&good, &again, 0.1, true)
+                .iter()
+                .all(|l| !l.regression)
+        );
         // The other way round is an improvement, not a regression.
-        assert!(lines(&broken, &good, 0.1, true).iter().all(|l| !l.regression));
+        assert!(
+            lines(&broken, &good, 0.1, true)
+                .iter()
+                .all(|l| !l.regression)
+        );
     }
 }

@@ -222,7 +222,10 @@ pub fn merge_level(
             if parts.is_empty() {
                 None
             } else {
-                let window = levels.iter().map(|l| l.send_window_s).fold(first.duration, f64::max);
+                let window = levels
+                    .iter()
+                    .map(|l| l.send_window_s)
+                    .fold(first.duration, f64::max);
                 Some(crate::analysis::sessions::merge(
                     &parts,
                     std::time::Duration::from_secs_f64(window.max(0.0)),

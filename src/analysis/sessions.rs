@@ -120,7 +120,9 @@ impl SessionStats {
             let input = r
                 .usage_input_tokens
                 .or(r.client_input_tokens)
-                .unwrap_or_else(|| crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize));
+                .unwrap_or_else(|| {
+                    crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize)
+                });
             b.input_tokens += input as u64;
             if let Some(c) = r.cached_input_tokens {
                 b.cached_reported += 1;
@@ -197,11 +199,7 @@ impl SessionStats {
         SessionsResult {
             started: self.started,
             completed: self.completed,
-            aborted: self
-                .aborted
-                .iter()
-                .map(|(k, v)| (k.key(), *v))
-                .collect(),
+            aborted: self.aborted.iter().map(|(k, v)| (k.key(), *v)).collect(),
             open_at_end: self.open_at_end,
             sessions_per_sec: round(self.started as f64 / secs, 3),
             start_lag: Dist::from_histogram(&self.start_lag, 1e-6, 6),

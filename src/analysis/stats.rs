@@ -315,8 +315,9 @@ impl LevelStats {
             self.cached_input_total += r
                 .usage_input_tokens
                 .or(r.client_input_tokens)
-                .unwrap_or_else(|| crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize))
-                as u64;
+                .unwrap_or_else(|| {
+                    crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize)
+                }) as u64;
         }
         if let Some(t) = r.ttft() {
             self.ttft_us_total += micros(t);

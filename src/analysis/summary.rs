@@ -83,7 +83,10 @@ pub fn facts(levels: &[LevelResult]) -> Vec<LevelFacts> {
         .map(|l| LevelFacts {
             qps_target: l.qps_target,
             // A session level's rate is sessions started per second.
-            actual_qps: l.sessions.as_ref().map_or(l.actual_qps, |s| s.sessions_per_sec),
+            actual_qps: l
+                .sessions
+                .as_ref()
+                .map_or(l.actual_qps, |s| s.sessions_per_sec),
             planned_qps: match &l.sessions {
                 Some(s) if l.duration > 0.0 && s.started > 0 => s.started as f64 / l.duration,
                 None if l.duration > 0.0 && l.scheduled > 0 => l.scheduled as f64 / l.duration,

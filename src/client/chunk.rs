@@ -701,10 +701,12 @@ mod tests {
         };
         assert_eq!(c.text, None, "not decoded unless asked for");
         assert!(c.content);
-        let Payload::Chunk(c) =
-            parse_full(br#"{"choices":[{"text":" more","finish_reason":null}]}"#, false, true)
-                .unwrap()
-        else {
+        let Payload::Chunk(c) = parse_full(
+            br#"{"choices":[{"text":" more","finish_reason":null}]}"#,
+            false,
+            true,
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(c.text.as_deref(), Some(" more"));

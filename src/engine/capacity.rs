@@ -367,7 +367,10 @@ pub async fn search(
                 .unwrap_or_default(),
             reason,
             stopped_early,
-            achieved_qps: r.sessions.as_ref().map_or(r.actual_qps, |s| s.sessions_per_sec),
+            achieved_qps: r
+                .sessions
+                .as_ref()
+                .map_or(r.actual_qps, |s| s.sessions_per_sec),
             goodput: r.goodput.unwrap_or(0.0),
             slo_attainment: r.slo_attainment.unwrap_or(0.0),
             ttft_p95: r.ttft.p95,

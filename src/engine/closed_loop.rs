@@ -72,7 +72,9 @@ pub(super) async fn run_workers(
                 // its end (or the level's).
                 let ok = if let Some(plan) = ctx.sessions.clone() {
                     let end = ctx.spec.duration.map(|d| d + paused);
-                    let ended = super::session::run_session(&ctx, &plan, seq, at, end).await;
+                    let active = super::session::ActiveSession::enter(&ctx);
+                    let ended =
+                        super::session::run_session(&ctx, &plan, seq, at, end, active).await;
                     !matches!(ended, crate::analysis::sessions::SessionEnd::Aborted(_))
                 } else {
                     ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);

@@ -176,8 +176,9 @@ pub(super) fn pace(
         let task_ctx = ctx.clone();
         if let Some(plan) = ctx.sessions.clone() {
             let end = spec.duration.map(|d| d + shift);
+            let active = super::session::ActiveSession::enter(ctx);
             handle.spawn(async move {
-                super::session::run_session(&task_ctx, &plan, seq, scheduled_at, end).await;
+                super::session::run_session(&task_ctx, &plan, seq, scheduled_at, end, active).await;
             });
             continue;
         }

@@ -200,20 +200,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Counts a session in `sessions_active` while it lives, however it
-/// ends, so that the drain waits for it.
-pub(super) struct ActiveSession<'a>(&'a TaskCtx);
+/// Counts a session in `sessions_active` from before its task is spawned
+/// until it ends, however it ends, so that the drain waits for it (a
+/// session spawned just as the window closes included).
+pub(super) struct ActiveSession(Arc<TaskCtx>);
 
-impl<'a> ActiveSession<'a> {
-    pub(super) fn enter(ctx: &'a TaskCtx) -> Self {
+impl ActiveSession {
+    pub(super) fn enter(ctx: &Arc<TaskCtx>) -> Self {
         ctx.progress.sessions_active.fetch_add(1, Ordering::AcqRel);
-        Self(ctx)
+        Self(ctx.clone())
     }
 }
 
-impl Drop for ActiveSession<'_> {
+impl Drop for ActiveSession {
     fn drop(&mut self) {
-        if self.0.progress.sessions_active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self
+            .0
+            .progress
+            .sessions_active
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1
+        {
             self.0.idle.notify_waiters();
         }
     }

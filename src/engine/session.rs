@@ -11,7 +11,8 @@
 //! the level's window closes leave the session open at the level's end,
 //! and both are counted.
 
-use super::request::{ActiveSession, Job, TaskCtx, lock, request_task};
+pub(super) use super::request::ActiveSession;
+use super::request::{Job, TaskCtx, lock, request_task};
 use crate::analysis::sessions::SessionEnd;
 use crate::base::timer::PreciseTimer;
 use crate::plan::think::ThinkTime;
@@ -38,17 +39,36 @@ fn timer() -> &'static PreciseTimer {
     TIMER.get_or_init(PreciseTimer::new)
 }
 
+/// A long think ends in two steps: the precise timer wakes the session
+/// this much early, then sleeps it the rest of the way. After a long
+/// sleep the timer thread and the runtime's workers wake slowly (a few
+/// hundred microseconds on a VM whose CPU went idle); the second, short
+/// sleep starts from a warm CPU and lands within tens of microseconds.
+const WAKE_AHEAD: Duration = Duration::from_millis(2);
+
+/// Wait until `due`, on time.
+async fn sleep_until(due: std::time::Instant) {
+    if let Some(early) = due.checked_sub(WAKE_AHEAD)
+        && early > std::time::Instant::now()
+    {
+        timer().sleep_until(early).await;
+    }
+    timer().sleep_until(due).await;
+}
+
 /// Run session instance `instance`, its first turn planned at `first_at`
 /// (an offset from the level start). `end`: no turn is planned at or
 /// after this offset. Returns how it ended (also counted in the stats).
+/// `active` was taken before the session's task was spawned.
 pub(super) async fn run_session(
     ctx: &Arc<TaskCtx>,
     plan: &SessionPlan,
     instance: u64,
     first_at: Duration,
     end: Option<Duration>,
+    active: ActiveSession,
 ) -> SessionEnd {
-    let _active = ActiveSession::enter(ctx);
+    let _active = active;
     let session = &plan.sessions[(instance % plan.sessions.len() as u64) as usize];
     lock(&ctx.stats)
         .sessions
@@ -75,13 +95,27 @@ async fn turns(
     let mut planned = first_at;
     for k in 0..session.turns.len() {
         let turn = k as u32 + 1;
+        // The body is made before the wait (the user thinks; we write):
+        // none of its serialization is on the send path.
+        let conv = session.conversation(k, &replies);
+        let req = PreparedRequest {
+            body: build_body(&conv, &plan.params),
+            input_chars: conv.text_chars(),
+            // Later turns hold replies we did not count.
+            input_tokens: if k == 0 {
+                session.turns[0].new_tokens
+            } else {
+                None
+            },
+        };
+        drop(conv);
         if k > 0 {
             if end.is_some_and(|e| planned >= e) || ctx.window_over.is_cancelled() {
                 return SessionEnd::OpenAtEnd;
             }
             let due = ctx.start.into_std() + planned;
             tokio::select! {
-                _ = timer().sleep_until(due) => {}
+                _ = sleep_until(due) => {}
                 _ = ctx.window_over.cancelled() => return SessionEnd::OpenAtEnd,
                 _ = ctx.stop.cancelled() => return SessionEnd::OpenAtEnd,
                 _ = ctx.cancel.cancelled() => return SessionEnd::OpenAtEnd,
@@ -99,17 +133,6 @@ async fn turns(
                 planned += t0.elapsed();
             }
         }
-        let conv = session.conversation(k, &replies);
-        let req = PreparedRequest {
-            body: build_body(&conv, &plan.params),
-            input_chars: conv.text_chars(),
-            // Later turns hold replies we did not count.
-            input_tokens: if k == 0 {
-                session.turns[0].new_tokens
-            } else {
-                None
-            },
-        };
         ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
         let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let job = Job {

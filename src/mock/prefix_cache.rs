@@ -173,7 +173,11 @@ mod tests {
         let mut c = PrefixCache::new(4 * BLOCK_TOKENS as usize);
         assert_eq!(c.lookup_and_insert(&[1, 2, 3]), 0);
         assert_eq!(c.lookup_and_insert(&[1, 2, 9]), 2);
-        assert_eq!(c.lookup_and_insert(&[7, 2, 3]), 0, "only a leading run counts");
+        assert_eq!(
+            c.lookup_and_insert(&[7, 2, 3]),
+            0,
+            "only a leading run counts"
+        );
         // Full at 4 blocks: inserting 7 evicted 3, refreshing 3 evicted 1.
         assert_eq!(c.len(), 4);
         assert_eq!(c.lookup_and_insert(&[1]), 0, "evicted");

@@ -1,10 +1,10 @@
 //! The mock's HTTP face: routes, admission, and an accept loop that can be
 //! embedded in tests and in `llmload run --endpoint mock`.
 
-use super::prefix_cache::{BlockHasher, fnv1a};
 use super::capacity::estimate_tokens;
 use super::faults::{self, FaultKind};
 use super::generate::{self, Api, Job, Occupancy};
+use super::prefix_cache::{BlockHasher, fnv1a};
 use super::state::MockState;
 use super::truth::Truth;
 use super::{MockConfig, OutputTokens};

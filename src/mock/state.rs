@@ -4,8 +4,8 @@
 
 use super::MockConfig;
 use super::metrics::MockMetrics;
-use crate::base::timer::PreciseTimer;
 use super::truth::TruthLog;
+use crate::base::timer::PreciseTimer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use tokio::sync::Semaphore;

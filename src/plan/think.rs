@@ -120,10 +120,7 @@ mod tests {
         assert_eq!(e.draw(1, 2, 3), e.draw(1, 2, 3));
         assert_ne!(e.draw(1, 2, 3), e.draw(1, 2, 4));
         let n = 4000;
-        let mean: f64 = (0..n)
-            .map(|i| e.draw(7, i, 2).as_secs_f64())
-            .sum::<f64>()
-            / n as f64;
+        let mean: f64 = (0..n).map(|i| e.draw(7, i, 2).as_secs_f64()).sum::<f64>() / n as f64;
         assert!((mean - 0.1).abs() < 0.01, "{mean}");
         let f = ThinkTime::Fixed(Duration::from_millis(40));
         assert_eq!(f.draw(0, 9, 9), Duration::from_millis(40));

@@ -328,12 +328,15 @@ pub fn render_capacity(c: &CapacitySummary) -> String {
 pub fn render_sessions(levels: &[LevelResult]) -> Option<String> {
     let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
     if levels.iter().all(|l| l.sessions.is_none()) {
-        let cached: Vec<&LevelResult> =
-            levels.iter().filter(|l| l.cache_hit_ratio.is_some()).collect();
+        let cached: Vec<&LevelResult> = levels
+            .iter()
+            .filter(|l| l.cache_hit_ratio.is_some())
+            .collect();
         if cached.is_empty() {
             return None;
         }
-        let mut out = String::from("\nPREFIX CACHE (cached ÷ prompt tokens, as the server reported)\n");
+        let mut out =
+            String::from("\nPREFIX CACHE (cached ÷ prompt tokens, as the server reported)\n");
         for l in cached {
             let _ = writeln!(out, "  {}: {}", l.describe(), pct(l.cache_hit_ratio));
         }
@@ -365,7 +368,14 @@ pub fn render_sessions(levels: &[LevelResult]) -> Option<String> {
         let _ = writeln!(
             out,
             "    {:<6} {:<9} {:<12} {:<12} {:<12} {:<11} {:<11} {:<9}",
-            "Turn", "Requests", "TTFT P50(s)", "TTFT P95(s)", "E2E P50(s)", "Prompt tok", "Cached tok", "Cache hit"
+            "Turn",
+            "Requests",
+            "TTFT P50(s)",
+            "TTFT P95(s)",
+            "E2E P50(s)",
+            "Prompt tok",
+            "Cached tok",
+            "Cache hit"
         );
         for t in &s.turns {
             let _ = writeln!(

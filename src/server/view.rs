@@ -244,10 +244,16 @@ pub fn reduce(
         preemptions: counter_delta(first.preemptions, last.preemptions),
         prompt_tokens: counter_delta(first.prompt_tokens, last.prompt_tokens),
         generation_tokens: counter_delta(first.generation_tokens, last.generation_tokens),
-        prefix_cache_hit_ratio: counter_delta(first.prefix_cache_queries, last.prefix_cache_queries)
-            .zip(counter_delta(first.prefix_cache_hits, last.prefix_cache_hits))
-            .filter(|(q, _)| *q > 0.0)
-            .map(|(q, h)| ((h / q).min(1.0) * 1e4).round() / 1e4),
+        prefix_cache_hit_ratio: counter_delta(
+            first.prefix_cache_queries,
+            last.prefix_cache_queries,
+        )
+        .zip(counter_delta(
+            first.prefix_cache_hits,
+            last.prefix_cache_hits,
+        ))
+        .filter(|(q, _)| *q > 0.0)
+        .map(|(q, h)| ((h / q).min(1.0) * 1e4).round() / 1e4),
         ttft_p50: p(0.5),
         ttft_p95,
         ttft_p95_gap: ours_ttft_p95.zip(ttft_p95).map(|(o, s)| o - s),

@@ -7,7 +7,11 @@ use std::path::Path;
 
 /// Load a dataset file in `format`, or the format its content shows;
 /// `sessions`: ShareGPT entries as multi-turn sessions.
-pub fn load_as(path: &Path, format: Option<Format>, sessions: bool) -> Result<Loaded, DatasetError> {
+pub fn load_as(
+    path: &Path,
+    format: Option<Format>,
+    sessions: bool,
+) -> Result<Loaded, DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_owned(),
         source,

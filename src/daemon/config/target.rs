@@ -157,7 +157,11 @@ pub(super) fn targets(
                 _ => pr.err(&key("extra_body"), "must be a table".into()),
             }
         }
-        let think_time = match t.think_time.as_deref().map(crate::plan::think::ThinkTime::parse) {
+        let think_time = match t
+            .think_time
+            .as_deref()
+            .map(crate::plan::think::ThinkTime::parse)
+        {
             None => crate::plan::think::ThinkTime::None,
             Some(Ok(t)) => t,
             Some(Err(e)) => {
@@ -177,7 +181,8 @@ pub(super) fn targets(
             Ok(p) if p.sessions.is_none() && think_time != crate::plan::think::ThinkTime::None => {
                 pr.err(
                     &key("think_time"),
-                    "is the pause between a session's turns, and this dataset has no sessions".into(),
+                    "is the pause between a session's turns, and this dataset has no sessions"
+                        .into(),
                 )
             }
             Ok(_) => {}
