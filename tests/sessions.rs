@@ -104,7 +104,15 @@ async fn turns_carry_the_replies_the_mock_streamed_and_the_think_time_holds() {
             &m.chat_url(),
             SESSIONS,
             &tmp.path().join("r"),
-            &["--qps", "2", "--duration", "3", "--think-time", THINK],
+            &[
+                "--qps",
+                "2",
+                "--duration",
+                "3",
+                "--think-time",
+                THINK,
+                "--plot",
+            ],
         ),
         &[],
     )
@@ -186,6 +194,8 @@ async fn turns_carry_the_replies_the_mock_streamed_and_the_think_time_holds() {
     assert!(turns[1]["input_tokens_mean"].as_f64() > turns[0]["input_tokens_mean"].as_f64());
     assert!(l["cache_hit_ratio"].as_f64().unwrap() > 0.5, "{l}");
 
+    assert_eq!(png_size(&dir.join("benchmark_sessions.png")), (2400, 1000));
+    assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));
     let meta = read_json(&dir.join("metadata.json"));
     assert_eq!(meta["sessions"]["think_time"], "150ms");
     assert_eq!(meta["sessions"]["rate"], "new sessions per second");

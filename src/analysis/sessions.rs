@@ -201,7 +201,15 @@ impl SessionStats {
             completed: self.completed,
             aborted: self.aborted.iter().map(|(k, v)| (k.key(), *v)).collect(),
             open_at_end: self.open_at_end,
-            sessions_per_sec: round(self.started as f64 / secs, 3),
+            // Sessions that started sending: one dropped at
+            // --max-in-flight never did.
+            sessions_per_sec: round(
+                self.started
+                    .saturating_sub(self.aborted.get(&ErrorKind::Dropped).copied().unwrap_or(0))
+                    as f64
+                    / secs,
+                3,
+            ),
             start_lag: Dist::from_histogram(&self.start_lag, 1e-6, 6),
             turn_lag: Dist::from_histogram(&self.turn_lag, 1e-6, 6),
             turns,

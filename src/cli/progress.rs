@@ -54,10 +54,11 @@ impl SweepHooks for ConsoleHooks {
                     "{label}: {n} users for {}",
                     crate::base::duration::format(d)
                 ),
-                _ if planned == 0 => crate::errln!("{label}: sending until stopped"),
-                _ if spec.sessions => crate::errln!(
-                    "{label}: starting {planned} sessions (each sends its turns as its replies end)"
+                (_, Some(d)) if spec.sessions => crate::errln!(
+                    "{label}: starting sessions for {} (each sends its turns as its replies end)",
+                    crate::base::duration::format(d)
                 ),
+                _ if planned == 0 => crate::errln!("{label}: sending until stopped"),
                 _ => crate::errln!("{label}: sending {planned} requests"),
             }
             return;

@@ -371,14 +371,25 @@ impl<'a> Scanner<'a> {
 
     /// Answer text: a string is decoded and appended to `info.text`
     /// (content parts and other shapes only mark the chunk as content).
+    /// Leniently: text a single request would accept (a lone surrogate
+    /// escape, bytes that are not UTF-8) never fails a session's turn; it
+    /// is kept with U+FFFD in its place.
     fn text_into(&mut self, info: &mut ChunkInfo<'a>) -> Res<()> {
         if self.peek()? != b'"' {
             info.content |= self.non_empty()?;
             return Ok(());
         }
-        if let Some(s) = self.opt_str()?
-            && !s.is_empty()
-        {
+        let at = self.i;
+        let (raw, escaped) = self.raw_str()?;
+        let s: Cow<'a, str> = if escaped {
+            match serde_json::from_slice::<String>(&self.b[at..self.i]) {
+                Ok(s) => Cow::Owned(s),
+                Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+            }
+        } else {
+            String::from_utf8_lossy(raw)
+        };
+        if !s.is_empty() {
             info.content = true;
             match &mut info.text {
                 None => info.text = Some(s),
@@ -720,6 +731,29 @@ mod tests {
         };
         assert_eq!(c.text, None);
         assert!(c.content, "content parts still count as content");
+    }
+
+    #[test]
+    fn undecodable_answer_text_never_fails_a_turn() {
+        let Payload::Chunk(c) = parse_full(
+            br#"{"choices":[{"delta":{"content":"a\ud800b"}}]}"#,
+            false,
+            true,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(c.content);
+        assert!(c.text.is_some());
+        let Payload::Chunk(c) = parse_full(
+            b"{\"choices\":[{\"delta\":{\"content\":\"x\xffy\"}}]}",
+            false,
+            true,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.text.as_deref(), Some("x\u{fffd}y"));
     }
 
     #[test]

@@ -633,6 +633,7 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         }
         _ => {}
     }
+    spec.sessions = started.engine.sessions.is_some() && !matches!(spec.load, Load::Trace(_));
     let qps = spec.qps;
     if spec.load.varies() {
         run.stats.lock().unwrap_or_else(|e| e.into_inner()).series =

@@ -90,6 +90,8 @@ impl CapacityPlan {
         s.slo_attainment = Some(self.slo.attainment);
         let (unit, min_flag, max_flag) = if self.concurrency {
             ("concurrent users", "--min-users", "--max-users")
+        } else if levels.iter().any(|l| l.sessions.is_some()) {
+            ("new sessions/s", "--min-qps", "--max-qps")
         } else {
             ("req/s", "--min-qps", "--max-qps")
         };

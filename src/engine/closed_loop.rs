@@ -29,7 +29,7 @@ pub(super) async fn run_workers(
     let limit = ctx.spec.limit.map(|l| l.div_ceil(count));
     tokio::time::sleep_until(ctx.start).await;
     let mut set = tokio::task::JoinSet::new();
-    for w in 0..workers {
+    for _ in 0..workers {
         let (ctx, next, last) = (ctx.clone(), next.clone(), last.clone());
         let (stop, cancel) = (stop.clone(), cancel.clone());
         set.spawn(async move {
@@ -43,12 +43,20 @@ pub(super) async fn run_workers(
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                         _ = stop.cancelled() => {}
                     }
-                    // Every worker waits out the pause; one of them keeps
-                    // its time, so that it is counted once.
-                    if w == 0 {
+                    // Every worker (and session) waits out the pause; the
+                    // first to see it keeps its time, so that it is
+                    // counted once.
+                    if !ctx.progress.pause_counted.swap(true, Ordering::AcqRel) {
+                        while ctx.progress.paused.load(Ordering::Acquire) && !stop.is_cancelled() {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                                _ = stop.cancelled() => {}
+                            }
+                        }
                         ctx.progress
                             .paused_ns
                             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        ctx.progress.pause_counted.store(false, Ordering::Release);
                     }
                     continue;
                 }
@@ -71,7 +79,7 @@ pub(super) async fn run_workers(
                 // A user with sessions runs them back to back, each to
                 // its end (or the level's).
                 let ok = if let Some(plan) = ctx.sessions.clone() {
-                    let end = ctx.spec.duration.map(|d| d + paused);
+                    let end = ctx.spec.duration;
                     let active = super::session::ActiveSession::enter(&ctx);
                     let ended =
                         super::session::run_session(&ctx, &plan, seq, at, end, active).await;

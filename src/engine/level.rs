@@ -89,6 +89,9 @@ pub struct Progress {
     pub paused: AtomicBool,
     /// Total time spent paused, nanoseconds.
     pub paused_ns: AtomicU64,
+    /// A pause is being timed by one of a closed loop's workers or
+    /// sessions (the others only wait it out).
+    pub pause_counted: AtomicBool,
     /// The pacer's longest wake-up past a send's due time, nanoseconds.
     pub pacer_stall_ns: AtomicU64,
     /// Trace replays: the trace-time offset (µs) of the last request sent,

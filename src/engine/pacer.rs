@@ -159,12 +159,15 @@ pub(super) fn pace(
                 // The session's first turn never went: the session broke.
                 ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
                 rec.turn = 1;
-                let mut st = lock(&ctx.stats);
-                let s = st.sessions.get_or_insert_with(Default::default);
-                s.started();
-                s.ended(crate::analysis::sessions::SessionEnd::Aborted(
-                    ErrorKind::Dropped,
-                ));
+                rec.seq = super::session::turn_seq(seq, 0);
+                let end = crate::analysis::sessions::SessionEnd::Aborted(ErrorKind::Dropped);
+                {
+                    let mut st = lock(&ctx.stats);
+                    let s = st.sessions.get_or_insert_with(Default::default);
+                    s.started();
+                    s.ended(end);
+                }
+                ctx.observer.session_ended(spec, end);
             }
             ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
             ctx.progress.completed.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +178,9 @@ pub(super) fn pace(
         }
         let task_ctx = ctx.clone();
         if let Some(plan) = ctx.sessions.clone() {
-            let end = spec.duration.map(|d| d + shift);
+            // The pacer adds its pauses to `paused_ns`; the session moves
+            // its end by them as they come.
+            let end = spec.duration;
             let active = super::session::ActiveSession::enter(ctx);
             handle.spawn(async move {
                 super::session::run_session(&task_ctx, &plan, seq, scheduled_at, end, active).await;

@@ -31,8 +31,6 @@ pub(super) struct TaskCtx {
     /// Cancelled when the level's send window closes: sessions stop
     /// sending turns (and count as open at its end).
     pub(super) window_over: CancellationToken,
-    /// Requests sent by sessions so far (their turns' sequence numbers).
-    pub(super) turn_seq: std::sync::atomic::AtomicU64,
     pub(super) spec: LevelSpec,
     pub(super) start: Instant,
 }

@@ -266,7 +266,7 @@ pub async fn execute(
             break;
         }
         let mut spec = plan.spec(index);
-        spec.sessions = engine.sessions.is_some();
+        spec.sessions = engine.sessions.is_some() && !matches!(spec.load, Load::Trace(_));
         let mut run = LevelRun::with_slo(plan.slo.clone());
         if spec.load.varies() {
             run.stats.lock().unwrap_or_else(|e| e.into_inner()).series =
@@ -275,7 +275,13 @@ pub async fn execute(
         run.start_at = plan
             .timeline
             .map(|(t0, gap)| t0 + (plan.duration + gap) * index as u32);
-        hooks.level_started(&spec, plan.levels.len(), plan.planned(index), &run);
+        // A session level's requests depend on its replies: no count ahead.
+        let planned = if spec.sessions {
+            0
+        } else {
+            plan.planned(index)
+        };
+        hooks.level_started(&spec, plan.levels.len(), planned, &run);
         let outcome = engine
             .run_level(spec.clone(), &run, stop.child_token(), cancel.clone(), seq)
             .await;

@@ -56,9 +56,17 @@ async fn sleep_until(due: std::time::Instant) {
     timer().sleep_until(due).await;
 }
 
+/// Turn `k` (0-based) of session instance `instance`: its request's
+/// sequence number, unique across levels and shards (instances are
+/// global schedule indices), and its session is `seq >> 16`.
+pub fn turn_seq(instance: u64, k: usize) -> u64 {
+    (instance << 16) | (k as u64).min(0xFFFF)
+}
+
 /// Run session instance `instance`, its first turn planned at `first_at`
 /// (an offset from the level start). `end`: no turn is planned at or
-/// after this offset. Returns how it ended (also counted in the stats).
+/// after this offset, moved back by the time the level spent paused.
+/// Returns how it ended (also counted in the stats).
 /// `active` was taken before the session's task was spawned.
 pub(super) async fn run_session(
     ctx: &Arc<TaskCtx>,
@@ -110,7 +118,8 @@ async fn turns(
         };
         drop(conv);
         if k > 0 {
-            if end.is_some_and(|e| planned >= e) || ctx.window_over.is_cancelled() {
+            let paused = Duration::from_nanos(ctx.progress.paused_ns.load(Ordering::Relaxed));
+            if end.is_some_and(|e| planned >= e + paused) || ctx.window_over.is_cancelled() {
                 return SessionEnd::OpenAtEnd;
             }
             let due = ctx.start.into_std() + planned;
@@ -121,14 +130,28 @@ async fn turns(
                 _ = ctx.cancel.cancelled() => return SessionEnd::OpenAtEnd,
             }
             // A soak paused for a sweep on the same target: its sessions
-            // wait too, and the pause moves the turn's plan back.
+            // wait too, and the pause moves the turn's plan back. The
+            // pacer counts an open loop's pauses; in a closed loop the
+            // first to see one counts it.
             if ctx.progress.paused.load(Ordering::Acquire) {
                 let t0 = tokio::time::Instant::now();
+                let counts = matches!(ctx.spec.load, crate::plan::load::Load::Concurrency(_))
+                    && !ctx.progress.pause_counted.swap(true, Ordering::AcqRel);
                 while ctx.progress.paused.load(Ordering::Acquire) {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                        _ = ctx.stop.cancelled() => return SessionEnd::OpenAtEnd,
+                        _ = ctx.stop.cancelled() => break,
+                        _ = ctx.cancel.cancelled() => break,
                     }
+                }
+                if counts {
+                    ctx.progress
+                        .paused_ns
+                        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    ctx.progress.pause_counted.store(false, Ordering::Release);
+                }
+                if ctx.stop.is_cancelled() || ctx.cancel.is_cancelled() {
+                    return SessionEnd::OpenAtEnd;
                 }
                 planned += t0.elapsed();
             }
@@ -136,7 +159,7 @@ async fn turns(
         ctx.progress.scheduled.fetch_add(1, Ordering::Relaxed);
         let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let job = Job {
-            seq: ctx.turn_seq.fetch_add(1, Ordering::Relaxed),
+            seq: turn_seq(instance, k),
             scheduled_at: planned,
             open,
             own: Some(req),

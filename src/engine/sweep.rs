@@ -169,12 +169,11 @@ impl Engine {
             gate: gate_slots.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             // A warm-up of N requests sends single requests.
             // (and a trace's lines are its own requests).
-            sessions: self
-                .sessions
-                .clone()
-                .filter(|_| spec.limit.is_none() && !matches!(spec.load, Load::Trace(_))),
+            // Only where the level says so (not a capacity cool-down).
+            sessions: self.sessions.clone().filter(|_| {
+                spec.sessions && spec.limit.is_none() && !matches!(spec.load, Load::Trace(_))
+            }),
             window_over: CancellationToken::new(),
-            turn_seq: std::sync::atomic::AtomicU64::new(first_seq),
             spec: spec.clone(),
             start,
         });
@@ -230,6 +229,25 @@ impl Engine {
             sent_done = sent_done.min(start + d);
         }
 
+        // The window closes at the level's end, not at its last session's
+        // start: sessions thinking now still send the turns due before it.
+        if ctx.sessions.is_some()
+            && let Some(d) = spec.duration
+            && !interrupted
+        {
+            loop {
+                let paused = Duration::from_nanos(run.progress.paused_ns.load(Ordering::Relaxed));
+                let until = start + d + paused;
+                if Instant::now() >= until {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = stop_sending.cancelled() => break,
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        }
         // The window is closed: sessions send no more turns.
         ctx.window_over.cancel();
         // Drain: every task carries its own deadline, and a session ends

@@ -239,9 +239,11 @@ impl Job {
         self.truth.cached_tokens = Some(cached);
         st.metrics.prefix_queries.inc_by(self.input_tokens as u64);
         st.metrics.prefix_hits.inc_by(cached as u64);
-        // The answer follows as the assistant's message.
-        if self.api == Api::Chat {
-            c.blocks.feed(b"assistant\n");
+        // The answer follows as the assistant's message (chat), or after
+        // a blank line (completions: how a client joins the history).
+        match self.api {
+            Api::Chat => c.blocks.feed(b"assistant\n"),
+            Api::Completions => c.blocks.feed(b"\n\n"),
         }
         self.input_tokens - cached
     }
@@ -250,9 +252,7 @@ impl Job {
     /// cache, for the session's next turn.
     fn cache_answer(&mut self, st: &MockState) {
         if let (Some(cache), Some(c)) = (&st.prefix, &mut self.cache) {
-            if self.api == Api::Chat {
-                c.blocks.feed(b"\n\n");
-            }
+            c.blocks.feed(b"\n\n");
             cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

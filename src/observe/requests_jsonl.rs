@@ -34,6 +34,8 @@ struct Line<'a> {
     /// A session's turn (absent outside sessions) and the cached prompt
     /// tokens the server reported.
     #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     turn: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cached_tokens: Option<u32>,
@@ -143,6 +145,7 @@ impl Observer for RecordsObserver {
             new_connection: rec.new_connection,
             connect: rec.connect.map(|d| d.as_secs_f64()),
             retried_stale_connection: rec.retried_stale,
+            session: (rec.turn > 0).then_some(rec.seq >> 16),
             turn: (rec.turn > 0).then_some(rec.turn),
             cached_tokens: rec.cached_input_tokens,
         };

@@ -132,9 +132,19 @@ pub fn load_with(
                     let counted: Vec<crate::workload::session::Session> = s
                         .into_iter()
                         .map(|mut s| {
-                            for t in &mut s.turns {
+                            for (k, t) in s.turns.iter_mut().enumerate() {
+                                // A first turn is counted as a single
+                                // request would be (completions join it).
                                 t.new_tokens = tok.as_ref().map(|tk| {
-                                    t.messages.iter().map(|m| tk.count(&m.content) as u32).sum()
+                                    let c = Conversation {
+                                        messages: t.messages.clone(),
+                                        max_tokens: None,
+                                    };
+                                    if k == 0 {
+                                        count(&c, target.api, Some(tk))
+                                    } else {
+                                        c.messages.iter().map(|m| tk.count(&m.content) as u32).sum()
+                                    }
                                 });
                             }
                             s

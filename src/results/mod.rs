@@ -12,6 +12,7 @@
 //!   finished are already in `benchmark_qps_results.json`.
 
 pub mod plot;
+pub mod sessions_plot;
 pub mod table;
 pub mod timeline;
 pub mod writer;

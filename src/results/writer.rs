@@ -146,6 +146,16 @@ impl RunWriter {
                 self.add_error(e.to_string());
             }
         }
+        // Sessions are read by turn, beside the grid.
+        if crate::results::sessions_plot::has_sessions(levels) {
+            let path = self
+                .out
+                .dir
+                .file(crate::results::sessions_plot::DEFAULT_SESSIONS_FILE);
+            if let Err(e) = crate::results::sessions_plot::render(&path, levels, title) {
+                self.add_error(e.to_string());
+            }
+        }
     }
 
     fn write_meta(&mut self) {

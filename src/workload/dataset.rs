@@ -372,20 +372,16 @@ struct JsonlEntry {
     line: usize,
     messages: Vec<Message>,
     max_tokens: Option<u32>,
-    /// `Some` on a session's line: its id and turn, or `None` with the
-    /// whole session's turns.
-    session: Option<(Option<(String, u32)>, Vec<crate::workload::session::Turn>)>,
+    /// A session's line: its turn (with its id and number), or a whole
+    /// session's turns.
+    session: Option<crate::workload::session::SessionLine>,
 }
 
 impl JsonlEntry {
     fn into_session(self) -> crate::workload::session::SessionLine {
         use crate::workload::session::{SessionLine, Turn};
         match self.session {
-            Some((key, turns)) => SessionLine {
-                line: self.line,
-                key,
-                turns,
-            },
+            Some(s) => s,
             None => SessionLine {
                 line: self.line,
                 key: None,
@@ -506,7 +502,11 @@ fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetErro
                 line: line_no,
                 messages: Vec::new(),
                 max_tokens: raw.max_tokens,
-                session: Some((None, turns)),
+                session: Some(crate::workload::session::SessionLine {
+                    line: line_no,
+                    key: None,
+                    turns,
+                }),
             });
             continue;
         }
@@ -549,14 +549,15 @@ fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetErro
                     key.1, key.0
                 )));
             }
-            Ok((
-                Some(key),
-                vec![crate::workload::session::Turn {
+            Ok(crate::workload::session::SessionLine {
+                line: line_no,
+                key: Some(key),
+                turns: vec![crate::workload::session::Turn {
                     messages: own,
                     max_tokens: raw.max_tokens,
                     new_tokens: None,
                 }],
-            ))
+            })
         });
         let session = session.transpose()?;
         out.push(JsonlEntry {

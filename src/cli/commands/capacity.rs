@@ -98,6 +98,8 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
         crate::analysis::saturation::fmt_qps(max),
         if args.concurrency {
             "concurrent users"
+        } else if session.engine.sessions.is_some() {
+            "new sessions/s"
         } else {
             "req/s"
         },
@@ -107,6 +109,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
     let console = Console(
         ConsoleHooks::new(session.telemetry.clone().zip(session.sweep_span.clone())),
         args.concurrency,
+        session.engine.sessions.is_some(),
     );
     let report = capacity::search(
         &session.engine,
@@ -143,7 +146,8 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
 }
 
 /// Progress per probe on stderr.
-struct Console(ConsoleHooks, bool);
+/// The console hooks; whether probes are users; whether they are sessions.
+struct Console(ConsoleHooks, bool, bool);
 
 impl SweepHooks for Console {
     fn level_started(&self, spec: &LevelSpec, _levels: usize, planned: u64, run: &LevelRun) {
@@ -162,6 +166,8 @@ impl CapacityHooks for Console {
             p.phase,
             if self.1 {
                 format!("{} users", p.qps)
+            } else if self.2 {
+                format!("{} sessions/s", crate::analysis::saturation::fmt_qps(p.qps))
             } else {
                 format!("{} req/s", crate::analysis::saturation::fmt_qps(p.qps))
             },
