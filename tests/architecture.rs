@@ -48,6 +48,7 @@ const PURE: &[&str] = &[
     "plan/replay.rs",
     "plan/schedule.rs",
     "plan/think.rs",
+    "plan/sessions.rs",
     "results/table.rs",
 ];
 

@@ -665,7 +665,7 @@ async fn every_expression_returns_data_and_a_capacity_regression_reaches_alertma
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 5);
+    assert_eq!(rules.len(), 6);
     for r in rules {
         assert_eq!(r["health"], "ok", "{}: {}", r["name"], r["lastError"]);
     }

@@ -99,12 +99,15 @@ async fn turns_carry_the_replies_the_mock_streamed_and_the_think_time_holds() {
     let _serial = serial();
     let m = start_mock(caching_mock(1 << 20)).await;
     let tmp = tempfile::tempdir().unwrap();
+    let metrics = format!("{}/metrics", m.base_url());
     let out = llmload(
         &args(
             &m.chat_url(),
             SESSIONS,
             &tmp.path().join("r"),
             &[
+                "--server-metrics",
+                &metrics,
                 "--qps",
                 "2",
                 "--duration",
@@ -192,7 +195,11 @@ async fn turns_carry_the_replies_the_mock_streamed_and_the_think_time_holds() {
     );
     assert!(turns[1]["cache_hit_ratio"].as_f64().unwrap() > 0.8, "{s}");
     assert!(turns[1]["input_tokens_mean"].as_f64() > turns[0]["input_tokens_mean"].as_f64());
-    assert!(l["cache_hit_ratio"].as_f64().unwrap() > 0.5, "{l}");
+    let ours = l["cache_hit_ratio"].as_f64().unwrap();
+    assert!(ours > 0.5, "{l}");
+    // The server's own counters say the same (its queries and hits).
+    let server = l["server"]["prefix_cache_hit_ratio"].as_f64().unwrap();
+    assert!((server - ours).abs() < 0.05, "server {server}, ours {ours}");
 
     assert_eq!(png_size(&dir.join("benchmark_sessions.png")), (2400, 1000));
     assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));

@@ -20,9 +20,12 @@
 //! the reading.
 
 use crate::analysis::level::LevelResult;
+pub use crate::analysis::noise::Line;
+use crate::analysis::noise::{
+    Estimate, judge_estimates, mean_estimate, quantile_estimate, relative,
+};
 use crate::analysis::stats::decode;
 use crate::analysis::summary::Summary;
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// A run as read from its directory.
@@ -172,28 +175,6 @@ impl MetricSpec {
     }
 }
 
-/// One compared figure.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Line {
-    /// Target QPS; `None` for whole-run lines.
-    pub qps: Option<f64>,
-    pub metric: String,
-    pub base: Option<f64>,
-    pub new: Option<f64>,
-    /// (new − base) / base; positive means higher.
-    pub change: Option<f64>,
-    /// The runs' own intervals do not overlap.
-    pub beyond_noise: bool,
-    /// Worse by more than the threshold and beyond noise.
-    pub regression: bool,
-    /// How the noise was judged, or why there is no figure.
-    pub note: String,
-    /// Why this figure cannot be judged (a client-bound level measured the
-    /// client, not the endpoint); empty when it can. Never a regression.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub not_comparable: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub base: String,
@@ -223,69 +204,6 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
 #[error("the runs cannot be compared: {0}")]
 pub struct Incomparable(pub String);
 
-/// A value and its 95 % interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Estimate {
-    pub(crate) value: f64,
-    pub(crate) lo: f64,
-    pub(crate) hi: f64,
-}
-
-/// The value at 0-based rank `r` of a histogram's samples.
-fn value_at_rank(h: &Histogram<u64>, r: f64) -> u64 {
-    let n = h.len();
-    if n == 0 {
-        return 0;
-    }
-    let r = r.clamp(0.0, (n - 1) as f64) as u64;
-    let mut seen = 0u64;
-    for v in h.iter_recorded() {
-        seen += v.count_at_value();
-        if seen > r {
-            return h.highest_equivalent(v.value_iterated_to());
-        }
-    }
-    h.max()
-}
-
-pub(crate) fn quantile_estimate(h: &Histogram<u64>, q: f64, scale: f64) -> Option<Estimate> {
-    let n = h.len() as f64;
-    if n == 0.0 {
-        return None;
-    }
-    let half = 1.96 * (n * q * (1.0 - q)).sqrt();
-    let rank = n * q;
-    let (lo_rank, hi_rank) = ((rank - half).floor(), (rank + half).ceil());
-    // A rank interval running off either end of the sample leaves that
-    // side unbounded: 8 samples cannot pin a p95 from above.
-    Some(Estimate {
-        value: h.value_at_quantile(q) as f64 * scale,
-        lo: if lo_rank < 0.0 {
-            f64::NEG_INFINITY
-        } else {
-            value_at_rank(h, lo_rank) as f64 * scale
-        },
-        hi: if hi_rank > n - 1.0 {
-            f64::INFINITY
-        } else {
-            value_at_rank(h, hi_rank) as f64 * scale
-        },
-    })
-}
-
-fn mean_estimate(h: &Histogram<u64>, scale: f64) -> Option<Estimate> {
-    let n = h.len() as f64;
-    if n == 0.0 {
-        return None;
-    }
-    let half = 1.96 * h.stdev() / n.sqrt();
-    Some(Estimate {
-        value: h.mean() * scale,
-        lo: (h.mean() - half) * scale,
-        hi: (h.mean() + half) * scale,
-    })
-}
-
 fn estimate(l: &LevelResult, field: Field, stat: Stat) -> Result<Option<Estimate>, String> {
     let (text, scale) = field.histogram(l);
     if text.is_empty() {
@@ -296,10 +214,6 @@ fn estimate(l: &LevelResult, field: Field, stat: Stat) -> Result<Option<Estimate
         Stat::Quantile(q) => quantile_estimate(&h, q, scale),
         Stat::Mean => mean_estimate(&h, scale),
     })
-}
-
-fn relative(base: f64, new: f64) -> Option<f64> {
-    (base.abs() > 0.0).then(|| (new - base) / base)
 }
 
 /// Check the runs describe the same experiment.
@@ -422,10 +336,11 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
     // Sessions and prefix caches: TTFT by turn bucket, and the share of
     // prompt tokens the server's cache served.
     lines.extend(crate::analysis::compare_cache::lines(
-        base,
-        new,
+        (&base.name, &base.levels),
+        (&new.name, &new.levels),
         opts.max_regression,
         !both_capacity,
+        &|b, n| client_bound(&[(base, b), (new, n)]),
     ));
     for mut line in [
         saturation_line(base, new),
@@ -468,13 +383,6 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> Result<Verdict, Incompa
     })
 }
 
-impl Line {
-    fn set_not_comparable(&mut self, why: String) {
-        self.regression = false;
-        self.not_comparable = why;
-    }
-}
-
 /// Why a level of these runs measured the client rather than the
 /// endpoint, if one did.
 pub(crate) fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
@@ -492,50 +400,6 @@ pub(crate) fn client_bound(levels: &[(&Run, &LevelResult)]) -> Option<String> {
 
 fn fmt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
-}
-
-pub(crate) fn judge_estimates(
-    qps: Option<f64>,
-    metric: String,
-    b: Option<Estimate>,
-    n: Option<Estimate>,
-    higher_is_worse: bool,
-    max_regression: f64,
-) -> Line {
-    let (Some(b), Some(n)) = (b, n) else {
-        return Line {
-            qps,
-            metric,
-            base: b.map(|e| e.value),
-            new: n.map(|e| e.value),
-            change: None,
-            not_comparable: String::new(),
-            beyond_noise: false,
-            regression: false,
-            note: "no samples in one run".into(),
-        };
-    };
-    let change = relative(b.value, n.value);
-    let beyond = n.lo > b.hi || n.hi < b.lo;
-    let worse = match change {
-        Some(c) if higher_is_worse => c > max_regression,
-        Some(c) => c < -max_regression,
-        None => false,
-    };
-    Line {
-        qps,
-        metric,
-        base: Some(b.value),
-        new: Some(n.value),
-        change,
-        not_comparable: String::new(),
-        beyond_noise: beyond,
-        regression: worse && beyond,
-        note: format!(
-            "95% intervals [{:.4}, {:.4}] and [{:.4}, {:.4}]",
-            b.lo, b.hi, n.lo, n.hi
-        ),
-    }
 }
 
 fn capacity_line(base: &Run, new: &Run, max_regression: f64) -> Line {

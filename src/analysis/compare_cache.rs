@@ -7,19 +7,28 @@
 //! so is the share of prompt tokens the server said it served from its
 //! cache, over the whole run. Pure.
 
-use crate::analysis::compare::{
-    Estimate, Line, Run, client_bound, judge_estimates, quantile_estimate,
-};
-use crate::analysis::stats::decode;
+use crate::analysis::dist::decode;
+use crate::analysis::level::LevelResult;
+use crate::analysis::noise::{Estimate, Line, judge_estimates, quantile_estimate};
+
+/// A run as this needs it: its name (for notes) and its levels.
+pub type RunLevels<'a> = (&'a str, &'a [LevelResult]);
 
 /// The lines for `base` against `new`; `per_level`: also judge TTFT by
 /// turn bucket at each matched level (not for capacity searches, whose
-/// probes ran at different rates).
-pub fn lines(base: &Run, new: &Run, max_regression: f64, per_level: bool) -> Vec<Line> {
+/// probes ran at different rates). `client_bound`: why a pair of matched
+/// levels cannot be judged, if it cannot.
+pub fn lines(
+    base: RunLevels<'_>,
+    new: RunLevels<'_>,
+    max_regression: f64,
+    per_level: bool,
+    client_bound: &dyn Fn(&LevelResult, &LevelResult) -> Option<String>,
+) -> Vec<Line> {
     let mut out = Vec::new();
     if per_level {
-        for b in &base.levels {
-            let Some(n) = new.levels.iter().find(|l| l.load() == b.load()) else {
+        for b in base.1 {
+            let Some(n) = new.1.iter().find(|l| l.load() == b.load()) else {
                 continue;
             };
             let (Some(bs), Some(ns)) = (&b.sessions, &n.sessions) else {
@@ -42,7 +51,7 @@ pub fn lines(base: &Run, new: &Run, max_regression: f64, per_level: bool) -> Vec
                     true,
                     max_regression,
                 );
-                if let Some(why) = client_bound(&[(base, b), (new, n)]) {
+                if let Some(why) = client_bound(b, n) {
                     line.regression = false;
                     line.not_comparable = why;
                 }
@@ -59,9 +68,9 @@ pub fn lines(base: &Run, new: &Run, max_regression: f64, per_level: bool) -> Vec
 /// Cached ÷ prompt tokens over the run's levels, with a binomial
 /// interval over the requests that reported cached tokens (tokens of one
 /// request hit or miss together, so requests are the samples).
-fn ratio(r: &Run) -> Option<(Estimate, u64)> {
+fn ratio(levels: &[LevelResult]) -> Option<(Estimate, u64)> {
     let (mut cached, mut input, mut n) = (0u64, 0u64, 0u64);
-    for l in r.levels.iter().filter(|l| !l.client_bound) {
+    for l in levels.iter().filter(|l| !l.client_bound) {
         cached += l.tokens.cached_total;
         input += l.tokens.cached_input_total;
         n += l.tokens.cached_reported;
@@ -80,8 +89,8 @@ fn ratio(r: &Run) -> Option<(Estimate, u64)> {
     })
 }
 
-fn cache_line(base: &Run, new: &Run, max_regression: f64) -> Option<Line> {
-    let (b, n) = (ratio(base), ratio(new));
+fn cache_line(base: RunLevels<'_>, new: RunLevels<'_>, max_regression: f64) -> Option<Line> {
+    let (b, n) = (ratio(base.1), ratio(new.1));
     if b.is_none() && n.is_none() {
         return None;
     }
@@ -108,8 +117,8 @@ fn cache_line(base: &Run, new: &Run, max_regression: f64) -> Option<Line> {
             // judged relative, like latencies, and beyond noise.
             line.regression = line.beyond_noise && (b.value - n.value) / b.value > max_regression;
         }
-        (Some(_), None) => line.note = format!("{} reported no cached tokens", new.name),
-        (None, Some(_)) => line.note = format!("{} reported no cached tokens", base.name),
+        (Some(_), None) => line.note = format!("{} reported no cached tokens", new.0),
+        (None, Some(_)) => line.note = format!("{} reported no cached tokens", base.0),
         (None, None) => {}
     }
     Some(line)
@@ -151,14 +160,23 @@ mod tests {
         )
     }
 
-    fn run(name: &str, l: LevelResult) -> Run {
-        Run {
-            name: name.into(),
-            model: "m".into(),
-            dataset: "d".into(),
-            summary: crate::analysis::summary::summarize(std::slice::from_ref(&l), "complete"),
-            levels: vec![l],
-        }
+    fn run(name: &str, l: LevelResult) -> (String, Vec<LevelResult>) {
+        (name.to_string(), vec![l])
+    }
+
+    fn lines(
+        base: &(String, Vec<LevelResult>),
+        new: &(String, Vec<LevelResult>),
+        max: f64,
+        per_level: bool,
+    ) -> Vec<Line> {
+        super::lines(
+            (&base.0, &base.1),
+            (&new.0, &new.1),
+            max,
+            per_level,
+            &|_, _| None,
+        )
     }
 
     #[test]

@@ -4,9 +4,11 @@
 
 pub mod compare;
 pub mod compare_cache;
+pub mod dist;
 pub mod knee;
 pub mod level;
 pub mod merge;
+pub mod noise;
 pub mod saturation;
 pub mod search;
 pub mod series;

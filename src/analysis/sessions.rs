@@ -6,7 +6,7 @@
 //! Pure: records in, the `sessions` object of a level out, and the exact
 //! merge of shards' objects.
 
-use crate::analysis::stats::{Dist, decode, encode, round};
+use crate::analysis::dist::{Dist, decode, encode, round};
 use crate::client::record::{ErrorKind, RequestRecord};
 use crate::workload::session::{TURN_BUCKETS, turn_bucket};
 use hdrhistogram::Histogram;

@@ -13,6 +13,8 @@
 //! It is sent again, once, on a new connection, and counted as a retry.
 
 pub mod chunk;
+#[cfg(test)]
+pub mod chunk_reference;
 pub mod classify;
 pub mod connect;
 pub mod keepalive;

@@ -27,7 +27,7 @@ pub(super) struct TaskCtx {
     /// `max_concurrency` slots, when the level has them.
     pub(super) gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Multi-turn sessions, when the level sends them.
-    pub(super) sessions: Option<Arc<super::session::SessionPlan>>,
+    pub(super) sessions: Option<Arc<crate::plan::sessions::SessionPlan>>,
     /// Cancelled when the level's send window closes: sessions stop
     /// sending turns (and count as open at its end).
     pub(super) window_over: CancellationToken,

@@ -15,23 +15,12 @@ pub(super) use super::request::ActiveSession;
 use super::request::{Job, TaskCtx, lock, request_task};
 use crate::analysis::sessions::SessionEnd;
 use crate::base::timer::PreciseTimer;
-use crate::plan::think::ThinkTime;
-use crate::workload::request::{BodyParams, PreparedRequest, build_body};
+pub use crate::plan::sessions::SessionPlan;
+use crate::workload::request::{PreparedRequest, build_body};
 use crate::workload::session::Session;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// What a level's sessions send.
-#[derive(Debug)]
-pub struct SessionPlan {
-    /// Session instance `i` replays `sessions[i % len]`.
-    pub sessions: Vec<Session>,
-    pub params: BodyParams,
-    pub think: ThinkTime,
-    /// Seeds the exponential think times.
-    pub seed: u64,
-}
 
 /// One timer thread for every session of the process.
 fn timer() -> &'static PreciseTimer {

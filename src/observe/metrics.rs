@@ -339,7 +339,7 @@ impl Metrics {
                 "Nominal time between fires of a scheduled job (absent for at_start).",
                 &["target", "job"],
             ),
-            sessions: super::session_metrics::SessionMetrics::new(),
+            sessions: super::session_metrics::SessionMetrics::new(TTFT_BUCKETS),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![

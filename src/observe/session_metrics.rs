@@ -20,14 +20,16 @@ pub struct SessionMetrics {
 const BASE: &[&str] = &["target", "model", "job"];
 
 impl SessionMetrics {
-    pub fn new() -> Self {
+    /// `ttft_buckets`: the TTFT histogram's buckets, shared with the
+    /// level-wide TTFT so the two compare bucket for bucket.
+    pub fn new(ttft_buckets: &[f64]) -> Self {
         Self {
             turn_ttft: HistogramVec::new(
                 HistogramOpts::new(
                     "turn_time_to_first_token_seconds",
                     "Time to first token of successful session turns, by turn bucket (1, 2-4, 5+).",
                 )
-                .buckets(super::metrics::TTFT_BUCKETS.to_vec()),
+                .buckets(ttft_buckets.to_vec()),
                 &["target", "model", "job", "turn"],
             )
             .expect("valid histogram"),
@@ -77,12 +79,6 @@ impl SessionMetrics {
             ended: ["completed", "aborted", "open_at_end"]
                 .map(|o| self.sessions.with_label_values(&[t, m, j, o])),
         }
-    }
-}
-
-impl Default for SessionMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

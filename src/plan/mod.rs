@@ -7,5 +7,6 @@ pub mod profile;
 pub mod prompts;
 pub mod replay;
 pub mod schedule;
+pub mod sessions;
 pub mod target;
 pub mod think;

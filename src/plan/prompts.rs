@@ -120,7 +120,7 @@ pub fn load_with(
                 (convs, counts, "synthetic".to_string(), Some(spec.clone()))
             }
             Source::File { path, format } => {
-                let loaded = crate::workload::files::load_as(path, *format, sessions)?;
+                let (loaded, sessions) = crate::workload::files::load_as(path, *format, sessions)?;
                 if loaded.multi_turn > 0 {
                     notices.push(format!(
                         "{}: {} entries have several human turns; each is sent once, up to its last (--sessions replays them turn by turn, with the server's replies)",
@@ -128,7 +128,7 @@ pub fn load_with(
                         loaded.multi_turn
                     ));
                 }
-                if let Some(s) = loaded.sessions {
+                if let Some(s) = sessions {
                     let counted: Vec<crate::workload::session::Session> = s
                         .into_iter()
                         .map(|mut s| {

@@ -116,10 +116,6 @@ pub struct Loaded {
     pub conversations: Vec<Conversation>,
     pub format: Format,
     pub skipped: usize,
-    /// Multi-turn sessions: JSONL with `session_id`/`turn` or `turns`, or
-    /// ShareGPT read as sessions. `conversations` then holds each
-    /// session's first turn.
-    pub sessions: Option<Vec<crate::workload::session::Session>>,
     /// ShareGPT entries with several human turns (a notice says that
     /// `--sessions` would replay them turn by turn).
     pub multi_turn: usize,
@@ -128,90 +124,53 @@ pub struct Loaded {
 const SEED_EXAMPLE: &str = r#"[{"prompt_content": "...", "cut_chat_history": [...]}]"#;
 const SHAREGPT_EXAMPLE: &str = r#"[{"conversations": [{"from": "human", "value": "..."}]}]"#;
 
-/// Parse dataset bytes in `format` (detected when `None`). `sessions`:
-/// read ShareGPT's human turns as a session each entry (JSONL says so
-/// itself, with `session_id` or `turns`; the seed's format has none).
-pub fn parse_as(
-    path: &Path,
-    bytes: &[u8],
-    format: Option<Format>,
-    sessions: bool,
-) -> Result<Loaded, DatasetError> {
-    use crate::workload::session;
+/// Parse dataset bytes in `format` (detected when `None`), one request
+/// per sample (sessions are read by the session module's `load`).
+pub fn parse_as(path: &Path, bytes: &[u8], format: Option<Format>) -> Result<Loaded, DatasetError> {
     let format = match format {
         Some(f) => f,
         None => detect(path, bytes)?,
     };
-    let first_turns = |s: &[session::Session]| -> Vec<Conversation> {
-        s.iter().map(|s| s.conversation(0, &[])).collect()
-    };
     let mut multi_turn = 0;
-    let (conversations, skipped, sessions) = match format {
-        Format::Seed if sessions => {
-            return Err(DatasetError::Setting(format!(
-                "{}: the seed's format has one prompt per sample, no sessions (drop --sessions, or use ShareGPT or JSONL)",
-                path.display()
-            )));
-        }
-        Format::Seed => (parse(path, bytes)?, 0, None),
+    let (conversations, skipped) = match format {
+        Format::Seed => (parse(path, bytes)?, 0),
         Format::Sharegpt => {
             let entries = sharegpt_entries(path, bytes)?;
-            if sessions {
-                let (s, skipped) = session::from_sharegpt(entries);
-                if s.is_empty() {
-                    return Err(DatasetError::Empty {
-                        path: path.to_owned(),
-                    });
-                }
-                (first_turns(&s), skipped, Some(s))
-            } else {
-                multi_turn = entries
-                    .iter()
-                    .filter(|e| e.iter().filter(|m| m.role == Role::User).count() > 1)
-                    .count();
-                let (c, skipped) = last_human_turns(path, entries)?;
-                (c, skipped, None)
-            }
+            multi_turn = entries
+                .iter()
+                .filter(|e| e.iter().filter(|m| m.role == Role::User).count() > 1)
+                .count();
+            last_human_turns(path, entries)?
         }
-        Format::Jsonl => {
-            let lines = jsonl_lines(path, bytes)?;
-            if lines.iter().any(|l| l.session.is_some()) {
-                let s = session::from_lines(
-                    path,
-                    lines.into_iter().map(JsonlEntry::into_session).collect(),
-                )?;
-                (first_turns(&s), 0, Some(s))
-            } else {
-                if sessions {
-                    return Err(DatasetError::Setting(format!(
-                        "{}: no line has `session_id` and `turn` or `turns`: nothing to replay as sessions (drop --sessions)",
-                        path.display()
-                    )));
-                }
-                let convs = lines
-                    .into_iter()
-                    .map(|l| Conversation {
-                        messages: l.messages,
-                        max_tokens: l.max_tokens,
-                    })
-                    .collect();
-                (convs, 0, None)
-            }
-        }
+        Format::Jsonl => (jsonl_conversations(jsonl_lines(path, bytes)?), 0),
     };
     Ok(Loaded {
         conversations,
         format,
         skipped,
-        sessions,
         multi_turn,
     })
+}
+
+/// One request per JSONL line: its messages (a whole-session line: its
+/// first turn).
+pub(crate) fn jsonl_conversations(lines: Vec<JsonlEntry>) -> Vec<Conversation> {
+    lines
+        .into_iter()
+        .map(|l| Conversation {
+            messages: match l.turns {
+                Some(mut t) => vec![t.swap_remove(0)],
+                None => l.messages,
+            },
+            max_tokens: l.max_tokens,
+        })
+        .collect()
 }
 
 /// `[` starts a JSON array: ShareGPT when its first sample's keys say
 /// `conversations` before any seed key, else the seed's format. `{` starts
 /// JSONL.
-fn detect(path: &Path, bytes: &[u8]) -> Result<Format, DatasetError> {
+pub(crate) fn detect(path: &Path, bytes: &[u8]) -> Result<Format, DatasetError> {
     let unknown = |message: &str| DatasetError::Unknown {
         path: path.to_owned(),
         message: message.into(),
@@ -286,7 +245,10 @@ struct ShareGptTurn {
 /// ShareGPT entries with their roles mapped (`human`/`user` to user,
 /// `gpt`/`assistant`/`chatgpt`/`bard`/`model` to assistant, `system`);
 /// an unknown role is an error naming the entry and the turn.
-fn sharegpt_entries(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<Message>>, DatasetError> {
+pub(crate) fn sharegpt_entries(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<Vec<Message>>, DatasetError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let raw: Vec<ShareGptSample> = match serde_path_to_error::deserialize(de) {
         Ok(v) => v,
@@ -368,38 +330,21 @@ struct JsonlLine {
 }
 
 /// One JSONL line, checked.
-struct JsonlEntry {
-    line: usize,
-    messages: Vec<Message>,
-    max_tokens: Option<u32>,
-    /// A session's line: its turn (with its id and number), or a whole
-    /// session's turns.
-    session: Option<crate::workload::session::SessionLine>,
-}
-
-impl JsonlEntry {
-    fn into_session(self) -> crate::workload::session::SessionLine {
-        use crate::workload::session::{SessionLine, Turn};
-        match self.session {
-            Some(s) => s,
-            None => SessionLine {
-                line: self.line,
-                key: None,
-                turns: vec![Turn {
-                    messages: self.messages,
-                    max_tokens: self.max_tokens,
-                    new_tokens: None,
-                }],
-            },
-        }
-    }
+pub(crate) struct JsonlEntry {
+    pub(crate) line: usize,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) max_tokens: Option<u32>,
+    /// A session's turn: its id and number.
+    pub(crate) key: Option<(String, u32)>,
+    /// A whole session on one line: one message a turn.
+    pub(crate) turns: Option<Vec<Message>>,
 }
 
 /// JSONL: one `{"messages": [...]}` or `{"prompt": "..."}` per line, with
 /// an optional `max_tokens`; other keys (ids, timestamps) are ignored and
 /// blank lines skipped. A session's turn adds `session_id` and `turn`; a
 /// whole session is `{"turns": [...]}`. Errors name the line.
-fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetError> {
+pub(crate) fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::Line {
         path: path.to_owned(),
         line: bytes[..e.valid_up_to()]
@@ -491,22 +436,15 @@ fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetErro
                             ))
                         })?,
                     };
-                    Ok(crate::workload::session::Turn {
-                        messages: vec![message],
-                        max_tokens: raw.max_tokens,
-                        new_tokens: None,
-                    })
+                    Ok(message)
                 })
                 .collect::<Result<Vec<_>, DatasetError>>()?;
             out.push(JsonlEntry {
                 line: line_no,
                 messages: Vec::new(),
                 max_tokens: raw.max_tokens,
-                session: Some(crate::workload::session::SessionLine {
-                    line: line_no,
-                    key: None,
-                    turns,
-                }),
+                key: None,
+                turns: Some(turns),
             });
             continue;
         }
@@ -531,40 +469,12 @@ fn jsonl_lines(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlEntry>, DatasetErro
                 content: p,
             }],
         };
-        let session = key.map(|key| {
-            // A later turn's recorded answers are dropped: the server's own
-            // replies take their place.
-            let own: Vec<Message> = if key.1 > 1 {
-                messages
-                    .iter()
-                    .filter(|m| m.role != Role::Assistant)
-                    .cloned()
-                    .collect()
-            } else {
-                messages.clone()
-            };
-            if own.is_empty() {
-                return Err(bad(format!(
-                    "turn {} of session '{}' has only the recorded answer: give the user's message",
-                    key.1, key.0
-                )));
-            }
-            Ok(crate::workload::session::SessionLine {
-                line: line_no,
-                key: Some(key),
-                turns: vec![crate::workload::session::Turn {
-                    messages: own,
-                    max_tokens: raw.max_tokens,
-                    new_tokens: None,
-                }],
-            })
-        });
-        let session = session.transpose()?;
         out.push(JsonlEntry {
             line: line_no,
             messages,
             max_tokens: raw.max_tokens,
-            session,
+            key,
+            turns: None,
         });
     }
     if out.is_empty() {

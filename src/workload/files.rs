@@ -2,21 +2,22 @@
 //! Parsing is [`super::dataset`]'s, pure, on the bytes read here.
 
 use crate::workload::Format;
-use crate::workload::dataset::{Conversation, DatasetError, Loaded, parse, parse_as};
+use crate::workload::dataset::{Conversation, DatasetError, Loaded, parse};
 use std::path::Path;
 
-/// Load a dataset file in `format`, or the format its content shows;
-/// `sessions`: ShareGPT entries as multi-turn sessions.
+/// Load a dataset file in `format`, or the format its content shows,
+/// with its sessions when it has them; `sessions`: ShareGPT entries as
+/// multi-turn sessions.
 pub fn load_as(
     path: &Path,
     format: Option<Format>,
     sessions: bool,
-) -> Result<Loaded, DatasetError> {
+) -> Result<(Loaded, Option<Vec<crate::workload::session::Session>>), DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse_as(path, &bytes, format, sessions)
+    crate::workload::session::load(path, &bytes, format, sessions)
 }
 
 /// Load and convert a dataset file.

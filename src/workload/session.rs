@@ -8,7 +8,11 @@
 //! generated tokens). Pure: building sessions from parsed entries, and
 //! the body of a turn from the replies so far.
 
-use crate::workload::dataset::{Conversation, DatasetError, Message, Role};
+use crate::workload::Format;
+use crate::workload::dataset::{
+    Conversation, DatasetError, JsonlEntry, Loaded, Message, Role, detect, jsonl_conversations,
+    jsonl_lines, parse_as, sharegpt_entries,
+};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -160,6 +164,118 @@ pub fn from_sharegpt(entries: Vec<Vec<Message>>) -> (Vec<Session>, usize) {
         }
     }
     (out, skipped)
+}
+
+/// Read dataset bytes as the run will send them: one request per sample,
+/// or sessions when the file has them (JSONL with `session_id`/`turn` or
+/// `turns`) or `sharegpt` asks for them. With sessions, the `Loaded`
+/// conversations are their first turns (what a warm-up sends).
+pub fn load(
+    path: &Path,
+    bytes: &[u8],
+    format: Option<Format>,
+    sharegpt: bool,
+) -> Result<(Loaded, Option<Vec<Session>>), DatasetError> {
+    let format = match format {
+        Some(f) => f,
+        None => detect(path, bytes)?,
+    };
+    let loaded = |s: &[Session], skipped| Loaded {
+        conversations: s.iter().map(|s| s.conversation(0, &[])).collect(),
+        format,
+        skipped,
+        multi_turn: 0,
+    };
+    match format {
+        Format::Seed if sharegpt => Err(DatasetError::Setting(format!(
+            "{}: the seed's format has one prompt per sample, no sessions (drop --sessions, or use ShareGPT or JSONL)",
+            path.display()
+        ))),
+        Format::Sharegpt if sharegpt => {
+            let (s, skipped) = from_sharegpt(sharegpt_entries(path, bytes)?);
+            if s.is_empty() {
+                return Err(DatasetError::Empty {
+                    path: path.to_owned(),
+                });
+            }
+            Ok((loaded(&s, skipped), Some(s)))
+        }
+        Format::Jsonl => {
+            let lines = jsonl_lines(path, bytes)?;
+            if lines.iter().any(|l| l.key.is_some() || l.turns.is_some()) {
+                let lines = lines
+                    .into_iter()
+                    .map(|l| session_line(path, l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let s = from_lines(path, lines)?;
+                return Ok((loaded(&s, 0), Some(s)));
+            }
+            if sharegpt {
+                return Err(DatasetError::Setting(format!(
+                    "{}: no line has `session_id` and `turn` or `turns`: nothing to replay as sessions (drop --sessions)",
+                    path.display()
+                )));
+            }
+            Ok((
+                Loaded {
+                    conversations: jsonl_conversations(lines),
+                    format,
+                    skipped: 0,
+                    multi_turn: 0,
+                },
+                None,
+            ))
+        }
+        _ => Ok((parse_as(path, bytes, Some(format))?, None)),
+    }
+}
+
+/// A JSONL line as a session's part. A later turn's recorded answers
+/// are dropped: the server's own replies take their place.
+fn session_line(path: &Path, l: JsonlEntry) -> Result<SessionLine, DatasetError> {
+    let max_tokens = l.max_tokens;
+    if let Some(turns) = l.turns {
+        return Ok(SessionLine {
+            line: l.line,
+            key: None,
+            turns: turns
+                .into_iter()
+                .map(|m| Turn {
+                    messages: vec![m],
+                    max_tokens,
+                    new_tokens: None,
+                })
+                .collect(),
+        });
+    }
+    let own: Vec<Message> = match &l.key {
+        Some((_, turn)) if *turn > 1 => l
+            .messages
+            .into_iter()
+            .filter(|m| m.role != Role::Assistant)
+            .collect(),
+        _ => l.messages,
+    };
+    if own.is_empty()
+        && let Some((id, turn)) = &l.key
+    {
+        return Err(DatasetError::Line {
+            path: path.to_owned(),
+            line: l.line,
+            message: format!(
+                "turn {turn} of session '{id}' has only the recorded answer: give the user's message"
+            ),
+        });
+    }
+    Ok(SessionLine {
+        line: l.line,
+        key: l.key,
+        turns: vec![Turn {
+            messages: own,
+            max_tokens,
+            new_tokens: None,
+        }],
+    })
 }
 
 /// Turns per session, for `metadata.json`.
