@@ -262,6 +262,41 @@ async fn a_failed_turn_ends_its_session_and_users_run_sessions_back_to_back() {
     m.shutdown().await;
 }
 
+/// Shards 0/2 and 1/2 of one run of [`SESSIONS`] at 4 sessions/s for 2 s,
+/// sharing a start, shard I sending to `urls[I]`, into `root`.
+async fn two_shards(urls: [&str; 2], root: &Path) {
+    let start = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let start = format!(
+        "{:.3}",
+        start
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    let shard = |i: usize| {
+        args(
+            urls[i],
+            SESSIONS,
+            root,
+            &[
+                "--qps",
+                "4",
+                "--duration",
+                "2",
+                "--start-at",
+                &start,
+                "--shard",
+                &format!("{i}/2"),
+            ],
+        )
+    };
+    let (a0, a1) = (shard(0), shard(1));
+    let (s0, s1) = tokio::join!(llmload(&a0, &[]), llmload(&a1, &[]));
+    for o in [&s0, &s1] {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_split_sessions_never_one_session_and_merge_keeps_the_turns() {
     let _serial = serial();
@@ -275,36 +310,7 @@ async fn shards_split_sessions_never_one_session_and_merge_keeps_the_turns() {
     let b = start_mock(seeded(2)).await;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("shards");
-    let start = std::time::SystemTime::now() + Duration::from_millis(1500);
-    let start = format!(
-        "{:.3}",
-        start
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
-    let extra = |i: u32| {
-        args(
-            &[&a, &b][i as usize].chat_url(),
-            SESSIONS,
-            &root,
-            &[
-                "--qps",
-                "4",
-                "--duration",
-                "2",
-                "--start-at",
-                &start,
-                "--shard",
-                &format!("{i}/2"),
-            ],
-        )
-    };
-    let (a0, a1) = (extra(0), extra(1));
-    let (s0, s1) = tokio::join!(llmload(&a0, &[]), llmload(&a1, &[]));
-    for o in [&s0, &s1] {
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+    two_shards([&a.chat_url(), &b.chat_url()], &root).await;
     let (ta, tb) = (seen(&a).await, seen(&b).await);
     for (own, other) in [(&ta, &tb), (&tb, &ta)] {
         let mine: std::collections::HashSet<u64> = own.iter().map(|s| s.reply).collect();
@@ -345,36 +351,7 @@ async fn shards_split_sessions_never_one_session_and_merge_keeps_the_turns() {
     // Merged: shards of one run send to one endpoint.
     let one = start_mock(caching_mock(1 << 20)).await;
     let root = tmp.path().join("one");
-    let start = std::time::SystemTime::now() + Duration::from_millis(1500);
-    let start = format!(
-        "{:.3}",
-        start
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
-    let shard = |i: u32| {
-        args(
-            &one.chat_url(),
-            SESSIONS,
-            &root,
-            &[
-                "--qps",
-                "4",
-                "--duration",
-                "2",
-                "--start-at",
-                &start,
-                "--shard",
-                &format!("{i}/2"),
-            ],
-        )
-    };
-    let (a0, a1) = (shard(0), shard(1));
-    let (s0, s1) = tokio::join!(llmload(&a0, &[]), llmload(&a1, &[]));
-    for o in [&s0, &s1] {
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+    two_shards([&one.chat_url(), &one.chat_url()], &root).await;
     let sent = seen(&one).await.len() as u64;
     let merged = tmp.path().join("merged");
     let mut m = vec![
