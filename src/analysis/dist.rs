@@ -4,6 +4,21 @@
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Latencies are recorded in microseconds from 1 µs to 1 hour, 3
+/// significant digits (0.1 % relative error).
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// A latency histogram as every level records them.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static bounds are valid")
+}
+
+/// A latency in recorded units (µs, at least 1).
+pub(crate) fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
 
 /// Percentiles of one quantity. Seconds for latencies, tokens/s for rates.
 /// With no samples every figure is 0 and `count` says so.

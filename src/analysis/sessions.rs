@@ -6,21 +6,13 @@
 //! Pure: records in, the `sessions` object of a level out, and the exact
 //! merge of shards' objects.
 
-use crate::analysis::dist::{Dist, decode, encode, round};
+use crate::analysis::dist::{Dist, decode, encode, latency_histogram, micros, round};
 use crate::client::record::{ErrorKind, RequestRecord};
 use crate::workload::session::{TURN_BUCKETS, turn_bucket};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
 
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,12 +109,7 @@ impl SessionStats {
                 b.ttft.saturating_record(micros(t));
             }
             b.e2e.saturating_record(micros(r.e2e()));
-            let input = r
-                .usage_input_tokens
-                .or(r.client_input_tokens)
-                .unwrap_or_else(|| {
-                    crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize)
-                });
+            let input = r.prompt_tokens();
             b.input_tokens += input as u64;
             if let Some(c) = r.cached_input_tokens {
                 b.cached_reported += 1;

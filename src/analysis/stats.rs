@@ -7,6 +7,7 @@
 //! library reads) so two runs can be merged exactly later.
 
 pub use crate::analysis::dist::{Dist, decode, encode, round};
+use crate::analysis::dist::{latency_histogram, micros};
 use crate::analysis::slo::SloTarget;
 use crate::analysis::stability::Window;
 use crate::client::chunk::FinishReason;
@@ -16,17 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Latencies are recorded in microseconds from 1 µs to 1 hour, 3
-/// significant digits (0.1 % relative error).
-const MAX_MICROS: u64 = 3_600_000_000;
 /// A send later than this behind its schedule is late.
 pub const LATE_SEND: Duration = Duration::from_millis(10);
 /// Rates are recorded in milli-units per second (0.001 token/s resolution).
 pub const RATE_SCALE: f64 = 1000.0;
-
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static bounds are valid")
-}
 
 fn count_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds are valid")
@@ -312,12 +306,7 @@ impl LevelStats {
         if let Some(c) = r.cached_input_tokens {
             self.cached_reported += 1;
             self.cached_tokens_total += c as u64;
-            self.cached_input_total += r
-                .usage_input_tokens
-                .or(r.client_input_tokens)
-                .unwrap_or_else(|| {
-                    crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize)
-                }) as u64;
+            self.cached_input_total += r.prompt_tokens() as u64;
         }
         if let Some(t) = r.ttft() {
             self.ttft_us_total += micros(t);
@@ -423,10 +412,6 @@ impl LevelStats {
             _ => {}
         }
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
 }
 
 /// The finish reason as reported, for tests and sinks.

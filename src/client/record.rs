@@ -252,6 +252,16 @@ impl RequestRecord {
         self.done_at.saturating_sub(self.scheduled_at)
     }
 
+    /// Prompt tokens: the server's count, else the tokenizer's, else the
+    /// 4-characters estimate of the text sent.
+    pub fn prompt_tokens(&self) -> u32 {
+        self.usage_input_tokens
+            .or(self.client_input_tokens)
+            .unwrap_or_else(|| {
+                crate::workload::synthetic::estimate_tokens(self.prompt_chars as usize)
+            })
+    }
+
     /// Output tokens and where the number came from.
     pub fn output_tokens(&self) -> (u32, TokenSource) {
         match self.usage_output_tokens {

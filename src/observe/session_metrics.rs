@@ -103,12 +103,7 @@ impl JobSessionMetrics {
             self.turn_ttft[turn_bucket(r.turn)].observe(t.as_secs_f64());
         }
         if let Some(c) = r.cached_input_tokens {
-            let input = r
-                .usage_input_tokens
-                .or(r.client_input_tokens)
-                .unwrap_or_else(|| {
-                    crate::workload::synthetic::estimate_tokens(r.prompt_chars as usize)
-                });
+            let input = r.prompt_tokens();
             self.cached.inc_by(c as u64);
             self.lookup.inc_by(input as u64);
         }

@@ -31,6 +31,37 @@ pub(crate) fn tick(v: &f64) -> String {
 
 static FONTS: Once = Once::new();
 
+/// A white canvas of `size` at `path`, `title` centred in a band of
+/// `band` pixels across its top (drawn from the band's top edge:
+/// `titled` places text by its baseline and cuts off its top); the area
+/// below the band.
+pub(crate) fn canvas<'a>(
+    path: &'a Path,
+    size: (u32, u32),
+    title: &str,
+    band: u32,
+    font: u32,
+) -> Result<DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>, PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, rest) = root.split_vertically(band);
+    top.draw(&Text::new(
+        title.to_string(),
+        (size.0 as i32 / 2, font as i32 / 3),
+        (FONT, font)
+            .into_font()
+            .style(FontStyle::Bold)
+            .into_text_style(&top)
+            .pos(Pos::new(HPos::Center, VPos::Top)),
+    ))
+    .map_err(|e| err(&e))?;
+    Ok(rest)
+}
+
 pub(crate) fn register_fonts() {
     FONTS.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
@@ -73,21 +104,7 @@ pub fn render(
     let mut sorted: Vec<&LevelResult> = levels.iter().collect();
     sorted.sort_by(|a, b| a.load().total_cmp(&b.load()));
 
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    // The title gets its own band, drawn from its top edge: `titled`
-    // places the text by its baseline and cut off its top.
-    let (band, root) = root.split_vertically(TITLE_BAND);
-    band.draw(&Text::new(
-        title.to_string(),
-        (WIDTH as i32 / 2, 14),
-        (FONT, 44)
-            .into_font()
-            .style(FontStyle::Bold)
-            .into_text_style(&band)
-            .pos(Pos::new(HPos::Center, VPos::Top)),
-    ))
-    .map_err(|e| err(&e))?;
+    let root = canvas(path, (WIDTH, HEIGHT), title, TITLE_BAND, 44)?;
     let panels = root.split_evenly((2, 3));
 
     draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;

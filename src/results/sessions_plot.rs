@@ -7,8 +7,6 @@ use super::plot::tick;
 use crate::analysis::level::LevelResult;
 use crate::analysis::sessions::TurnResult;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 pub const DEFAULT_SESSIONS_FILE: &str = "benchmark_sessions.png";
@@ -91,19 +89,13 @@ pub fn render(
     } else {
         "new sessions/s (target)"
     };
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (band, root) = root.split_vertically(64);
-    band.draw(&Text::new(
-        format!("{title}: sessions by turn"),
-        (WIDTH as i32 / 2, 12),
-        (FONT, 40)
-            .into_font()
-            .style(FontStyle::Bold)
-            .into_text_style(&band)
-            .pos(Pos::new(HPos::Center, VPos::Top)),
-    ))
-    .map_err(|e| err(&e))?;
+    let root = super::plot::canvas(
+        path,
+        (WIDTH, HEIGHT),
+        &format!("{title}: sessions by turn"),
+        64,
+        40,
+    )?;
     let panels = root.split_evenly((1, 2));
     let mut ttft = by_bucket(&levels, "p95", false, |t| {
         (t.ttft.count > 0).then_some(t.ttft.p95)

@@ -8,8 +8,6 @@ use super::plot::tick;
 use crate::analysis::level::LevelResult;
 use crate::analysis::series::SeriesPoint;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 pub const DEFAULT_TIMELINE_FILE: &str = "benchmark_timeline.png";
@@ -58,19 +56,13 @@ pub fn render(
         message: e.to_string(),
     };
     let pts = joined(levels);
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (band, root) = root.split_vertically(64);
-    band.draw(&Text::new(
-        format!("{title}: over time"),
-        (WIDTH as i32 / 2, 12),
-        (FONT, 40)
-            .into_font()
-            .style(FontStyle::Bold)
-            .into_text_style(&band)
-            .pos(Pos::new(HPos::Center, VPos::Top)),
-    ))
-    .map_err(|e| err(&e))?;
+    let root = super::plot::canvas(
+        path,
+        (WIDTH, HEIGHT),
+        &format!("{title}: over time"),
+        64,
+        40,
+    )?;
     let panels = root.split_evenly((3, 1));
     let t_max = pts.iter().map(|(t, _)| *t).fold(0.0, f64::max);
     let step = pts
