@@ -292,7 +292,7 @@ async fn sigterm_mid_sweep_writes_partial_results_and_exits_0() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{}\n[[job]]\nname = \"long\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 5, 5]\nduration = \"3s\"\nschedule = \"at_start\"\n",
+            "{}\n[[job]]\nname = \"long\"\ntarget = \"t\"\nkind = \"sweep\"\nqps = [5, 6, 7]\nduration = \"3s\"\nschedule = \"at_start\"\n",
             target("t", &mock.chat_url(), &dataset, "")
         ),
     );

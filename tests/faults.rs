@@ -650,7 +650,7 @@ async fn kill_9_mid_run_leaves_readable_partial_results() {
         .args(base_run(&mock2.chat_url(), &dataset))
         .args([
             "--qps",
-            "10,10,10",
+            "10,11,12",
             "--duration",
             "1",
             "--results-dir",
@@ -704,7 +704,7 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
         .args(base_run(&mock.chat_url(), &dataset))
         .args([
             "--qps",
-            "10,10",
+            "10,11",
             "--duration",
             "1",
             "--plot",
@@ -746,6 +746,7 @@ async fn unwritable_results_still_print_the_report_and_exit_1() {
         "{stdout}"
     );
     assert!(stderr.contains("error: cannot write"), "{stderr}");
+    assert!(!stdout.contains("Results saved to"), "{stdout}");
     mock.shutdown().await;
 }
 

@@ -256,3 +256,150 @@ async fn a_daemon_whose_log_pipe_closed_still_stops_cleanly() {
     assert_eq!(read_json(&dir.join("metadata.json"))["status"], "partial");
     mock.shutdown().await;
 }
+
+/// A disk that fills during the run (here: a file-size limit on the child,
+/// `ulimit -f`, so that writes past 64 KiB fail with EFBIG as on a full
+/// disk): the JSON files fit and are whole, the PNG does not and is absent
+/// (never truncated), no temporary file is left, the console does not say
+/// "saved", and the exit code is 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_no_half_file_and_no_saved_line() {
+    let _serial = serial();
+    let mock = start_mock(quick_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut cmd = run_cmd(
+        &mock.chat_url(),
+        &dataset,
+        &results,
+        &["--qps", "10,20", "--duration", "0.5"],
+    );
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Past the limit a write fails (EFBIG) instead of the default
+            // SIGXFSZ killing the process: the full-disk behaviour.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("Results saved to"), "{stdout}");
+    assert!(stdout.contains("Results NOT fully saved"), "{stdout}");
+    assert!(
+        stderr.contains("benchmark_qps.png") && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    let dir = &run_dirs(&results)[0];
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "benchmark_qps_results.json",
+            "metadata.json",
+            "summary.json"
+        ],
+        "no PNG, no temporary file"
+    );
+    for n in &names {
+        read_json(&dir.join(n));
+    }
+    let meta = read_json(&dir.join("metadata.json"));
+    assert_eq!(meta["status"], "complete");
+    assert!(
+        meta["error"]
+            .as_str()
+            .unwrap()
+            .contains("benchmark_qps.png"),
+        "{meta}"
+    );
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    assert_eq!(levels.as_array().unwrap().len(), 2, "nothing measured lost");
+    mock.shutdown().await;
+}
+
+/// `--metrics-linger`: a shard keeps serving its final figures after its
+/// last level, so that the next scrape sees the end; a signal ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_with_metrics_linger_is_scraped_after_its_last_level() {
+    use tokio::io::AsyncBufReadExt;
+    let _serial = serial();
+    let mock = start_mock(quick_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut child = run_cmd(
+        &mock.chat_url(),
+        &dataset,
+        &results,
+        &[
+            "--qps",
+            "20",
+            "--duration",
+            "1",
+            "--shard",
+            "1/2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-linger",
+            "120s",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .expect("the run reaches its linger")
+            .unwrap()
+            .expect("stderr open until the linger");
+        if let Some(a) = line.strip_prefix("serving metrics on http://") {
+            addr = Some(a.trim_end_matches("/metrics").to_string());
+        }
+        if line.contains("serving metrics for another 2m") {
+            break;
+        }
+    }
+    // The run is over: its results are on disk, and /metrics still
+    // answers with every request of the level counted.
+    let dir = &run_dirs(&results)[0];
+    let l = &read_json(&dir.join("benchmark_qps_results.json"))[0];
+    let sent = l["sent"].as_u64().unwrap();
+    assert_eq!(sent, 10, "shard 1 of 2 sends half of 20 req/s x 1 s");
+    let (code, body) = get(&format!("http://{}/metrics", addr.unwrap())).await;
+    assert_eq!(code, 200);
+    let counted: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("llmload_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, sent as f64, "{body}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    assert_eq!(
+        wait(&mut child, 10).await,
+        0,
+        "a complete run, linger cut short"
+    );
+    mock.shutdown().await;
+}

@@ -543,6 +543,32 @@ async fn bad_input_exits_2_naming_the_problem() {
             vec!["--dataset", bad.to_str().unwrap(), "--duration", "soon"],
             "'soon' is not a duration",
         ),
+        // Strict lists: a stray comma or a repeated level is a typo.
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--qps", "5,,10"],
+            "for '--qps <QPS>': item 2 of '5,,10' is empty",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--qps", "5,10,"],
+            "item 3 of '5,10,' is empty",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--qps", "5,10,5"],
+            "'5' is listed twice (items 1 and 3)",
+        ),
+        (
+            vec!["--dataset", bad.to_str().unwrap(), "--concurrency", "4,,8"],
+            "for '--concurrency <N,...>': item 2 of '4,,8' is empty",
+        ),
+        (
+            vec![
+                "--dataset",
+                bad.to_str().unwrap(),
+                "--percentiles",
+                "50,95,50",
+            ],
+            "'50' is listed twice",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = base.to_vec();
@@ -578,6 +604,17 @@ async fn bad_input_exits_2_naming_the_problem() {
 
 #[tokio::test]
 async fn interrupt_keeps_finished_levels_and_marks_partial() {
+    interrupted_by(libc::SIGINT, 130).await;
+}
+
+/// A dropped ssh session sends SIGHUP: handled as SIGTERM (results
+/// written, marked partial), exit 128+1.
+#[tokio::test]
+async fn hangup_keeps_finished_levels_and_exits_129() {
+    interrupted_by(libc::SIGHUP, 129).await;
+}
+
+async fn interrupted_by(signal: i32, code: i32) {
     let _serial = serial();
     let mock = start_mock(known_capacity()).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -587,7 +624,7 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
         .args(base_run(&mock.chat_url(), &dataset))
         .args([
             "--qps",
-            "10,10,10",
+            "10,12,14",
             "--duration",
             "1.5",
             "--plot",
@@ -614,12 +651,12 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id().unwrap() as i32, signal) };
     let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
         .await
         .expect("exits promptly after Ctrl-C")
         .unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
     let dir = &run_dirs(&results)[0];
     let meta = read_json(&dir.join("metadata.json"));
     assert_eq!(meta["status"], "partial");
@@ -630,9 +667,57 @@ async fn interrupt_keeps_finished_levels_and_marks_partial() {
     assert_eq!(levels[0]["interrupted"], false);
     assert_eq!(levels[0]["sent"], 15);
     assert_eq!(levels[1]["interrupted"], true);
-    assert!(levels[1]["sent"].as_u64().unwrap() < 15);
+    assert!(levels[1]["sent"].as_u64().unwrap() < 18);
     assert_eq!(png_size(&dir.join("benchmark_qps.png")), (3200, 1200));
     assert!(text(&out.stdout).contains("PARTIAL RUN"));
+    assert!(
+        text(&out.stdout).contains("Results saved to"),
+        "{}",
+        text(&out.stdout)
+    );
+    mock.shutdown().await;
+}
+
+/// A descending list is a legitimate test: it runs as given, with a note.
+#[tokio::test]
+async fn unsorted_levels_run_as_given_with_a_note() {
+    let _serial = serial();
+    let mock = start_mock(known_capacity()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let out = run_bin(
+        &[
+            "--endpoint",
+            &mock.chat_url(),
+            "--model",
+            "m",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            "4,2",
+            "--duration",
+            "0.5",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("note: --qps is not in ascending order; levels run as given: 4, 2"),
+        "{err}"
+    );
+    let levels = read_json(&run_dirs(&results)[0].join("benchmark_qps_results.json"));
+    let qps: Vec<f64> = levels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["qps_target"].as_f64().unwrap())
+        .collect();
+    assert_eq!(qps, [4.0, 2.0]);
     mock.shutdown().await;
 }
 

@@ -18,6 +18,9 @@ pub const EXIT_CAPACITY_ABOVE: u8 = 4;
 pub const EXIT_CAPACITY_INCONCLUSIVE: u8 = 5;
 /// Stopped by Ctrl-C / SIGTERM; results are written and marked partial.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Stopped by SIGHUP (a dropped ssh session); results are written and
+/// marked partial, as for SIGTERM.
+pub const EXIT_HANGUP: u8 = 129;
 
 /// A mistake in what the user gave us. The message names the flag, file
 /// or key and what is wrong with it.

@@ -60,8 +60,9 @@ fn parse_users(s: &str) -> Result<usize, String> {
 }
 
 fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
+    let items = crate::plan::load::list_items(s, "50,95,99")?;
     let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in &items {
         let v: f64 = part
             .parse()
             .map_err(|_| format!("'{part}' is not a number (expected e.g. 50,95,99)"))?;
@@ -70,9 +71,7 @@ fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
         }
         out.push(v);
     }
-    if out.is_empty() {
-        return Err("give at least one percentile, e.g. 50,95,99".into());
-    }
+    crate::plan::load::reject_duplicates(&out, &items)?;
     Ok(out)
 }
 
@@ -317,6 +316,11 @@ pub struct RunArgs {
     /// (as the daemon's /metrics).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// With --metrics-listen: keep serving /metrics this long after the
+    /// last level, so that a scrape every 15-30 s still sees its end (a
+    /// shard pod would otherwise exit first). A signal ends it early.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration, requires = "metrics_listen")]
+    pub metrics_linger: Option<Duration>,
 }
 
 fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {

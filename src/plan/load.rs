@@ -96,10 +96,60 @@ impl Levels {
     }
 }
 
-/// `1,4,16,64`: positive integers.
+/// The items of a comma list, trimmed. An empty item (`5,,10`, a trailing
+/// comma) is a typo, never skipped: the error names its position.
+pub fn list_items<'a>(s: &'a str, example: &str) -> Result<Vec<&'a str>, String> {
+    if s.trim().is_empty() {
+        return Err(format!("give at least one value, e.g. {example}"));
+    }
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    if let Some(i) = items.iter().position(|p| p.is_empty()) {
+        return Err(format!(
+            "item {} of '{s}' is empty (a stray comma?); expected e.g. {example}",
+            i + 1
+        ));
+    }
+    Ok(items)
+}
+
+/// A value listed twice is an error (it would run the same level twice and
+/// its two results would share one label); `items` are the list's texts.
+pub fn reject_duplicates<T: PartialEq>(values: &[T], items: &[&str]) -> Result<(), String> {
+    for (j, v) in values.iter().enumerate() {
+        if let Some(i) = values[..j].iter().position(|u| u == v) {
+            return Err(format!(
+                "'{}' is listed twice (items {} and {})",
+                items[j],
+                i + 1,
+                j + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A one-line note when a list of levels is not ascending: it runs in the
+/// order given (a descending sweep is a legitimate test), but usually it
+/// is a slip worth seeing.
+pub fn order_note(flag: &str, keys: &[f64]) -> Option<String> {
+    let sorted = keys.windows(2).all(|w| w[0] <= w[1]);
+    (!sorted).then(|| {
+        let shown: Vec<String> = keys
+            .iter()
+            .map(|k| crate::analysis::saturation::fmt_qps(*k))
+            .collect();
+        format!(
+            "note: {flag} is not in ascending order; levels run as given: {}",
+            shown.join(", ")
+        )
+    })
+}
+
+/// `1,4,16,64`: positive integers, no empty items, no duplicates.
 pub fn parse_concurrency_list(s: &str) -> Result<Vec<u32>, String> {
+    let items = list_items(s, "1,4,16,64")?;
     let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in &items {
         let v: u32 = part.parse().map_err(|_| {
             format!("'{part}' is not a whole number of users (expected e.g. 1,4,16,64)")
         })?;
@@ -110,23 +160,19 @@ pub fn parse_concurrency_list(s: &str) -> Result<Vec<u32>, String> {
         }
         out.push(v);
     }
-    if out.is_empty() {
-        return Err("give at least one concurrency, e.g. 1,4,16,64".into());
-    }
+    reject_duplicates(&out, &items)?;
     Ok(out)
 }
 
-/// `10,50..100`: rates above 0 and ramps.
+/// `10,50..100`: rates above 0 and ramps, no empty items, no duplicates.
 pub fn parse_rate_list(s: &str) -> Result<Vec<crate::plan::profile::RateLevel>, String> {
-    let out: Vec<_> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(crate::plan::profile::RateLevel::parse)
+    let items = list_items(s, "1,5,10,20")?;
+    let out: Vec<crate::plan::profile::RateLevel> = items
+        .iter()
+        .map(|p| crate::plan::profile::RateLevel::parse(p))
         .collect::<Result<_, _>>()?;
-    if out.is_empty() {
-        return Err("give at least one rate, e.g. 1,5,10,20".into());
-    }
+    let keys: Vec<(f64, f64)> = out.iter().map(|r| (r.from, r.to)).collect();
+    reject_duplicates(&keys, &items)?;
     Ok(out)
 }
 
@@ -156,5 +202,29 @@ mod tests {
             "a ramp's nominal rate is its mean"
         );
         assert!(parse_rate_list("x").unwrap_err().contains("'x'"));
+    }
+
+    #[test]
+    fn lists_are_strict() {
+        let e = parse_rate_list("5,,10").unwrap_err();
+        assert!(e.contains("item 2") && e.contains("empty"), "{e}");
+        assert!(parse_rate_list("5,10,").unwrap_err().contains("item 3"));
+        assert!(parse_rate_list("").unwrap_err().contains("at least one"));
+        let e = parse_rate_list("5,10,5").unwrap_err();
+        assert!(e.contains("'5' is listed twice (items 1 and 3)"), "{e}");
+        assert!(parse_rate_list("5,5..10").is_ok(), "a ramp from 5 is not 5");
+        let e = parse_concurrency_list("4, ,8").unwrap_err();
+        assert!(e.contains("item 2"), "{e}");
+        assert!(
+            parse_concurrency_list("4,8,4")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert_eq!(order_note("--qps", &[1.0, 5.0, 5.5]), None);
+        let n = order_note("--qps", &[20.0, 5.0, 10.5]).unwrap();
+        assert_eq!(
+            n,
+            "note: --qps is not in ascending order; levels run as given: 20, 5, 10.5"
+        );
     }
 }

@@ -31,12 +31,38 @@ pub(crate) fn tick(v: &f64) -> String {
 
 static FONTS: Once = Once::new();
 
-/// A white canvas of `size` at `path`, `title` centred in a band of
+/// An RGB pixel buffer for a figure of `size`, drawn by [`canvas`] and
+/// written by [`save_png`].
+pub(crate) fn pixels(size: (u32, u32)) -> Vec<u8> {
+    vec![0; size.0 as usize * size.1 as usize * 3]
+}
+
+/// Encode `buf` as a PNG and write it atomically: a reader (or a full
+/// disk) never leaves a half figure at `path`, only the old one or none.
+pub(crate) fn save_png(path: &Path, buf: &[u8], size: (u32, u32)) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut bytes = Vec::with_capacity(buf.len() / 8);
+    {
+        let mut enc = png::Encoder::new(&mut bytes, size.0, size.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(|e| err(&e))?;
+        w.write_image_data(buf).map_err(|e| err(&e))?;
+        w.finish().map_err(|e| err(&e))?;
+    }
+    crate::results::write_atomic(path, &bytes).map_err(|e| err(&e))
+}
+
+/// A white canvas of `size` in `buf` (for the figure at `path`), `title` centred in a band of
 /// `band` pixels across its top (drawn from the band's top edge:
 /// `titled` places text by its baseline and cuts off its top); the area
 /// below the band.
 pub(crate) fn canvas<'a>(
-    path: &'a Path,
+    buf: &'a mut [u8],
+    path: &Path,
     size: (u32, u32),
     title: &str,
     band: u32,
@@ -46,7 +72,7 @@ pub(crate) fn canvas<'a>(
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, rest) = root.split_vertically(band);
     top.draw(&Text::new(
@@ -104,46 +130,49 @@ pub fn render(
     let mut sorted: Vec<&LevelResult> = levels.iter().collect();
     sorted.sort_by(|a, b| a.load().total_cmp(&b.load()));
 
-    let root = canvas(path, (WIDTH, HEIGHT), title, TITLE_BAND, 44)?;
-    let panels = root.split_evenly((2, 3));
+    let mut buf = pixels((WIDTH, HEIGHT));
+    {
+        let root = canvas(&mut buf, path, (WIDTH, HEIGHT), title, TITLE_BAND, 44)?;
+        let panels = root.split_evenly((2, 3));
 
-    draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
-    let limit = |m| {
-        slo.as_ref()
-            .and_then(|s| s.limit(m))
-            .map(|d| d.as_secs_f64())
-    };
-    draw_percentiles(
-        &panels[1],
-        &sorted,
-        "TTFT percentiles",
-        "seconds",
-        |l| &l.ttft,
-        limit(crate::analysis::slo::Metric::Ttft),
-    )
-    .map_err(|e| err(&e))?;
-    draw_percentiles(
-        &panels[2],
-        &sorted,
-        "E2E latency percentiles",
-        "seconds",
-        |l| &l.e2e_latency,
-        limit(crate::analysis::slo::Metric::E2e),
-    )
-    .map_err(|e| err(&e))?;
-    draw_percentiles(
-        &panels[3],
-        &sorted,
-        "Tokens/sec percentiles (output tokens / E2E)",
-        "tokens/s",
-        |l| &l.tokens_per_sec,
-        None,
-    )
-    .map_err(|e| err(&e))?;
-    draw_summary(&panels[4], &sorted, analysis, summary).map_err(|e| err(&e))?;
-    draw_errors(&panels[5], &sorted).map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        draw_qps(&panels[0], &sorted).map_err(|e| err(&e))?;
+        let limit = |m| {
+            slo.as_ref()
+                .and_then(|s| s.limit(m))
+                .map(|d| d.as_secs_f64())
+        };
+        draw_percentiles(
+            &panels[1],
+            &sorted,
+            "TTFT percentiles",
+            "seconds",
+            |l| &l.ttft,
+            limit(crate::analysis::slo::Metric::Ttft),
+        )
+        .map_err(|e| err(&e))?;
+        draw_percentiles(
+            &panels[2],
+            &sorted,
+            "E2E latency percentiles",
+            "seconds",
+            |l| &l.e2e_latency,
+            limit(crate::analysis::slo::Metric::E2e),
+        )
+        .map_err(|e| err(&e))?;
+        draw_percentiles(
+            &panels[3],
+            &sorted,
+            "Tokens/sec percentiles (output tokens / E2E)",
+            "tokens/s",
+            |l| &l.tokens_per_sec,
+            None,
+        )
+        .map_err(|e| err(&e))?;
+        draw_summary(&panels[4], &sorted, analysis, summary).map_err(|e| err(&e))?;
+        draw_errors(&panels[5], &sorted).map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    save_png(path, &buf, (WIDTH, HEIGHT))
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;

@@ -89,54 +89,58 @@ pub fn render(
     } else {
         "new sessions/s (target)"
     };
-    let root = super::plot::canvas(
-        path,
-        (WIDTH, HEIGHT),
-        &format!("{title}: sessions by turn"),
-        64,
-        40,
-    )?;
-    let panels = root.split_evenly((1, 2));
-    let mut ttft = by_bucket(&levels, "p95", false, |t| {
-        (t.ttft.count > 0).then_some(t.ttft.p95)
-    });
-    ttft.extend(by_bucket(&levels, "p50", true, |t| {
-        (t.ttft.count > 0).then_some(t.ttft.p50)
-    }));
-    let mut cache = vec![Line {
-        name: "level".into(),
-        color: COLORS[3],
-        dashed: false,
-        points: levels
-            .iter()
-            .filter_map(|l| l.cache_hit_ratio.map(|r| (l.load(), r)))
-            .collect(),
-    }];
-    cache.extend(by_bucket(&levels, "", true, |t| t.cache_hit_ratio));
-    cache.retain(|l| !l.points.is_empty());
-    let xs: Vec<f64> = levels.iter().map(|l| l.load()).collect();
-    panel(
-        &panels[0],
-        &xs,
-        x_desc,
-        "TTFT by turn",
-        "seconds",
-        None,
-        &ttft,
-    )
-    .map_err(|e| err(&e))?;
-    panel(
-        &panels[1],
-        &xs,
-        x_desc,
-        "Prefix cache hit ratio (cached / prompt tokens, as the server reported)",
-        "share of prompt tokens",
-        Some(1.0),
-        &cache,
-    )
-    .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let mut buf = super::plot::pixels((WIDTH, HEIGHT));
+    {
+        let root = super::plot::canvas(
+            &mut buf,
+            path,
+            (WIDTH, HEIGHT),
+            &format!("{title}: sessions by turn"),
+            64,
+            40,
+        )?;
+        let panels = root.split_evenly((1, 2));
+        let mut ttft = by_bucket(&levels, "p95", false, |t| {
+            (t.ttft.count > 0).then_some(t.ttft.p95)
+        });
+        ttft.extend(by_bucket(&levels, "p50", true, |t| {
+            (t.ttft.count > 0).then_some(t.ttft.p50)
+        }));
+        let mut cache = vec![Line {
+            name: "level".into(),
+            color: COLORS[3],
+            dashed: false,
+            points: levels
+                .iter()
+                .filter_map(|l| l.cache_hit_ratio.map(|r| (l.load(), r)))
+                .collect(),
+        }];
+        cache.extend(by_bucket(&levels, "", true, |t| t.cache_hit_ratio));
+        cache.retain(|l| !l.points.is_empty());
+        let xs: Vec<f64> = levels.iter().map(|l| l.load()).collect();
+        panel(
+            &panels[0],
+            &xs,
+            x_desc,
+            "TTFT by turn",
+            "seconds",
+            None,
+            &ttft,
+        )
+        .map_err(|e| err(&e))?;
+        panel(
+            &panels[1],
+            &xs,
+            x_desc,
+            "Prefix cache hit ratio (cached / prompt tokens, as the server reported)",
+            "share of prompt tokens",
+            Some(1.0),
+            &cache,
+        )
+        .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    super::plot::save_png(path, &buf, (WIDTH, HEIGHT))
 }
 
 fn panel(

@@ -56,66 +56,70 @@ pub fn render(
         message: e.to_string(),
     };
     let pts = joined(levels);
-    let root = super::plot::canvas(
-        path,
-        (WIDTH, HEIGHT),
-        &format!("{title}: over time"),
-        64,
-        40,
-    )?;
-    let panels = root.split_evenly((3, 1));
-    let t_max = pts.iter().map(|(t, _)| *t).fold(0.0, f64::max);
-    let step = pts
-        .windows(2)
-        .map(|w| w[1].0 - w[0].0)
-        .find(|d| *d > 0.0)
-        .unwrap_or(10.0);
-    let xr = 0.0..(t_max + step).max(1.0);
-    type Get = fn(&SeriesPoint) -> Option<f64>;
-    let rates: [(&str, Get); 2] = [
-        ("achieved req/s", |p| Some(p.achieved_qps)),
-        ("target req/s", |p| Some(p.target_qps)),
-    ];
-    let latencies: [(&str, Get); 4] = [
-        ("TTFT p50", |p| p.ttft_p50),
-        ("TTFT p95", |p| p.ttft_p95),
-        ("E2E p50", |p| p.e2e_p50),
-        ("E2E p95", |p| p.e2e_p95),
-    ];
-    let load: [(&str, Get); 3] = [
-        ("errors / step", |p| Some(p.errors as f64)),
-        ("in flight (mean at send)", |p| Some(p.in_flight)),
-        ("in flight (max)", |p| Some(p.in_flight_max as f64)),
-    ];
-    panel(
-        &panels[0],
-        &pts,
-        xr.clone(),
-        "Target and achieved rate",
-        "requests/s",
-        &rates,
-    )
-    .map_err(|e| err(&e))?;
-    panel(
-        &panels[1],
-        &pts,
-        xr.clone(),
-        "Latency percentiles per step",
-        "seconds",
-        &latencies,
-    )
-    .map_err(|e| err(&e))?;
-    panel(
-        &panels[2],
-        &pts,
-        xr,
-        "Errors and requests in flight",
-        "requests",
-        &load,
-    )
-    .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let mut buf = super::plot::pixels((WIDTH, HEIGHT));
+    {
+        let root = super::plot::canvas(
+            &mut buf,
+            path,
+            (WIDTH, HEIGHT),
+            &format!("{title}: over time"),
+            64,
+            40,
+        )?;
+        let panels = root.split_evenly((3, 1));
+        let t_max = pts.iter().map(|(t, _)| *t).fold(0.0, f64::max);
+        let step = pts
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .find(|d| *d > 0.0)
+            .unwrap_or(10.0);
+        let xr = 0.0..(t_max + step).max(1.0);
+        type Get = fn(&SeriesPoint) -> Option<f64>;
+        let rates: [(&str, Get); 2] = [
+            ("achieved req/s", |p| Some(p.achieved_qps)),
+            ("target req/s", |p| Some(p.target_qps)),
+        ];
+        let latencies: [(&str, Get); 4] = [
+            ("TTFT p50", |p| p.ttft_p50),
+            ("TTFT p95", |p| p.ttft_p95),
+            ("E2E p50", |p| p.e2e_p50),
+            ("E2E p95", |p| p.e2e_p95),
+        ];
+        let load: [(&str, Get); 3] = [
+            ("errors / step", |p| Some(p.errors as f64)),
+            ("in flight (mean at send)", |p| Some(p.in_flight)),
+            ("in flight (max)", |p| Some(p.in_flight_max as f64)),
+        ];
+        panel(
+            &panels[0],
+            &pts,
+            xr.clone(),
+            "Target and achieved rate",
+            "requests/s",
+            &rates,
+        )
+        .map_err(|e| err(&e))?;
+        panel(
+            &panels[1],
+            &pts,
+            xr.clone(),
+            "Latency percentiles per step",
+            "seconds",
+            &latencies,
+        )
+        .map_err(|e| err(&e))?;
+        panel(
+            &panels[2],
+            &pts,
+            xr,
+            "Errors and requests in flight",
+            "requests",
+            &load,
+        )
+        .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    super::plot::save_png(path, &buf, (WIDTH, HEIGHT))
 }
 
 fn panel(

@@ -7,8 +7,8 @@ use crate::analysis::level::LevelResult;
 use crate::analysis::search::{Outcome, SearchConfig};
 use crate::analysis::slo::{Slo, SloTarget};
 use crate::base::error::{
-    EXIT_CAPACITY_ABOVE, EXIT_CAPACITY_BELOW, EXIT_CAPACITY_INCONCLUSIVE, EXIT_FAILURE,
-    EXIT_INTERRUPTED, EXIT_OK, UsageError,
+    EXIT_CAPACITY_ABOVE, EXIT_CAPACITY_BELOW, EXIT_CAPACITY_INCONCLUSIVE, EXIT_FAILURE, EXIT_OK,
+    UsageError,
 };
 use crate::cli::CapacityArgs;
 use crate::cli::progress::ConsoleHooks;
@@ -127,17 +127,14 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<u8> {
     for n in &report.notices {
         crate::outln!("note: {n}");
     }
-    crate::outln!("\nResults saved to {}/", session.dir.path.display());
-    for e in &report.write_errors {
-        crate::errln!("error: {e}");
-    }
+    super::report_saved(&session.dir.path, &report.write_errors);
     session.finish(&report.summary).await;
     Ok(if !report.write_errors.is_empty() {
         EXIT_FAILURE
     } else {
         match report.outcome {
             None if report.inconclusive.is_some() => EXIT_CAPACITY_INCONCLUSIVE,
-            None => EXIT_INTERRUPTED,
+            None => super::run::interrupted_exit(),
             Some(Outcome::Found { .. }) => EXIT_OK,
             Some(Outcome::BelowRange) => EXIT_CAPACITY_BELOW,
             Some(Outcome::AboveRange) => EXIT_CAPACITY_ABOVE,

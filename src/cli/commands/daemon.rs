@@ -57,12 +57,9 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     crate::errln!("llmload daemon listening on http://{addr}");
     tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
     let shutdown = CancellationToken::new();
-    let code = run(
-        state,
-        listener,
-        shutdown.clone(),
-        crate::base::signals::next(),
-    )
+    let code = run(state, listener, shutdown.clone(), async {
+        crate::base::signals::next_stop().await;
+    })
     .await;
     if let Some(t) = telemetry {
         t.shutdown().await;

@@ -39,3 +39,21 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     });
     if usage { EXIT_USAGE } else { EXIT_FAILURE }
 }
+
+/// The last word on a run's files: "Results saved to DIR/" only when every
+/// file was written; otherwise which were not (the errors name them), so
+/// that nobody archives a directory that is missing its figure.
+pub fn report_saved(dir: &std::path::Path, errors: &[String]) {
+    if errors.is_empty() {
+        crate::outln!("\nResults saved to {}/", dir.display());
+        return;
+    }
+    crate::outln!(
+        "\nResults NOT fully saved in {}/: {} write(s) failed (what was written is complete; nothing is half-written):",
+        dir.display(),
+        errors.len()
+    );
+    for e in errors {
+        crate::errln!("error: {e}");
+    }
+}

@@ -54,6 +54,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     } else if a.dataset.is_some() {
         crate::errln!("note: --dataset is not used with --trace: the prompts come from the trace");
     }
+    let order = match (&args.trace, &args.concurrency) {
+        (Some(_), _) => None,
+        (None, Some(c)) => crate::plan::load::order_note(
+            "--concurrency",
+            &c.iter().map(|u| f64::from(*u)).collect::<Vec<_>>(),
+        ),
+        (None, None) => crate::plan::load::order_note(
+            "--qps",
+            &args.qps.iter().map(|r| r.mean()).collect::<Vec<_>>(),
+        ),
+    };
+    if let Some(note) = order {
+        crate::errln!("{note}");
+    }
     let nominal: Vec<f64> = match &args.concurrency {
         Some(_) => Vec::new(),
         None => args.qps.iter().map(|r| r.mean()).collect(),
@@ -259,15 +273,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     if let Some(n) = table::render_input_check(&report.levels) {
         crate::outln!("note: {n}");
     }
-    crate::outln!("\nResults saved to {}/", report.dir.path.display());
-    for e in &report.write_errors {
-        crate::errln!("error: {e}");
+    super::report_saved(&report.dir.path, &report.write_errors);
+    if let (Some(l), Some(d)) = (&live, args.metrics_linger) {
+        l.linger(d, report.status == RunStatus::Partial).await;
     }
     session.finish(&report.summary).await;
     Ok(if !report.write_errors.is_empty() {
         EXIT_FAILURE
     } else if report.status == RunStatus::Partial {
-        EXIT_INTERRUPTED
+        interrupted_exit()
     } else {
         EXIT_OK
     })
@@ -276,10 +290,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 /// First signal: stop sending, give in-flight requests a short grace;
 /// second signal (or the grace running out): abandon them.
 pub async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
-    crate::base::signals::next().await;
+    let signal = crate::base::signals::next().await;
     crate::errln!(
-        "\nstopping: waiting up to {}s for in-flight requests (Ctrl-C again to abandon them); \
+        "\n{}: stopping: waiting up to {}s for in-flight requests (Ctrl-C again to abandon them); \
          results so far are kept and marked partial",
+        signal.name(),
         INTERRUPT_GRACE.as_secs()
     );
     stop.cancel();
@@ -298,7 +313,13 @@ pub async fn watch_signals(stop: CancellationToken, cancel: CancellationToken) {
     crate::errln!(
         "stopping took too long: exiting now; finished levels are in the results directory"
     );
-    std::process::exit(EXIT_INTERRUPTED.into());
+    std::process::exit(interrupted_exit().into());
+}
+
+/// The exit code of a run a signal stopped: 129 for SIGHUP, 130 for
+/// SIGINT and SIGTERM.
+pub fn interrupted_exit() -> u8 {
+    crate::base::signals::received().map_or(EXIT_INTERRUPTED, |s| s.exit_code())
 }
 
 /// The shard from `--shard`, else `LLMLOAD_SHARD=I/N`, else a Kubernetes
@@ -407,6 +428,25 @@ impl LiveMetrics {
                 chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
                 self.started.elapsed().as_secs_f64(),
             );
+        }
+    }
+}
+
+impl LiveMetrics {
+    /// `--metrics-linger`: serve the final figures a while longer, so that
+    /// the next scrape sees the last level. Not after a signal (the user
+    /// asked to stop), and a signal cuts it short.
+    async fn linger(&self, d: Duration, interrupted: bool) {
+        if interrupted {
+            return;
+        }
+        crate::errln!(
+            "serving metrics for another {} (--metrics-linger)",
+            crate::base::duration::format(d)
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = crate::base::signals::next() => {}
         }
     }
 }

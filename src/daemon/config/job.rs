@@ -98,6 +98,17 @@ pub(super) fn jobs(
                 pr.err(&key("qps"), format!("{q} must be a rate above 0"));
             }
         }
+        let texts: Vec<String> = qps.iter().map(|q| q.to_string()).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        if let Err(e) = crate::plan::load::reject_duplicates(&qps, &texts) {
+            pr.err(&key("qps"), e);
+        } else if let Some(note) = crate::plan::load::order_note("qps", &qps) {
+            pr.warn(format!(
+                "{file}: {}: {}",
+                key("qps"),
+                note.trim_start_matches("note: ")
+            ));
+        }
         if kind == JobKind::Soak && qps.len() > 1 {
             pr.err(
                 &key("qps"),
@@ -325,6 +336,11 @@ fn traffic(
             &key("concurrency"),
             "give whole numbers of users, at least 1 each".into(),
         );
+    }
+    let texts: Vec<String> = concurrency.iter().map(|c| c.to_string()).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    if let Err(e) = crate::plan::load::reject_duplicates(&concurrency, &texts) {
+        pr.err(&key("concurrency"), e);
     }
     if kind == JobKind::Soak && concurrency.len() > 1 {
         pr.err(
