@@ -704,6 +704,12 @@ async fn every_metric_the_readme_lists_moves() {
         v["runs"][0]["status"] == "complete"
     })
     .await;
+    // A reload of the unchanged file: the reload series move.
+    d.signal(libc::SIGHUP);
+    d.wait_json("/api/v1/status", 20, |v| {
+        v["config"]["last_reload"]["result"] == "success"
+    })
+    .await;
     let (_, text) = get(&d.url("/metrics")).await;
     let listed = readme_metrics();
     assert!(

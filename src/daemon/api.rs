@@ -11,6 +11,7 @@
 //! | GET | `/api/v1/runs/{id}/plot.png` | its PNG |
 //! | POST | `/api/v1/jobs/{name}/trigger` | fire a job now |
 //! | POST | `/api/v1/runs/current/stop` | stop the runs in progress (`?job=` to pick one) |
+//! | POST | `/-/reload` | re-read the config file (as SIGHUP); 200 applied, 500 refused |
 //!
 //! POSTs need `Authorization: Bearer <token>` when a token is configured;
 //! errors are `{"error": "..."}` with a fitting status code.
@@ -45,6 +46,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/runs/{id}/compare", get(compare))
         .route("/api/v1/jobs/{name}/trigger", post(trigger))
         .route("/api/v1/runs/current/stop", post(stop))
+        .route("/-/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -65,7 +67,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `Some(401 response)` when a token is configured and not presented.
 fn unauthorized(state: &State, headers: &HeaderMap) -> Option<Response> {
-    let token = state.config.api_token.as_ref()?;
+    let config = state.config();
+    let token = config.api_token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -103,8 +106,8 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
     let next = state.next_fires.lock().expect("fires lock").clone();
     let busy = state.busy_jobs.lock().expect("busy lock").clone();
     let capacity = state.capacity.lock().expect("capacity lock").clone();
-    let jobs: Vec<_> = state
-        .config
+    let config = state.config();
+    let jobs: Vec<_> = config
         .jobs
         .iter()
         .map(|j| {
@@ -137,6 +140,10 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "jobs": jobs,
         "results_write_errors": state.write_errors.load(Ordering::Relaxed),
         "last_write_error": state.last_write_error.lock().expect("error lock").clone(),
+        "config": {
+            "path": config.path.display().to_string(),
+            "last_reload": state.last_reload.lock().expect("reload lock").clone(),
+        },
     }))
     .into_response()
 }
@@ -283,7 +290,7 @@ async fn trigger(
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    let Some(job) = state.job(&name).cloned() else {
+    let Some(job) = state.job(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no job '{name}'"));
     };
     match jobs::fire(&state, &job) {
@@ -301,6 +308,28 @@ async fn trigger(
             "the daemon is shutting down",
         ),
     }
+}
+
+/// `POST /-/reload`, Prometheus's path: the same as SIGHUP. 200 with what
+/// changed; 500 with every problem when the file is refused (the daemon
+/// runs on the previous configuration).
+async fn reload(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    if state.shutting_down.is_cancelled() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        );
+    }
+    let status = super::reload::reload(&state, "api").await;
+    let code = if status.result == "success" {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (code, axum::Json(status)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -62,7 +62,11 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
     let state = state.clone();
     let job = job.clone();
     tokio::spawn(async move {
-        let slot = state.slots[&job.target].clone();
+        let Some(slot) = state.slot(&job.target) else {
+            tracing::error!(job = %job.name, target = %job.target, "fire dropped: the target is no longer configured");
+            state.busy_jobs.lock().expect("busy lock").remove(&job.name);
+            return;
+        };
         match job.kind {
             JobKind::Sweep | JobKind::Capacity => run_sweep(&state, &job, &slot).await,
             JobKind::Soak => run_soak(&state, &job, &slot).await,
@@ -70,6 +74,18 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
         state.busy_jobs.lock().expect("busy lock").remove(&job.name);
     });
     Ok(())
+}
+
+/// A fire that waited for its target is still what the config says: a
+/// reload may have changed or removed the job meanwhile (its new
+/// definition is scheduled afresh).
+fn current(state: &State, job: &Job) -> bool {
+    let now = state.job(&job.name);
+    let same = now.is_some_and(|j| j.definition == job.definition);
+    if !same {
+        tracing::info!(job = %job.name, "fire dropped: a reload changed or removed the job while it waited");
+    }
+    same
 }
 
 /// Everything a run of either kind needs, created when it starts.
@@ -107,7 +123,7 @@ fn start_run(state: &Arc<State>, job: &Job, slot: &TargetSlot) -> Result<Started
     let t = &slot.target;
     let levels = job_levels(job, slot)?;
     let now = chrono::Local::now();
-    let root = state.config.results_dir.join(&t.name);
+    let root = state.config().results_dir.join(&t.name);
     let dir = RunDir::create(&root, &results::stamp(&now)).map_err(|e| {
         format!(
             "cannot create a run directory under {}: {e}",
@@ -411,13 +427,16 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             }
         }
     };
+    if !current(state, job) {
+        return;
+    }
     count_fire(state, job, "started");
     // Pause a soak on this target for the sweep's duration.
     let paused = slot.soak.lock().expect("soak lock").clone();
     if let Some(p) = &paused {
         p.paused.store(true, Ordering::Release);
         if let Some(soak) = state
-            .config
+            .config()
             .jobs
             .iter()
             .find(|j| j.kind == JobKind::Soak && j.target == job.target)
@@ -592,6 +611,9 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             g = slot.sweep_lock.lock() => drop(g),
             _ = state.shutting_down.cancelled() => return,
         }
+    }
+    if !current(state, job) {
+        return;
     }
     count_fire(state, job, "started");
     let mut started = match start_run(state, job, slot) {

@@ -4,14 +4,15 @@
 //! Layout: [`config`] (the TOML file), [`fire`] (when jobs fire),
 //! [`jobs`] (running sweeps and soaks, target coordination), [`state`]
 //! (what the daemon knows), [`crate::observe::metrics`] (`/metrics`), [`api`] (HTTP),
-//! [`index`] (run history and retention).
+//! [`index`] (run history and retention), [`reload`] (SIGHUP and
+//! `POST /-/reload`).
 
 pub mod api;
 pub mod config;
 pub mod fire;
 pub mod index;
 pub mod jobs;
-
+pub mod reload;
 pub mod state;
 
 use crate::base::error::EXIT_OK;
@@ -34,48 +35,20 @@ pub async fn run(
         .metrics
         .start_time
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    // Counters exist at 0 from the start, so rate() and increase() see
-    // their first increment and dashboards show 0, not "no data".
-    for t in &state.config.targets {
-        state.metrics.write_errors.with_label_values(&[&t.name]);
-        state.metrics.pruned.with_label_values(&[&t.name]);
+    let config = state.config();
+    for t in &config.targets {
+        register_target(&state, t);
     }
-    for job in &state.config.jobs {
-        for r in ["started", "delayed", "skipped"] {
-            state.metrics.fires.with_label_values(&[&job.name, r]);
-        }
-        for e in ["started", "completed", "partial"] {
-            state
-                .metrics
-                .runs
-                .with_label_values(&[&job.target, &job.name, job.kind.as_str(), e]);
-        }
-        if job.kind == config::JobKind::Soak {
-            state.metrics.soak_pauses.with_label_values(&[&job.name]);
-        }
-        let model = state.slots[&job.target].target.model();
-        state.metrics.for_job(&job.target, model, &job.name);
-        state
-            .metrics
-            .job_running
-            .with_label_values(&[&job.target, &job.name, job.kind.as_str()])
-            .set(0);
-        if let Some(i) = job.schedule.interval(chrono::Utc::now()) {
-            state
-                .metrics
-                .schedule_interval
-                .with_label_values(&[&job.target, &job.name])
-                .set(i.as_secs_f64());
-        }
+    for job in &config.jobs {
+        register_job(&state, job);
     }
     let server = tokio::spawn(crate::base::serve::serve(
         listener,
         api::router(state.clone()),
         http_stop.clone(),
     ));
-    let mut schedulers = Vec::new();
-    for job in state.config.jobs.clone() {
-        schedulers.push(tokio::spawn(schedule_loop(state.clone(), job)));
+    for job in config.jobs.clone() {
+        start_scheduler(&state, job);
     }
     let ticker = tokio::spawn(gauge_ticker(state.clone()));
     state.ready.store(true, Ordering::Release);
@@ -83,16 +56,16 @@ pub async fn run(
     stop.await;
     tracing::info!(
         "stopping: no new runs; in-flight requests get {}",
-        crate::base::duration::format(state.config.shutdown_grace)
+        crate::base::duration::format(state.config().shutdown_grace)
     );
     state.shutting_down.cancel();
-    for s in &schedulers {
+    for (_, s) in std::mem::take(&mut *state.schedulers.lock().expect("schedulers lock")) {
         s.abort();
     }
     for a in state.active() {
         a.stop.cancel();
     }
-    let grace = state.config.shutdown_grace;
+    let grace = state.config().shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
     while !state.active().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -111,6 +84,64 @@ pub async fn run(
     let _ = server.await;
     tracing::info!("daemon stopped");
     EXIT_OK
+}
+
+/// Counters exist at 0 from the start, so rate() and increase() see
+/// their first increment and dashboards show 0, not "no data".
+pub(crate) fn register_target(state: &State, t: &config::Target) {
+    state.metrics.write_errors.with_label_values(&[&t.name]);
+    state.metrics.pruned.with_label_values(&[&t.name]);
+}
+
+/// A job's series at 0 (see [`register_target`]), and its schedule's
+/// interval.
+pub(crate) fn register_job(state: &State, job: &config::Job) {
+    for r in ["started", "delayed", "skipped"] {
+        state.metrics.fires.with_label_values(&[&job.name, r]);
+    }
+    for e in ["started", "completed", "partial"] {
+        state
+            .metrics
+            .runs
+            .with_label_values(&[&job.target, &job.name, job.kind.as_str(), e]);
+    }
+    if job.kind == config::JobKind::Soak {
+        state.metrics.soak_pauses.with_label_values(&[&job.name]);
+    }
+    if let Some(slot) = state.slot(&job.target) {
+        state
+            .metrics
+            .for_job(&job.target, slot.target.model(), &job.name);
+    }
+    state
+        .metrics
+        .job_running
+        .with_label_values(&[&job.target, &job.name, job.kind.as_str()])
+        .set(0);
+    if let Some(i) = job.schedule.interval(chrono::Utc::now()) {
+        state
+            .metrics
+            .schedule_interval
+            .with_label_values(&[&job.target, &job.name])
+            .set(i.as_secs_f64());
+    }
+}
+
+/// Start (or restart) a job's scheduler, unless the daemon is stopping.
+pub(crate) fn start_scheduler(state: &Arc<State>, job: config::Job) {
+    if state.shutting_down.is_cancelled() {
+        return;
+    }
+    let name = job.name.clone();
+    let task = tokio::spawn(schedule_loop(state.clone(), job));
+    if let Some(old) = state
+        .schedulers
+        .lock()
+        .expect("schedulers lock")
+        .insert(name, task)
+    {
+        old.abort();
+    }
 }
 
 /// Fire a job at each time its schedule names, until shutdown.

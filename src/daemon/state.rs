@@ -11,7 +11,7 @@ use crate::workload::request::PreparedRequest;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 /// Resources shared by every job on one target.
@@ -29,6 +29,87 @@ pub struct TargetSlot {
     pub sweep_lock: tokio::sync::Mutex<()>,
     /// The soak running on this target, if any, so a sweep can pause it.
     pub soak: Mutex<Option<Arc<Progress>>>,
+}
+
+/// `endpoint = "mock"`: start a built-in mock for the target and point
+/// the target at it (demos, and the daemon's own tests).
+pub async fn embedded_mock(t: &mut Target) -> std::io::Result<crate::mock::MockServer> {
+    let m = crate::mock::MockServer::start(
+        crate::mock::MockConfig::default(),
+        "127.0.0.1:0".parse().expect("valid address"),
+    )
+    .await?;
+    t.spec.client.endpoint = m.url_for(t.spec.api);
+    tracing::info!(target = %t.name, url = %t.spec.client.endpoint, "built-in mock started");
+    Ok(m)
+}
+
+impl TargetSlot {
+    /// Load the target's prompts and build its client. Errors name the
+    /// target and what is wrong.
+    pub fn new(t: &Target, traced: bool) -> Result<Self, String> {
+        // Daemon prompts are seeded with 0: every run of a target sends
+        // the same workload, so its runs compare.
+        let prompts = crate::plan::prompts::load_with(
+            &t.dataset.to_string_lossy(),
+            t.dataset_format,
+            t.tokenizer.as_deref(),
+            0,
+            &t.spec,
+            t.sessions,
+        )
+        .map_err(|e| format!("target '{}': {e}", t.name))?;
+        let client = t
+            .spec
+            .build_client(traced)
+            .map_err(|e| format!("target '{}': {e}", t.name))?;
+        Ok(TargetSlot {
+            target: t.clone(),
+            client: Arc::new(client),
+            requests: Arc::new(prompts.requests),
+            sessions: prompts.sessions.map(|s| {
+                Arc::new(crate::engine::session::SessionPlan {
+                    sessions: s,
+                    params: t.spec.body_params(),
+                    think: t.think_time,
+                    seed: 0,
+                })
+            }),
+            workload: prompts.workload,
+            scraper: t
+                .spec
+                .server_scraper()
+                .map_err(|e| format!("target '{}': server_metrics {e}", t.name))?
+                .map(Arc::new),
+            sweep_lock: tokio::sync::Mutex::new(()),
+            soak: Mutex::new(None),
+        })
+    }
+}
+
+/// What the last reload did, for `/api/v1/status` and `POST /-/reload`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub at: String,
+    /// `success` or `failure`.
+    pub result: &'static str,
+    /// `SIGHUP` or `api`.
+    pub trigger: String,
+    /// Why the file was refused (failure only).
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub jobs: JobChanges,
+}
+
+/// Jobs by what the reload did to them (names).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobChanges {
+    pub unchanged: Vec<String>,
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Changed or removed jobs that were running and were stopped.
+    pub stopped: Vec<String>,
 }
 
 /// A run in progress, for `/api/v1/status` and the gauges.
@@ -91,10 +172,23 @@ impl ActiveRun {
 }
 
 pub struct State {
-    pub config: Config,
+    /// The configuration in force; replaced as a whole by a reload.
+    config: RwLock<Arc<Config>>,
     pub metrics: Metrics,
     pub index: RunIndex,
-    pub slots: BTreeMap<String, Arc<TargetSlot>>,
+    /// Per-target resources, by target name; a reload keeps the slots of
+    /// unchanged targets (the same `Arc`, so their runs go on untouched).
+    slots: RwLock<BTreeMap<String, Arc<TargetSlot>>>,
+    /// Each job's scheduler task, by job name (a reload replaces those of
+    /// changed jobs).
+    pub schedulers: Mutex<BTreeMap<String, tokio::task::JoinHandle<()>>>,
+    /// One reload at a time (SIGHUP and the API may race).
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// The last reload, for `/api/v1/status`.
+    pub last_reload: Mutex<Option<ReloadStatus>>,
+    /// Built-in mocks (`endpoint = "mock"`) started for targets, stopped
+    /// at exit.
+    pub mocks: Mutex<Vec<crate::mock::MockServer>>,
     pub active: Mutex<Vec<Arc<ActiveRun>>>,
     /// Jobs fired and not finished (including those waiting for a target).
     pub busy_jobs: Mutex<HashSet<String>>,
@@ -135,51 +229,20 @@ impl State {
             .map_err(|e| format!("results directory {}: {e}", config.results_dir.display()))?;
         let mut slots = BTreeMap::new();
         for t in &config.targets {
-            // Daemon prompts are seeded with 0: every run of a target sends
-            // the same workload, so its runs compare.
-            let prompts = crate::plan::prompts::load_with(
-                &t.dataset.to_string_lossy(),
-                t.dataset_format,
-                t.tokenizer.as_deref(),
-                0,
-                &t.spec,
-                t.sessions,
-            )
-            .map_err(|e| format!("target '{}': {e}", t.name))?;
-            let client = t
-                .spec
-                .build_client(telemetry.is_some())
-                .map_err(|e| format!("target '{}': {e}", t.name))?;
             slots.insert(
                 t.name.clone(),
-                Arc::new(TargetSlot {
-                    target: t.clone(),
-                    client: Arc::new(client),
-                    requests: Arc::new(prompts.requests),
-                    sessions: prompts.sessions.map(|s| {
-                        Arc::new(crate::engine::session::SessionPlan {
-                            sessions: s,
-                            params: t.spec.body_params(),
-                            think: t.think_time,
-                            seed: 0,
-                        })
-                    }),
-                    workload: prompts.workload,
-                    scraper: t
-                        .spec
-                        .server_scraper()
-                        .map_err(|e| format!("target '{}': server_metrics {e}", t.name))?
-                        .map(Arc::new),
-                    sweep_lock: tokio::sync::Mutex::new(()),
-                    soak: Mutex::new(None),
-                }),
+                Arc::new(TargetSlot::new(t, telemetry.is_some())?),
             );
         }
         Ok(Arc::new(Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             metrics: Metrics::new(),
             index,
-            slots,
+            slots: RwLock::new(slots),
+            schedulers: Mutex::new(BTreeMap::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_reload: Mutex::new(None),
+            mocks: Mutex::new(Vec::new()),
             active: Mutex::new(Vec::new()),
             busy_jobs: Mutex::new(HashSet::new()),
             shutting_down: CancellationToken::new(),
@@ -192,8 +255,27 @@ impl State {
         }))
     }
 
-    pub fn job(&self, name: &str) -> Option<&Job> {
-        self.config.jobs.iter().find(|j| j.name == name)
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// A target's resources, under the configuration in force now.
+    pub fn slot(&self, target: &str) -> Option<Arc<TargetSlot>> {
+        self.slots.read().expect("slots lock").get(target).cloned()
+    }
+
+    /// A reload's commit: the new configuration and its targets' slots,
+    /// swapped in together.
+    pub fn replace(&self, config: Config, slots: BTreeMap<String, Arc<TargetSlot>>) {
+        let mut c = self.config.write().expect("config lock");
+        let mut s = self.slots.write().expect("slots lock");
+        *c = Arc::new(config);
+        *s = slots;
+    }
+
+    pub fn job(&self, name: &str) -> Option<Job> {
+        self.config().jobs.iter().find(|j| j.name == name).cloned()
     }
 
     pub fn active(&self) -> Vec<Arc<ActiveRun>> {

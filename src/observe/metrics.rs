@@ -96,6 +96,8 @@ pub struct Metrics {
     pub schedule_interval: GaugeVec,
     /// Sessions and prefix caches (`session_metrics.rs`).
     pub sessions: super::session_metrics::SessionMetrics,
+    /// Config reloads (`config_metrics.rs`).
+    pub config: super::config_metrics::ConfigMetrics,
 }
 
 fn hist(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -340,6 +342,7 @@ impl Metrics {
                 &["target", "job"],
             ),
             sessions: super::session_metrics::SessionMetrics::new(TTFT_BUCKETS),
+            config: super::config_metrics::ConfigMetrics::new(),
             registry,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -390,7 +393,11 @@ impl Metrics {
             Box::new(m.job_running.clone()),
             Box::new(m.schedule_interval.clone()),
         ];
-        for c in all.into_iter().chain(m.sessions.collectors()) {
+        for c in all
+            .into_iter()
+            .chain(m.sessions.collectors())
+            .chain(m.config.collectors())
+        {
             m.registry.register(c).expect("metric names are unique");
         }
         m

@@ -3,6 +3,7 @@
 //! per-request log. Each is an observer plugged into the sweep.
 
 pub mod alerts;
+pub mod config_metrics;
 pub mod metrics;
 pub mod requests_jsonl;
 pub mod session_metrics;

@@ -17,6 +17,7 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     })?;
     if let Some(l) = args.listen {
         cfg.listen = l;
+        cfg.listen_from_flag = true;
     }
     for w in &cfg.warnings {
         crate::errln!("warning: {w}");
@@ -39,31 +40,39 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     // `endpoint = "mock"`: an embedded mock per such target, for demos.
     let mut mocks = Vec::new();
     for t in cfg.targets.iter_mut().filter(|t| t.spec.is_mock()) {
-        let m = crate::mock::MockServer::start(
-            crate::mock::MockConfig::default(),
-            "127.0.0.1:0".parse().expect("valid address"),
-        )
-        .await?;
-        t.spec.client.endpoint = m.url_for(t.spec.api);
-        tracing::info!(target = %t.name, url = %t.spec.client.endpoint, "built-in mock started");
-        mocks.push(m);
+        mocks.push(crate::daemon::state::embedded_mock(t).await?);
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| UsageError::new(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr()?;
     let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
+    state.mocks.lock().expect("mocks lock").extend(mocks);
+    state.metrics.config.loaded_now();
+    // SIGHUP reloads the config. Installed before the address is
+    // announced: from then on a SIGHUP never kills the daemon.
+    let mut hangups = crate::base::signals::hangups();
+    let reloader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                crate::daemon::reload::reload(&state, "SIGHUP").await;
+            }
+        })
+    };
     // Announce the real address (port 0 picks one): scripts and tests read it.
     crate::errln!("llmload daemon listening on http://{addr}");
-    tracing::info!(%addr, jobs = state.config.jobs.len(), "daemon started");
+    tracing::info!(%addr, jobs = state.config().jobs.len(), "daemon started");
     let shutdown = CancellationToken::new();
-    let code = run(state, listener, shutdown.clone(), async {
+    let code = run(state.clone(), listener, shutdown.clone(), async {
         crate::base::signals::next_stop().await;
     })
     .await;
+    reloader.abort();
     if let Some(t) = telemetry {
         t.shutdown().await;
     }
+    let mocks = std::mem::take(&mut *state.mocks.lock().expect("mocks lock"));
     for m in mocks {
         m.shutdown().await;
     }

@@ -291,6 +291,7 @@ pub(super) fn jobs(
             record_requests: j.record_requests.unwrap_or(false),
             slo,
             capacity,
+            definition: format!("{j:?}"),
         });
     }
     jobs

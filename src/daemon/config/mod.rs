@@ -32,6 +32,8 @@ pub struct Config {
     pub jobs: Vec<Job>,
     /// Problems that do not stop `--check` (a secret not set here).
     pub warnings: Vec<String>,
+    /// `listen` was set by `--listen`, not by the file.
+    pub listen_from_flag: bool,
 }
 
 /// A `[[target]]`: a name for the shared [`crate::plan::target::Target`], its
@@ -51,6 +53,9 @@ pub struct Target {
     pub think_time: crate::plan::think::ThinkTime,
     pub keep_runs: Option<usize>,
     pub keep_days: Option<f64>,
+    /// The section as written (its parsed form, printed): a reload keeps a
+    /// target whose definition is unchanged, and everything running on it.
+    pub definition: String,
 }
 
 impl Target {
@@ -106,6 +111,8 @@ pub struct Job {
     /// A soak's changing rate.
     pub shape: Option<Shape>,
     pub series_step: Duration,
+    /// The section as written (see [`Target::definition`]).
+    pub definition: String,
 }
 
 /// A job's trace: read (and checked) when the configuration is.
@@ -276,6 +283,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         targets,
         jobs,
         warnings,
+        listen_from_flag: false,
     })
 }
 

@@ -206,6 +206,7 @@ pub(super) fn targets(
             think_time,
             keep_runs: t.keep_runs,
             keep_days: t.keep_days,
+            definition: format!("{t:?}"),
         });
     }
     if raw.target.is_empty() {
