@@ -8,28 +8,49 @@ use axum::body::Bytes;
 use common::*;
 use llmload::mock::capacity::CapacityModel;
 use llmload::mock::{MockConfig, OutputTokens};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// An in-process OTLP/HTTP traces receiver on 127.0.0.1:0.
+/// An in-process OTLP/HTTP receiver (traces and metrics) on 127.0.0.1:0.
 struct Receiver {
     url: String,
     spans: Arc<Mutex<Vec<Span>>>,
     resources: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    /// Every metrics export, in arrival order.
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
 }
 
 async fn receiver() -> Receiver {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let resources = Arc::new(Mutex::new(Vec::new()));
-    let (s2, r2) = (spans.clone(), resources.clone());
+    let metrics = Arc::new(Mutex::new(Vec::new()));
+    let (s2, r2, m2) = (spans.clone(), resources.clone(), metrics.clone());
     let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move |body: Bytes| {
+            let metrics = m2.clone();
+            async move {
+                let req = ExportMetricsServiceRequest::decode(body).expect("valid OTLP protobuf");
+                metrics.lock().unwrap().push(req);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportMetricsServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let app = app.route(
         "/v1/traces",
         axum::routing::post(move |body: Bytes| {
             let (spans, resources) = (s2.clone(), r2.clone());
@@ -57,6 +78,7 @@ async fn receiver() -> Receiver {
         url: format!("http://{addr}"),
         spans,
         resources,
+        metrics,
     }
 }
 
@@ -82,6 +104,57 @@ fn attrs_of(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap
     kvs.iter()
         .map(|kv| (kv.key.clone(), value_str(&kv.value)))
         .collect()
+}
+
+/// The last export of the metric `name`, with its resource attributes.
+fn last_metric(rx: &Receiver, name: &str) -> Option<(Metric, HashMap<String, String>)> {
+    let all = rx.metrics.lock().unwrap();
+    all.iter().rev().find_map(|req| {
+        req.resource_metrics.iter().find_map(|rm| {
+            let res = rm
+                .resource
+                .as_ref()
+                .map(|r| attrs_of(&r.attributes))
+                .unwrap_or_default();
+            rm.scope_metrics
+                .iter()
+                .flat_map(|s| &s.metrics)
+                .find(|m| m.name == name)
+                .map(|m| (m.clone(), res.clone()))
+        })
+    })
+}
+
+/// A histogram's points: (attributes, count, bounds).
+fn histogram_points(m: &Metric) -> Vec<(HashMap<String, String>, u64, Vec<f64>)> {
+    match &m.data {
+        Some(Data::Histogram(h)) => h
+            .data_points
+            .iter()
+            .map(|p| (attrs_of(&p.attributes), p.count, p.explicit_bounds.clone()))
+            .collect(),
+        other => panic!("{} is not a histogram: {other:?}", m.name),
+    }
+}
+
+/// A gauge's points: (attributes, value).
+fn gauge_points(m: &Metric) -> Vec<(HashMap<String, String>, f64)> {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+    match &m.data {
+        Some(Data::Gauge(g)) => g
+            .data_points
+            .iter()
+            .map(|p| {
+                let v = match p.value {
+                    Some(N::AsDouble(d)) => d,
+                    Some(N::AsInt(i)) => i as f64,
+                    None => f64::NAN,
+                };
+                (attrs_of(&p.attributes), v)
+            })
+            .collect(),
+        other => panic!("{} is not a gauge: {other:?}", m.name),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -419,6 +492,12 @@ async fn daemon_sweeps_are_traced_and_a_dead_collector_is_harmless() {
         .expect("sweep span");
     assert_eq!(attrs_of(&root.attributes)["llmload.job"], "traced");
     assert_eq!(spans.iter().filter(|s| s.name == "chat m").count(), 10);
+    // Its metrics are pushed too, the job named on the level gauges.
+    let (m, _) = last_metric(&rx, "gen_ai.client.operation.duration").expect("metrics pushed");
+    let total: u64 = histogram_points(&m).iter().map(|p| p.1).sum();
+    assert_eq!(total, 10);
+    let (g, _) = last_metric(&rx, "llmload.level.achieved_qps").expect("level gauges");
+    assert_eq!(gauge_points(&g)[0].0["llmload.job"], "traced");
 
     // A collector that is down: the run completes, the failure is logged.
     let port = free_port();
@@ -442,5 +521,96 @@ async fn daemon_sweeps_are_traced_and_a_dead_collector_is_harmless() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    mock.shutdown().await;
+}
+
+/// The GenAI client metrics and the level gauges reach the receiver over
+/// OTLP/HTTP with the semantic conventions' names, units, attributes and
+/// bucket boundaries. The run is over in about 3 s, before the first 10 s
+/// push: everything here came with the push at exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genai_client_metrics_are_pushed_with_semantic_convention_names() {
+    let _serial = serial();
+    let mock = start_mock(mock_cfg(0.2)).await;
+    let rx = receiver().await;
+    run_with_traces(&mock, &rx, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
+    let spans = rx.spans.lock().unwrap().clone();
+    let failed = spans
+        .iter()
+        .filter(|s| s.name == "chat m" && attrs_of(&s.attributes).contains_key("error.type"))
+        .count() as u64;
+    assert!(failed > 0 && failed < 30, "{failed} of 30 failed");
+    let ok = 30 - failed;
+    let seconds: Vec<f64> = vec![
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    ];
+
+    let (m, resource) = last_metric(&rx, "gen_ai.client.operation.duration").expect("pushed");
+    assert_eq!(m.unit, "s");
+    assert_eq!(resource["service.name"], "capacity-tests");
+    let points = histogram_points(&m);
+    assert_eq!(points.iter().map(|p| p.1).sum::<u64>(), 30, "every request");
+    for (a, _, bounds) in &points {
+        assert_eq!(bounds, &seconds);
+        for (k, v) in [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", "openai"),
+            ("gen_ai.request.model", "m"),
+            ("server.address", "127.0.0.1"),
+        ] {
+            assert_eq!(a[k], v, "{a:?}");
+        }
+        assert!(a["server.port"].parse::<u16>().is_ok());
+    }
+    let errored: u64 = points
+        .iter()
+        .filter(|p| p.0.get("error.type").map(String::as_str) == Some("503"))
+        .map(|p| p.1)
+        .sum();
+    assert_eq!(errored, failed, "failures carry error.type");
+
+    let (m, _) = last_metric(&rx, "gen_ai.client.token.usage").expect("pushed");
+    assert_eq!(m.unit, "{token}");
+    let points = histogram_points(&m);
+    for t in ["input", "output"] {
+        let n: u64 = points
+            .iter()
+            .filter(|p| p.0["gen_ai.token.type"] == t)
+            .map(|p| p.1)
+            .sum();
+        assert_eq!(n, ok, "{t} tokens of each successful request");
+    }
+    assert_eq!(points[0].2[..3], [1.0, 4.0, 16.0]);
+
+    let (m, _) = last_metric(&rx, "gen_ai.client.operation.time_to_first_chunk").expect("pushed");
+    assert_eq!(m.unit, "s");
+    let points = histogram_points(&m);
+    assert_eq!(points.iter().map(|p| p.1).sum::<u64>(), ok);
+    assert_eq!(points[0].2, seconds);
+    let (m, _) = last_metric(&rx, "gen_ai.client.operation.time_per_output_chunk").expect("pushed");
+    let chunks: u64 = histogram_points(&m).iter().map(|p| p.1).sum();
+    assert_eq!(
+        chunks,
+        ok * 7,
+        "8 tokens a request: 7 chunks after the first"
+    );
+
+    // The level gauges: one series per level.
+    let (g, _) = last_metric(&rx, "llmload.level.target_qps").expect("pushed");
+    let mut targets: Vec<(String, f64)> = gauge_points(&g)
+        .into_iter()
+        .map(|(a, v)| (a["llmload.level.index"].clone(), v))
+        .collect();
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(targets, [("0".to_string(), 10.0), ("1".to_string(), 20.0)]);
+    for name in [
+        "llmload.level.achieved_qps",
+        "llmload.level.success_rate",
+        "llmload.level.ttft.p95",
+        "llmload.level.e2e.p95",
+    ] {
+        let (g, _) = last_metric(&rx, name).unwrap_or_else(|| panic!("{name} not pushed"));
+        assert_eq!(gauge_points(&g).len(), 2, "{name}");
+    }
     mock.shutdown().await;
 }

@@ -202,6 +202,9 @@ pub struct TargetArgs {
     /// Skip TLS certificate verification (dangerous).
     #[arg(long)]
     pub insecure: bool,
+    /// Ignore HTTPS_PROXY, HTTP_PROXY and NO_PROXY: connect directly.
+    #[arg(long)]
+    pub no_proxy: bool,
     /// Do not send stream_options.include_usage (for servers that reject it).
     #[arg(long)]
     pub no_stream_usage: bool,
@@ -395,8 +398,18 @@ impl TargetArgs {
         })
     }
 
+    /// The proxies of `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, unless
+    /// `--no-proxy`.
+    pub fn proxies(&self) -> Result<crate::client::proxy::ProxySettings, String> {
+        if self.no_proxy {
+            return Ok(crate::client::proxy::ProxySettings::direct());
+        }
+        crate::client::proxy::ProxySettings::from_env(&|k| std::env::var(k).ok())
+    }
+
     pub fn target(&self) -> Result<Target, String> {
         let mut t = Target::new(self.endpoint.clone(), self.model.clone());
+        t.client.proxies = self.proxies()?;
         t.key = match (&self.api_key, &self.api_key_file) {
             (Some(k), _) => KeySource::Value(ApiKey::new(k.clone())),
             (None, Some(f)) => KeySource::File(f.clone()),
@@ -597,6 +610,9 @@ pub struct DaemonArgs {
     /// Export OpenTelemetry traces to this OTLP endpoint.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Ignore HTTPS_PROXY, HTTP_PROXY and NO_PROXY: connect directly.
+    #[arg(long)]
+    pub no_proxy: bool,
 }
 
 #[derive(Debug, Clone, Args)]

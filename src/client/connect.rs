@@ -138,55 +138,29 @@ impl ConnectError {
 }
 
 /// Resolve, connect (trying each address, all within `timeout`) and, for
-/// https, complete the TLS handshake (also within `timeout`).
+/// https, complete the TLS handshake (also within `timeout`). Through
+/// `proxy`: the TCP connection goes to the proxy; for https a `CONNECT`
+/// tunnel to the origin is opened on it first (TLS then runs end to end,
+/// inside the tunnel); for http the requests go to the proxy in absolute
+/// form (see [`super::LlmClient`]).
 pub async fn open(
     origin: &Origin,
     tls: Option<&(tokio_rustls::TlsConnector, ServerName<'static>)>,
     timeout: Duration,
+    proxy: Option<&super::proxy::Proxy>,
 ) -> Result<Opened, ConnectError> {
     let t0 = Instant::now();
-    let timed_out = || {
-        ConnectError::new(
-            ErrorKind::Timeout(TimeoutPhase::Connect),
-            "connect timed out",
-        )
-    };
     let deadline = t0 + timeout;
-    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout_at(
-        deadline,
-        tokio::net::lookup_host((origin.host.as_str(), origin.port)),
-    )
-    .await
-    {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(e)) => return Err(ConnectError::new(ErrorKind::Dns, format!("dns error: {e}"))),
-        Ok(Ok(a)) => a.collect(),
-    };
-    if addrs.is_empty() {
-        return Err(ConnectError::new(ErrorKind::Dns, "dns error: no addresses"));
-    }
-    let mut last = None;
-    let mut tcp = None;
-    for addr in addrs {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Ok(s)) => {
-                tcp = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = Some(e),
-        }
-    }
-    let tcp = match tcp {
-        Some(s) => s,
-        None => {
-            let e = last.expect("at least one address was tried");
-            let kind = match e.kind() {
-                io::ErrorKind::ConnectionRefused => ErrorKind::ConnectionRefused,
-                io::ErrorKind::TimedOut => ErrorKind::Timeout(TimeoutPhase::Connect),
-                _ => ErrorKind::ConnectionError,
-            };
-            return Err(ConnectError::new(kind, format!("tcp connect error: {e}")));
+    let mut tcp = match proxy {
+        None => tcp_connect(&origin.host, origin.port, deadline, "").await?,
+        Some(p) => {
+            tcp_connect(
+                &p.host,
+                p.port,
+                deadline,
+                &format!("proxy {}: ", p.authority()),
+            )
+            .await?
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -197,8 +171,12 @@ pub async fn open(
             took: t0.elapsed(),
         });
     };
+    if let Some(p) = proxy {
+        let target = super::proxy::authority(&origin.host, origin.port);
+        tunnel(&mut tcp, &target, p, deadline).await?;
+    }
     match tokio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
-        Err(_) => Err(timed_out()),
+        Err(_) => Err(connect_timed_out()),
         Ok(Err(e)) => Err(tls_error(&e)),
         Ok(Ok(s)) => {
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -208,6 +186,104 @@ pub async fn open(
                 took: t0.elapsed(),
             })
         }
+    }
+}
+
+fn connect_timed_out() -> ConnectError {
+    ConnectError::new(
+        ErrorKind::Timeout(TimeoutPhase::Connect),
+        "connect timed out",
+    )
+}
+
+/// Resolve `host` and connect to the first address that answers, by
+/// `deadline`. `what` prefixes the error detail (`proxy h:p: `).
+pub async fn tcp_connect(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+    what: &str,
+) -> Result<TcpStream, ConnectError> {
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
+            Err(_) => return Err(connect_timed_out()),
+            Ok(Err(e)) => {
+                return Err(ConnectError::new(
+                    ErrorKind::Dns,
+                    format!("{what}dns error: {e}"),
+                ));
+            }
+            Ok(Ok(a)) => a.collect(),
+        };
+    if addrs.is_empty() {
+        return Err(ConnectError::new(
+            ErrorKind::Dns,
+            format!("{what}dns error: no addresses"),
+        ));
+    }
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => return Err(connect_timed_out()),
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one address was tried");
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionRefused => ErrorKind::ConnectionRefused,
+        io::ErrorKind::TimedOut => ErrorKind::Timeout(TimeoutPhase::Connect),
+        _ => ErrorKind::ConnectionError,
+    };
+    Err(ConnectError::new(
+        kind,
+        format!("{what}tcp connect error: {e}"),
+    ))
+}
+
+/// Open a `CONNECT` tunnel to `target` through the proxy on `tcp`. The
+/// answer is read to its blank line and no further: what follows belongs
+/// to the tunnel (the origin's TLS handshake).
+pub async fn tunnel(
+    tcp: &mut TcpStream,
+    target: &str,
+    proxy: &super::proxy::Proxy,
+    deadline: Instant,
+) -> Result<(), ConnectError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let who = proxy.authority();
+    let io_err = |e: io::Error| {
+        ConnectError::new(
+            ErrorKind::ConnectionError,
+            format!("proxy {who}: CONNECT {target}: {e}"),
+        )
+    };
+    let handshake = async {
+        tcp.write_all(&super::proxy::connect_request(target, proxy.auth.as_ref()))
+            .await
+            .map_err(io_err)?;
+        let mut head = Vec::with_capacity(128);
+        let mut byte = [0u8; 1];
+        // Byte by byte: a few dozen bytes, once per connection.
+        while super::proxy::head_end(&head).is_none() {
+            if head.len() > 16 * 1024 {
+                return Err(io_err(io::Error::other("answer too long")));
+            }
+            match tcp.read(&mut byte).await.map_err(io_err)? {
+                0 => return Err(io_err(io::Error::other("closed before answering"))),
+                _ => head.push(byte[0]),
+            }
+        }
+        super::proxy::connect_response(&head).map_err(|status| {
+            ConnectError::new(
+                ErrorKind::ConnectionError,
+                format!("proxy {who} refused the tunnel to {target}: {status}"),
+            )
+        })
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Err(_) => Err(connect_timed_out()),
+        Ok(r) => r,
     }
 }
 

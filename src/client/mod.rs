@@ -19,6 +19,8 @@ pub mod classify;
 pub mod connect;
 pub mod keepalive;
 pub mod pool;
+pub mod proxy;
+pub mod proxy_connector;
 pub mod record;
 pub mod sse;
 pub mod tls;
@@ -33,7 +35,9 @@ use crate::client::sse::{DEFAULT_MAX_EVENT_BYTES, SseDecoder};
 use bytes::Bytes;
 use connect::{ConnectError, Origin};
 use futures_util::future::Either;
-use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, PROXY_AUTHORIZATION,
+};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use pool::{Lease, Pool, PoolConfig, Sender};
@@ -68,6 +72,9 @@ pub struct ClientConfig {
     pub keep_response_ids: bool,
     /// Longest an idle connection is kept for reuse.
     pub pool_idle_timeout: Duration,
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as read at start (direct
+    /// with `--no-proxy`).
+    pub proxies: proxy::ProxySettings,
 }
 
 impl ClientConfig {
@@ -92,6 +99,7 @@ impl ClientConfig {
             max_token_chunks: 1 << 20,
             keep_response_ids: false,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            proxies: proxy::ProxySettings::direct(),
         }
     }
 }
@@ -119,6 +127,9 @@ pub struct LlmClient {
     path: Uri,
     headers: HeaderMap,
     cfg: ClientConfig,
+    /// Plain http through a proxy: requests in absolute form, with the
+    /// proxy's credentials.
+    forward: Option<(proxy::Proxy, Uri)>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -178,10 +189,26 @@ impl LlmClient {
         } else {
             None
         };
+        let via = cfg
+            .proxies
+            .for_target(origin.https, &origin.host, origin.port)
+            .cloned();
+        let forward = via.clone().filter(|_| !origin.https).map(|p| {
+            // The absolute form, without any credentials of the URL.
+            let uri = format!(
+                "http://{}{}",
+                origin.host_header.to_str().unwrap_or_default(),
+                path
+            )
+            .parse()
+            .unwrap_or_else(|_| uri.clone());
+            (p, uri)
+        });
         let pool = Pool::new(
             origin,
             tls,
             PoolConfig {
+                proxy: via,
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: 64,
@@ -193,7 +220,17 @@ impl LlmClient {
             path,
             headers,
             cfg,
+            forward,
         })
+    }
+
+    /// The proxy the endpoint is reached through, if any (`host:port`).
+    pub fn proxy(&self) -> Option<String> {
+        let o = self.pool.origin();
+        self.cfg
+            .proxies
+            .for_target(o.https, &o.host, o.port)
+            .map(|p| p.authority())
     }
 
     /// Open up to `n` connections ahead of the first request (see
@@ -256,7 +293,16 @@ impl LlmClient {
             *req.uri_mut() = self.uri.clone();
             *req.version_mut() = Version::HTTP_2;
         } else {
-            *req.uri_mut() = self.path.clone();
+            match &self.forward {
+                // A forward proxy needs the absolute form (RFC 9112 3.2.2).
+                Some((p, absolute)) => {
+                    *req.uri_mut() = absolute.clone();
+                    if let Some(a) = &p.auth {
+                        req.headers_mut().insert(PROXY_AUTHORIZATION, a.clone());
+                    }
+                }
+                None => *req.uri_mut() = self.path.clone(),
+            }
             req.headers_mut()
                 .entry(HOST)
                 .or_insert_with(|| self.pool.origin().host_header.clone());

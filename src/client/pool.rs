@@ -39,6 +39,8 @@ const READ_BUF: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub connect_timeout: Duration,
+    /// Connections go through this proxy (see [`connect::open`]).
+    pub proxy: Option<super::proxy::Proxy>,
     /// Longest an idle connection is kept (shortened further by a
     /// server's `Keep-Alive: timeout`).
     pub idle_timeout: Duration,
@@ -280,8 +282,13 @@ impl Pool {
 
     /// Open a new connection and lend it.
     async fn open(&self, waited: Duration) -> Result<Lease, ConnectError> {
-        let opened =
-            connect::open(&self.origin, self.tls.as_ref(), self.cfg.connect_timeout).await?;
+        let opened = connect::open(
+            &self.origin,
+            self.tls.as_ref(),
+            self.cfg.connect_timeout,
+            self.cfg.proxy.as_ref(),
+        )
+        .await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let io = TokioIo::new(opened.stream);
         let handshake_failed = |e: hyper::Error| ConnectError {

@@ -100,6 +100,7 @@ async fn prepare(state: &State, old: &Config) -> Result<Prepared, Vec<String>> {
     }
     new.listen = old.listen;
     new.listen_from_flag = old.listen_from_flag;
+    new.proxies = old.proxies.clone();
     if new.results_dir != old.results_dir {
         warnings.push(format!(
             "{file}: server.results_dir: {} takes effect at the next start; still writing to {}",
@@ -129,6 +130,9 @@ async fn prepare(state: &State, old: &Config) -> Result<Prepared, Vec<String>> {
             continue;
         }
         changed_targets.insert(t.name.clone());
+        if !t.spec.is_mock() {
+            t.spec.client.proxies = old.proxies.clone();
+        }
         if t.spec.is_mock() {
             match super::state::embedded_mock(t).await {
                 Ok(m) => mocks.push(m),

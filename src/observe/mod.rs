@@ -5,6 +5,8 @@
 pub mod alerts;
 pub mod config_metrics;
 pub mod metrics;
+pub mod otlp_http;
+pub mod otlp_metrics;
 pub mod requests_jsonl;
 pub mod session_metrics;
 pub mod telemetry;

@@ -17,16 +17,18 @@
 //! * **Content.** Prompt and completion text are never recorded; the API
 //!   key never leaves the client's sensitive header.
 //! * **Export.** The batch processor runs on its own OS thread; our hyper
-//!   HTTP client needs a tokio reactor, so [`OnTokio`] runs each export on
-//!   the runtime that created it (see notes: otherwise the SDK thread
-//!   panics). Flush and shutdown are blocking: done in `spawn_blocking`,
-//!   errors logged, never fatal.
+//!   HTTP client needs a tokio reactor, so [`super::otlp_http::OnTokio`]
+//!   runs each export on the runtime that created it (see notes: otherwise
+//!   the SDK thread panics). Flush and shutdown are blocking: done in
+//!   `spawn_blocking`, errors logged, never fatal.
+//! * **Metrics.** The same pipeline pushes the GenAI client metrics and
+//!   the level gauges ([`super::otlp_metrics`]) to the collector's
+//!   `/v1/metrics`, fed by the request observer and the level hooks.
 
 use crate::analysis::level::LevelResult;
 use crate::client::record::RequestRecord;
 use crate::engine::sweep::{LevelSpec, Observer, RequestHook};
 use crate::results::Summary;
-use bytes::Bytes;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
@@ -44,6 +46,10 @@ pub struct Settings {
     pub sample_ratio: f64,
     pub propagate: bool,
     pub service_name: Option<String>,
+    /// Full metrics URL (…/v1/metrics).
+    pub metrics_endpoint: String,
+    /// Proxies for the collector (the same as the endpoint's).
+    pub proxies: crate::client::proxy::ProxySettings,
 }
 
 /// The `[telemetry]` table of the daemon's config file.
@@ -68,13 +74,11 @@ impl Settings {
         config: Option<&FileConfig>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, String> {
-        let endpoint = flag
+        let given = flag
+            .or_else(|| config.and_then(|c| c.otlp_endpoint.as_deref()))
+            .filter(|e| !e.trim().is_empty());
+        let endpoint = given
             .map(base_or_full)
-            .or_else(|| {
-                config
-                    .and_then(|c| c.otlp_endpoint.as_deref())
-                    .map(base_or_full)
-            })
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
             .or_else(|| {
                 env("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -102,7 +106,26 @@ impl Settings {
             env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
         )?;
         let sample_ratio = config.and_then(|c| c.sample_ratio).unwrap_or(env_ratio);
+        // Metrics go beside the traces: the same collector's /v1/metrics,
+        // unless the standard variables say otherwise.
+        let beside = |traces: &str| match traces.strip_suffix("/v1/traces") {
+            Some(base) => format!("{base}/v1/metrics"),
+            None => format!("{}/v1/metrics", traces.trim_end_matches('/')),
+        };
+        let metrics_endpoint = match given {
+            Some(_) => beside(&endpoint),
+            None => env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                .filter(|e| !e.trim().is_empty())
+                .or_else(|| {
+                    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .filter(|e| !e.trim().is_empty())
+                        .map(|b| format!("{}/v1/metrics", b.trim_end_matches('/')))
+                })
+                .unwrap_or_else(|| beside(&endpoint)),
+        };
         Ok(Some(Self {
+            metrics_endpoint,
+            proxies: crate::client::proxy::ProxySettings::direct(),
             endpoint,
             sample_ratio,
             propagate: config.and_then(|c| c.propagate).unwrap_or(true),
@@ -142,30 +165,6 @@ fn sampler_ratio(sampler: Option<&str>, arg: Option<&str>) -> Result<f64, String
         Some(other) => Err(format!(
             "OTEL_TRACES_SAMPLER={other} is not supported (use always_on, always_off, traceidratio or parentbased_traceidratio)"
         )),
-    }
-}
-
-/// Runs the HTTP client's future on the tokio runtime it was built in
-/// (the SDK exports from its own thread, which has no reactor).
-#[derive(Debug, Clone)]
-struct OnTokio<C> {
-    inner: C,
-    handle: tokio::runtime::Handle,
-}
-
-#[async_trait::async_trait]
-impl<C: opentelemetry_http::HttpClient + Clone + 'static> opentelemetry_http::HttpClient
-    for OnTokio<C>
-{
-    async fn send_bytes(
-        &self,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let inner = self.inner.clone();
-        self.handle
-            .spawn(async move { inner.send_bytes(req).await })
-            .await
-            .map_err(|e| Box::new(e) as opentelemetry_http::HttpError)?
     }
 }
 
@@ -216,6 +215,7 @@ pub struct Telemetry {
 
 struct Inner {
     provider: SdkTracerProvider,
+    metrics: super::otlp_metrics::OtlpMetrics,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     settings: Settings,
     /// Converts monotonic instants to wall-clock span timestamps.
@@ -236,32 +236,25 @@ pub struct SweepAttrs<'a> {
 pub struct SweepSpan {
     cx: Context,
     level: Arc<Mutex<Option<Context>>>,
+    /// The level gauges' attributes: target, model, job.
+    attrs: Arc<Vec<KeyValue>>,
+    /// The index of the level running now.
+    index: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Telemetry {
     /// Build the pipeline; must run inside the tokio runtime.
     pub fn start(settings: Settings) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = OnTokio {
-            inner: opentelemetry_http::hyper::HyperClient::new(
-                https,
-                Duration::from_secs(10),
-                None,
-            ),
-            handle: tokio::runtime::Handle::current(),
-        };
+        let client = super::otlp_http::client(
+            &settings.proxies,
+            &[&settings.endpoint, &settings.metrics_endpoint],
+        );
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(settings.endpoint.clone())
-            .with_http_client(client)
+            .with_http_client(client.clone())
             .build()
             .map_err(|e| format!("OTLP exporter for {}: {e}", settings.endpoint))?;
         let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
@@ -289,6 +282,11 @@ impl Telemetry {
         // Our own sampling (KeepProcessor) needs every span recorded; the
         // SDK would otherwise apply OTEL_TRACES_SAMPLER itself and drop the
         // sweep and level spans, and the failures, too.
+        let metrics = super::otlp_metrics::OtlpMetrics::start(
+            &settings.metrics_endpoint,
+            client,
+            resource.clone(),
+        )?;
         let provider = SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .with_span_processor(KeepProcessor { inner: batch })
@@ -298,6 +296,7 @@ impl Telemetry {
         Ok(Self {
             inner: Arc::new(Inner {
                 provider,
+                metrics,
                 tracer,
                 settings,
                 anchor: (Instant::now(), SystemTime::now()),
@@ -324,6 +323,13 @@ impl Telemetry {
         if let Some(j) = a.job {
             attrs.push(KeyValue::new("llmload.job", j.to_string()));
         }
+        let mut gauge_attrs = vec![
+            KeyValue::new("llmload.target", a.target.to_string()),
+            KeyValue::new("gen_ai.request.model", a.model.to_string()),
+        ];
+        if let Some(j) = a.job {
+            gauge_attrs.push(KeyValue::new("llmload.job", j.to_string()));
+        }
         let span = self
             .inner
             .tracer
@@ -334,6 +340,8 @@ impl Telemetry {
         SweepSpan {
             cx: Context::new().with_span(span),
             level: Arc::new(Mutex::new(None)),
+            attrs: Arc::new(gauge_attrs),
+            index: Default::default(),
         }
     }
 
@@ -350,12 +358,25 @@ impl Telemetry {
             ])
             .start_with_context(&self.inner.tracer, &sweep.cx);
         *sweep.level.lock().expect("level lock") = Some(sweep.cx.with_span(span));
+        sweep
+            .index
+            .store(spec.index, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .metrics
+            .level_started(&level_attrs(&sweep.attrs, spec.index), spec.qps);
     }
 
     pub fn level_finished(&self, sweep: &SweepSpan, r: &LevelResult) {
         let Some(cx) = sweep.level.lock().expect("level lock").take() else {
             return;
         };
+        self.inner.metrics.level_finished(
+            &level_attrs(
+                &sweep.attrs,
+                sweep.index.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            r,
+        );
         let span = cx.span();
         span.set_attributes([
             KeyValue::new("llmload.qps.achieved", r.actual_qps),
@@ -399,7 +420,22 @@ impl Telemetry {
         max_tokens: u32,
         temperature: f64,
     ) -> TraceObserver {
+        let host = uri.host().unwrap_or("").to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         TraceObserver {
+            metric_attrs: vec![
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.provider.name", "openai"),
+                KeyValue::new("gen_ai.request.model", model.to_string()),
+                KeyValue::new("server.address", host),
+                KeyValue::new("server.port", port as i64),
+            ],
             tel: self.clone(),
             level: sweep.level.clone(),
             name: format!("chat {model}"),
@@ -423,9 +459,14 @@ impl Telemetry {
         }
     }
 
-    /// Flush and stop the exporter. Blocking work runs off the runtime;
-    /// a collector that is down costs a logged warning, not the run.
+    /// Flush and stop the exporters (the metrics' final push included).
+    /// Blocking work runs off the runtime; a collector that is down costs a
+    /// logged warning, not the run.
     pub async fn shutdown(&self) {
+        let metrics = self.inner.metrics.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || metrics.shutdown_blocking()).await {
+            tracing::warn!("metric export did not complete: {e}");
+        }
         let provider = self.inner.provider.clone();
         let r = tokio::task::spawn_blocking(move || {
             let f = provider.force_flush();
@@ -450,8 +491,18 @@ impl Telemetry {
     }
 }
 
-/// Creates and ends the `chat {model}` CLIENT span of each request.
+/// The level gauges' attributes: the sweep's, and the level's index.
+fn level_attrs(sweep: &[KeyValue], index: usize) -> Vec<KeyValue> {
+    let mut a = sweep.to_vec();
+    a.push(KeyValue::new("llmload.level.index", index as i64));
+    a
+}
+
+/// Creates and ends the `chat {model}` CLIENT span of each request, and
+/// records its GenAI metrics.
 pub struct TraceObserver {
+    /// The GenAI metrics' operation attributes.
+    metric_attrs: Vec<KeyValue>,
     tel: Telemetry,
     level: Arc<Mutex<Option<Context>>>,
     name: String,
@@ -621,6 +672,7 @@ impl Observer for TraceObserver {
         rec: &RequestRecord,
         hook: Option<RequestHook>,
     ) {
+        self.tel.inner.metrics.record(&self.metric_attrs, rec);
         let Some(hook) = hook else { return };
         let Ok(state) = hook.state.downcast::<RequestSpan>() else {
             return;

@@ -307,6 +307,7 @@ impl Target {
             &url,
             Some(self.model.clone()),
             self.server_metrics_interval,
+            &self.client.proxies,
         )
         .map(Some)
     }

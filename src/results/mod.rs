@@ -126,6 +126,10 @@ pub struct Metadata {
     /// Multi-turn sessions: what a level's rate counts and the think time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<SessionsMeta>,
+    /// The endpoint was reached through this proxy (`host:port` only:
+    /// never its credentials), from `HTTPS_PROXY`/`HTTP_PROXY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// `metadata.json`'s `sessions`.
@@ -238,6 +242,11 @@ impl Metadata {
             trace_file: None,
             warmup: None,
             sessions: None,
+            proxy: t
+                .client
+                .proxies
+                .for_uri(&t.endpoint().parse().unwrap_or_default())
+                .map(|p| p.authority()),
         }
     }
 }

@@ -22,10 +22,15 @@ pub struct Overhead {
 
 /// A discard OTLP/HTTP receiver, so tracing pays its real export cost.
 pub(super) async fn discard_collector() -> String {
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(|_b: axum::body::Bytes| async { "" }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(|_b: axum::body::Bytes| async { "" }),
+        )
+        .route(
+            "/v1/metrics",
+            axum::routing::post(|_b: axum::body::Bytes| async { "" }),
+        );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -58,10 +63,12 @@ pub(super) async fn overheads(
     let otlp = discard_collector().await;
     let start = |ratio: f64| {
         crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
+            metrics_endpoint: otlp.replace("/v1/traces", "/v1/metrics"),
             endpoint: otlp.clone(),
             sample_ratio: ratio,
             propagate: true,
             service_name: Some("llmload-selftest".into()),
+            proxies: crate::client::proxy::ProxySettings::direct(),
         })
         .ok()
     };
@@ -228,10 +235,12 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
     let mut traces_us = 0.0;
     if let Ok(tel) =
         crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
+            metrics_endpoint: otlp.replace("/v1/traces", "/v1/metrics"),
             endpoint: otlp,
             sample_ratio: 1.0,
             propagate: true,
             service_name: Some("llmload-selftest".into()),
+            proxies: crate::client::proxy::ProxySettings::direct(),
         })
     {
         let span = tel.sweep_started(&crate::observe::telemetry::SweepAttrs {

@@ -4,6 +4,8 @@
 //! fails a run: a scrape is bounded in time and size, and a failure is
 //! only a note in the level's `server` object.
 
+use crate::client::proxy::ProxySettings;
+use crate::client::proxy_connector::ProxyConnector;
 use crate::server::metrics::{self, Reading};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -20,11 +22,13 @@ pub const MAX_BODY: usize = 8 << 20;
 /// Default time between scrapes within a level.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Empty<Bytes>>;
 
 pub struct ServerScraper {
     uri: http::Uri,
     client: HttpsClient,
+    /// `Proxy-Authorization` for a plain-http scrape through a proxy.
+    proxy_auth: Option<http::HeaderValue>,
     /// Keep only this model's series where the server labels them.
     model: Option<String>,
     pub interval: Duration,
@@ -58,7 +62,13 @@ pub fn resolve_url(given: &str, endpoint: &str) -> Result<String, String> {
 }
 
 impl ServerScraper {
-    pub fn new(url: &str, model: Option<String>, interval: Duration) -> Result<Self, String> {
+    /// `proxies`: as the endpoint's (`HTTP_PROXY`, `NO_PROXY`, `--no-proxy`).
+    pub fn new(
+        url: &str,
+        model: Option<String>,
+        interval: Duration,
+        proxies: &ProxySettings,
+    ) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("'{url}': {e}"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!("'{url}' is not an http:// or https:// URL"));
@@ -70,8 +80,11 @@ impl ServerScraper {
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(http, proxies.clone(), SCRAPE_TIMEOUT));
+        let proxy_auth = ProxyConnector::new(HttpConnector::new(), proxies.clone(), SCRAPE_TIMEOUT)
+            .forward_auth(&uri);
         Ok(Self {
+            proxy_auth,
             uri,
             client: Client::builder(TokioExecutor::new()).build(https),
             model,
@@ -138,10 +151,14 @@ impl ServerScraper {
     }
 
     async fn fetch(&self) -> Result<String, String> {
-        let req = http::Request::get(self.uri.clone())
+        let mut req = http::Request::get(self.uri.clone())
             .header(http::header::ACCEPT, "text/plain")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
+        if let Some(a) = &self.proxy_auth {
+            req.headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, a.clone());
+        }
         let resp = self.client.request(req).await.map_err(|e| {
             format!(
                 "cannot reach {}: {}",

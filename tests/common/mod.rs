@@ -187,6 +187,12 @@ pub const LLMLOAD_ENV: &[&str] = &[
     "LLMLOAD_START_AT",
     "LLMLOAD_INJECT_STALL",
     "LLMLOAD_INJECT_PANIC",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
 ];
 
 /// Run the binary with `args`, none of [`LLMLOAD_ENV`] inherited, and

@@ -15,6 +15,15 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
             errs.join("\n  ")
         ))
     })?;
+    cfg.proxies = if args.no_proxy {
+        crate::client::proxy::ProxySettings::direct()
+    } else {
+        crate::client::proxy::ProxySettings::from_env(&|k| std::env::var(k).ok())
+            .map_err(UsageError::new)?
+    };
+    for t in cfg.targets.iter_mut().filter(|t| !t.spec.is_mock()) {
+        t.spec.client.proxies = cfg.proxies.clone();
+    }
     if let Some(l) = args.listen {
         cfg.listen = l;
         cfg.listen_from_flag = true;
@@ -28,7 +37,11 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
         Some(&cfg.telemetry),
         &env,
     )
-    .map_err(UsageError::new)?;
+    .map_err(UsageError::new)?
+    .map(|mut s| {
+        s.proxies = cfg.proxies.clone();
+        s
+    });
     if args.check {
         crate::out!("{}", plan_report(&cfg, tel_settings.as_ref()));
         return Ok(EXIT_OK);

@@ -73,6 +73,8 @@ impl Session {
                 .context("starting the built-in mock")?;
             crate::errln!("using the built-in mock endpoint at {}", m.chat_url());
             target.client.endpoint = m.url_for(target.api);
+            // Our own loopback mock is never behind the user's proxy.
+            target.client.proxies = crate::client::proxy::ProxySettings::direct();
             Some(m)
         } else {
             None
@@ -88,6 +90,7 @@ impl Session {
         {
             Some(mut s) => {
                 s.propagate = !a.no_trace_propagation;
+                s.proxies = a.proxies().map_err(UsageError::new)?;
                 Some(crate::observe::telemetry::Telemetry::start(s).map_err(UsageError::new)?)
             }
             None => None,

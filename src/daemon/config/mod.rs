@@ -34,6 +34,9 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `listen` was set by `--listen`, not by the file.
     pub listen_from_flag: bool,
+    /// The environment's proxies (`HTTPS_PROXY`…), unless `--no-proxy`:
+    /// set by the command, kept across reloads.
+    pub proxies: crate::client::proxy::ProxySettings,
 }
 
 /// A `[[target]]`: a name for the shared [`crate::plan::target::Target`], its
@@ -284,6 +287,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, Vec<String>> {
         jobs,
         warnings,
         listen_from_flag: false,
+        proxies: crate::client::proxy::ProxySettings::direct(),
     })
 }
 

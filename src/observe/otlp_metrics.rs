@@ -1,0 +1,202 @@
+//! Pushed metrics: the OpenTelemetry GenAI client metrics, and llmload's
+//! level gauges, over OTLP/HTTP every 10 s and once more at exit.
+//!
+//! Pulling (`/metrics`) misses what a short-lived process did in its last
+//! seconds; a push does not (k6 remote-writes, AIPerf exports OTLP, for the
+//! same reason). Names, units, attributes and bucket boundaries are the
+//! GenAI semantic conventions' (v1.41), so a collector's GenAI dashboards
+//! read llmload as any instrumented client:
+//!
+//! | instrument | unit | per |
+//! |---|---|---|
+//! | `gen_ai.client.operation.duration` | s | request (with `error.type` when it failed) |
+//! | `gen_ai.client.token.usage` | {token} | request, `gen_ai.token.type` input / output |
+//! | `gen_ai.client.operation.time_to_first_chunk` | s | streamed request with a first token |
+//! | `gen_ai.client.operation.time_per_output_chunk` | s | token chunk after the first |
+//!
+//! Times are llmload's own: from the request's *scheduled* instant (no
+//! coordinated omission), as its histograms and traces. Requests never
+//! sent (`dropped`) are no operation and are not recorded.
+
+use crate::analysis::level::LevelResult;
+use crate::client::record::{ErrorKind, RequestRecord};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Gauge, Histogram, MeterProvider as _};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use std::time::Duration;
+
+/// The semantic conventions' boundaries for GenAI durations (seconds).
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// … and for token counts.
+pub const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+/// How often the reader pushes.
+pub const EXPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The instruments and the provider that pushes them.
+#[derive(Clone)]
+pub struct OtlpMetrics {
+    provider: SdkMeterProvider,
+    duration: Histogram<f64>,
+    tokens: Histogram<u64>,
+    first_chunk: Histogram<f64>,
+    per_chunk: Histogram<f64>,
+    level_target: Gauge<f64>,
+    level_achieved: Gauge<f64>,
+    level_success: Gauge<f64>,
+    level_ttft_p95: Gauge<f64>,
+    level_e2e_p95: Gauge<f64>,
+}
+
+impl OtlpMetrics {
+    /// Build the pipeline (inside the tokio runtime): `url` is the full
+    /// `…/v1/metrics` URL.
+    pub fn start(
+        url: &str,
+        client: super::otlp_http::OnTokio,
+        resource: opentelemetry_sdk::Resource,
+    ) -> Result<Self, String> {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(url.to_string())
+            .with_http_client(client)
+            // The final push at exit must fit the reader's fixed 5 s.
+            .with_timeout(Duration::from_secs(4))
+            .with_temporality(Temporality::Cumulative)
+            .build()
+            .map_err(|e| format!("OTLP metric exporter for {url}: {e}"))?;
+        let reader = PeriodicReader::builder(exporter)
+            .with_interval(EXPORT_INTERVAL)
+            .build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(resource)
+            .build();
+        let meter = provider.meter("llmload");
+        let seconds = |name: &'static str, what: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(what)
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build()
+        };
+        let gauge = |name: &'static str, unit: &'static str, what: &'static str| {
+            meter
+                .f64_gauge(name)
+                .with_unit(unit)
+                .with_description(what)
+                .build()
+        };
+        Ok(Self {
+            duration: seconds(
+                "gen_ai.client.operation.duration",
+                "GenAI operation duration.",
+            ),
+            tokens: meter
+                .u64_histogram("gen_ai.client.token.usage")
+                .with_unit("{token}")
+                .with_description("Number of input and output tokens used.")
+                .with_boundaries(TOKEN_BUCKETS.to_vec())
+                .build(),
+            first_chunk: seconds(
+                "gen_ai.client.operation.time_to_first_chunk",
+                "Time to receive the first chunk in the response stream.",
+            ),
+            per_chunk: seconds(
+                "gen_ai.client.operation.time_per_output_chunk",
+                "Time between consecutive output chunks, for each chunk after the first.",
+            ),
+            level_target: gauge(
+                "llmload.level.target_qps",
+                "{request}/s",
+                "The level's target rate (mean, for a ramp).",
+            ),
+            level_achieved: gauge(
+                "llmload.level.achieved_qps",
+                "{request}/s",
+                "Requests/s the level actually sent.",
+            ),
+            level_success: gauge(
+                "llmload.level.success_rate",
+                "%",
+                "Percent of the level's scheduled requests that succeeded (the seed's success_rate).",
+            ),
+            level_ttft_p95: gauge(
+                "llmload.level.ttft.p95",
+                "s",
+                "The level's 95th percentile time to first token.",
+            ),
+            level_e2e_p95: gauge(
+                "llmload.level.e2e.p95",
+                "s",
+                "The level's 95th percentile end-to-end latency.",
+            ),
+            provider,
+        })
+    }
+
+    /// One finished request; `base` holds the operation's attributes
+    /// (`gen_ai.operation.name`, `gen_ai.provider.name`,
+    /// `gen_ai.request.model`, `server.address`, `server.port`).
+    pub fn record(&self, base: &[KeyValue], rec: &RequestRecord) {
+        if rec.outcome == Err(ErrorKind::Dropped) {
+            return;
+        }
+        let mut attrs = base.to_vec();
+        if let Some(m) = &rec.response_model {
+            attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
+        }
+        match rec.outcome {
+            Ok(()) => self.duration.record(rec.e2e().as_secs_f64(), &attrs),
+            Err(kind) => {
+                let mut failed = attrs.clone();
+                failed.push(KeyValue::new("error.type", kind.otel_type()));
+                self.duration.record(rec.e2e().as_secs_f64(), &failed);
+            }
+        }
+        if let Some(t) = rec.ttft() {
+            self.first_chunk.record(t.as_secs_f64(), &attrs);
+        }
+        for gap in &rec.itl_us {
+            self.per_chunk.record(f64::from(*gap) * 1e-6, &attrs);
+        }
+        if rec.is_ok() {
+            let typed = |t: &'static str| {
+                let mut a = attrs.clone();
+                a.push(KeyValue::new("gen_ai.token.type", t));
+                a
+            };
+            self.tokens
+                .record(u64::from(rec.prompt_tokens()), &typed("input"));
+            self.tokens
+                .record(u64::from(rec.output_tokens().0), &typed("output"));
+        }
+    }
+
+    /// A level started: its target rate.
+    pub fn level_started(&self, attrs: &[KeyValue], target_qps: f64) {
+        self.level_target.record(target_qps, attrs);
+    }
+
+    /// A level ended: what it achieved.
+    pub fn level_finished(&self, attrs: &[KeyValue], r: &LevelResult) {
+        self.level_achieved.record(r.actual_qps, attrs);
+        self.level_success.record(r.success_rate, attrs);
+        if r.succeeded > 0 {
+            self.level_ttft_p95.record(r.ttft.p95, attrs);
+            self.level_e2e_p95.record(r.e2e_latency.p95, attrs);
+        }
+    }
+
+    /// The final push, then stop (blocking: call from `spawn_blocking`).
+    pub fn shutdown_blocking(&self) -> Result<(), String> {
+        self.provider.shutdown().map_err(|e| e.to_string())
+    }
+}
