@@ -403,3 +403,73 @@ async fn a_shard_with_metrics_linger_is_scraped_after_its_last_level() {
     );
     mock.shutdown().await;
 }
+
+/// `requests.jsonl` is a log, appended level by level; a full disk (the
+/// same file-size limit) mid-run cuts it back to its last whole flush:
+/// every line in it parses, the lost ones are counted, exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_requests_jsonl_with_whole_lines_only() {
+    let _serial = serial();
+    let mock = start_mock(quick_mock()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args(base_run(&mock.chat_url(), &dataset))
+        .args([
+            "--qps",
+            "100,200",
+            "--duration",
+            "1",
+            "--record-requests",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("Results saved to"), "{stdout}");
+    let lost: u64 = stderr
+        .split("lines lost: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost-lines count: {stderr}"));
+    let dir = &run_dirs(&results)[0];
+    let log = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap();
+    assert!(log.is_empty() || log.ends_with('\n'), "a half last line");
+    let kept = log.lines().count() as u64;
+    for l in log.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
+    assert!(kept >= 100, "level 1 reached the file whole: {kept}");
+    assert!(lost > 0);
+    assert_eq!(
+        kept + lost,
+        300,
+        "every request either kept or counted lost"
+    );
+    let levels = read_json(&dir.join("benchmark_qps_results.json"));
+    assert_eq!(levels.as_array().unwrap().len(), 2, "nothing measured lost");
+    mock.shutdown().await;
+}

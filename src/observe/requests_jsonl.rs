@@ -2,6 +2,12 @@
 //! line per request, written only when asked (`--record-requests`, or
 //! `record_requests = true` on a daemon job). Off by default so memory and
 //! disk stay flat over days; the histograms carry the statistics.
+//!
+//! Unlike the run's other files it is a log, appended to as the run goes
+//! (it can grow to gigabytes over a soak), so it is not rewritten and
+//! renamed. It still never holds half a line: when a write fails (a full
+//! disk), the file is cut back to its length at the last good flush and
+//! the lines since are counted as lost.
 
 use crate::client::record::RequestRecord;
 use crate::engine::sweep::{LevelSpec, Observer, RequestHook};
@@ -49,8 +55,12 @@ pub struct RecordsObserver {
     pub next: Option<Arc<dyn Observer>>,
 }
 
+const BUFFER: usize = 64 * 1024;
+
 struct Sink {
     file: BufWriter<std::fs::File>,
+    /// The file's length after the last successful flush: whole lines.
+    good_len: u64,
     path: std::path::PathBuf,
     /// Lines handed to the buffer since it last reached the file.
     pending: u64,
@@ -60,11 +70,18 @@ struct Sink {
 }
 
 impl Sink {
-    /// A write or flush failed: what was buffered is gone.
+    /// A write or flush failed: what was buffered is gone, and so is any
+    /// part of it that reached the file (a half line).
     fn failed(&mut self, e: std::io::Error) {
         self.lost += std::mem::take(&mut self.pending);
         if self.reason.is_none() {
             self.reason = Some(e.to_string());
+        }
+        if let Ok(raw) = self.file.get_ref().try_clone() {
+            let old = std::mem::replace(&mut self.file, BufWriter::with_capacity(BUFFER, raw));
+            // `into_parts` drops the buffer without writing it.
+            let (f, _) = old.into_parts();
+            let _ = f.set_len(self.good_len);
         }
     }
 }
@@ -76,9 +93,11 @@ impl RecordsObserver {
             .create(true)
             .append(true)
             .open(&path)?;
+        let good_len = f.metadata().map_or(0, |m| m.len());
         Ok(Self {
             out: Mutex::new(Sink {
-                file: BufWriter::with_capacity(64 * 1024, f),
+                good_len,
+                file: BufWriter::with_capacity(BUFFER, f),
                 path,
                 pending: 0,
                 lost: 0,
@@ -93,7 +112,14 @@ impl RecordsObserver {
     pub fn flush_records(&self) -> Option<String> {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         match out.file.flush() {
-            Ok(()) => out.pending = 0,
+            Ok(()) => {
+                out.pending = 0;
+                out.good_len = out
+                    .file
+                    .get_ref()
+                    .metadata()
+                    .map_or(out.good_len, |m| m.len());
+            }
             Err(e) => out.failed(e),
         }
         if out.lost == 0 {
