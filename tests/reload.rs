@@ -28,19 +28,19 @@ fn fast_mock() -> MockConfig {
 }
 
 /// The config: targets `t` (the soak's) and `u` (the sweep's), both on
-/// `url`; the sweep sends `sweep_qps`; `soak` toggles the soak job.
-fn config(dir: &Path, url: &str, dataset: &Path, sweep_qps: &str, soak: bool) -> String {
+/// `url`; the sweep sends `sweep_qps`; the soak (if any) `soak` req/s.
+fn config(dir: &Path, url: &str, dataset: &Path, sweep_qps: &str, soak: Option<u32>) -> String {
     let target = |name: &str| {
         format!(
             "[[target]]\nname = \"{name}\"\nendpoint = \"{url}\"\nmodel = \"m\"\ndataset = \"{}\"\n",
             dataset.display()
         )
     };
-    let soak = if soak {
-        "[[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = 10\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n"
-    } else {
-        ""
-    };
+    let soak = soak.map_or(String::new(), |q| {
+        format!(
+            "[[job]]\nname = \"soak\"\ntarget = \"t\"\nkind = \"soak\"\nqps = {q}\nduration = \"forever\"\nsnapshot_every = \"1s\"\nschedule = \"at_start\"\n"
+        )
+    });
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nresults_dir = \"{}\"\napi_token_env = \"LLMLOAD_TEST_TOKEN\"\nshutdown_grace = \"2s\"\n\n\
          {}{}{soak}\
@@ -75,7 +75,7 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     let dataset = write_dataset(tmp.path());
     let path = tmp.path().join("llmload.toml");
     let url = mock.chat_url();
-    std::fs::write(&path, config(tmp.path(), &url, &dataset, "5", true)).unwrap();
+    std::fs::write(&path, config(tmp.path(), &url, &dataset, "5", Some(10))).unwrap();
     let d = Daemon::start(&path, &[("LLMLOAD_TEST_TOKEN", TOKEN)]).await;
 
     // v1: the sweep ran once; the soak is sending.
@@ -92,7 +92,7 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     let soak_sent = |text: &str| series(text, "llmload_requests_total{job=\"soak\"");
 
     // v2: the sweep changes; SIGHUP.
-    std::fs::write(&path, config(tmp.path(), &url, &dataset, "6", true)).unwrap();
+    std::fs::write(&path, config(tmp.path(), &url, &dataset, "6", Some(10))).unwrap();
     let (_, m0) = get(&d.url("/metrics")).await;
     d.signal(libc::SIGHUP);
     let status = d
@@ -143,7 +143,8 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     // v3: a broken file. The daemon keeps running on v2.
     std::fs::write(
         &path,
-        config(tmp.path(), &url, &dataset, "0", true).replace("[server]", "[server]\nbogus = 1"),
+        config(tmp.path(), &url, &dataset, "0", Some(10))
+            .replace("[server]", "[server]\nbogus = 1"),
     )
     .unwrap();
     d.signal(libc::SIGHUP);
@@ -178,20 +179,21 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     assert_eq!(soak_of(&status).unwrap()["run_id"], soak_run);
     assert!(d.log_text().contains("reload refused"), "{}", d.log_text());
     // A value that parses but means nothing is refused too.
-    std::fs::write(&path, config(tmp.path(), &url, &dataset, "0", true)).unwrap();
+    std::fs::write(&path, config(tmp.path(), &url, &dataset, "0", Some(10))).unwrap();
     let (code, body) = post_empty(&d.url("/-/reload"), Some(TOKEN)).await;
     assert_eq!(code, 500, "{body}");
     assert!(body["errors"].to_string().contains("job[1].qps"), "{body}");
 
-    // v4 over the API: the token is required; the soak is removed, so its
-    // run stops as at shutdown, results written and marked partial.
-    std::fs::write(&path, config(tmp.path(), &url, &dataset, "6", false)).unwrap();
+    // v4 over the API (the token is required): the soak's rate changes
+    // while it runs, so its run stops as at shutdown (written, marked
+    // partial) and a new one starts with the new rate.
+    std::fs::write(&path, config(tmp.path(), &url, &dataset, "6", Some(12))).unwrap();
     let (code, _) = post_empty(&d.url("/-/reload"), None).await;
     assert_eq!(code, 401);
     let (code, body) = post_empty(&d.url("/-/reload"), Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        body["jobs"]["removed"],
+        body["jobs"]["changed"],
         serde_json::json!(["soak"]),
         "{body}"
     );
@@ -207,13 +209,17 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     );
     let runs = d
         .wait_json("/api/v1/runs?job=soak", 20, |v| {
-            v["runs"][0]["status"] == "partial"
+            v["runs"].as_array().is_some_and(|r| r.len() == 2)
+                && v["runs"][0]["status"] == "running"
+                && v["runs"][1]["status"] == "partial"
         })
         .await;
+    let first = runs["runs"][1].clone();
+    assert_eq!(first["id"], soak_run);
     let dir = tmp
         .path()
         .join("results")
-        .join(runs["runs"][0]["dir"].as_str().unwrap());
+        .join(first["dir"].as_str().unwrap());
     let meta = read_json(&dir.join("metadata.json"));
     assert_eq!(
         (meta["status"].as_str(), meta["partial"].as_bool()),
@@ -221,6 +227,31 @@ async fn sighup_keeps_the_soak_reschedules_the_sweep_and_refuses_a_broken_file()
     );
     let levels = read_json(&dir.join("benchmark_qps_results.json"));
     assert!(levels[0]["sent"].as_u64().unwrap() >= 5, "{levels}");
+    assert_eq!(levels[0]["qps_target"], 10.0);
+    let status = d
+        .wait_json("/api/v1/status", 10, |v| soak_of(v).is_some())
+        .await;
+    assert_ne!(soak_of(&status).unwrap()["run_id"], soak_run, "a new run");
+    assert_eq!(soak_of(&status).unwrap()["qps"], 12.0);
+
+    // v5: the soak is removed: its run stops, marked partial.
+    std::fs::write(&path, config(tmp.path(), &url, &dataset, "6", None)).unwrap();
+    let (code, body) = post_empty(&d.url("/-/reload"), Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["jobs"]["removed"],
+        serde_json::json!(["soak"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["jobs"]["stopped"],
+        serde_json::json!(["soak"]),
+        "{body}"
+    );
+    d.wait_json("/api/v1/runs?job=soak", 20, |v| {
+        v["runs"][0]["status"] == "partial"
+    })
+    .await;
     let (_, m3) = get(&d.url("/metrics")).await;
     assert_eq!(series(&m3, "llmload_config_last_reload_successful"), 1.0);
     // The unchanged sweep did not run again.
