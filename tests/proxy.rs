@@ -202,15 +202,7 @@ async fn run(url: &str, dataset: &Path, tmp: &Path, extra: &[&str], envs: &[(&st
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut cmd = tokio::process::Command::new(bin());
     cmd.args(&args).kill_on_drop(true);
-    for k in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ] {
+    for k in LLMLOAD_ENV.iter().chain(&["OTEL_EXPORTER_OTLP_ENDPOINT"]) {
         cmd.env_remove(k);
     }
     for (k, v) in envs {

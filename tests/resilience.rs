@@ -257,6 +257,26 @@ async fn a_daemon_whose_log_pipe_closed_still_stops_cleanly() {
     mock.shutdown().await;
 }
 
+/// The child's writes fail past `bytes` per file, as on a full disk: a
+/// file-size limit (`ulimit -f`), with SIGXFSZ ignored so that a write
+/// past it fails with EFBIG instead of killing the process.
+fn full_disk_at(cmd: &mut tokio::process::Command, bytes: u64) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+}
+
 /// A disk that fills during the run (here: a file-size limit on the child,
 /// `ulimit -f`, so that writes past 64 KiB fail with EFBIG as on a full
 /// disk): the JSON files fit and are whole, the PNG does not and is absent
@@ -275,22 +295,7 @@ async fn a_full_disk_leaves_no_half_file_and_no_saved_line() {
         &results,
         &["--qps", "10,20", "--duration", "0.5"],
     );
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64 * 1024,
-                rlim_max: 64 * 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Past the limit a write fails (EFBIG) instead of the default
-            // SIGXFSZ killing the process: the full-disk behaviour.
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            Ok(())
-        });
-    }
+    full_disk_at(&mut cmd, 64 * 1024);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("the run ends")
@@ -428,20 +433,7 @@ async fn a_full_disk_leaves_requests_jsonl_with_whole_lines_only() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64 * 1024,
-                rlim_max: 64 * 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            Ok(())
-        });
-    }
+    full_disk_at(&mut cmd, 64 * 1024);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("the run ends")

@@ -84,7 +84,11 @@ async fn the_servers_waiting_queue_grows_past_saturation() {
     let why = summary["analysis"]["saturation_reason"].as_str().unwrap();
     assert!(
         why.contains("the server's waiting requests grew from"),
-        "{why}"
+        "{why}\nlevel 2: client_bound {} ({}), lag {}, usage {}",
+        levels[1]["client_bound"],
+        levels[1]["client_bound_reason"],
+        levels[1]["schedule_lag"],
+        levels[1]["client_usage"]
     );
     assert!(out.contains("server: running"), "{out}");
     mock.shutdown().await;

@@ -60,7 +60,7 @@ fn parse_users(s: &str) -> Result<usize, String> {
 }
 
 fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
-    let items = crate::plan::load::list_items(s, "50,95,99")?;
+    let items = crate::plan::load::list_items(s, "percentile", "50,95,99")?;
     let mut out = Vec::new();
     for part in &items {
         let v: f64 = part

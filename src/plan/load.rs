@@ -98,9 +98,10 @@ impl Levels {
 
 /// The items of a comma list, trimmed. An empty item (`5,,10`, a trailing
 /// comma) is a typo, never skipped: the error names its position.
-pub fn list_items<'a>(s: &'a str, example: &str) -> Result<Vec<&'a str>, String> {
+/// `what` names one item (`rate`), `example` a whole list.
+pub fn list_items<'a>(s: &'a str, what: &str, example: &str) -> Result<Vec<&'a str>, String> {
     if s.trim().is_empty() {
-        return Err(format!("give at least one value, e.g. {example}"));
+        return Err(format!("give at least one {what}, e.g. {example}"));
     }
     let items: Vec<&str> = s.split(',').map(str::trim).collect();
     if let Some(i) = items.iter().position(|p| p.is_empty()) {
@@ -147,7 +148,7 @@ pub fn order_note(flag: &str, keys: &[f64]) -> Option<String> {
 
 /// `1,4,16,64`: positive integers, no empty items, no duplicates.
 pub fn parse_concurrency_list(s: &str) -> Result<Vec<u32>, String> {
-    let items = list_items(s, "1,4,16,64")?;
+    let items = list_items(s, "concurrency", "1,4,16,64")?;
     let mut out = Vec::new();
     for part in &items {
         let v: u32 = part.parse().map_err(|_| {
@@ -166,7 +167,7 @@ pub fn parse_concurrency_list(s: &str) -> Result<Vec<u32>, String> {
 
 /// `10,50..100`: rates above 0 and ramps, no empty items, no duplicates.
 pub fn parse_rate_list(s: &str) -> Result<Vec<crate::plan::profile::RateLevel>, String> {
-    let items = list_items(s, "1,5,10,20")?;
+    let items = list_items(s, "rate", "1,5,10,20")?;
     let out: Vec<crate::plan::profile::RateLevel> = items
         .iter()
         .map(|p| crate::plan::profile::RateLevel::parse(p))
