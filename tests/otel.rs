@@ -202,8 +202,11 @@ async fn run_with_traces(mock: &llmload::mock::MockServer, rx: &Receiver, envs: 
         "--otlp-endpoint",
         &rx.url,
     ])
-    .env("LLMLOAD_API_KEY", "sk-otel-SECRET-42")
     .kill_on_drop(true);
+    for k in LLMLOAD_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("LLMLOAD_API_KEY", "sk-otel-SECRET-42");
     for (k, v) in envs {
         cmd.env(k, v);
     }

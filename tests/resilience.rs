@@ -41,6 +41,9 @@ fn run_cmd(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    for k in LLMLOAD_ENV {
+        cmd.env_remove(k);
+    }
     cmd
 }
 

@@ -46,14 +46,19 @@ impl Proxy {
     /// `http://[user:password@]host[:port][/]`; a bare `host:port` is read
     /// as http, as curl does. `var` names the variable in errors.
     pub fn parse(var: &str, url: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            // The value may hold a password: the error shows it redacted.
-            format!(
-                "{var}={}: {why}",
-                crate::base::redact::redact_url(url.trim())
-            )
-        };
         let url = url.trim();
+        // The value may hold a password: an error shows everything before
+        // its last `@` as `***`, whatever the rest looks like.
+        let shown = match url.rfind('@') {
+            Some(at) => match url.split_once("://") {
+                Some((scheme, _)) if scheme.len() < at => {
+                    format!("{scheme}://***@{}", &url[at + 1..])
+                }
+                _ => format!("***@{}", &url[at + 1..]),
+            },
+            None => url.to_string(),
+        };
+        let bad = |why: &str| format!("{var}={shown}: {why}");
         let rest = match url.split_once("://") {
             Some(("http", rest)) => rest,
             Some(("https", _)) => {
@@ -64,17 +69,17 @@ impl Proxy {
             Some((s, _)) => return Err(bad(&format!("'{s}://' proxies are not supported"))),
             None => url,
         };
-        let authority = rest.split('/').next().unwrap_or("");
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
+        // The credentials end at the last `@` (a password may hold `/`);
+        // the host and port, at the first `/` after it.
+        let (userinfo, after) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
-            None => (None, authority),
+            None => (None, rest),
         };
+        let hostport = after.split('/').next().unwrap_or("");
         let (host, port) = split_host_port(hostport).ok_or_else(|| bad("no host"))?;
         let port = match port {
             None => 1080,
-            Some(p) => p
-                .parse()
-                .map_err(|_| bad(&format!("'{p}' is not a port")))?,
+            Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
         };
         let auth = match userinfo {
             None => None,
@@ -354,9 +359,19 @@ mod tests {
         );
         let e = Proxy::parse("HTTP_PROXY", "http://u:secret@h:port").unwrap_err();
         assert!(
-            e.contains("'port' is not a port") && !e.contains("secret"),
+            e.contains("the port is not a number") && !e.contains("secret"),
             "{e}"
         );
+        // No scheme, or a `/` in the password: still redacted, still parsed.
+        let e = Proxy::parse("HTTPS_PROXY", "u:secret@proxy:x").unwrap_err();
+        assert!(
+            e.starts_with("HTTPS_PROXY=***@proxy:x") && !e.contains("secret"),
+            "{e}"
+        );
+        let p = Proxy::parse("X", "http://u:pa/ss@proxy:3128").unwrap();
+        assert_eq!(p.authority(), "proxy:3128");
+        let token = base64::engine::general_purpose::STANDARD.encode("u:pa/ss");
+        assert_eq!(p.auth.unwrap().to_str().unwrap(), format!("Basic {token}"));
     }
 
     #[test]

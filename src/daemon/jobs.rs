@@ -61,6 +61,7 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
     }
     let state = state.clone();
     let job = job.clone();
+    let generation = state.generation(&job.name);
     tokio::spawn(async move {
         let Some(slot) = state.slot(&job.target) else {
             tracing::error!(job = %job.name, target = %job.target, "fire dropped: the target is no longer configured");
@@ -68,8 +69,8 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
             return;
         };
         match job.kind {
-            JobKind::Sweep | JobKind::Capacity => run_sweep(&state, &job, &slot).await,
-            JobKind::Soak => run_soak(&state, &job, &slot).await,
+            JobKind::Sweep | JobKind::Capacity => run_sweep(&state, &job, &slot, &generation).await,
+            JobKind::Soak => run_soak(&state, &job, &slot, &generation).await,
         }
         state.busy_jobs.lock().expect("busy lock").remove(&job.name);
     });
@@ -77,11 +78,21 @@ pub fn fire(state: &Arc<State>, job: &Job) -> Result<(), FireRefusal> {
 }
 
 /// A fire that waited for its target is still what the config says: a
-/// reload may have changed or removed the job meanwhile (its new
-/// definition is scheduled afresh).
-fn current(state: &State, job: &Job) -> bool {
-    let now = state.job(&job.name);
-    let same = now.is_some_and(|j| j.definition == job.definition);
+/// reload may have changed or removed the job, or its target, meanwhile
+/// (the new definition is scheduled afresh).
+fn current(
+    state: &State,
+    job: &Job,
+    slot: &Arc<TargetSlot>,
+    generation: &CancellationToken,
+) -> bool {
+    let same = !generation.is_cancelled()
+        && state
+            .job(&job.name)
+            .is_some_and(|j| j.definition == job.definition)
+        && state
+            .slot(&job.target)
+            .is_some_and(|s| Arc::ptr_eq(&s, slot));
     if !same {
         tracing::info!(job = %job.name, "fire dropped: a reload changed or removed the job while it waited");
     }
@@ -415,7 +426,12 @@ impl SweepHooks for DaemonHooks<'_> {
     }
 }
 
-async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
+async fn run_sweep(
+    state: &Arc<State>,
+    job: &Job,
+    slot: &Arc<TargetSlot>,
+    generation: &CancellationToken,
+) {
     let _guard = match slot.sweep_lock.try_lock() {
         Ok(g) => g,
         Err(_) => {
@@ -424,10 +440,11 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
             tokio::select! {
                 g = slot.sweep_lock.lock() => g,
                 _ = state.shutting_down.cancelled() => return,
+                _ = generation.cancelled() => return,
             }
         }
     };
-    if !current(state, job) {
+    if !current(state, job, slot, generation) {
         return;
     }
     count_fire(state, job, "started");
@@ -598,7 +615,12 @@ async fn run_sweep(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
     }
 }
 
-async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
+async fn run_soak(
+    state: &Arc<State>,
+    job: &Job,
+    slot: &Arc<TargetSlot>,
+    generation: &CancellationToken,
+) {
     if slot.soak.lock().expect("soak lock").is_some() {
         count_fire(state, job, "skipped");
         tracing::warn!(job = %job.name, target = %job.target, "soak skipped: another soak runs on this target");
@@ -610,9 +632,10 @@ async fn run_soak(state: &Arc<State>, job: &Job, slot: &Arc<TargetSlot>) {
         tokio::select! {
             g = slot.sweep_lock.lock() => drop(g),
             _ = state.shutting_down.cancelled() => return,
+            _ = generation.cancelled() => return,
         }
     }
-    if !current(state, job) {
+    if !current(state, job, slot, generation) {
         return;
     }
     count_fire(state, job, "started");

@@ -48,7 +48,8 @@ pub async fn run(
         http_stop.clone(),
     ));
     for job in config.jobs.clone() {
-        start_scheduler(&state, job);
+        let generation = state.generation(&job.name);
+        start_scheduler(&state, job, &generation);
     }
     let ticker = tokio::spawn(gauge_ticker(state.clone()));
     state.ready.store(true, Ordering::Release);
@@ -127,19 +128,21 @@ pub(crate) fn register_job(state: &State, job: &config::Job) {
     }
 }
 
-/// Start (or restart) a job's scheduler, unless the daemon is stopping.
-pub(crate) fn start_scheduler(state: &Arc<State>, job: config::Job) {
-    if state.shutting_down.is_cancelled() {
+/// Start (or restart) a job's scheduler, unless the daemon is stopping or
+/// a reload has retired this `generation` of the job since. Checked and
+/// done under the schedulers' lock, which a reload's retiring also takes.
+pub(crate) fn start_scheduler(
+    state: &Arc<State>,
+    job: config::Job,
+    generation: &tokio_util::sync::CancellationToken,
+) {
+    let mut schedulers = state.schedulers.lock().expect("schedulers lock");
+    if state.shutting_down.is_cancelled() || generation.is_cancelled() {
         return;
     }
     let name = job.name.clone();
     let task = tokio::spawn(schedule_loop(state.clone(), job));
-    if let Some(old) = state
-        .schedulers
-        .lock()
-        .expect("schedulers lock")
-        .insert(name, task)
-    {
+    if let Some(old) = schedulers.insert(name, task) {
         old.abort();
     }
 }

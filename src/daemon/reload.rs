@@ -40,6 +40,16 @@ struct Prepared {
 /// fails: a refused file is reported in the status, and the metrics.
 pub async fn reload(state: &Arc<State>, trigger: &str) -> ReloadStatus {
     let _one = state.reload_lock.lock().await;
+    if state.shutting_down.is_cancelled() {
+        return ReloadStatus {
+            at: chrono::Local::now().to_rfc3339(),
+            result: "skipped",
+            trigger: trigger.into(),
+            errors: vec!["the daemon is shutting down".into()],
+            warnings: Vec::new(),
+            jobs: JobChanges::default(),
+        };
+    }
     let old = state.config();
     tracing::info!(trigger, path = %old.path.display(), "reloading the config");
     let status = match prepare(state, &old).await {
@@ -89,7 +99,12 @@ pub async fn reload(state: &Arc<State>, trigger: &str) -> ReloadStatus {
 /// Validate the file and build what its new or changed targets need;
 /// nothing in `state` changes.
 async fn prepare(state: &State, old: &Config) -> Result<Prepared, Vec<String>> {
-    let mut new = config::load(&old.path)?;
+    // Reading traces, datasets and tokenizers blocks: off the runtime, so
+    // the soaks that go on meanwhile keep their schedule.
+    let path = old.path.clone();
+    let mut new = tokio::task::spawn_blocking(move || config::load(&path))
+        .await
+        .map_err(|e| vec![format!("reload: {e}")])??;
     let file = old.path.display().to_string();
     let mut warnings = new.warnings.clone();
     if !old.listen_from_flag && new.listen != old.listen {
@@ -142,11 +157,13 @@ async fn prepare(state: &State, old: &Config) -> Result<Prepared, Vec<String>> {
                 }
             }
         }
-        match TargetSlot::new(t, state.telemetry.is_some()) {
-            Ok(s) => {
+        let (target, traced) = (t.clone(), state.telemetry.is_some());
+        match tokio::task::spawn_blocking(move || TargetSlot::new(&target, traced)).await {
+            Ok(Ok(s)) => {
                 slots.insert(t.name.clone(), Arc::new(s));
             }
-            Err(e) => errors.push(format!("{file}: {e}")),
+            Ok(Err(e)) => errors.push(format!("{file}: {e}")),
+            Err(e) => errors.push(format!("{file}: target '{}': {e}", t.name)),
         }
     }
     if !errors.is_empty() {
@@ -199,16 +216,15 @@ fn commit(state: &Arc<State>, old: &Config, p: Prepared) -> JobChanges {
             retire.push(o.name.clone());
         }
     }
-    // Retired schedulers fire no more, before the new config is visible.
+    // Retired schedulers (and waiters of an earlier reload) fire no more,
+    // and their pending fires drop, before the new config is visible.
     for name in &retire {
-        if let Some(task) = state
-            .schedulers
-            .lock()
-            .expect("schedulers lock")
-            .remove(name)
-        {
+        let mut schedulers = state.schedulers.lock().expect("schedulers lock");
+        state.retire(name);
+        if let Some(task) = schedulers.remove(name) {
             task.abort();
         }
+        drop(schedulers);
         state.next_fires.lock().expect("fires lock").remove(name);
     }
     let grace = config.shutdown_grace;
@@ -225,8 +241,11 @@ fn commit(state: &Arc<State>, old: &Config, p: Prepared) -> JobChanges {
     }
     for job in start {
         super::register_job(state, &job);
-        let state = state.clone();
-        tokio::spawn(async move {
+        let name = job.name.clone();
+        let generation = state.generation(&name);
+        let state2 = state.clone();
+        let waiter = tokio::spawn(async move {
+            let state = state2;
             // The job's previous run (stopped above) ends first: one run
             // of a job at a time.
             while state
@@ -240,8 +259,12 @@ fn commit(state: &Arc<State>, old: &Config, p: Prepared) -> JobChanges {
                     _ = state.shutting_down.cancelled() => return,
                 }
             }
-            super::start_scheduler(&state, job);
+            super::start_scheduler(&state, job, &generation);
         });
+        // Tracked as the job's scheduler: a later reload aborts it too. (If
+        // it already started the scheduler, that one is in the map: keep it.)
+        let mut schedulers = state.schedulers.lock().expect("schedulers lock");
+        schedulers.entry(name).or_insert(waiter);
     }
     changes
 }

@@ -182,6 +182,10 @@ pub struct State {
     /// Each job's scheduler task, by job name (a reload replaces those of
     /// changed jobs).
     pub schedulers: Mutex<BTreeMap<String, tokio::task::JoinHandle<()>>>,
+    /// Each job's generation, cancelled when a reload changes or removes
+    /// the job: a fire of the old definition still waiting for its target
+    /// drops at once.
+    pub generations: Mutex<BTreeMap<String, CancellationToken>>,
     /// One reload at a time (SIGHUP and the API may race).
     pub reload_lock: tokio::sync::Mutex<()>,
     /// The last reload, for `/api/v1/status`.
@@ -240,6 +244,7 @@ impl State {
             index,
             slots: RwLock::new(slots),
             schedulers: Mutex::new(BTreeMap::new()),
+            generations: Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(None),
             mocks: Mutex::new(Vec::new()),
@@ -276,6 +281,28 @@ impl State {
 
     pub fn job(&self, name: &str) -> Option<Job> {
         self.config().jobs.iter().find(|j| j.name == name).cloned()
+    }
+
+    /// The current generation of job `name` (see [`State::generations`]).
+    pub fn generation(&self, name: &str) -> CancellationToken {
+        self.generations
+            .lock()
+            .expect("generations lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A reload changed or removed job `name`: its pending fires drop.
+    pub fn retire(&self, name: &str) {
+        if let Some(g) = self
+            .generations
+            .lock()
+            .expect("generations lock")
+            .remove(name)
+        {
+            g.cancel();
+        }
     }
 
     pub fn active(&self) -> Vec<Arc<ActiveRun>> {

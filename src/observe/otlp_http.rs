@@ -22,32 +22,24 @@ type Hyper = opentelemetry_http::hyper::HyperClient<hyper_rustls::HttpsConnector
 pub struct OnTokio {
     inner: Hyper,
     handle: tokio::runtime::Handle,
-    proxy_auth: Option<(String, http::HeaderValue)>,
+    /// For each export's `Proxy-Authorization` (plain-http collectors).
+    connector: ProxyConnector,
 }
 
 /// The exporters' client; must be called inside the tokio runtime.
-/// `endpoints`: the URLs it will post to (for the proxy's credentials).
-pub fn client(proxies: &ProxySettings, endpoints: &[&str]) -> OnTokio {
+pub fn client(proxies: &ProxySettings) -> OnTokio {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     let connector = ProxyConnector::new(http, proxies.clone(), EXPORT_TIMEOUT);
-    // Plain-http collectors behind a proxy with credentials (an https one
-    // gets them in CONNECT).
-    let proxy_auth = endpoints.iter().find_map(|e| {
-        let uri: http::Uri = e.parse().ok()?;
-        let auth = connector.forward_auth(&uri)?;
-        let authority = uri.authority()?.as_str().to_string();
-        Some((authority, auth))
-    });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(connector);
+        .wrap_connector(connector.clone());
     OnTokio {
         inner: opentelemetry_http::hyper::HyperClient::new(https, EXPORT_TIMEOUT, None),
         handle: tokio::runtime::Handle::current(),
-        proxy_auth,
+        connector,
     }
 }
 
@@ -57,12 +49,11 @@ impl opentelemetry_http::HttpClient for OnTokio {
         &self,
         mut req: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        if let Some((authority, auth)) = &self.proxy_auth
-            && req.uri().authority().map(|a| a.as_str()) == Some(authority.as_str())
-            && req.uri().scheme_str() == Some("http")
-        {
+        // A plain-http collector behind a proxy with credentials (an
+        // https one gets them in CONNECT).
+        if let Some(auth) = self.connector.forward_auth(req.uri()) {
             req.headers_mut()
-                .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+                .insert(http::header::PROXY_AUTHORIZATION, auth);
         }
         let inner = self.inner.clone();
         self.handle

@@ -77,11 +77,11 @@ impl Sink {
         if self.reason.is_none() {
             self.reason = Some(e.to_string());
         }
+        let _ = self.file.get_ref().set_len(self.good_len);
         if let Ok(raw) = self.file.get_ref().try_clone() {
             let old = std::mem::replace(&mut self.file, BufWriter::with_capacity(BUFFER, raw));
             // `into_parts` drops the buffer without writing it.
-            let (f, _) = old.into_parts();
-            let _ = f.set_len(self.good_len);
+            drop(old.into_parts());
         }
     }
 }

@@ -46,8 +46,9 @@ pub struct Settings {
     pub sample_ratio: f64,
     pub propagate: bool,
     pub service_name: Option<String>,
-    /// Full metrics URL (…/v1/metrics).
-    pub metrics_endpoint: String,
+    /// Full metrics URL (…/v1/metrics); `None`: no metrics pushed
+    /// (`OTEL_METRICS_EXPORTER=none`, or only a traces endpoint named).
+    pub metrics_endpoint: Option<String>,
     /// Proxies for the collector (the same as the endpoint's).
     pub proxies: crate::client::proxy::ProxySettings,
 }
@@ -112,16 +113,17 @@ impl Settings {
             Some(base) => format!("{base}/v1/metrics"),
             None => format!("{}/v1/metrics", traces.trim_end_matches('/')),
         };
-        let metrics_endpoint = match given {
-            Some(_) => beside(&endpoint),
-            None => env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        let metrics_endpoint = match (given, env("OTEL_METRICS_EXPORTER").as_deref()) {
+            (_, Some("none")) => None,
+            (Some(_), _) => Some(beside(&endpoint)),
+            // Only a traces endpoint (a Jaeger, say): no metrics guessed.
+            (None, _) => env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
                 .filter(|e| !e.trim().is_empty())
                 .or_else(|| {
                     env("OTEL_EXPORTER_OTLP_ENDPOINT")
                         .filter(|e| !e.trim().is_empty())
                         .map(|b| format!("{}/v1/metrics", b.trim_end_matches('/')))
-                })
-                .unwrap_or_else(|| beside(&endpoint)),
+                }),
         };
         Ok(Some(Self {
             metrics_endpoint,
@@ -215,7 +217,7 @@ pub struct Telemetry {
 
 struct Inner {
     provider: SdkTracerProvider,
-    metrics: super::otlp_metrics::OtlpMetrics,
+    metrics: Option<super::otlp_metrics::OtlpMetrics>,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     settings: Settings,
     /// Converts monotonic instants to wall-clock span timestamps.
@@ -246,10 +248,7 @@ impl Telemetry {
     /// Build the pipeline; must run inside the tokio runtime.
     pub fn start(settings: Settings) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-        let client = super::otlp_http::client(
-            &settings.proxies,
-            &[&settings.endpoint, &settings.metrics_endpoint],
-        );
+        let client = super::otlp_http::client(&settings.proxies);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -282,11 +281,14 @@ impl Telemetry {
         // Our own sampling (KeepProcessor) needs every span recorded; the
         // SDK would otherwise apply OTEL_TRACES_SAMPLER itself and drop the
         // sweep and level spans, and the failures, too.
-        let metrics = super::otlp_metrics::OtlpMetrics::start(
-            &settings.metrics_endpoint,
-            client,
-            resource.clone(),
-        )?;
+        let metrics = match &settings.metrics_endpoint {
+            Some(url) => Some(super::otlp_metrics::OtlpMetrics::start(
+                url,
+                client,
+                resource.clone(),
+            )?),
+            None => None,
+        };
         let provider = SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .with_span_processor(KeepProcessor { inner: batch })
@@ -361,22 +363,19 @@ impl Telemetry {
         sweep
             .index
             .store(spec.index, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .metrics
-            .level_started(&level_attrs(&sweep.attrs, spec.index), spec.qps);
+        if let Some(m) = &self.inner.metrics {
+            m.level_started(&level_attrs(&sweep.attrs, spec.index), spec.qps);
+        }
     }
 
     pub fn level_finished(&self, sweep: &SweepSpan, r: &LevelResult) {
         let Some(cx) = sweep.level.lock().expect("level lock").take() else {
             return;
         };
-        self.inner.metrics.level_finished(
-            &level_attrs(
-                &sweep.attrs,
-                sweep.index.load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            r,
-        );
+        if let Some(m) = &self.inner.metrics {
+            let index = sweep.index.load(std::sync::atomic::Ordering::Relaxed);
+            m.level_finished(&level_attrs(&sweep.attrs, index), r);
+        }
         let span = cx.span();
         span.set_attributes([
             KeyValue::new("llmload.qps.achieved", r.actual_qps),
@@ -420,7 +419,19 @@ impl Telemetry {
         max_tokens: u32,
         temperature: f64,
     ) -> TraceObserver {
-        let host = uri.host().unwrap_or("").to_string();
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        // The GenAI operation: chat, or a base model's text completion.
+        let path = uri.path();
+        let operation = if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+            "text_completion"
+        } else {
+            "chat"
+        };
         let port = uri
             .port_u16()
             .unwrap_or(if uri.scheme_str() == Some("https") {
@@ -429,20 +440,21 @@ impl Telemetry {
                 80
             });
         TraceObserver {
+            operation,
             metric_attrs: vec![
-                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.operation.name", operation),
                 KeyValue::new("gen_ai.provider.name", "openai"),
                 KeyValue::new("gen_ai.request.model", model.to_string()),
-                KeyValue::new("server.address", host),
+                KeyValue::new("server.address", host.clone()),
                 KeyValue::new("server.port", port as i64),
             ],
             tel: self.clone(),
             level: sweep.level.clone(),
-            name: format!("chat {model}"),
+            name: format!("{operation} {model}"),
             // Shared strings: cloning an Arc per span, not the text.
             model: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(model))),
             host: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(
-                uri.host().unwrap_or(""),
+                host.as_str(),
             ))),
             port: uri
                 .port_u16()
@@ -463,8 +475,10 @@ impl Telemetry {
     /// Blocking work runs off the runtime; a collector that is down costs a
     /// logged warning, not the run.
     pub async fn shutdown(&self) {
-        let metrics = self.inner.metrics.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || metrics.shutdown_blocking()).await {
+        if let Some(metrics) = self.inner.metrics.clone()
+            && let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || metrics.shutdown_blocking()).await
+        {
             tracing::warn!("metric export did not complete: {e}");
         }
         let provider = self.inner.provider.clone();
@@ -501,6 +515,8 @@ fn level_attrs(sweep: &[KeyValue], index: usize) -> Vec<KeyValue> {
 /// Creates and ends the `chat {model}` CLIENT span of each request, and
 /// records its GenAI metrics.
 pub struct TraceObserver {
+    /// `chat` or `text_completion`.
+    operation: &'static str,
     /// The GenAI metrics' operation attributes.
     metric_attrs: Vec<KeyValue>,
     tel: Telemetry,
@@ -548,7 +564,7 @@ impl TraceObserver {
             .with_kind(SpanKind::Client)
             .with_start_time(start)
             .with_attributes([
-                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.operation.name", self.operation),
                 KeyValue::new("gen_ai.provider.name", "openai"),
                 KeyValue::new("gen_ai.request.model", self.model.clone()),
                 KeyValue::new("gen_ai.request.max_tokens", self.max_tokens as i64),
@@ -672,7 +688,9 @@ impl Observer for TraceObserver {
         rec: &RequestRecord,
         hook: Option<RequestHook>,
     ) {
-        self.tel.inner.metrics.record(&self.metric_attrs, rec);
+        if let Some(m) = &self.tel.inner.metrics {
+            m.record(&self.metric_attrs, rec);
+        }
         let Some(hook) = hook else { return };
         let Ok(state) = hook.state.downcast::<RequestSpan>() else {
             return;
@@ -737,6 +755,36 @@ mod tests {
                 .unwrap_err()
                 .contains("grpc")
         );
+    }
+
+    #[test]
+    fn metrics_go_beside_the_traces_unless_told_otherwise() {
+        let none = env_of(&[]);
+        let m = |flag: Option<&str>, e: &dyn Fn(&str) -> Option<String>| {
+            Settings::resolve(flag, None, e)
+                .unwrap()
+                .unwrap()
+                .metrics_endpoint
+        };
+        assert_eq!(
+            m(Some("http://c:4318"), &none).as_deref(),
+            Some("http://c:4318/v1/metrics")
+        );
+        let e = env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318/")]);
+        assert_eq!(m(None, &e).as_deref(), Some("http://col:4318/v1/metrics"));
+        let e = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9/push"),
+        ]);
+        assert_eq!(m(None, &e).as_deref(), Some("http://m:9/push"));
+        // A traces-only endpoint (a Jaeger) gets no metrics guessed.
+        let e = env_of(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://jaeger:4318/v1/traces",
+        )]);
+        assert_eq!(m(None, &e), None);
+        let e = env_of(&[("OTEL_METRICS_EXPORTER", "none")]);
+        assert_eq!(m(Some("http://c:4318"), &e), None);
     }
 
     #[test]

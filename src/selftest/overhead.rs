@@ -63,7 +63,7 @@ pub(super) async fn overheads(
     let otlp = discard_collector().await;
     let start = |ratio: f64| {
         crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
-            metrics_endpoint: otlp.replace("/v1/traces", "/v1/metrics"),
+            metrics_endpoint: Some(otlp.replace("/v1/traces", "/v1/metrics")),
             endpoint: otlp.clone(),
             sample_ratio: ratio,
             propagate: true,
@@ -235,7 +235,7 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
     let mut traces_us = 0.0;
     if let Ok(tel) =
         crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
-            metrics_endpoint: otlp.replace("/v1/traces", "/v1/metrics"),
+            metrics_endpoint: Some(otlp.replace("/v1/traces", "/v1/metrics")),
             endpoint: otlp,
             sample_ratio: 1.0,
             propagate: true,

@@ -7,6 +7,10 @@ use crate::daemon::{config, plan_report, run, state::State};
 use tokio_util::sync::CancellationToken;
 
 pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
+    // SIGHUP reloads the config: installed first, so that a SIGHUP while
+    // the daemon starts (datasets, tokenizers) never kills it; one that
+    // arrives meanwhile is a reload once it runs.
+    let mut hangups = crate::base::signals::hangups();
     let mut cfg = config::load(&args.config).map_err(|errs| {
         UsageError::new(format!(
             "{} problem(s) in {}:\n  {}",
@@ -62,13 +66,14 @@ pub async fn command(args: DaemonArgs) -> anyhow::Result<u8> {
     let state = State::new(cfg, telemetry.clone()).map_err(UsageError::new)?;
     state.mocks.lock().expect("mocks lock").extend(mocks);
     state.metrics.config.loaded_now();
-    // SIGHUP reloads the config. Installed before the address is
-    // announced: from then on a SIGHUP never kills the daemon.
-    let mut hangups = crate::base::signals::hangups();
     let reloader = {
         let state = state.clone();
         tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
+            loop {
+                tokio::select! {
+                    h = hangups.recv() => if h.is_none() { return },
+                    _ = state.shutting_down.cancelled() => return,
+                }
                 crate::daemon::reload::reload(&state, "SIGHUP").await;
             }
         })

@@ -342,6 +342,19 @@ fn traffic(
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     if let Err(e) = crate::plan::load::reject_duplicates(&concurrency, &texts) {
         pr.err(&key("concurrency"), e);
+    } else if let Some(note) = crate::plan::load::order_note(
+        "concurrency",
+        &concurrency
+            .iter()
+            .map(|c| f64::from(*c))
+            .collect::<Vec<_>>(),
+    ) {
+        pr.warn(format!(
+            "{}: {}: {}",
+            pr.file,
+            key("concurrency"),
+            note.trim_start_matches("note: ")
+        ));
     }
     if kind == JobKind::Soak && concurrency.len() > 1 {
         pr.err(
