@@ -9,12 +9,14 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a real Prometheus (+ promtool) and Alertmanager for the
 # daemon, dashboard and alert-rule tests; a real forward proxy (tinyproxy)
-# for the proxy tests.
+# for the proxy tests; nginx and wrk for the side-by-side ceiling.
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy-bin)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]} (apt)"
   $SUDO apt-get update -qq

@@ -183,3 +183,60 @@ async fn connections_are_kept_for_reuse_after_http_errors() {
     );
     assert_eq!(r.new_connections, srv.connections());
 }
+
+/// Connections come back to the pool however many there are: a level
+/// that held ~240 streams open leaves them all idle, and the next level
+/// reuses them instead of opening them again (the pool once kept only
+/// 64, so every level after a busy one re-opened the rest, and an
+/// overloaded client churned thousands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_level_leaves_its_connections_for_the_next() {
+    use llmload::mock::capacity::CapacityModel;
+    use llmload::mock::{MockConfig, OutputTokens};
+    let _serial = serial();
+    let mock = start_mock(MockConfig {
+        capacity: CapacityModel {
+            slots: 100_000,
+            queue: 0,
+            ttft: Duration::from_millis(200),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_millis(5),
+            tpot_growth: 0.0,
+        },
+        output_tokens: Some(OutputTokens::Cap(8)),
+        ..MockConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let results = tmp.path().join("r");
+    let mut args = base_run(&mock.chat_url(), &dataset);
+    args.extend(
+        [
+            "--qps",
+            "1000,1001",
+            "--duration",
+            "1",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let out = llmload(&args, &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let levels = read_json(&run_dirs(&results)[0].join("benchmark_qps_results.json"));
+    let (first, second) = (&levels[0], &levels[1]);
+    let opened = |l: &serde_json::Value| l["new_connections"].as_u64().unwrap();
+    assert!(
+        opened(first) > 100,
+        "the first level needs many streams at once: {}",
+        opened(first)
+    );
+    assert!(
+        opened(second) * 5 <= opened(first),
+        "the second level reuses the first's connections: {} then {}",
+        opened(first),
+        opened(second)
+    );
+    mock.shutdown().await;
+}

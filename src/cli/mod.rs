@@ -652,7 +652,8 @@ pub struct SelftestArgs {
     #[arg(long)]
     pub strict: bool,
     /// Run only some sections: memory, throughput, accuracy, overhead
-    /// (comma-separated); `soak` runs the fault soak alone.
+    /// (comma-separated); `soak` runs the fault soak alone; `ceiling`
+    /// runs llmload beside wrk against nginx (scripts/bench-ceiling.sh).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Length of `--only soak`.

@@ -211,7 +211,7 @@ impl LlmClient {
                 proxy: via,
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
-                max_idle: 64,
+                max_idle: pool::MAX_IDLE,
             },
         );
         Ok(Self {

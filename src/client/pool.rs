@@ -15,6 +15,14 @@
 //! * A server that keeps closing connections right after their first
 //!   response (see [`CloseDetector`]) gets no reuse at all: each request
 //!   opens its own connection and says `Connection: close`.
+//! * No connect storms: at most [`MAX_CONNECTING`] HTTP/1.1 connections
+//!   open at once. A request that finds none idle and no connect slot free
+//!   waits for whichever comes first, a connection given back or a slot.
+//!   A client that falls behind (a burst of late sends) then reuses what
+//!   the server frees instead of opening thousands of connections that
+//!   overflow its listen backlog; it is still flagged client-bound. Idle
+//!   connections are kept up to [`MAX_IDLE`], far above any live
+//!   concurrency, so that a high rate does not churn them.
 
 use super::connect::{self, ConnectError, Origin};
 use crate::client::keepalive::{CloseDetector, ServerKeepAlive, idle_limit};
@@ -35,6 +43,11 @@ pub type Body = Full<Bytes>;
 /// adaptive buffer grows to hundreds of KB): memory follows the live
 /// concurrency, not the longest burst ever seen.
 const READ_BUF: usize = 16 * 1024;
+
+/// HTTP/1.1 connects in flight at most (see the module's doc).
+pub const MAX_CONNECTING: usize = 256;
+/// Idle HTTP/1.1 connections kept at most.
+pub const MAX_IDLE: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -117,6 +130,12 @@ pub struct Pool {
     detector: Mutex<CloseDetector>,
     next_id: AtomicU64,
     notices: Mutex<Vec<String>>,
+    /// HTTP/1.1 connects in flight ([`MAX_CONNECTING`] permits).
+    connecting: Arc<tokio::sync::Semaphore>,
+    /// A connection was given back to the idle list.
+    returned: tokio::sync::Notify,
+    /// Requests that waited because every connect slot was taken.
+    held_back: AtomicU64,
 }
 
 impl Pool {
@@ -137,7 +156,16 @@ impl Pool {
             detector: Mutex::new(CloseDetector::default()),
             next_id: AtomicU64::new(1),
             notices: Mutex::new(Vec::new()),
+            connecting: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTING)),
+            returned: tokio::sync::Notify::new(),
+            held_back: AtomicU64::new(0),
         }
+    }
+
+    /// Requests so far that waited for a connect slot (see the module's
+    /// doc): a client that fell behind.
+    pub fn held_back(&self) -> u64 {
+        self.held_back.load(Ordering::Relaxed)
     }
 
     pub fn origin(&self) -> &Origin {
@@ -211,14 +239,51 @@ impl Pool {
             let waited = t0.elapsed();
             return self.open(waited).await;
         }
-        if !fresh && self.reusing() {
-            while let Some(l) = self.h1_take().await {
-                if let Some(l) = l {
-                    return Ok(l);
+        let mut counted = false;
+        loop {
+            // Armed before looking, so a connection given back meanwhile
+            // is not missed.
+            let returned = self.returned.notified();
+            if !fresh && self.reusing() {
+                while let Some(l) = self.h1_take().await {
+                    if let Some(mut l) = l {
+                        l.waited = t0.elapsed();
+                        return Ok(l);
+                    }
+                }
+            }
+            if let Ok(slot) = self.connecting.clone().try_acquire_owned() {
+                let r = self.open(t0.elapsed()).await;
+                drop(slot);
+                return r;
+            }
+            if !counted {
+                counted = true;
+                if self.held_back.fetch_add(1, Ordering::Relaxed) == 0 {
+                    self.notice_once(format!(
+                        "{MAX_CONNECTING} connections were opening at once: later requests waited for a connection to come back or a connect slot, instead of opening more (the client fell behind its schedule)"
+                    ));
+                }
+            }
+            tokio::select! {
+                _ = returned => {}
+                slot = self.connecting.clone().acquire_owned() => {
+                    let Ok(slot) = slot else { continue };
+                    // A connection may have come back while we waited.
+                    if !fresh && self.reusing() {
+                        while let Some(l) = self.h1_take().await {
+                            if let Some(mut l) = l {
+                                l.waited = t0.elapsed();
+                                return Ok(l);
+                            }
+                        }
+                    }
+                    let r = self.open(t0.elapsed()).await;
+                    drop(slot);
+                    return r;
                 }
             }
         }
-        self.open(Duration::ZERO).await
     }
 
     /// The most recently used idle connection that is still good.
@@ -373,16 +438,19 @@ impl Pool {
         if limit.is_zero() {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle lock");
-        if idle.len() >= self.cfg.max_idle.max(1) {
-            idle.remove(0);
+        {
+            let mut idle = self.idle.lock().expect("idle lock");
+            if idle.len() >= self.cfg.max_idle.max(1) {
+                idle.remove(0);
+            }
+            idle.push(IdleH1 {
+                tx,
+                id: lease.id,
+                served,
+                expires: Instant::now() + limit,
+            });
         }
-        idle.push(IdleH1 {
-            tx,
-            id: lease.id,
-            served,
-            expires: Instant::now() + limit,
-        });
+        self.returned.notify_one();
     }
 
     /// A request died before any response on a reused connection: the

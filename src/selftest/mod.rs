@@ -9,12 +9,15 @@
 //! * **accuracy**: client TTFT / ITL / E2E against the mock's server-side
 //!   stamps on the shared monotonic clock, at 10, 100 and 1,000 req/s;
 //! * **memory over time**: RSS after 10⁴ and after 10⁶ requests;
-//! * **overheads**: Prometheus metrics and tracing on vs off.
+//! * **overheads**: Prometheus metrics and tracing on vs off;
+//! * **ceiling** (only with `--only ceiling`, it needs `wrk`): llmload
+//!   beside wrk against one nginx ([`ceiling`]).
 //!
 //! Prints a table and one JSON line. Ratios and figures come from one run
 //! on one machine; compare them within a run, not across machines.
 
 pub mod accuracy;
+pub mod ceiling;
 pub mod memory;
 pub mod overhead;
 pub mod report;
@@ -67,6 +70,15 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
     // the client on purpose leave freed heap that glibc keeps, which would
     // hide the steady-state figure.
     let want = |section: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == section);
+    // The ceiling needs wrk: run only when asked for by name.
+    let ceiling = if opts.only.iter().any(|o| o == "ceiling") {
+        if !use_nginx {
+            return Err("the ceiling needs nginx (apt-get install nginx-light)".into());
+        }
+        Some(ceiling::ceiling(probe_for, bisect, log).await?)
+    } else {
+        None
+    };
     let total: u64 = if opts.quick { 200_000 } else { 1_000_000 };
     let memory = if !want("memory") {
         None
@@ -210,6 +222,12 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             },
         ));
     }
+    if ceiling.is_none() {
+        not_run.push((
+            "ceiling".to_string(),
+            "only with --only ceiling (needs wrk: scripts/bench-ceiling.sh)".to_string(),
+        ));
+    }
     for section in ["memory", "throughput", "accuracy", "overhead"] {
         if !want(section) {
             not_run.push((section.to_string(), "not selected (--only)".to_string()));
@@ -306,7 +324,39 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         targets.push(Check::not_run(b_what, "the overhead section was not run"));
     }
 
+    if let Some(c) = &ceiling {
+        targets.push(Check::judged(
+            "held rate >= 40 % of wrk's (same run, same nginx)",
+            c.held_share >= 0.40,
+            format!(
+                "{:.0} of {:.0} req/s = {:.0} %",
+                c.held_rps,
+                c.wrk_rps,
+                c.held_share * 100.0
+            ),
+        ));
+        targets.push(Check::judged(
+            "CPU per request <= 2x wrk's at 25 % of wrk's rate",
+            c.cpu_ratio <= 2.0,
+            format!(
+                "{:.1} vs {:.1} µs = {:.1}x at {:.0} req/s",
+                c.llmload_cpu_us_per_request, c.wrk_cpu_us_per_request, c.cpu_ratio, c.quarter_rps
+            ),
+        ));
+        targets.push(Check::judged(
+            "at 1.5x the held rate: <= 500 new connections, achieved within 20 % of held",
+            c.overload_connections <= 500 && c.overload_achieved >= 0.8 * c.held_rps,
+            format!(
+                "{} connections, achieved {:.0} req/s ({:.0} % of held)",
+                c.overload_connections,
+                c.overload_achieved,
+                c.overload_achieved / c.held_rps.max(1.0) * 100.0
+            ),
+        ));
+    }
+
     Ok(Report {
+        ceiling,
         machine: machine(),
         throughput,
         accuracy: acc,

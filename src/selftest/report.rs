@@ -9,6 +9,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// `--only ceiling`: llmload beside wrk.
+    pub ceiling: Option<super::ceiling::Ceiling>,
     pub throughput: Vec<Throughput>,
     pub accuracy: Vec<Accuracy>,
     pub memory: Option<Memory>,
@@ -194,6 +196,22 @@ pub fn render(r: &Report) -> String {
         "\npeak RSS {:.1} MB under steady load; {:.1} MB after the throughput search (which overloads the client on purpose)",
         r.peak_rss_steady_mb, r.peak_rss_mb
     );
+    if let Some(c) = &r.ceiling {
+        let _ = writeln!(
+            o,
+            "\nCEILING (one nginx, the 64-token stream; wrk -t1 -c64 parses nothing)\n  wrk      {:>8.0} req/s  {:>6.1} µs CPU/request\n  llmload  {:>8.0} req/s held ({:.0} % of wrk)  {:>6.1} µs CPU/request at {:.0} req/s ({:.1}x wrk)\n  overload {:>8.0} req/s asked: achieved {:.0}, {} new connections",
+            c.wrk_rps,
+            c.wrk_cpu_us_per_request,
+            c.held_rps,
+            c.held_share * 100.0,
+            c.llmload_cpu_us_per_request,
+            c.quarter_rps,
+            c.cpu_ratio,
+            c.overload_target,
+            c.overload_achieved,
+            c.overload_connections
+        );
+    }
     let _ = writeln!(o, "\nTARGETS");
     for c in &r.targets {
         let _ = writeln!(o, "  [{}] {}: {}", c.verdict, c.what, c.detail);

@@ -144,6 +144,8 @@ pub struct Probe {
     pub e2e_mean_s: f64,
     /// CPU seconds the server process used during the probe.
     pub server_cpu_s: f64,
+    /// Connections the client opened during the probe.
+    pub connections: u64,
     pub held: bool,
 }
 
@@ -187,6 +189,7 @@ pub(super) async fn probe(e: &Engine, qps: f64, dur: Duration) -> Probe {
         ttft_p50_ms: s.ttft.value_at_quantile(0.5) as f64 / 1000.0,
         e2e_mean_s: s.e2e.mean() / 1e6,
         server_cpu_s: 0.0,
+        connections: s.new_connections,
         held: achieved >= 0.99 * qps && lag_p99_ms < 5.0 && success >= 0.999 && s.dropped == 0,
     }
 }

@@ -1,0 +1,137 @@
+//! The side-by-side ceiling (`selftest --only ceiling`, run by
+//! `scripts/bench-ceiling.sh`): in one run, on one machine, against one
+//! nginx serving the recorded 64-token stream to every POST,
+//!
+//! 1. `wrk -t1 -c64`: the ceiling. It parses nothing and allocates nothing
+//!    per request; its rate and CPU per request are what a load generator
+//!    on this machine cannot beat;
+//! 2. llmload's held rate (as the throughput section defines "held"), as a
+//!    share of wrk's;
+//! 3. llmload's CPU per request at a quarter of wrk's rate, against wrk's;
+//! 4. llmload at 1.5× its own held rate: what it achieves and how many
+//!    connections it opens (an overloaded client must not storm the
+//!    server with connects).
+//!
+//! Only ratios within one run compare: these VMs differ by 2.5× in
+//! absolute rates.
+
+use super::rig::*;
+use crate::engine::sweep::NoObserver;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub wrk_rps: f64,
+    pub wrk_cpu_us_per_request: f64,
+    pub held_rps: f64,
+    /// `held_rps / wrk_rps`.
+    pub held_share: f64,
+    /// At a quarter of wrk's rate.
+    pub quarter_rps: f64,
+    pub llmload_cpu_us_per_request: f64,
+    /// llmload's CPU per request over wrk's, at that rate.
+    pub cpu_ratio: f64,
+    /// At 1.5× the held rate.
+    pub overload_target: f64,
+    pub overload_achieved: f64,
+    pub overload_connections: u64,
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// CPU seconds of this process's waited-for children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// wrk's requests/s and CPU µs per request, `secs` against `url`.
+fn run_wrk(url: &str, secs: u64) -> Result<(f64, f64), String> {
+    let wrk = which("wrk").ok_or("wrk is not installed (scripts/bench-ceiling.sh installs it)")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let lua = dir.path().join("post.lua");
+    std::fs::write(
+        &lua,
+        "wrk.method = \"POST\"\nwrk.body = '{\"model\":\"bulk\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let cpu0 = children_cpu();
+    let out = std::process::Command::new(wrk)
+        .args(["-t1", "-c64", &format!("-d{secs}s"), "-s"])
+        .arg(&lua)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let cpu = children_cpu() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no 'Requests/sec' in wrk's output: {text}"))?;
+    let requests = rps * secs as f64;
+    Ok((rps, cpu / requests.max(1.0) * 1e6))
+}
+
+/// The four figures (see the module's doc).
+pub(super) async fn ceiling(
+    probe_for: Duration,
+    bisect: usize,
+    log: &dyn Fn(&str),
+) -> Result<Ceiling, String> {
+    let srv = super::servers::nginx(64)?;
+    let secs = probe_for.as_secs().max(3) * 2;
+    log(&format!(
+        "ceiling: wrk -t1 -c64 for {secs} s against {}",
+        srv.name
+    ));
+    let url = srv.url.clone();
+    let (wrk_rps, wrk_us) = tokio::task::spawn_blocking(move || run_wrk(&url, secs))
+        .await
+        .map_err(|e| e.to_string())??;
+    log(&format!(
+        "    wrk: {wrk_rps:.0} req/s, {wrk_us:.1} µs CPU per request"
+    ));
+    let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
+    log("ceiling: llmload's held rate against the same nginx");
+    let held = super::throughput::find_max(&e, srv.pid(), probe_for, bisect, log).await?;
+    let quarter_rps = (wrk_rps / 4.0).round();
+    let q = probe(&e, quarter_rps, probe_for).await;
+    let llmload_us = q.cpu_s / (q.sent.max(1) as f64) * 1e6;
+    log(&format!(
+        "    at {quarter_rps:.0} req/s (a quarter of wrk's): {llmload_us:.1} µs CPU per request ({:.1}× wrk's), {}",
+        llmload_us / wrk_us.max(1e-9),
+        if q.held { "held" } else { "NOT held" }
+    ));
+    let overload_target = (held.target * 1.5).round();
+    let o = probe(&e, overload_target, probe_for).await;
+    log(&format!(
+        "    at {overload_target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections",
+        o.achieved,
+        o.achieved / held.target.max(1.0) * 100.0,
+        o.connections
+    ));
+    Ok(Ceiling {
+        wrk_rps,
+        wrk_cpu_us_per_request: wrk_us,
+        held_rps: held.target,
+        held_share: held.target / wrk_rps.max(1.0),
+        quarter_rps,
+        llmload_cpu_us_per_request: llmload_us,
+        cpu_ratio: llmload_us / wrk_us.max(1e-9),
+        overload_target,
+        overload_achieved: o.achieved,
+        overload_connections: o.connections,
+    })
+}
