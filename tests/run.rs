@@ -249,10 +249,14 @@ async fn seed_command_line_finds_the_known_saturation_point() {
         server_ttft >= 0.0399 && server_e2e >= 0.1349,
         "the mock's own TTFT {server_ttft}, E2E {server_e2e}"
     );
+    // TTFT counts from the scheduled instant: a client the busy machine
+    // starved starts late by its schedule lag, which the run measured;
+    // beyond that, 2 ms.
+    let lag = low["schedule_lag"]["p99"].as_f64().unwrap();
     let ttft = low["ttft"]["p50"].as_f64().unwrap();
     assert!(
-        (ttft - server_ttft).abs() <= 0.002,
-        "TTFT p50 {ttft}, the mock's {server_ttft}"
+        (ttft - server_ttft).abs() <= 0.002 + lag,
+        "TTFT p50 {ttft}, the mock's {server_ttft}, schedule lag p99 {lag}"
     );
     let tpot = low["tpot"]["p50"].as_f64().unwrap();
     assert!(
@@ -261,8 +265,8 @@ async fn seed_command_line_finds_the_known_saturation_point() {
     );
     let e2e = low["e2e_latency"]["p50"].as_f64().unwrap();
     assert!(
-        (e2e - server_e2e).abs() <= 0.004,
-        "E2E p50 {e2e}, the mock's {server_e2e}"
+        (e2e - server_e2e).abs() <= 0.004 + lag,
+        "E2E p50 {e2e}, the mock's {server_e2e}, schedule lag p99 {lag}"
     );
     assert!(
         high["errors"]["HTTP 503"].as_u64().unwrap() > 50,
