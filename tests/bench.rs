@@ -45,20 +45,35 @@ async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
             .unwrap_or_else(|| panic!("no figure in {line:?}"))
     };
     assert!(figure("wrk") > 0.0);
-    assert!(figure("llmload") > 0.0);
-    assert!(figure("overload") > 0.0);
-    for target in [
-        "held rate >= 40 % of wrk's",
-        "CPU per request <= 2x wrk's",
-        "at 1.5x the held rate",
-    ] {
-        let line = all
-            .lines()
+    // A machine too busy to hold even the lowest rate says so, and still
+    // measures the CPU per request; only the overload probe needs a held
+    // rate to start from.
+    let held = figure("llmload") > 0.0;
+    assert!(
+        held || all.contains("none held, the machine is too busy to judge"),
+        "{all}"
+    );
+    let verdict = |target: &str| -> String {
+        all.lines()
             .find(|l| l.contains(target))
-            .unwrap_or_else(|| panic!("no verdict for {target:?}: {all}"));
+            .unwrap_or_else(|| panic!("no verdict for {target:?}: {all}"))
+            .to_string()
+    };
+    for target in ["held rate >= 40 % of wrk's", "CPU per request <= 2x wrk's"] {
+        let line = verdict(target);
         assert!(
             line.contains("[met]") || line.contains("[MISSED]"),
             "a measured verdict: {line}"
         );
+    }
+    let overload = verdict("at 1.5x the held rate");
+    if held {
+        assert!(figure("overload") > 0.0);
+        assert!(
+            overload.contains("[met]") || overload.contains("[MISSED]"),
+            "a measured verdict: {overload}"
+        );
+    } else {
+        assert!(overload.contains("[not run]"), "{overload}");
     }
 }

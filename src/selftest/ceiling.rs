@@ -37,6 +37,9 @@ pub struct Ceiling {
     pub overload_target: f64,
     pub overload_achieved: f64,
     pub overload_connections: u64,
+    /// Why no rate was held, when none was (a machine too busy to measure
+    /// on): the other figures are still measured and printed.
+    pub not_held: Option<String>,
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
@@ -105,7 +108,14 @@ pub(super) async fn ceiling(
     ));
     let e = engine(client(&srv.url, false), Arc::new(NoObserver), 512);
     log("ceiling: llmload's held rate against the same nginx");
-    let held = super::throughput::find_max(&e, srv.pid(), probe_for, bisect, log).await?;
+    let (held_rps, not_held) =
+        match super::throughput::find_max(&e, srv.pid(), probe_for, bisect, log).await {
+            Ok(p) => (p.target, None),
+            Err(why) => {
+                log(&format!("    {why}"));
+                (0.0, Some(why))
+            }
+        };
     let quarter_rps = (wrk_rps / 4.0).round();
     let q = probe(&e, quarter_rps, probe_for).await;
     let llmload_us = q.cpu_s / (q.sent.max(1) as f64) * 1e6;
@@ -114,24 +124,31 @@ pub(super) async fn ceiling(
         llmload_us / wrk_us.max(1e-9),
         if q.held { "held" } else { "NOT held" }
     ));
-    let overload_target = (held.target * 1.5).round();
-    let o = probe(&e, overload_target, probe_for).await;
-    log(&format!(
-        "    at {overload_target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections",
-        o.achieved,
-        o.achieved / held.target.max(1.0) * 100.0,
-        o.connections
-    ));
+    // Without a held rate there is nothing to overload by half.
+    let (overload_target, overload_achieved, overload_connections) = if held_rps > 0.0 {
+        let target = (held_rps * 1.5).round();
+        let o = probe(&e, target, probe_for).await;
+        log(&format!(
+            "    at {target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections",
+            o.achieved,
+            o.achieved / held_rps * 100.0,
+            o.connections
+        ));
+        (target, o.achieved, o.connections)
+    } else {
+        (0.0, 0.0, 0)
+    };
     Ok(Ceiling {
         wrk_rps,
         wrk_cpu_us_per_request: wrk_us,
-        held_rps: held.target,
-        held_share: held.target / wrk_rps.max(1.0),
+        held_rps,
+        held_share: held_rps / wrk_rps.max(1.0),
         quarter_rps,
         llmload_cpu_us_per_request: llmload_us,
         cpu_ratio: llmload_us / wrk_us.max(1e-9),
         overload_target,
-        overload_achieved: o.achieved,
-        overload_connections: o.connections,
+        overload_achieved,
+        overload_connections,
+        not_held,
     })
 }

@@ -199,7 +199,7 @@ pub fn render(r: &Report) -> String {
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
             o,
-            "\nCEILING (one nginx, the 64-token stream; wrk -t1 -c64 parses nothing)\n  wrk      {:>8.0} req/s  {:>6.1} µs CPU/request\n  llmload  {:>8.0} req/s held ({:.0} % of wrk)  {:>6.1} µs CPU/request at {:.0} req/s ({:.1}x wrk)\n  overload {:>8.0} req/s asked: achieved {:.0}, {} new connections",
+            "\nCEILING (one nginx, the 64-token stream; wrk -t1 -c64 parses nothing)\n  wrk      {:>8.0} req/s  {:>6.1} µs CPU/request\n  llmload  {:>8.0} req/s held ({:.0} % of wrk)  {:>6.1} µs CPU/request at {:.0} req/s ({:.1}x wrk)",
             c.wrk_rps,
             c.wrk_cpu_us_per_request,
             c.held_rps,
@@ -207,10 +207,16 @@ pub fn render(r: &Report) -> String {
             c.llmload_cpu_us_per_request,
             c.quarter_rps,
             c.cpu_ratio,
-            c.overload_target,
-            c.overload_achieved,
-            c.overload_connections
         );
+        if c.not_held.is_some() {
+            let _ = writeln!(o, "  overload not run: no rate was held to overload");
+        } else {
+            let _ = writeln!(
+                o,
+                "  overload {:>8.0} req/s asked: achieved {:.0}, {} new connections",
+                c.overload_target, c.overload_achieved, c.overload_connections
+            );
+        }
     }
     let _ = writeln!(o, "\nTARGETS");
     for c in &r.targets {
