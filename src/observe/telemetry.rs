@@ -441,13 +441,15 @@ impl Telemetry {
             });
         TraceObserver {
             operation,
-            metric_attrs: vec![
-                KeyValue::new("gen_ai.operation.name", operation),
-                KeyValue::new("gen_ai.provider.name", "openai"),
-                KeyValue::new("gen_ai.request.model", model.to_string()),
-                KeyValue::new("server.address", host.clone()),
-                KeyValue::new("server.port", port as i64),
-            ],
+            metrics: self.inner.metrics.as_ref().map(|m| {
+                m.operation(vec![
+                    KeyValue::new("gen_ai.operation.name", operation),
+                    KeyValue::new("gen_ai.provider.name", "openai"),
+                    KeyValue::new("gen_ai.request.model", model.to_string()),
+                    KeyValue::new("server.address", host.clone()),
+                    KeyValue::new("server.port", port as i64),
+                ])
+            }),
             tel: self.clone(),
             level: sweep.level.clone(),
             name: format!("{operation} {model}"),
@@ -517,8 +519,8 @@ fn level_attrs(sweep: &[KeyValue], index: usize) -> Vec<KeyValue> {
 pub struct TraceObserver {
     /// `chat` or `text_completion`.
     operation: &'static str,
-    /// The GenAI metrics' operation attributes.
-    metric_attrs: Vec<KeyValue>,
+    /// The GenAI metrics of this operation, when they are pushed.
+    metrics: Option<super::otlp_metrics::OperationMetrics>,
     tel: Telemetry,
     level: Arc<Mutex<Option<Context>>>,
     name: String,
@@ -688,8 +690,8 @@ impl Observer for TraceObserver {
         rec: &RequestRecord,
         hook: Option<RequestHook>,
     ) {
-        if let Some(m) = &self.tel.inner.metrics {
-            m.record(&self.metric_attrs, rec);
+        if let Some(m) = &self.metrics {
+            m.record(rec);
         }
         let Some(hook) = hook else { return };
         let Ok(state) = hook.state.downcast::<RequestSpan>() else {

@@ -21,7 +21,7 @@ pub struct Overhead {
 }
 
 /// A discard OTLP/HTTP receiver, so tracing pays its real export cost.
-pub(super) async fn discard_collector() -> String {
+pub async fn discard_collector() -> String {
     let app = axum::Router::new()
         .route(
             "/v1/traces",
