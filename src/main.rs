@@ -15,15 +15,11 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     llmload::base::logging::init(default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("llmload-worker")
-        // New requests arrive through the global queue (spawned by the
-        // pacer thread): look there often, or they wait behind a busy
-        // worker's local queue and show up as schedule lag.
-        .global_queue_interval(llmload::engine::sweep::GLOBAL_QUEUE_INTERVAL)
-        .build()
-    {
+    let workers = llmload::base::workers::init(cli.workers);
+    // New requests arrive through the global queue (spawned by the pacer
+    // thread): the runtime looks there often, or they would wait behind a
+    // busy worker's local queue and show up as schedule lag.
+    let runtime = match llmload::engine::sweep::runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             llmload::errln!("error: cannot start the async runtime: {e}");

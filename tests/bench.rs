@@ -45,6 +45,15 @@ async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
             .unwrap_or_else(|| panic!("no figure in {line:?}"))
     };
     assert!(figure("wrk") > 0.0);
+    // The held rate on one worker thread beside all of them (`--workers`).
+    let workers = ceiling
+        .lines()
+        .find(|l| l.trim_start().starts_with("workers"))
+        .unwrap_or_else(|| panic!("no workers line: {ceiling}"));
+    assert!(
+        workers.contains("held with 1 worker thread") && figure("workers") >= 0.0,
+        "{workers}"
+    );
     // A machine too busy to hold even the lowest rate says so, and still
     // measures the CPU per request; only the overload probe needs a held
     // rate to start from.
@@ -76,4 +85,69 @@ async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
     } else {
         assert!(overload.contains("[not run]"), "{overload}");
     }
+}
+
+/// `cargo <args>` in this package, bounded; its output.
+async fn cargo(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // The first call compiles the bench binary (about a minute on CI).
+    let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
+        .await
+        .expect("the benchmark ends")
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "cargo {args:?}:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The hot-path benches (`benches/hot_path.rs`), each stage run once in
+/// criterion's test mode: every stage builds, runs and finishes.
+#[tokio::test]
+async fn the_hot_path_benches_run_each_stage_once() {
+    let _serial = serial();
+    let (stdout, _) = cargo(&["test", "--bench", "hot_path"], &[]).await;
+    for stage in [
+        "sse_decode",
+        "chunk_scan",
+        "stream_events",
+        "level_record",
+        "histogram_record",
+        "prometheus_observer",
+        "trace_observer",
+        "trace_spans_only",
+    ] {
+        let at = stdout
+            .find(&format!("Testing {stage}\n"))
+            .unwrap_or_else(|| panic!("{stage} did not run: {stdout}"));
+        assert!(
+            stdout[at..].lines().nth(1) == Some("Success"),
+            "{stage}: {stdout}"
+        );
+    }
+}
+
+/// The trace-load bench on a small trace prints its figures.
+#[tokio::test]
+async fn the_trace_load_bench_prints_its_figures() {
+    let _serial = serial();
+    let (stdout, stderr) = cargo(
+        &["test", "--bench", "trace_load"],
+        &[("TRACE_LINES", "20000")],
+    )
+    .await;
+    let all = format!("{stdout}\n{stderr}");
+    let line = all
+        .lines()
+        .find(|l| l.starts_with("trace load: 20000 lines"))
+        .unwrap_or_else(|| panic!("no figures: {all}"));
+    assert!(
+        line.contains(" lines/s)") && line.contains("peak RSS"),
+        "{line}"
+    );
 }

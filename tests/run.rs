@@ -1009,3 +1009,59 @@ async fn same_second_runs_do_not_overwrite() {
     }
     mock.shutdown().await;
 }
+
+/// `--workers N` sizes the runtime and metadata says so; the default is
+/// the cores this process may use; a bad count exits 2 naming the flag.
+#[tokio::test]
+async fn workers_size_the_runtime_and_metadata_says_so() {
+    let _serial = serial();
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
+    let sweep = |results: &Path| {
+        vec![
+            "--endpoint".to_string(),
+            "mock".into(),
+            "--model".into(),
+            "demo".into(),
+            "--dataset".into(),
+            dataset.to_str().unwrap().into(),
+            "--qps".into(),
+            "4".into(),
+            "--duration".into(),
+            "1".into(),
+            "--results-dir".into(),
+            results.to_str().unwrap().into(),
+        ]
+    };
+    for (extra, env, want) in [
+        (vec!["--workers", "1"], vec![], 1),
+        (vec![], vec![("LLMLOAD_WORKERS", "3")], 3),
+        (
+            vec![],
+            vec![],
+            std::thread::available_parallelism().unwrap().get(),
+        ),
+    ] {
+        let results = tmp.path().join(format!("r{want}-{}", extra.len()));
+        let mut args = sweep(&results);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bin(&argv, &env).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let dir = &run_dirs(&results)[0];
+        let meta = read_json(&dir.join("metadata.json"));
+        assert_eq!(meta["workers"], want, "{extra:?} {env:?}");
+        let levels = read_json(&dir.join("benchmark_qps_results.json"));
+        assert_eq!(levels[0]["succeeded"], 4);
+    }
+    for bad in ["0", "many"] {
+        let mut args = sweep(&tmp.path().join("bad"));
+        args.extend(["--workers".to_string(), bad.to_string()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bin(&argv, &[]).await;
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(err.contains("--workers"), "{err}");
+    }
+}

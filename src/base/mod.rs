@@ -1,6 +1,7 @@
 //! Small shared types and process plumbing that every stage uses:
 //! durations, secrets, clocks, exit codes, URL redaction, console output,
-//! logging, signals, a sub-millisecond timer, resource limits and the HTTP listener helper.
+//! logging, signals, a sub-millisecond timer, resource limits, the worker
+//! count and the HTTP listener helper.
 
 pub mod clock;
 pub mod console;
@@ -14,3 +15,4 @@ pub mod serve;
 pub mod signals;
 pub mod timer;
 pub mod usage;
+pub mod workers;

@@ -26,6 +26,10 @@ and a daemon mode with Prometheus metrics and OpenTelemetry traces."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Runtime worker threads: default, the cores this process may use
+    /// (its cgroup CPU quota and affinity included).
+    #[arg(long, global = true, env = "LLMLOAD_WORKERS", value_name = "N", value_parser = crate::base::workers::parse)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

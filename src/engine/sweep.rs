@@ -38,6 +38,17 @@ use super::request::{TaskCtx, lock};
 /// the pacer's new requests land (default 31 or 61).
 pub const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
+/// The runtime a sweep runs on, with `workers` worker threads (the
+/// binary's, and the selftest's one-worker comparison).
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .thread_name("llmload-worker")
+        .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
+        .build()
+}
+
 /// Everything shared by the requests of a run.
 pub struct Engine {
     pub client: Arc<LlmClient>,

@@ -130,6 +130,9 @@ pub struct Metadata {
     /// never its credentials), from `HTTPS_PROXY`/`HTTP_PROXY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// The client's runtime worker threads (`--workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 /// `metadata.json`'s `sessions`.
@@ -247,6 +250,7 @@ impl Metadata {
                 .proxies
                 .for_uri(&t.endpoint().parse().unwrap_or_default())
                 .map(|p| p.authority()),
+            workers: Some(crate::base::workers::get()),
         }
     }
 }

@@ -10,7 +10,10 @@
 //! 3. llmload's CPU per request at a quarter of wrk's rate, against wrk's;
 //! 4. llmload at 1.5× its own held rate: what it achieves and how many
 //!    connections it opens (an overloaded client must not storm the
-//!    server with connects).
+//!    server with connects);
+//! 5. the held rate again on a runtime of one worker thread: against the
+//!    held rate with every worker (`--workers`), how the client scales
+//!    with cores.
 //!
 //! Only ratios within one run compare: these VMs differ by 2.5× in
 //! absolute rates.
@@ -40,6 +43,32 @@ pub struct Ceiling {
     /// Why no rate was held, when none was (a machine too busy to measure
     /// on): the other figures are still measured and printed.
     pub not_held: Option<String>,
+    /// The worker threads of the held rate above.
+    pub workers: usize,
+    /// The held rate with one worker thread (0: none held).
+    pub held_rps_one_worker: f64,
+}
+
+/// The held rate on a fresh runtime of one worker thread, against the
+/// same server: its own engine and pool, so nothing is shared with the
+/// runtime that measured every worker.
+fn held_with_one_worker(url: &str, pid: u32, probe_for: Duration, bisect: usize) -> f64 {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = crate::engine::sweep::runtime(1).ok()?;
+        rt.block_on(async {
+            let e = engine(client(&url, false), Arc::new(NoObserver), 512);
+            let log = |l: &str| crate::errln!("  [1 worker]{l}");
+            super::throughput::find_max(&e, pid, probe_for, bisect, &log)
+                .await
+                .ok()
+                .map(|p| p.target)
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or(0.0)
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
@@ -124,6 +153,15 @@ pub(super) async fn ceiling(
         llmload_us / wrk_us.max(1e-9),
         if q.held { "held" } else { "NOT held" }
     ));
+    let workers = crate::base::workers::get();
+    log(&format!(
+        "ceiling: llmload's held rate with 1 worker thread (above: {workers})"
+    ));
+    let (url, pid) = (srv.url.clone(), srv.pid());
+    let held_rps_one_worker =
+        tokio::task::spawn_blocking(move || held_with_one_worker(&url, pid, probe_for, bisect))
+            .await
+            .unwrap_or(0.0);
     // Without a held rate there is nothing to overload by half.
     let (overload_target, overload_achieved, overload_connections) = if held_rps > 0.0 {
         let target = (held_rps * 1.5).round();
@@ -150,5 +188,7 @@ pub(super) async fn ceiling(
         overload_achieved,
         overload_connections,
         not_held,
+        workers,
+        held_rps_one_worker,
     })
 }

@@ -208,6 +208,14 @@ pub fn render(r: &Report) -> String {
             c.quarter_rps,
             c.cpu_ratio,
         );
+        let _ = writeln!(
+            o,
+            "  workers  {:>8.0} req/s held with 1 worker thread, {:.0} with {} ({:.2}x)",
+            c.held_rps_one_worker,
+            c.held_rps,
+            c.workers,
+            c.held_rps / c.held_rps_one_worker.max(1.0)
+        );
         if c.not_held.is_some() {
             let _ = writeln!(o, "  overload not run: no rate was held to overload");
         } else {
