@@ -277,6 +277,41 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             format!("{:.0} µs over {} requests", a.ttft_error.p99_us, a.requests),
         ),
     });
+    // Issue 25's tighter bound, at both rates.
+    for rate in [100.0, 1000.0] {
+        let what = format!("TTFT error p99 <= 250 µs at {rate:.0} req/s");
+        targets.push(match acc.iter().find(|a| a.rate == rate) {
+            None => Check::not_run(&what, "the accuracy section was not run"),
+            Some(a) if a.requests == 0 => Check::not_measured(
+                &what,
+                "no request could be matched with the mock's own stamps (/debug/requests)",
+            ),
+            Some(a) => Check::judged(
+                &what,
+                a.ttft_error.p99_us <= 250.0,
+                format!("{:.0} µs over {} requests", a.ttft_error.p99_us, a.requests),
+            ),
+        });
+    }
+    // The mock is the server of most tests: it must not be the limit.
+    let row = |server: &str| {
+        throughput
+            .iter()
+            .find(|t| t.server == server && t.stream.starts_with("64 tokens, no gap"))
+            .map(|t| t.held_rps)
+    };
+    let what = "the mock holds >= 70 % of nginx's rate (64 tokens, same run)";
+    targets.push(match (row("llmload mock"), row("nginx (bulk)")) {
+        (Some(mock), Some(nginx)) if nginx > 0.0 => Check::judged(
+            what,
+            mock >= 0.7 * nginx,
+            format!(
+                "{mock:.0} of {nginx:.0} req/s = {:.0} %",
+                mock / nginx * 100.0
+            ),
+        ),
+        _ => Check::not_run(what, "needs both 64-token rows"),
+    });
     let what = "RSS growth <= 5 MB from 10^4 requests to the end";
     targets.push(match &memory {
         None => Check::not_run(what, "the memory section was not run"),

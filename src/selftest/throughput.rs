@@ -7,9 +7,14 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// A probe that missed only on schedule lag (it sent the whole rate, every
-/// request succeeded, none was dropped) is tried this many more times: on a
-/// shared machine one descheduling of the client is a hiccup, not its limit.
+/// request succeeded, none was dropped), and by less than
+/// [`HICCUP_LAG_MS`], is tried this many more times: on a shared machine
+/// one descheduling of the client is a hiccup, not its limit.
 const LAG_RETRIES: usize = 2;
+/// A client past its limit falls further behind the longer it runs (lag
+/// p99 of 60–500 ms in a 2 s probe); a descheduled one is late by a few
+/// ms (7–14 ms seen on a busy CI runner). Only the latter is tried again.
+const HICCUP_LAG_MS: f64 = 25.0;
 
 /// One probe, repeated while it misses on lag alone (see [`LAG_RETRIES`]).
 async fn steady_probe(
@@ -30,7 +35,11 @@ async fn steady_probe(
             if p.held { "held" } else { "NOT held" }
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let lag_only = !p.held && p.achieved >= 0.99 * rate && p.success >= 0.999 && p.dropped == 0;
+        let lag_only = !p.held
+            && p.lag_p99_ms < HICCUP_LAG_MS
+            && p.achieved >= 0.99 * rate
+            && p.success >= 0.999
+            && p.dropped == 0;
         if !lag_only || tries == LAG_RETRIES {
             return p;
         }
