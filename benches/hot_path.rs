@@ -19,52 +19,17 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use llmload::analysis::stats::LevelStats;
-use llmload::client::chunk::{self, FinishReason, Payload};
-use llmload::client::record::RequestRecord;
+use llmload::client::chunk::{self, Payload};
 use llmload::client::sse::SseDecoder;
-use llmload::engine::level::LevelSpec;
 use llmload::engine::sweep::Observer;
-use llmload::plan::schedule::Arrival;
 use std::hint::black_box;
 use std::time::Duration;
 
-const TOKENS: usize = 64;
-
 fn stream() -> Vec<u8> {
-    llmload::selftest::servers::recorded_stream(TOKENS).into_bytes()
+    llmload::selftest::servers::recorded_stream(64).into_bytes()
 }
 
-/// A finished 64-token request, as the client leaves it.
-fn record(seq: u64) -> RequestRecord {
-    let ms = Duration::from_millis;
-    let mut rec = RequestRecord::new(seq, ms(0), ms(0));
-    rec.first_token_at = Some(ms(5));
-    rec.first_content_at = rec.first_token_at;
-    rec.done_at = ms(6);
-    rec.token_chunks = TOKENS as u32;
-    rec.itl_us = vec![15; TOKENS - 1];
-    rec.usage_output_tokens = Some(TOKENS as u32);
-    rec.usage_input_tokens = Some(20);
-    rec.status = Some(200);
-    rec.finish = Some(FinishReason::Length);
-    rec.response_id = Some("chatcmpl-bench".into());
-    rec.response_model = Some("bench".into());
-    rec
-}
-
-fn level() -> LevelSpec {
-    LevelSpec {
-        index: 0,
-        qps: 1000.0,
-        duration: None,
-        arrival: Arrival::Constant,
-        seed: 0,
-        load: Default::default(),
-        limit: None,
-        max_concurrency: None,
-        sessions: false,
-    }
-}
+use llmload::selftest::overhead::{sample_level as level, sample_record as record};
 
 fn parsing(c: &mut Criterion) {
     let bytes = stream();
@@ -177,39 +142,20 @@ fn trace_observer(
 ) {
     let spec = level();
     let base = std::time::Instant::now();
-    let tel =
-        llmload::observe::telemetry::Telemetry::start(llmload::observe::telemetry::Settings {
-            metrics_endpoint: push_metrics.then(|| otlp.replace("/v1/traces", "/v1/metrics")),
-            endpoint: otlp.to_string(),
-            sample_ratio: 1.0,
-            propagate: true,
-            service_name: Some("llmload-bench".into()),
-            proxies: llmload::client::proxy::ProxySettings::direct(),
-        })
-        .expect("telemetry starts");
-    let sweep = tel.sweep_started(&llmload::observe::telemetry::SweepAttrs {
-        target: "bench",
-        model: "bench",
-        qps: &[1000.0],
-        run_id: "bench",
-        job: None,
-    });
-    tel.level_started(&sweep, &spec);
-    let uri: http::Uri = "http://127.0.0.1:1/v1/chat/completions"
-        .parse()
-        .expect("static URI");
-    let traces = tel.request_observer(&sweep, "bench", &uri, 512, 0.0);
+    let rig =
+        llmload::selftest::overhead::TraceRig::start(otlp, push_metrics).expect("telemetry starts");
     let mut seq = 0u64;
     let mut rec = record(0);
     c.bench_function(name, |b| {
         b.iter(|| {
             seq += 1;
             rec.seq = seq;
-            let hook = traces.request_start(&spec, base, &rec);
-            traces.request_done(&spec, base, black_box(&rec), hook);
+            let hook = rig.observer.request_start(&spec, base, &rec);
+            rig.observer
+                .request_done(&spec, base, black_box(&rec), hook);
         })
     });
-    rt.block_on(tel.shutdown());
+    rt.block_on(rig.tel.shutdown());
 }
 
 criterion_group! {

@@ -191,10 +191,11 @@ pub struct ObserverCost {
     pub both_pct: f64,
 }
 
-pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
-    const N: u32 = 20_000;
+/// A finished 64-token request as the client leaves it: what the
+/// observers are fed here and in `benches/hot_path.rs`.
+pub fn sample_record(seq: u64) -> RequestRecord {
     let ms = Duration::from_millis;
-    let mut rec = RequestRecord::new(0, ms(0), ms(0));
+    let mut rec = RequestRecord::new(seq, ms(0), ms(0));
     rec.first_token_at = Some(ms(5));
     rec.first_content_at = rec.first_token_at;
     rec.done_at = ms(6);
@@ -206,7 +207,12 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
     rec.finish = Some(crate::client::chunk::FinishReason::Length);
     rec.response_id = Some("chatcmpl-selftest".into());
     rec.response_model = Some("selftest".into());
-    let spec = LevelSpec {
+    rec
+}
+
+/// The 1,000 req/s level those requests belong to.
+pub fn sample_level() -> LevelSpec {
+    LevelSpec {
         index: 0,
         qps: 1000.0,
         duration: None,
@@ -216,7 +222,54 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
         limit: None,
         max_concurrency: None,
         sessions: false,
-    };
+    }
+}
+
+/// Tracing with every span kept, exporting to `otlp` (a discard
+/// collector), and the GenAI OTLP metrics when `push_metrics`: a sweep
+/// and a level started, and the per-request observer under them.
+pub struct TraceRig {
+    pub tel: crate::observe::telemetry::Telemetry,
+    pub sweep: crate::observe::telemetry::SweepSpan,
+    pub observer: crate::observe::telemetry::TraceObserver,
+}
+
+impl TraceRig {
+    /// Inside the tokio runtime.
+    pub fn start(otlp: &str, push_metrics: bool) -> Result<Self, String> {
+        use crate::observe::telemetry::{Settings, SweepAttrs, Telemetry};
+        let tel = Telemetry::start(Settings {
+            metrics_endpoint: push_metrics.then(|| otlp.replace("/v1/traces", "/v1/metrics")),
+            endpoint: otlp.to_string(),
+            sample_ratio: 1.0,
+            propagate: true,
+            service_name: Some("llmload-selftest".into()),
+            proxies: crate::client::proxy::ProxySettings::direct(),
+        })?;
+        let sweep = tel.sweep_started(&SweepAttrs {
+            target: "selftest",
+            model: "selftest",
+            qps: &[1000.0],
+            run_id: "selftest",
+            job: None,
+        });
+        tel.level_started(&sweep, &sample_level());
+        let uri: http::Uri = "http://127.0.0.1:1/v1/chat/completions"
+            .parse()
+            .expect("static URI");
+        let observer = tel.request_observer(&sweep, "selftest", &uri, 512, 0.0);
+        Ok(Self {
+            tel,
+            sweep,
+            observer,
+        })
+    }
+}
+
+pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
+    const N: u32 = 20_000;
+    let mut rec = sample_record(0);
+    let spec = sample_level();
     let base = std::time::Instant::now();
 
     let metrics = crate::observe::metrics::Metrics::new();
@@ -233,28 +286,12 @@ pub(super) async fn observer_cost(baseline_us: f64) -> ObserverCost {
 
     let otlp = discard_collector().await;
     let mut traces_us = 0.0;
-    if let Ok(tel) =
-        crate::observe::telemetry::Telemetry::start(crate::observe::telemetry::Settings {
-            metrics_endpoint: Some(otlp.replace("/v1/traces", "/v1/metrics")),
-            endpoint: otlp,
-            sample_ratio: 1.0,
-            propagate: true,
-            service_name: Some("llmload-selftest".into()),
-            proxies: crate::client::proxy::ProxySettings::direct(),
-        })
+    if let Ok(TraceRig {
+        tel,
+        sweep: _sweep,
+        observer: t_obs,
+    }) = TraceRig::start(&otlp, true)
     {
-        let span = tel.sweep_started(&crate::observe::telemetry::SweepAttrs {
-            target: "selftest",
-            model: "selftest",
-            qps: &[1000.0],
-            run_id: "selftest",
-            job: None,
-        });
-        tel.level_started(&span, &spec);
-        let uri: http::Uri = "http://127.0.0.1:1/v1/chat/completions"
-            .parse()
-            .expect("static URI");
-        let t_obs = tel.request_observer(&span, "selftest", &uri, 512, 0.0);
         let c0 = cpu_seconds();
         for i in 0..N {
             rec.seq = i as u64;
