@@ -9,8 +9,12 @@
 //!
 //! * `sse_decode`: the recorded stream through the SSE decoder, in the
 //!   16 KiB reads a socket gives;
-//! * `chunk_scan`: every event's JSON through the chunk scanner;
-//! * `stream_events`: both, as the client runs them per response;
+//! * `chunk_scan`: every event's JSON through the chunk scanner, each
+//!   read alone;
+//! * `chunk_scan_memo`: the same as the client reads them, each chunk
+//!   skipping the envelope it shares with the one before;
+//! * `stream_events`: decoding and scanning, as the client runs them per
+//!   response;
 //! * `level_record`: the finished request into the level's histograms;
 //! * `histogram_record`: one value into one HDR histogram;
 //! * `prometheus_observer`: the live `/metrics` update per request;
@@ -67,13 +71,32 @@ fn parsing(c: &mut Criterion) {
             tokens
         })
     });
+    // As the client reads a stream: each chunk skips the envelope it
+    // shares with the one before (chunk::Memo).
+    c.bench_function("chunk_scan_memo", |b| {
+        b.iter(|| {
+            let mut memo = chunk::Memo::default();
+            let mut tokens = 0usize;
+            for data in &events {
+                if let Ok(Payload::Chunk(info)) =
+                    chunk::parse_memo(black_box(data), false, false, &mut memo)
+                    && info.has_tokens()
+                {
+                    tokens += 1;
+                }
+            }
+            tokens
+        })
+    });
     c.bench_function("stream_events", |b| {
         b.iter(|| {
             let mut d = SseDecoder::default();
+            let mut memo = chunk::Memo::default();
             let mut tokens = 0usize;
             for read in bytes.chunks(16 * 1024) {
                 d.feed(black_box(read), |e| {
-                    if let Ok(Payload::Chunk(info)) = chunk::parse_full(e.data, false, false)
+                    if let Ok(Payload::Chunk(info)) =
+                        chunk::parse_memo(e.data, false, false, &mut memo)
                         && info.has_tokens()
                     {
                         tokens += 1;

@@ -2,8 +2,9 @@
 # Where llmload's CPU goes per request: nginx serves the recorded 64-token
 # stream (the selftest's bulk server) and `llmload run` sends RATE req/s
 # at it under `perf record`; the report splits the samples by thread
-# (workers, pacer) and by where they ran (kernel, llmload, libc), then
-# lists the hottest functions. Figures, not a test: the machine is shared.
+# (the runtime's workers, which run the pacer task too) and by where they
+# ran (kernel, llmload, libc), then lists the hottest functions. Figures,
+# not a test: the machine is shared.
 #
 #   scripts/profile.sh [RATE] [SECONDS]      defaults: 3000 req/s, 6 s
 #

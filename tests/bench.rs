@@ -115,6 +115,7 @@ async fn the_hot_path_benches_run_each_stage_once() {
     for stage in [
         "sse_decode",
         "chunk_scan",
+        "chunk_scan_memo",
         "stream_events",
         "level_record",
         "histogram_record",

@@ -281,6 +281,12 @@ pub struct ClientUsage {
     /// The pacer's longest wake-up past a send's due time: how long it
     /// was not scheduled.
     pub pacer_stall_ms: f64,
+    /// Requests that waited for a busy connection to come back instead of
+    /// opening one: the client was behind its schedule, or every connect
+    /// slot was taken. A client past its limit reuses what it has rather
+    /// than storming the server with connects.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_back: u64,
 }
 
 /// Throttling above this during a level is named as the cause.

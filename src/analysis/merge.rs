@@ -159,6 +159,7 @@ pub fn merge_level(
             throttled_ms: throttled.map(|t| round(t.iter().sum(), 1)),
             nr_throttled: nr.map(|t| t.iter().sum()),
             pacer_stall_ms: usages.iter().map(|u| u.pacer_stall_ms).fold(0.0, f64::max),
+            held_back: usages.iter().map(|u| u.held_back).sum(),
         }
     });
     Ok(LevelResult {

@@ -14,5 +14,6 @@ pub mod secret;
 pub mod serve;
 pub mod signals;
 pub mod timer;
+pub mod timerfd;
 pub mod usage;
 pub mod workers;

@@ -6,6 +6,7 @@
 //! purpose-built types skips everything else (logprobs, ids of every chunk)
 //! and allocates nothing for unescaped strings.
 
+use super::json_scan::{Res, Scanner};
 use std::borrow::Cow;
 
 /// Why generation stopped, as reported in `finish_reason`.
@@ -117,7 +118,166 @@ pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payloa
     let mut sc = Scanner { b: trimmed, i: 0 };
     let mut info = ChunkInfo::default();
     sc.ws();
-    sc.object(|sc, key| match key {
+    top_level(
+        &mut sc,
+        &mut info,
+        want_ids,
+        want_text,
+        false,
+        &mut Vec::new(),
+    )?;
+    Ok(Payload::Chunk(info))
+}
+
+/// What a stream's previous chunk looked like, so that the next one
+/// skips the part it shares with it.
+///
+/// A server sends the same envelope on every chunk of a stream: `id`,
+/// `object`, `created`, `model`, `system_fingerprint` come first and only
+/// `choices` differs. Those members tell the client nothing (unless it
+/// asks for the ids), yet were half of each chunk's scan. The memo keeps
+/// the previous chunk's bytes and the offsets just after each of its
+/// leading members that left the facts untouched; a chunk whose bytes
+/// agree up to and past such an offset starts scanning there, as the
+/// bytes before it would have brought the scanner to exactly that point
+/// with exactly those (empty) facts. The byte *at* the offset must agree
+/// too: a number's end is found by reading the byte after it.
+#[derive(Debug, Default)]
+pub struct Memo {
+    prev: Vec<u8>,
+    /// Offsets in `prev` just after a leading member that left the facts
+    /// empty, in increasing order.
+    marks: Vec<usize>,
+}
+
+/// [`parse_full`], skipping what the chunk shares with the stream's
+/// previous one (see [`Memo`]); gives exactly what [`parse_full`] gives.
+pub fn parse_memo<'a>(
+    data: &'a [u8],
+    want_ids: bool,
+    want_text: bool,
+    memo: &mut Memo,
+) -> Result<Payload<'a>, ChunkError> {
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return Ok(Payload::Done);
+    }
+    let mut sc = Scanner { b: trimmed, i: 0 };
+    let mut info = ChunkInfo::default();
+    let mut marks = std::mem::take(&mut memo.marks);
+    // With the ids wanted, `id` and `model` are facts: scan them.
+    let resume = if want_ids {
+        None
+    } else {
+        let same = common_prefix(trimmed, &memo.prev);
+        marks.iter().rposition(|&m| m < same)
+    };
+    let r = match resume {
+        Some(k) => {
+            sc.i = marks[k];
+            marks.truncate(k + 1);
+            top_level(&mut sc, &mut info, want_ids, want_text, true, &mut marks)
+        }
+        None => {
+            marks.clear();
+            top_level(&mut sc, &mut info, want_ids, want_text, false, &mut marks)
+        }
+    };
+    match r {
+        Ok(()) => {
+            memo.prev.clear();
+            memo.prev.extend_from_slice(trimmed);
+            memo.marks = marks;
+            Ok(Payload::Chunk(info))
+        }
+        Err(e) => {
+            // Nothing of a broken chunk is kept.
+            memo.prev.clear();
+            Err(e)
+        }
+    }
+}
+
+/// How many leading bytes `a` and `b` share.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("eight bytes"));
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("eight bytes"));
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// The chunk's top-level object, from its `{` (or, `resumed`, from just
+/// after one of its members); the scanner must end at the end of the
+/// input. Offsets just after each leading member that leaves `info`
+/// empty are pushed onto `marks`.
+fn top_level<'a>(
+    sc: &mut Scanner<'a>,
+    info: &mut ChunkInfo<'a>,
+    want_ids: bool,
+    want_text: bool,
+    resumed: bool,
+    marks: &mut Vec<usize>,
+) -> Res<()> {
+    let mut leading = *info == ChunkInfo::default();
+    let mut first = !resumed;
+    if first {
+        sc.eat(b'{')?;
+    }
+    loop {
+        match sc.peek()? {
+            b'}' if first || resumed => {
+                sc.i += 1;
+                break;
+            }
+            b',' if !first => sc.i += 1,
+            _ if first => {}
+            _ => return Err(sc.err("expected ',' or '}'")),
+        }
+        first = false;
+        let (key, _) = sc.raw_str()?;
+        sc.eat(b':')?;
+        member(sc, key, info, want_ids, want_text)?;
+        leading = leading && *info == ChunkInfo::default();
+        if leading {
+            marks.push(sc.i);
+        }
+        // After a member: a ',' or the closing '}' comes next.
+        match sc.peek()? {
+            b',' => continue,
+            b'}' => {
+                sc.i += 1;
+                break;
+            }
+            _ => return Err(sc.err("expected ',' or '}'")),
+        }
+    }
+    sc.ws();
+    if sc.i != sc.b.len() {
+        return Err(sc.err("trailing bytes"));
+    }
+    Ok(())
+}
+
+/// One top-level member's value: the facts it holds go into `info`.
+fn member<'a>(
+    sc: &mut Scanner<'a>,
+    key: &[u8],
+    info: &mut ChunkInfo<'a>,
+    want_ids: bool,
+    want_text: bool,
+) -> Res<()> {
+    match key {
         b"id" if want_ids => {
             info.id = sc.opt_str()?;
             Ok(())
@@ -138,7 +298,7 @@ pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payloa
                                 return Ok(());
                             }
                             sc.object(|sc, dk| match dk {
-                                b"content" if want_text => sc.text_into(&mut info),
+                                b"content" if want_text => sc.text_into(info),
                                 b"content" => {
                                     info.content |= sc.non_empty()?;
                                     Ok(())
@@ -150,7 +310,7 @@ pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payloa
                                 _ => sc.skip_value(0),
                             })
                         }
-                        b"text" if want_text => sc.text_into(&mut info),
+                        b"text" if want_text => sc.text_into(info),
                         b"text" => {
                             info.content |= sc.non_empty()?;
                             Ok(())
@@ -220,296 +380,6 @@ pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payloa
             Ok(())
         }
         _ => sc.skip_value(0),
-    })?;
-    sc.ws();
-    if sc.i != sc.b.len() {
-        return Err(sc.err("trailing bytes"));
-    }
-    Ok(Payload::Chunk(info))
-}
-
-/// The first `"` or `\\` in `b`. Keys and most values are a few bytes
-/// long, where SIMD set-up costs more than it saves: eight bytes at a time
-/// in a word (the zero-byte trick on `w ^ '"'` and `w ^ '\\'`) for the
-/// first 32, then memchr for long strings. This loop was half the chunk
-/// scan's time as a byte-at-a-time search.
-#[inline]
-fn quote_or_backslash(b: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const QUOTE: u64 = LO * b'"' as u64;
-    const SLASH: u64 = LO * b'\\' as u64;
-    let mut i = 0;
-    while i + 8 <= b.len() {
-        if i == 32 {
-            return memchr::memchr2(b'"', b'\\', &b[i..]).map(|o| o + i);
-        }
-        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("eight bytes"));
-        let (q, s) = (w ^ QUOTE, w ^ SLASH);
-        // A byte of q or s is zero where w has the byte sought; the lowest
-        // flagged byte is exact (borrows only run upwards from it).
-        let hit = ((q.wrapping_sub(LO) & !q) | (s.wrapping_sub(LO) & !s)) & HI;
-        if hit != 0 {
-            return Some(i + (hit.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    b[i..]
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\')
-        .map(|o| o + i)
-}
-
-/// Nesting deeper than this is refused rather than recursed into.
-const MAX_DEPTH: usize = 64;
-
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-type Res<T> = Result<T, ChunkError>;
-
-impl<'a> Scanner<'a> {
-    fn err(&self, what: &'static str) -> ChunkError {
-        ChunkError { what, at: self.i }
-    }
-
-    #[inline]
-    fn ws(&mut self) {
-        while let Some(&c) = self.b.get(self.i) {
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-                self.i += 1;
-            } else {
-                break;
-            }
-        }
-    }
-
-    #[inline]
-    fn peek(&mut self) -> Res<u8> {
-        self.ws();
-        self.b
-            .get(self.i)
-            .copied()
-            .ok_or_else(|| self.err("unexpected end"))
-    }
-
-    fn eat(&mut self, c: u8) -> Res<()> {
-        if self.peek()? == c {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(self.err("unexpected character"))
-        }
-    }
-
-    fn literal(&mut self, word: &'static [u8]) -> Res<()> {
-        if self.b[self.i..].starts_with(word) {
-            self.i += word.len();
-            Ok(())
-        } else {
-            Err(self.err("bad literal"))
-        }
-    }
-
-    /// Consume `null` if it is next; report whether it was.
-    fn null(&mut self) -> Res<bool> {
-        if self.peek()? == b'n' {
-            self.literal(b"null")?;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    }
-
-    /// A string's raw bytes (escapes not decoded) and whether it had any.
-    /// The opening quote must be next.
-    fn raw_str(&mut self) -> Res<(&'a [u8], bool)> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let mut escaped = false;
-        loop {
-            let found = quote_or_backslash(&self.b[self.i..]);
-            match found {
-                None => {
-                    self.i = self.b.len();
-                    return Err(self.err("unterminated string"));
-                }
-                Some(off) => {
-                    self.i += off;
-                    if self.b[self.i] == b'"' {
-                        let s = &self.b[start..self.i];
-                        self.i += 1;
-                        return Ok((s, escaped));
-                    }
-                    escaped = true;
-                    // Skip the backslash and the escaped byte.
-                    self.i += 2;
-                    if self.i > self.b.len() {
-                        return Err(self.err("unterminated escape"));
-                    }
-                }
-            }
-        }
-    }
-
-    /// A string or null, decoded only when it has escapes.
-    fn opt_str(&mut self) -> Res<Option<Cow<'a, str>>> {
-        match self.peek()? {
-            b'"' => {
-                let at = self.i;
-                let (raw, escaped) = self.raw_str()?;
-                if escaped {
-                    let quoted = &self.b[at..self.i];
-                    serde_json::from_slice::<String>(quoted)
-                        .map(|s| Some(Cow::Owned(s)))
-                        .map_err(|_| self.err("bad string escape"))
-                } else {
-                    std::str::from_utf8(raw)
-                        .map(|s| Some(Cow::Borrowed(s)))
-                        .map_err(|_| self.err("invalid UTF-8"))
-                }
-            }
-            b'n' => self.literal(b"null").map(|_| None),
-            _ => self.skip_value(0).map(|_| None),
-        }
-    }
-
-    /// Whether the value is a non-empty string, a non-empty array or an
-    /// object (content parts, tool calls); consumes it either way.
-    fn non_empty(&mut self) -> Res<bool> {
-        match self.peek()? {
-            b'"' => self.raw_str().map(|(s, _)| !s.is_empty()),
-            b'[' => {
-                let mut any = false;
-                self.array(|sc| {
-                    any = true;
-                    sc.skip_value(1)
-                })?;
-                Ok(any)
-            }
-            b'{' => self.skip_value(0).map(|_| true),
-            _ => self.skip_value(0).map(|_| false),
-        }
-    }
-
-    /// Answer text: a string is decoded and appended to `info.text`
-    /// (content parts and other shapes only mark the chunk as content).
-    /// Leniently: text a single request would accept (a lone surrogate
-    /// escape, bytes that are not UTF-8) never fails a session's turn; it
-    /// is kept with U+FFFD in its place.
-    fn text_into(&mut self, info: &mut ChunkInfo<'a>) -> Res<()> {
-        if self.peek()? != b'"' {
-            info.content |= self.non_empty()?;
-            return Ok(());
-        }
-        let at = self.i;
-        let (raw, escaped) = self.raw_str()?;
-        let s: Cow<'a, str> = if escaped {
-            match serde_json::from_slice::<String>(&self.b[at..self.i]) {
-                Ok(s) => Cow::Owned(s),
-                Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
-            }
-        } else {
-            String::from_utf8_lossy(raw)
-        };
-        if !s.is_empty() {
-            info.content = true;
-            match &mut info.text {
-                None => info.text = Some(s),
-                Some(t) => t.to_mut().push_str(&s),
-            }
-        }
-        Ok(())
-    }
-
-    /// A non-negative integer that fits u32, or null; other numbers are
-    /// skipped and read as absent.
-    fn opt_u32(&mut self) -> Res<Option<u32>> {
-        match self.peek()? {
-            b'0'..=b'9' => {
-                let start = self.i;
-                self.number()?;
-                let text = &self.b[start..self.i];
-                Ok(std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()))
-            }
-            b'n' => self.literal(b"null").map(|_| None),
-            _ => self.skip_value(0).map(|_| None),
-        }
-    }
-
-    fn number(&mut self) -> Res<()> {
-        let start = self.i;
-        while let Some(&c) = self.b.get(self.i) {
-            if c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E') {
-                self.i += 1;
-            } else {
-                break;
-            }
-        }
-        if self.i == start {
-            Err(self.err("expected a value"))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Iterate an object's keys; `f` must consume each value.
-    fn object(&mut self, mut f: impl FnMut(&mut Self, &[u8]) -> Res<()>) -> Res<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            let (key, _) = self.raw_str()?;
-            self.eat(b':')?;
-            f(self, key)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err("expected ',' or '}'")),
-            }
-        }
-    }
-
-    /// Iterate an array's elements; `f` must consume each element.
-    fn array(&mut self, mut f: impl FnMut(&mut Self) -> Res<()>) -> Res<()> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            f(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err("expected ',' or ']'")),
-            }
-        }
-    }
-
-    fn skip_value(&mut self, depth: usize) -> Res<()> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("nested too deeply"));
-        }
-        match self.peek()? {
-            b'"' => self.raw_str().map(|_| ()),
-            b'{' => self.object(|sc, _| sc.skip_value(depth + 1)),
-            b'[' => self.array(|sc| sc.skip_value(depth + 1)),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => self.number(),
-        }
     }
 }
 
@@ -774,32 +644,6 @@ mod tests {
             })
     }
 
-    /// The word-at-a-time search finds what a byte loop finds, at every
-    /// position and length, both bytes, and around the 32-byte hand-over.
-    #[test]
-    fn quote_or_backslash_finds_the_first() {
-        for len in 0..80 {
-            for at in 0..=len {
-                for (c, other) in [(b'"', b'\\'), (b'\\', b'"')] {
-                    let mut b = vec![b'a'; len];
-                    // High bytes (UTF-8) and bytes next to the sought ones
-                    // must not be taken for them.
-                    for (k, x) in b.iter_mut().enumerate() {
-                        *x = [b'a', 0xE2, b'#', b']', 0x21, 0x23][k % 6];
-                    }
-                    if at < len {
-                        b[at] = c;
-                        if at + 3 < len {
-                            b[at + 3] = other;
-                        }
-                    }
-                    let want = b.iter().position(|&x| x == b'"' || x == b'\\');
-                    assert_eq!(quote_or_backslash(&b), want, "len {len} at {at}");
-                }
-            }
-        }
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -809,6 +653,36 @@ mod tests {
             let fast = parse(json.as_bytes()).unwrap();
             let slow = crate::client::chunk_reference::parse(json.as_bytes()).unwrap();
             proptest::prop_assert_eq!(fast, slow, "{}", json);
+        }
+
+        /// A stream read with the memo gives, chunk by chunk, exactly
+        /// what each chunk read alone gives: the same facts, the same
+        /// errors at the same bytes. The stream is one envelope with small
+        /// changes (a digit more, a key moved, a byte broken), as servers
+        /// send and as they break.
+        #[test]
+        fn the_memo_changes_nothing(
+            base in strategy(),
+            edits in proptest::collection::vec((0usize..400, 0u8..6, proptest::prelude::any::<u8>()), 1..12),
+            wants in proptest::collection::vec(proptest::prelude::any::<(bool, bool)>(), 12),
+        ) {
+            let mut memo = Memo::default();
+            let mut cur = base.into_bytes();
+            for (k, (at, op, byte)) in edits.into_iter().enumerate() {
+                let (want_ids, want_text) = wants[k];
+                let alone = parse_full(&cur, want_ids, want_text);
+                let with = parse_memo(&cur, want_ids, want_text, &mut memo);
+                proptest::prop_assert_eq!(&with, &alone, "{:?}", String::from_utf8_lossy(&cur));
+                // The next chunk: this one with a small change.
+                let at = at % (cur.len() + 1);
+                match op {
+                    0 if at < cur.len() => cur[at] = byte,
+                    1 => cur.insert(at, b"0123456789 \",\"x"[byte as usize % 15]),
+                    2 if at < cur.len() => { cur.remove(at); }
+                    3 => cur.splice(at..at, b"\"k\":1,".iter().copied()).for_each(drop),
+                    _ => {}
+                }
+            }
         }
 
         /// A chunk cut anywhere is an error, never a silently wrong read.
@@ -829,6 +703,42 @@ mod tests {
                 proptest::prop_assert_eq!(fast.unwrap(), slow);
             }
         }
+    }
+
+    /// A real stream: the envelope is skipped from the second chunk on,
+    /// and a chunk that differs inside the envelope (a longer `created`)
+    /// is still read whole.
+    #[test]
+    fn the_memo_skips_the_shared_envelope() {
+        let env = |created: &str, content: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":{created},"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
+            )
+        };
+        let mut memo = Memo::default();
+        let a = env("17", "a");
+        assert!(
+            matches!(parse_memo(a.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if c.content)
+        );
+        // id, object, created, model: four leading members marked.
+        assert_eq!(memo.marks.len(), 4);
+        let b = env("17", "");
+        assert!(
+            matches!(parse_memo(b.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if !c.content)
+        );
+        let c = env("170", "c");
+        assert!(
+            matches!(parse_memo(c.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if c.content)
+        );
+        // With the ids wanted, they are read, memo or not.
+        let d = env("170", "d");
+        match parse_memo(d.as_bytes(), true, false, &mut memo) {
+            Ok(Payload::Chunk(c)) => assert_eq!(c.id.as_deref(), Some("chatcmpl-1")),
+            other => panic!("{other:?}"),
+        }
+        let broken = env("170", "e").replace("\"model\"", "\"model\"x");
+        assert!(parse_memo(broken.as_bytes(), false, false, &mut memo).is_err());
+        assert!(parse_memo(b"[DONE]", false, false, &mut memo).is_ok());
     }
 
     #[test]

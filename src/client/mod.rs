@@ -17,6 +17,7 @@ pub mod chunk;
 pub mod chunk_reference;
 pub mod classify;
 pub mod connect;
+mod json_scan;
 pub mod keepalive;
 pub mod pool;
 pub mod proxy;
@@ -253,6 +254,12 @@ impl LlmClient {
         self.pool.notices()
     }
 
+    /// Requests so far that waited for a connection instead of opening
+    /// one (the client was behind, or every connect slot was taken).
+    pub fn held_back(&self) -> u64 {
+        self.pool.held_back()
+    }
+
     /// Whether kept-alive connections are being reused.
     pub fn reusing_connections(&self) -> bool {
         self.pool.reusing()
@@ -325,7 +332,8 @@ impl LlmClient {
     ) -> Result<(Incoming, Lease), Result<ErrorKind, ()>> {
         let mut fresh = false;
         loop {
-            let mut lease = match timeout_at(first, self.pool.checkout(fresh)).await {
+            let late = Some(rec.lag()).filter(|l| *l > pool::LATE);
+            let mut lease = match timeout_at(first, self.pool.checkout(fresh, late)).await {
                 Err(_) => return Err(Err(())),
                 Ok(Err(e)) => return Err(Ok(self.connect_failed(e, rec))),
                 Ok(Ok(l)) => l,
@@ -337,7 +345,7 @@ impl LlmClient {
             rec.pool_wait += lease.waited;
             let req = self.request(&lease, body.clone(), extra.clone());
             let pending = match &mut lease.sender {
-                Sender::H1(tx) => Either::Left(tx.send_request(req)),
+                Sender::H1(tx, driver) => Either::Left(driver.drive(tx.send_request(req))),
                 Sender::H2(tx, _) => Either::Right(tx.send_request(req)),
             };
             match timeout_at(first, pending).await {
@@ -396,7 +404,7 @@ impl LlmClient {
             }
         };
 
-        let (resp, lease) = match self.response(body, extra, rec, first).await {
+        let (resp, mut lease) = match self.response(body, extra, rec, first).await {
             Ok(r) => r,
             Err(Ok(kind)) => return Err(kind),
             Err(Err(())) => return Err(ErrorKind::Timeout(phase_at(first))),
@@ -417,7 +425,7 @@ impl LlmClient {
             let mut seen = 0usize;
             let mut ended = false;
             while seen < 64 * 1024 {
-                match timeout_at(drain_until, body.frame()).await {
+                match timeout_at(drain_until, lease.drive(body.frame())).await {
                     Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, |d| d.len()),
                     Ok(None) => {
                         ended = true;
@@ -464,7 +472,7 @@ impl LlmClient {
                     },
                 )
             };
-            let frame = match timeout_at(deadline, body.frame()).await {
+            let frame = match timeout_at(deadline, lease.drive(body.frame())).await {
                 Err(_) => {
                     rec.done_at = Instant::now() - base;
                     return Err(ErrorKind::Timeout(phase));
@@ -497,7 +505,7 @@ impl LlmClient {
                         // talking after [DONE] cannot hold us.
                         let until = (Instant::now() + Duration::from_millis(200)).min(total);
                         let ended = loop {
-                            match timeout_at(until, body.frame()).await {
+                            match timeout_at(until, lease.drive(body.frame())).await {
                                 Ok(Some(Ok(_))) => continue,
                                 Ok(None) => break true,
                                 _ => break false,
@@ -550,6 +558,8 @@ enum End {
 struct StreamState {
     last_token_at: Option<Duration>,
     end: Option<End>,
+    /// The previous chunk, whose envelope the next one skips.
+    memo: chunk::Memo,
 }
 
 impl StreamState {
@@ -568,7 +578,7 @@ impl StreamState {
         }
         let want_ids = cfg.keep_response_ids && rec.response_id.is_none();
         let want_text = rec.reply.is_some();
-        let info = match chunk::parse_full(data, want_ids, want_text) {
+        let info = match chunk::parse_memo(data, want_ids, want_text, &mut self.memo) {
             Ok(Payload::Done) => {
                 self.end = Some(End::Done);
                 return false;

@@ -15,6 +15,17 @@
 //! * A server that keeps closing connections right after their first
 //!   response (see [`CloseDetector`]) gets no reuse at all: each request
 //!   opens its own connection and says `Connection: close`.
+//! * A client behind its schedule does not open its way out: a request
+//!   sent more than [`LATE`] after its planned instant, finding no idle
+//!   connection, waits for a busy one to be handed over (oldest waiter
+//!   first) for up to [`LATE_WAIT_FACTOR`] times as long as it is already
+//!   late (at most [`LATE_REUSE_WAIT`]), and only then opens one. Its
+//!   lateness is the client's own (the send is late, not the server), so
+//!   more connections would not serve it sooner; they would pile up and
+//!   hit the server as a connect storm. A hiccup of a millisecond costs a
+//!   wait of a few; a client far behind waits longer, and its level is
+//!   flagged anyway. The wait counts as pool wait, and the request as
+//!   held back.
 //! * No connect storms: at most [`MAX_CONNECTING`] HTTP/1.1 connections
 //!   open at once. A request that finds none idle and no connect slot free
 //!   waits for whichever comes first, a connection given back or a slot.
@@ -46,6 +57,15 @@ const READ_BUF: usize = 16 * 1024;
 
 /// HTTP/1.1 connects in flight at most (see the module's doc).
 pub const MAX_CONNECTING: usize = 256;
+/// A request sent this late (the client behind its schedule) waits for a
+/// connection to come back before it opens one: see [`Pool::checkout`].
+pub const LATE: Duration = Duration::from_millis(5);
+/// The longest a late request waits for a connection to come back; then
+/// it opens one (a server whose streams are all long gives none back soon).
+pub const LATE_REUSE_WAIT: Duration = Duration::from_secs(1);
+/// A late request waits for a connection this many times as long as it
+/// is already late (at most [`LATE_REUSE_WAIT`]).
+pub const LATE_WAIT_FACTOR: u32 = 4;
 /// Idle HTTP/1.1 connections kept at most.
 pub const MAX_IDLE: usize = 8192;
 
@@ -63,6 +83,7 @@ pub struct PoolConfig {
 
 struct IdleH1 {
     tx: http1::SendRequest<Body>,
+    driver: Driver,
     id: u64,
     served: u32,
     expires: Instant,
@@ -88,8 +109,81 @@ impl Drop for H2Slot {
 }
 
 pub enum Sender {
-    H1(http1::SendRequest<Body>),
+    H1(http1::SendRequest<Body>, Driver),
     H2(http2::SendRequest<Body>, H2Slot),
+}
+
+/// An HTTP/1.1 connection's own future (hyper's dispatcher: it reads the
+/// socket, writes requests, feeds response bodies).
+type H1Conn = http1::Connection<TokioIo<connect::Stream>, Body>;
+
+/// The HTTP/1.1 connection future, polled by the request that holds the
+/// connection rather than by a task of its own.
+///
+/// With a task per connection, every read of a response crossed two
+/// tasks: the connection's task read the socket and woke the request's
+/// task through hyper's body channel, which woke the connection's task
+/// for the next read, often on the other worker thread. Driven here, a
+/// response's bytes go from the socket to the SSE decoder in the one
+/// task that waits for them. An idle connection is not polled; the
+/// kernel keeps its readiness, and [`Driver::check`] reads a close the
+/// server sent meanwhile before the connection is lent again.
+pub struct Driver {
+    conn: Option<std::pin::Pin<Box<H1Conn>>>,
+    /// Counts the connection as open until it is dropped.
+    _live: Live,
+}
+
+/// One HTTP/1.1 connection counted as open while it lives.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Driver {
+    fn new(conn: H1Conn, live: &Arc<AtomicUsize>) -> Self {
+        Self {
+            conn: Some(Box::pin(conn)),
+            _live: Live::new(live),
+        }
+    }
+
+    /// Poll the connection once; it is dropped once it has ended.
+    fn poll_conn(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(c) = &mut self.conn
+            && c.as_mut().poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+    }
+
+    /// Await `f` (a response or a body frame of this connection) while
+    /// driving the connection.
+    pub async fn drive<F: Future>(&mut self, f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        std::future::poll_fn(|cx| {
+            self.poll_conn(cx);
+            f.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Let the connection catch up with what already happened (a
+    /// response read to its end, a close from the server) without
+    /// waiting: it is then ready for the next request, or ended.
+    fn check(&mut self) {
+        self.poll_conn(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    }
 }
 
 /// A connection lent to one request.
@@ -114,6 +208,15 @@ impl Lease {
     pub fn is_h2(&self) -> bool {
         matches!(self.sender, Sender::H2(..))
     }
+
+    /// Await `f` (this connection's response or body), driving an
+    /// HTTP/1.1 connection meanwhile (HTTP/2's runs in its own task).
+    pub async fn drive<F: Future>(&mut self, f: F) -> F::Output {
+        match &mut self.sender {
+            Sender::H1(_, driver) => driver.drive(f).await,
+            Sender::H2(..) => f.await,
+        }
+    }
 }
 
 pub struct Pool {
@@ -134,8 +237,16 @@ pub struct Pool {
     connecting: Arc<tokio::sync::Semaphore>,
     /// A connection was given back to the idle list.
     returned: tokio::sync::Notify,
-    /// Requests that waited because every connect slot was taken.
+    /// Requests that waited for a connection instead of opening one:
+    /// every connect slot was taken, or the request was late.
     held_back: AtomicU64,
+    /// HTTP/1.1 connections open (lent or idle).
+    live: Arc<AtomicUsize>,
+    /// A request found every connect slot taken (said once).
+    connect_capped: AtomicBool,
+    /// Late requests waiting for a connection to be handed over, oldest
+    /// first (see [`Pool::checkout`]).
+    waiters: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<IdleH1>>>,
 }
 
 impl Pool {
@@ -159,6 +270,9 @@ impl Pool {
             connecting: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTING)),
             returned: tokio::sync::Notify::new(),
             held_back: AtomicU64::new(0),
+            live: Arc::new(AtomicUsize::new(0)),
+            connect_capped: AtomicBool::new(false),
+            waiters: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -210,9 +324,10 @@ impl Pool {
         let expires = Instant::now() + self.cfg.idle_timeout;
         let mut idle = self.idle.lock().expect("idle lock");
         for l in opened {
-            if let Sender::H1(tx) = l.sender {
+            if let Sender::H1(tx, driver) = l.sender {
                 idle.push(IdleH1 {
                     tx,
+                    driver,
                     id: l.id,
                     served: 0,
                     expires,
@@ -223,8 +338,14 @@ impl Pool {
     }
 
     /// A connection for one request. `fresh` forces a new connection (the
-    /// retry after a stale one).
-    pub async fn checkout(&self, fresh: bool) -> Result<Lease, ConnectError> {
+    /// retry after a stale one); `late`: how late the request is sent,
+    /// when more than [`LATE`] after its planned instant (see the
+    /// module's doc).
+    pub async fn checkout(
+        &self,
+        fresh: bool,
+        late: Option<Duration>,
+    ) -> Result<Lease, ConnectError> {
         let t0 = Instant::now();
         if self.h2_seen.load(Ordering::Relaxed) {
             if !fresh && let Some(l) = self.h2_take(Duration::ZERO) {
@@ -240,6 +361,10 @@ impl Pool {
             return self.open(waited).await;
         }
         let mut counted = false;
+        // A late request waits this long for a busy connection to come back.
+        let reuse_until = late
+            .filter(|_| !fresh)
+            .map(|lag| t0 + (lag * LATE_WAIT_FACTOR).min(LATE_REUSE_WAIT));
         loop {
             // Armed before looking, so a connection given back meanwhile
             // is not missed.
@@ -252,6 +377,22 @@ impl Pool {
                     }
                 }
             }
+            // None idle: a late request waits for one of the busy ones.
+            if let Some(until) = reuse_until
+                && self.reusing()
+                && self.live.load(Ordering::Relaxed) > 0
+                && Instant::now() < until
+            {
+                if !counted {
+                    counted = true;
+                    self.held_back.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(mut l) = self.await_handover(until).await {
+                    l.waited = t0.elapsed();
+                    return Ok(l);
+                }
+                continue;
+            }
             if let Ok(slot) = self.connecting.clone().try_acquire_owned() {
                 let r = self.open(t0.elapsed()).await;
                 drop(slot);
@@ -259,7 +400,8 @@ impl Pool {
             }
             if !counted {
                 counted = true;
-                if self.held_back.fetch_add(1, Ordering::Relaxed) == 0 {
+                self.held_back.fetch_add(1, Ordering::Relaxed);
+                if !self.connect_capped.swap(true, Ordering::Relaxed) {
                     self.notice_once(format!(
                         "{MAX_CONNECTING} connections were opening at once: later requests waited for a connection to come back or a connect slot, instead of opening more (the client fell behind its schedule)"
                     ));
@@ -290,36 +432,63 @@ impl Pool {
     /// `Some(None)`: one was discarded, look again; `None`: none left.
     async fn h1_take(&self) -> Option<Option<Lease>> {
         let now = Instant::now();
-        let mut c = {
+        let c = {
             let mut idle = self.idle.lock().expect("idle lock");
             // Oldest first: drop what has outlived its idle limit.
             let stale = idle.iter().take_while(|c| c.expires <= now).count();
             idle.drain(..stale);
             idle.pop()?
         };
+        Some(self.lend(c).await)
+    }
+
+    /// Lend an idle connection if it is still good (`None`: it was not,
+    /// and is dropped).
+    async fn lend(&self, mut c: IdleH1) -> Option<Lease> {
+        // Read what the server did while it was idle (a close).
+        c.driver.check();
         if c.tx.is_closed() {
             self.server_closed(c.served);
-            return Some(None);
+            return None;
         }
         if !c.tx.is_ready() {
-            // Just given back: its connection task has not caught up yet.
-            match tokio::time::timeout(Duration::from_millis(5), c.tx.ready()).await {
+            // Not caught up with its last response yet: give it a moment.
+            let IdleH1 { tx, driver, .. } = &mut c;
+            let ready = driver.drive(tx.ready());
+            match tokio::time::timeout(Duration::from_millis(5), ready).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     self.server_closed(c.served);
-                    return Some(None);
+                    return None;
                 }
-                Err(_) => return Some(None),
+                Err(_) => return None,
             }
         }
-        Some(Some(Lease {
-            sender: Sender::H1(c.tx),
+        Some(Lease {
+            sender: Sender::H1(c.tx, c.driver),
             id: c.id,
             served: c.served,
             opened: None,
             waited: Duration::ZERO,
             close: false,
-        }))
+        })
+    }
+
+    /// Wait until `until` for a connection handed over at its release (in
+    /// the order the waiters came), rather than racing every new request
+    /// for the idle list.
+    async fn await_handover(&self, until: Instant) -> Option<Lease> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut w = self.waiters.lock().expect("waiters lock");
+            // Waiters that gave up leave a closed sender behind.
+            if w.len() >= 64 && w.len().is_power_of_two() {
+                w.retain(|s| !s.is_closed());
+            }
+            w.push_back(tx);
+        }
+        let c = tokio::time::timeout_at(until, rx).await.ok()?.ok()?;
+        self.lend(c).await
     }
 
     /// A stream slot on an open HTTP/2 connection with room.
@@ -398,11 +567,8 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(handshake_failed)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok(Lease {
-            sender: Sender::H1(tx),
+            sender: Sender::H1(tx, Driver::new(conn, &self.live)),
             id,
             served: 0,
             opened: Some(opened.took),
@@ -415,7 +581,7 @@ impl Pool {
     /// response said about the connection, when it ended cleanly (body
     /// read to its end); `None` closes it.
     pub fn release(&self, lease: Lease, keep: Option<ServerKeepAlive>) {
-        let Sender::H1(tx) = lease.sender else {
+        let Sender::H1(tx, mut driver) = lease.sender else {
             return; // HTTP/2: dropping the slot gives it back.
         };
         let served = lease.served + 1;
@@ -438,17 +604,34 @@ impl Pool {
         if limit.is_zero() {
             return;
         }
+        // Its dispatcher goes back to idle: ready for the next request.
+        driver.check();
+        if driver.conn.is_none() {
+            return;
+        }
+        let mut c = IdleH1 {
+            tx,
+            driver,
+            id: lease.id,
+            served,
+            expires: Instant::now() + limit,
+        };
+        // A late request waiting for one gets it first.
+        loop {
+            let Some(w) = self.waiters.lock().expect("waiters lock").pop_front() else {
+                break;
+            };
+            match w.send(c) {
+                Ok(()) => return,
+                Err(back) => c = back,
+            }
+        }
         {
             let mut idle = self.idle.lock().expect("idle lock");
             if idle.len() >= self.cfg.max_idle.max(1) {
                 idle.remove(0);
             }
-            idle.push(IdleH1 {
-                tx,
-                id: lease.id,
-                served,
-                expires: Instant::now() + limit,
-            });
+            idle.push(c);
         }
         self.returned.notify_one();
     }

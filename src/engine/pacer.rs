@@ -1,11 +1,25 @@
-//! The pacer: a dedicated OS thread that owns the clock of an open-loop
-//! level. It sleeps to each planned instant with `std::thread::sleep`
-//! (nanosleep, timer slack set to 1 µs) rather than tokio's timer, whose
-//! 1 ms wheel would add up to a millisecond of lag to every send, and
-//! hands each request to the runtime as a task. A trace replay's prompts
-//! are made on a thread of their own, ahead of their sends.
+//! The pacer: the task that owns the clock of an open-loop level. It
+//! sleeps to each planned instant on a timerfd registered with the
+//! poller of the runtime it runs on ([`Deadline`]), not on tokio's timer,
+//! whose 1 ms wheel would add up to a millisecond of lag to every send.
+//!
+//! Where it runs is a trade between cost and isolation ([`Spawner`]):
+//! * from [`TASK_PACER_FROM`] req/s, the pacer is a task on the level's
+//!   runtime: the timerfd wakes the worker that then makes the send, one
+//!   wake per send and no hand-over between threads. This took the rate
+//!   one client holds from 16,000 to 24,000-28,000 req/s (2 cores), and
+//!   the CPU a send costs is what limits a fast level;
+//! * below it, and for every trace replay, the pacer has a thread of its
+//!   own (raised priority) and hands its sends to the runtime's shared
+//!   queue, where any idle worker takes them. There the extra wake per
+//!   send costs nothing that matters, and the pacer is isolated from the
+//!   rest of the process: a long poll of some request (a debug build, a
+//!   daemon running a soak beside the sweep) never delays a send, and a
+//!   burst of lines due at once goes out on every worker in parallel. A
+//!   replay's prompts are made on another thread, ahead of their sends.
 
 use super::request::{Job, TaskCtx, lock, request_task};
+use crate::base::timerfd::Deadline;
 use crate::client::record::{ErrorKind, RequestRecord};
 use crate::plan::load::Load;
 use crate::plan::schedule::Schedule;
@@ -15,19 +29,134 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The pacer loop (runs on its own OS thread). Returns the offset of the
-/// last send, whether it was stopped early, and how many entries of the
-/// global schedule it went through (all shards' together).
-pub(super) fn pace(
-    ctx: &Arc<TaskCtx>,
-    handle: &tokio::runtime::Handle,
+/// Where the sends come from: the level's schedule, computed as it goes,
+/// or a replay's lines, made ahead on their own thread.
+enum Upcoming {
+    Schedule(Box<dyn Iterator<Item = Pending> + Send>),
+    Trace(tokio::sync::mpsc::Receiver<Pending>),
+}
+
+impl Upcoming {
+    async fn next(&mut self) -> Option<Pending> {
+        match self {
+            Self::Schedule(it) => it.next(),
+            Self::Trace(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Sleeps to a send's instant: on a timerfd when the system has one to
+/// give (else on tokio's timer, to the millisecond).
+struct Clock(Option<Deadline>);
+
+impl Clock {
+    fn new() -> Self {
+        Self(Deadline::new().ok())
+    }
+
+    async fn sleep_until(&mut self, at: std::time::Instant) {
+        match &mut self.0 {
+            Some(d) => {
+                if d.sleep_until(at).await.is_err() {
+                    self.0 = None;
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            }
+            None => tokio::time::sleep_until(at.into()).await,
+        }
+    }
+}
+
+/// From this rate (req/s) a level's pacer is a task on its runtime;
+/// below it, a thread of its own (see the module's doc).
+pub const TASK_PACER_FROM: f64 = 2000.0;
+
+/// Where the pacer starts its requests.
+pub(super) enum Spawner {
+    /// On the worker the pacer runs on, behind the work already queued
+    /// there (a task spawned on a worker would otherwise run next): a
+    /// client with a backlog then sends late, and says so, instead of
+    /// sending on time and reading every response late.
+    Local,
+    /// From the pacer's own thread into the runtime's shared queue.
+    Remote(tokio::runtime::Handle),
+}
+
+impl Spawner {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        match self {
+            Self::Local => {
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    f.await
+                });
+            }
+            Self::Remote(h) => {
+                h.spawn(f);
+            }
+        }
+    }
+}
+
+/// Run `pace` on a thread of its own (its own current-thread runtime, a
+/// raised priority), sending through `handle`'s shared queue.
+pub(super) fn pace_on_own_thread(
+    ctx: Arc<TaskCtx>,
     max_in_flight: usize,
     first_seq: u64,
     shard: Option<crate::plan::schedule::Shard>,
-    stop: &CancellationToken,
-    cancel: &CancellationToken,
+    stop: CancellationToken,
+    cancel: CancellationToken,
+) -> tokio::sync::oneshot::Receiver<(Duration, bool, u64)> {
+    let handle = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("llmload-pacer".into())
+        .spawn(move || {
+            raise_priority();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the pacer thread");
+            let r = rt.block_on(pace(
+                ctx,
+                max_in_flight,
+                first_seq,
+                shard,
+                stop,
+                cancel,
+                Spawner::Remote(handle),
+            ));
+            let _ = done_tx.send(r);
+        })
+        .expect("spawning the pacer thread");
+    done_rx
+}
+
+/// A pacer that wakes late makes every later send late: ask the
+/// scheduler to prefer its thread (it sleeps almost all the time, so this
+/// costs the machine nothing). Needs CAP_SYS_NICE; best effort.
+fn raise_priority() {
+    // SAFETY: setpriority on our own thread id only lowers its nice
+    // value, and fails harmlessly without the privilege to.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, -10);
+    }
+}
+
+/// The pacer loop. Returns the offset of the last send, whether it was
+/// stopped early, and how many entries of the global schedule it went
+/// through (all shards' together).
+pub(super) async fn pace(
+    ctx: Arc<TaskCtx>,
+    max_in_flight: usize,
+    first_seq: u64,
+    shard: Option<crate::plan::schedule::Shard>,
+    stop: CancellationToken,
+    cancel: CancellationToken,
+    spawner: Spawner,
 ) -> (Duration, bool, u64) {
-    set_fine_timer_slack();
     let spec = &ctx.spec;
     let limit = spec.limit.map_or(usize::MAX, |l| l as usize);
     // Entries of the global schedule gone through, every shard's.
@@ -36,9 +165,9 @@ pub(super) fn pace(
     // The sends to make, in order. A replay's prompts are made on their
     // own thread, up to [`PREPARE_AHEAD`] ahead, so that making one never
     // delays a send and a burst of lines due at once goes out back to back.
-    let mut upcoming: Box<dyn Iterator<Item = Pending> + '_> = match &spec.load {
+    let mut upcoming = match &spec.load {
         Load::Trace(r) => {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(PREPARE_AHEAD);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(PREPARE_AHEAD);
             let (r, window, seen) = (r.clone(), spec.duration, total.clone());
             std::thread::Builder::new()
                 .name("llmload-prompts".into())
@@ -55,13 +184,13 @@ pub(super) fn pace(
                         }
                         let ready = Some((r.request(line), r.trace.entries[line].at_us));
                         // The pacer gone (stopped): nothing more to make.
-                        if tx.send(Pending { i, offset, ready }).is_err() {
+                        if tx.blocking_send(Pending { i, offset, ready }).is_err() {
                             return;
                         }
                     }
                 })
                 .expect("spawning the prompt thread");
-            Box::new(rx.into_iter())
+            Upcoming::Trace(rx)
         }
         load => {
             let schedule = match load {
@@ -69,7 +198,7 @@ pub(super) fn pace(
                 _ => Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed),
             };
             let seen = total.clone();
-            Box::new(
+            Upcoming::Schedule(Box::new(
                 schedule
                     .take(limit)
                     .enumerate()
@@ -80,16 +209,17 @@ pub(super) fn pace(
                         offset,
                         ready: None,
                     }),
-            )
+            ))
         }
     };
+    let mut clock = Clock::new();
     let std_start = ctx.start.into_std();
     // Time spent paused pushes the rest of the schedule back.
     let mut shift = Duration::ZERO;
     let mut last = Duration::ZERO;
     let mut stall = inject_stall(spec.index).zip(spec.duration);
     loop {
-        let Some(mut p) = upcoming.next() else {
+        let Some(mut p) = upcoming.next().await else {
             break;
         };
         let (i, offset) = (p.i, p.offset);
@@ -97,7 +227,7 @@ pub(super) fn pace(
             && offset >= length / 2
         {
             // The test suite's starved client: the pacer is not scheduled.
-            std::thread::sleep(pause);
+            tokio::time::sleep(pause).await;
             stall = None;
         }
         let mut due = std_start + shift + offset;
@@ -111,7 +241,7 @@ pub(super) fn pace(
                     && !stop.is_cancelled()
                     && !cancel.is_cancelled()
                 {
-                    std::thread::sleep(Duration::from_millis(20));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let paused_for = t0.elapsed();
                 shift += paused_for;
@@ -130,8 +260,13 @@ pub(super) fn pace(
                 break;
             }
             // Sleep in slices so stop and pause are seen within 50 ms.
-            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+            clock
+                .sleep_until(due.min(now + Duration::from_millis(50)))
+                .await;
         }
+        // A pacer catching up sends back to back: let the requests it
+        // started run now and then.
+        tokio::task::consume_budget().await;
         let own = p.ready.take();
         let scheduled_at = shift + offset;
         last = scheduled_at;
@@ -181,14 +316,14 @@ pub(super) fn pace(
             // The pacer adds its pauses to `paused_ns`; the session moves
             // its end by them as they come.
             let end = spec.duration;
-            let active = super::session::ActiveSession::enter(ctx);
-            handle.spawn(async move {
+            let active = super::session::ActiveSession::enter(&ctx);
+            spawner.spawn(async move {
                 super::session::run_session(&task_ctx, &plan, seq, scheduled_at, end, active).await;
             });
             continue;
         }
         let open = ctx.progress.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        handle.spawn(async move {
+        spawner.spawn(async move {
             let mut job = Job::new(seq, scheduled_at, open);
             job.own = own;
             request_task(task_ctx, job).await;
@@ -243,20 +378,4 @@ fn inject_stall(level: usize) -> Option<Duration> {
         Which::WhileExists(p) => p.exists(),
     };
     on.then_some(*pause)
-}
-
-/// Ask the kernel to wake this thread within 1 µs of its deadline instead
-/// of the default 50 µs slack.
-fn set_fine_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes an integer and affects only the
-    // calling thread; setpriority on our own thread id only lowers its
-    // nice value, and fails harmlessly without the privilege to.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
-        // A pacer that wakes late makes every later send late: ask the
-        // scheduler to prefer it (it sleeps almost all the time, so this
-        // costs the machine nothing). Needs CAP_SYS_NICE; best effort.
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, -10);
-    }
 }

@@ -1,11 +1,13 @@
 //! The one executor: for each level, send on schedule, record, drain.
 //!
-//! A dedicated pacer thread owns the clock. It sleeps to each planned
-//! instant with `std::thread::sleep` (nanosleep, timer slack set to 1 µs)
-//! rather than tokio's timer, whose 1 ms wheel would add up to a
-//! millisecond of lag to every send, and hands each request to the runtime
-//! as a task. The task stamps `sent_at` just before the connection pool
-//! takes the request; `sent_at - scheduled_at` is the schedule lag.
+//! The pacer owns the clock. It sleeps to each planned instant on a
+//! timerfd (microsecond precision; tokio's timer wheel would add up to a
+//! millisecond of lag to every send) and starts each request as a task:
+//! a fast level's pacer is a task on the runtime, a slower level's or a
+//! replay's has a thread of its own (see [`super::pacer`]). The task
+//! stamps `sent_at` just before the connection pool takes the request;
+//! `sent_at - scheduled_at` is the schedule lag, so a client with a
+//! backlog shows it as lag.
 //!
 //! Open loop: a request goes out at its time whatever earlier ones are
 //! doing. Only `max_in_flight` bounds it, so a dead endpoint with a long
@@ -137,8 +139,8 @@ impl Engine {
             self.client.prewarm(share).await;
         }
         let idle = Arc::new(Notify::new());
-        let handle = tokio::runtime::Handle::current();
         let usage_at_start = crate::base::usage::Snapshot::now();
+        let held_back_at_start = self.client.held_back();
         {
             let mut st = lock(&run.stats);
             if let Some(d) = spec.duration {
@@ -212,26 +214,33 @@ impl Engine {
         let (last_offset, interrupted, global) = if let Load::Concurrency(n) = spec.load {
             super::closed_loop::run_workers(&ctx, n, first_seq, shard, &stop_sending, &cancel).await
         } else {
-            let pacer_ctx = ctx.clone();
-            let pacer_stop = stop_sending.clone();
-            let pacer_cancel = cancel.clone();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("llmload-pacer".into())
-                .spawn(move || {
-                    let r = super::pacer::pace(
-                        &pacer_ctx,
-                        &handle,
-                        max_in_flight,
-                        first_seq,
-                        shard,
-                        &pacer_stop,
-                        &pacer_cancel,
-                    );
-                    let _ = done_tx.send(r);
-                })
-                .expect("spawning the pacer thread");
-            done_rx.await.unwrap_or((Duration::ZERO, true, 0))
+            let (stop, cancel) = (stop_sending.clone(), cancel.clone());
+            // See the pacer's doc for why it runs where it does.
+            if matches!(spec.load, Load::Trace(_)) || spec.qps < super::pacer::TASK_PACER_FROM {
+                super::pacer::pace_on_own_thread(
+                    ctx.clone(),
+                    max_in_flight,
+                    first_seq,
+                    shard,
+                    stop,
+                    cancel,
+                )
+                .await
+                .unwrap_or((Duration::ZERO, true, 0))
+            } else {
+                let pacer = super::pacer::pace(
+                    ctx.clone(),
+                    max_in_flight,
+                    first_seq,
+                    shard,
+                    stop,
+                    cancel,
+                    super::pacer::Spawner::Local,
+                );
+                tokio::spawn(pacer)
+                    .await
+                    .unwrap_or((Duration::ZERO, true, 0))
+            }
         };
         let mut sent_done = Instant::now();
         // Workers return when their last request has ended: the sending
@@ -275,7 +284,8 @@ impl Engine {
         let drained = Instant::now();
         let used = usage_at_start.until(&crate::base::usage::Snapshot::now());
         let stats = lock(&run.stats).clone();
-        let client = client_usage(&used, &stats, &run.progress);
+        let mut client = client_usage(&used, &stats, &run.progress);
+        client.held_back = self.client.held_back().saturating_sub(held_back_at_start);
         let server = match (scraping, &self.server_metrics) {
             (Some((stop, task)), Some(sc)) => {
                 stop.cancel();
@@ -356,6 +366,7 @@ fn client_usage(
             progress.pacer_stall_ns.load(Ordering::Relaxed) as f64 / 1e6,
             1,
         ),
+        held_back: 0,
     }
 }
 
