@@ -37,6 +37,7 @@ const PURE: &[&str] = &[
     "workload/trace.rs",
     "workload/session.rs",
     "client/chunk.rs",
+    "client/json_scan.rs",
     "client/keepalive.rs",
     "client/record.rs",
     "client/sse.rs",

@@ -6,6 +6,7 @@
 //! purpose-built types skips everything else (logprobs, ids of every chunk)
 //! and allocates nothing for unescaped strings.
 
+pub use super::json_scan::ChunkError;
 use super::json_scan::{Res, Scanner};
 use std::borrow::Cow;
 
@@ -79,13 +80,6 @@ impl ChunkInfo<'_> {
 pub enum Payload<'a> {
     Done,
     Chunk(ChunkInfo<'a>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("chunk is not valid JSON: {what} at byte {at}")]
-pub struct ChunkError {
-    pub what: &'static str,
-    pub at: usize,
 }
 
 /// Read one `data:` payload.
@@ -298,7 +292,7 @@ fn member<'a>(
                                 return Ok(());
                             }
                             sc.object(|sc, dk| match dk {
-                                b"content" if want_text => sc.text_into(info),
+                                b"content" if want_text => text_into(sc, info),
                                 b"content" => {
                                     info.content |= sc.non_empty()?;
                                     Ok(())
@@ -310,7 +304,7 @@ fn member<'a>(
                                 _ => sc.skip_value(0),
                             })
                         }
-                        b"text" if want_text => sc.text_into(info),
+                        b"text" if want_text => text_into(sc, info),
                         b"text" => {
                             info.content |= sc.non_empty()?;
                             Ok(())
@@ -381,6 +375,36 @@ fn member<'a>(
         }
         _ => sc.skip_value(0),
     }
+}
+
+/// Answer text: a string is decoded and appended to `info.text`
+/// (content parts and other shapes only mark the chunk as content).
+/// Leniently: text a single request would accept (a lone surrogate
+/// escape, bytes that are not UTF-8) never fails a session's turn; it
+/// is kept with U+FFFD in its place.
+fn text_into<'a>(sc: &mut Scanner<'a>, info: &mut ChunkInfo<'a>) -> Res<()> {
+    if sc.peek()? != b'"' {
+        info.content |= sc.non_empty()?;
+        return Ok(());
+    }
+    let at = sc.i;
+    let (raw, escaped) = sc.raw_str()?;
+    let s: Cow<'a, str> = if escaped {
+        match serde_json::from_slice::<String>(&sc.b[at..sc.i]) {
+            Ok(s) => Cow::Owned(s),
+            Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+        }
+    } else {
+        String::from_utf8_lossy(raw)
+    };
+    if !s.is_empty() {
+        info.content = true;
+        match &mut info.text {
+            None => info.text = Some(s),
+            Some(t) => t.to_mut().push_str(&s),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! needs to read a streamed chunk's few facts and skip the rest, without
 //! building a tree or allocating for unescaped strings.
 
-use super::chunk::{ChunkError, ChunkInfo};
 use std::borrow::Cow;
 
 /// The first `"` or `\\` in `b`. Keys and most values are a few bytes
@@ -43,6 +42,14 @@ pub(super) const MAX_DEPTH: usize = 64;
 pub(super) struct Scanner<'a> {
     pub(super) b: &'a [u8],
     pub(super) i: usize,
+}
+
+/// Where and why a chunk is not the JSON it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk is not valid JSON: {what} at byte {at}")]
+pub struct ChunkError {
+    pub what: &'static str,
+    pub at: usize,
 }
 
 pub(super) type Res<T> = Result<T, ChunkError>;
@@ -169,36 +176,6 @@ impl<'a> Scanner<'a> {
             b'{' => self.skip_value(0).map(|_| true),
             _ => self.skip_value(0).map(|_| false),
         }
-    }
-
-    /// Answer text: a string is decoded and appended to `info.text`
-    /// (content parts and other shapes only mark the chunk as content).
-    /// Leniently: text a single request would accept (a lone surrogate
-    /// escape, bytes that are not UTF-8) never fails a session's turn; it
-    /// is kept with U+FFFD in its place.
-    pub(super) fn text_into(&mut self, info: &mut ChunkInfo<'a>) -> Res<()> {
-        if self.peek()? != b'"' {
-            info.content |= self.non_empty()?;
-            return Ok(());
-        }
-        let at = self.i;
-        let (raw, escaped) = self.raw_str()?;
-        let s: Cow<'a, str> = if escaped {
-            match serde_json::from_slice::<String>(&self.b[at..self.i]) {
-                Ok(s) => Cow::Owned(s),
-                Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
-            }
-        } else {
-            String::from_utf8_lossy(raw)
-        };
-        if !s.is_empty() {
-            info.content = true;
-            match &mut info.text {
-                None => info.text = Some(s),
-                Some(t) => t.to_mut().push_str(&s),
-            }
-        }
-        Ok(())
     }
 
     /// A non-negative integer that fits u32, or null; other numbers are

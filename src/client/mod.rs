@@ -23,6 +23,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_connector;
 pub mod record;
+pub mod saturation;
 pub mod sse;
 pub mod tls;
 

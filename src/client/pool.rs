@@ -18,14 +18,21 @@
 //! * A client behind its schedule does not open its way out: a request
 //!   sent more than [`LATE`] after its planned instant, finding no idle
 //!   connection, waits for a busy one to be handed over (oldest waiter
-//!   first) for up to [`LATE_WAIT_FACTOR`] times as long as it is already
-//!   late (at most [`LATE_REUSE_WAIT`]), and only then opens one. Its
-//!   lateness is the client's own (the send is late, not the server), so
-//!   more connections would not serve it sooner; they would pile up and
-//!   hit the server as a connect storm. A hiccup of a millisecond costs a
-//!   wait of a few; a client far behind waits longer, and its level is
-//!   flagged anyway. The wait counts as pool wait, and the request as
-//!   held back.
+//!   first). It opens one only when the whole queue has stood still, no
+//!   connection handed over to anyone, for [`LATE_WAIT_FACTOR`] times as
+//!   long as it is already late (at least 20 ms, at most
+//!   [`LATE_REUSE_WAIT`]). Its lateness is the client's own (the send is
+//!   late, not the server), so while connections keep coming back, more
+//!   of them would not serve it sooner: they would pile up as streams the
+//!   busy client reads ever later, and hit the server as a connect storm.
+//!   A queue that stands still is the other case: a server whose streams
+//!   are all long, after a hiccup of the client; then it opens. A client
+//!   far behind waits its turn, and its level is flagged anyway. The wait
+//!   counts as pool wait, and the request as held back.
+//! * The same holds for a request sent on time while every worker of the
+//!   runtime is busy ([`super::saturation`]): such a client reads each
+//!   stream late, so its connections stay busy on its account, not the
+//!   server's, while its sends (one short poll each) still go out on time.
 //! * No connect storms: at most [`MAX_CONNECTING`] HTTP/1.1 connections
 //!   open at once. A request that finds none idle and no connect slot free
 //!   waits for whichever comes first, a connection given back or a slot.
@@ -60,11 +67,13 @@ pub const MAX_CONNECTING: usize = 256;
 /// A request sent this late (the client behind its schedule) waits for a
 /// connection to come back before it opens one: see [`Pool::checkout`].
 pub const LATE: Duration = Duration::from_millis(5);
-/// The longest a late request waits for a connection to come back; then
-/// it opens one (a server whose streams are all long gives none back soon).
+/// The longest a late request waits with no connection handed over to
+/// anyone; then it opens one (a server whose streams are all long gives
+/// none back soon).
 pub const LATE_REUSE_WAIT: Duration = Duration::from_secs(1);
-/// A late request waits for a connection this many times as long as it
-/// is already late (at most [`LATE_REUSE_WAIT`]).
+/// A late request waits with no connection handed over for this many
+/// times as long as it is already late (from `LATE` × this, at most
+/// [`LATE_REUSE_WAIT`]).
 pub const LATE_WAIT_FACTOR: u32 = 4;
 /// Idle HTTP/1.1 connections kept at most.
 pub const MAX_IDLE: usize = 8192;
@@ -247,6 +256,12 @@ pub struct Pool {
     /// Late requests waiting for a connection to be handed over, oldest
     /// first (see [`Pool::checkout`]).
     waiters: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<IdleH1>>>,
+    /// When a connection was last handed over to a waiter (ns since
+    /// `epoch`): the queue still moves.
+    last_handover: AtomicU64,
+    epoch: Instant,
+    /// Whether the client is at its CPU limit.
+    saturation: super::saturation::Saturation,
 }
 
 impl Pool {
@@ -273,6 +288,9 @@ impl Pool {
             live: Arc::new(AtomicUsize::new(0)),
             connect_capped: AtomicBool::new(false),
             waiters: Mutex::new(std::collections::VecDeque::new()),
+            last_handover: AtomicU64::new(0),
+            epoch: Instant::now(),
+            saturation: Default::default(),
         }
     }
 
@@ -361,10 +379,7 @@ impl Pool {
             return self.open(waited).await;
         }
         let mut counted = false;
-        // A late request waits this long for a busy connection to come back.
-        let reuse_until = late
-            .filter(|_| !fresh)
-            .map(|lag| t0 + (lag * LATE_WAIT_FACTOR).min(LATE_REUSE_WAIT));
+        let mut stood_still = false;
         loop {
             // Armed before looking, so a connection given back meanwhile
             // is not missed.
@@ -377,20 +392,30 @@ impl Pool {
                     }
                 }
             }
-            // None idle: a late request waits for one of the busy ones.
-            if let Some(until) = reuse_until
-                && self.reusing()
-                && self.live.load(Ordering::Relaxed) > 0
-                && Instant::now() < until
+            // None idle: a late request, or any while the client is at
+            // its CPU limit, waits for one of the busy ones while the
+            // queue moves at least this often.
+            let behind = if fresh
+                || stood_still
+                || !self.reusing()
+                || self.live.load(Ordering::Relaxed) == 0
             {
+                None
+            } else {
+                late.or_else(|| self.saturation.saturated().then_some(LATE))
+            };
+            if let Some(lag) = behind {
+                let p = (lag * LATE_WAIT_FACTOR).clamp(LATE * LATE_WAIT_FACTOR, LATE_REUSE_WAIT);
                 if !counted {
                     counted = true;
                     self.held_back.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(mut l) = self.await_handover(until).await {
+                if let Some(mut l) = self.await_handover(p).await {
                     l.waited = t0.elapsed();
                     return Ok(l);
                 }
+                // The queue stood still: open one.
+                stood_still = true;
                 continue;
             }
             if let Ok(slot) = self.connecting.clone().try_acquire_owned() {
@@ -474,21 +499,48 @@ impl Pool {
         })
     }
 
-    /// Wait until `until` for a connection handed over at its release (in
-    /// the order the waiters came), rather than racing every new request
-    /// for the idle list.
-    async fn await_handover(&self, until: Instant) -> Option<Lease> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut w = self.waiters.lock().expect("waiters lock");
-            // Waiters that gave up leave a closed sender behind.
-            if w.len() >= 64 && w.len().is_power_of_two() {
-                w.retain(|s| !s.is_closed());
+    /// Wait for a connection handed over at its release (in the order the
+    /// waiters came), rather than racing every new request for the idle
+    /// list, for as long as the queue moves: `None` once no connection was
+    /// handed over to anyone for `patience`.
+    async fn await_handover(&self, patience: Duration) -> Option<Lease> {
+        let mut until = Instant::now() + patience;
+        loop {
+            let (tx, mut rx) = tokio::sync::oneshot::channel();
+            {
+                let mut w = self.waiters.lock().expect("waiters lock");
+                // Waiters that gave up leave a closed sender behind.
+                if w.len() >= 64 && w.len().is_power_of_two() {
+                    w.retain(|s| !s.is_closed());
+                }
+                w.push_back(tx);
             }
-            w.push_back(tx);
+            let c = loop {
+                match tokio::time::timeout_at(until, &mut rx).await {
+                    Ok(Ok(c)) => break c,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        let moved = self.epoch
+                            + Duration::from_nanos(self.last_handover.load(Ordering::Relaxed));
+                        if moved + patience > Instant::now() {
+                            until = moved + patience;
+                            continue;
+                        }
+                        // Given up; one handed over meanwhile is still ours.
+                        rx.close();
+                        match rx.try_recv() {
+                            Ok(c) => break c,
+                            Err(_) => return None,
+                        }
+                    }
+                }
+            };
+            if let Some(l) = self.lend(c).await {
+                return Some(l);
+            }
+            // That one had closed: back in line (at the end).
+            until = Instant::now() + patience;
         }
-        let c = tokio::time::timeout_at(until, rx).await.ok()?.ok()?;
-        self.lend(c).await
     }
 
     /// A stream slot on an open HTTP/2 connection with room.
@@ -622,7 +674,11 @@ impl Pool {
                 break;
             };
             match w.send(c) {
-                Ok(()) => return,
+                Ok(()) => {
+                    let now = self.epoch.elapsed().as_nanos() as u64;
+                    self.last_handover.fetch_max(now, Ordering::Relaxed);
+                    return;
+                }
                 Err(back) => c = back,
             }
         }
