@@ -30,9 +30,13 @@
 //!   far behind waits its turn, and its level is flagged anyway. The wait
 //!   counts as pool wait, and the request as held back.
 //! * The same holds for a request sent on time while every worker of the
-//!   runtime is busy ([`super::saturation`]): such a client reads each
-//!   stream late, so its connections stay busy on its account, not the
-//!   server's, while its sends (one short poll each) still go out on time.
+//!   runtime is busy ([`super::saturation`]) and connections are coming
+//!   back every moment ([`CYCLING`]): such a client reads each stream
+//!   late, so its connections stay busy on its account, not the server's,
+//!   while its sends (one short poll each) still go out on time. It waits
+//!   only while they keep coming back that often: against streams that
+//!   last (an LLM's), an on-time request never waits, so a burst in a
+//!   replay still reaches the server when the trace says.
 //! * No connect storms: at most [`MAX_CONNECTING`] HTTP/1.1 connections
 //!   open at once. A request that finds none idle and no connect slot free
 //!   waits for whichever comes first, a connection given back or a slot.
@@ -75,6 +79,10 @@ pub const LATE_REUSE_WAIT: Duration = Duration::from_secs(1);
 /// times as long as it is already late (from `LATE` × this, at most
 /// [`LATE_REUSE_WAIT`]).
 pub const LATE_WAIT_FACTOR: u32 = 4;
+/// A request sent on time while the client is at its CPU limit waits for
+/// a busy connection only if one came back this recently, and only while
+/// they keep coming back this often.
+pub const CYCLING: Duration = Duration::from_millis(2);
 /// Idle HTTP/1.1 connections kept at most.
 pub const MAX_IDLE: usize = 8192;
 
@@ -256,9 +264,9 @@ pub struct Pool {
     /// Late requests waiting for a connection to be handed over, oldest
     /// first (see [`Pool::checkout`]).
     waiters: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<IdleH1>>>,
-    /// When a connection was last handed over to a waiter (ns since
-    /// `epoch`): the queue still moves.
-    last_handover: AtomicU64,
+    /// When a connection was last given back, to a waiter or the idle
+    /// list (ns since `epoch`): the queue still moves.
+    last_return: AtomicU64,
     epoch: Instant,
     /// Whether the client is at its CPU limit.
     saturation: super::saturation::Saturation,
@@ -288,7 +296,7 @@ impl Pool {
             live: Arc::new(AtomicUsize::new(0)),
             connect_capped: AtomicBool::new(false),
             waiters: Mutex::new(std::collections::VecDeque::new()),
-            last_handover: AtomicU64::new(0),
+            last_return: AtomicU64::new(0),
             epoch: Instant::now(),
             saturation: Default::default(),
         }
@@ -395,17 +403,20 @@ impl Pool {
             // None idle: a late request, or any while the client is at
             // its CPU limit, waits for one of the busy ones while the
             // queue moves at least this often.
-            let behind = if fresh
+            let patience = if fresh
                 || stood_still
                 || !self.reusing()
                 || self.live.load(Ordering::Relaxed) == 0
             {
                 None
+            } else if let Some(lag) = late {
+                Some((lag * LATE_WAIT_FACTOR).clamp(LATE * LATE_WAIT_FACTOR, LATE_REUSE_WAIT))
             } else {
-                late.or_else(|| self.saturation.saturated().then_some(LATE))
+                // On time: wait only where connections come back every
+                // moment anyway, so the wait is one of microseconds.
+                (self.since_return() < CYCLING && self.saturation.saturated()).then_some(CYCLING)
             };
-            if let Some(lag) = behind {
-                let p = (lag * LATE_WAIT_FACTOR).clamp(LATE * LATE_WAIT_FACTOR, LATE_REUSE_WAIT);
+            if let Some(p) = patience {
                 if !counted {
                     counted = true;
                     self.held_back.fetch_add(1, Ordering::Relaxed);
@@ -499,6 +510,17 @@ impl Pool {
         })
     }
 
+    fn returned_now(&self) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.last_return.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long ago a connection was last given back.
+    fn since_return(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_return.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
     /// Wait for a connection handed over at its release (in the order the
     /// waiters came), rather than racing every new request for the idle
     /// list, for as long as the queue moves: `None` once no connection was
@@ -520,10 +542,9 @@ impl Pool {
                     Ok(Ok(c)) => break c,
                     Ok(Err(_)) => return None,
                     Err(_) => {
-                        let moved = self.epoch
-                            + Duration::from_nanos(self.last_handover.load(Ordering::Relaxed));
-                        if moved + patience > Instant::now() {
-                            until = moved + patience;
+                        let since = self.since_return();
+                        if since < patience {
+                            until = Instant::now() + (patience - since);
                             continue;
                         }
                         // Given up; one handed over meanwhile is still ours.
@@ -675,8 +696,7 @@ impl Pool {
             };
             match w.send(c) {
                 Ok(()) => {
-                    let now = self.epoch.elapsed().as_nanos() as u64;
-                    self.last_handover.fetch_max(now, Ordering::Relaxed);
+                    self.returned_now();
                     return;
                 }
                 Err(back) => c = back,
@@ -689,6 +709,7 @@ impl Pool {
             }
             idle.push(c);
         }
+        self.returned_now();
         self.returned.notify_one();
     }
 
