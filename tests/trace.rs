@@ -108,12 +108,12 @@ async fn truth(m: &llmload::mock::MockServer) -> Vec<(u64, u32, u32)> {
         .collect()
 }
 
-/// The share of arrivals within `tol` of their trace time, after the one
+/// The arrivals more than `tol` off their trace time, after the one
 /// constant offset (the median) that lines the two clocks up.
-fn on_time(arrivals_ns: &[u64], trace_ms: &[f64], tol_ns: f64) -> f64 {
+fn off_time(arrivals_ns: &[u64], trace_ms: &[f64], tol_ns: f64) -> Vec<u64> {
     let mut a = arrivals_ns.to_vec();
     a.sort();
-    let mut d: Vec<f64> = a
+    let d: Vec<f64> = a
         .iter()
         .zip(trace_ms)
         .map(|(&r, &t)| r as f64 - t * 1e6)
@@ -121,10 +121,17 @@ fn on_time(arrivals_ns: &[u64], trace_ms: &[f64], tol_ns: f64) -> f64 {
     let mut sorted = d.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    for x in &mut d {
-        *x = (*x - median).abs();
-    }
-    d.iter().filter(|&&x| x <= tol_ns).count() as f64 / d.len() as f64
+    a.iter()
+        .zip(&d)
+        .filter(|&(_, x)| (x - median).abs() > tol_ns)
+        .map(|(&r, _)| r)
+        .collect()
+}
+
+/// The share of arrivals within `tol` of their trace time (see
+/// [`off_time`]).
+fn on_time(arrivals_ns: &[u64], trace_ms: &[f64], tol_ns: f64) -> f64 {
+    1.0 - off_time(arrivals_ns, trace_ms, tol_ns).len() as f64 / arrivals_ns.len() as f64
 }
 
 struct Replayed {
@@ -173,13 +180,38 @@ async fn replay(
 }
 
 /// How noisy the machine is while a replay runs: a thread that sleeps
-/// 1 ms at a time and counts the wake-ups more than 0.5 ms late, and the
-/// latest. On a quiet machine under 0.5 % are late and none by 3 ms; CPU
-/// hogs beside the suite, or a hypervisor taking the vCPU away (this
-/// machine is a VM: stalls of 20 ms happen), show at once.
+/// 1 ms at a time and notes the wake-ups more than 0.5 ms late (when, on
+/// the mock's clock, and by how much). On a quiet machine under 0.5 % are
+/// late and none by 3 ms; CPU hogs beside the suite, or a hypervisor
+/// taking the vCPU away (this machine is a VM: stalls of 20 ms happen),
+/// show at once.
 struct Canary {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(f64, Duration)>,
+    thread: std::thread::JoinHandle<Noise>,
+}
+
+struct Noise {
+    /// The share of wake-ups more than 0.5 ms late.
+    late: f64,
+    worst: Duration,
+    /// Each late wake-up: when it came (`mono_ns`) and how late.
+    stalls: Vec<(u64, Duration)>,
+}
+
+impl Noise {
+    fn quiet(&self) -> bool {
+        self.late <= 0.005 && self.worst <= Duration::from_millis(3)
+    }
+
+    /// An arrival at `at_ns` that a stall of the machine explains: it
+    /// came while the machine stood still or just after (the stall held
+    /// back the client, the mock, or both).
+    fn explains(&self, at_ns: u64) -> bool {
+        self.stalls.iter().any(|&(woke, over)| {
+            let from = woke.saturating_sub((over + Duration::from_millis(2)).as_nanos() as u64);
+            (from..=woke + 3_000_000).contains(&at_ns)
+        })
+    }
 }
 
 impl Canary {
@@ -187,22 +219,27 @@ impl Canary {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (mut n, mut late, mut worst) = (0u64, 0u64, Duration::ZERO);
+            let (mut n, mut stalls, mut worst) = (0u64, Vec::new(), Duration::ZERO);
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = std::time::Instant::now();
                 std::thread::sleep(Duration::from_millis(1));
                 let over = t.elapsed().saturating_sub(Duration::from_millis(1));
                 n += 1;
-                late += u64::from(over > Duration::from_micros(500));
+                if over > Duration::from_micros(500) {
+                    stalls.push((llmload::base::clock::mono_ns(), over));
+                }
                 worst = worst.max(over);
             }
-            (late as f64 / n.max(1) as f64, worst)
+            Noise {
+                late: stalls.len() as f64 / n.max(1) as f64,
+                worst,
+                stalls,
+            }
         });
         Self { stop, thread }
     }
 
-    /// The share of late wake-ups and the latest one.
-    fn stop(self) -> (f64, Duration) {
+    fn stop(self) -> Noise {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -210,9 +247,11 @@ impl Canary {
 
 /// Replays until 99 % of arrivals are within 1 ms of their trace time, at
 /// most four times, and again only when the machine was seen to be noisy
-/// (see [`Canary`]): on a quiet machine a late replay fails at once. If
-/// every attempt was on a noisy machine, the replay must still track its
-/// trace within 5 ms.
+/// (see [`Canary`]): on a quiet machine a late replay fails at once,
+/// unless a stall the canary saw explains the late arrivals (a burst due
+/// during a 1.5 ms hiccup of the VM is late as a whole, and the canary
+/// still calls the machine quiet). If every attempt was on a noisy
+/// machine, the replay must still track its trace within 5 ms.
 async fn replay_on_time(
     m: &llmload::mock::MockServer,
     trace: &Path,
@@ -224,29 +263,34 @@ async fn replay_on_time(
     for _ in 0..4 {
         let canary = Canary::start();
         let r = replay(m, trace, root, &[]).await;
-        let (noise, worst) = canary.stop();
+        let noise = canary.stop();
         let arrivals: Vec<u64> = r.truth.iter().map(|t| t.0).collect();
         assert_eq!(arrivals.len(), want_ms.len());
-        let share = on_time(&arrivals, want_ms, 1e6);
+        let late = off_time(&arrivals, want_ms, 1e6);
+        let unexplained = late.iter().filter(|&&a| !noise.explains(a)).count();
+        let share = 1.0 - late.len() as f64 / arrivals.len() as f64;
+        let (noise_share, worst) = (noise.late, noise.worst);
         eprintln!(
-            "replay: {:.1}% within 1 ms, llmload lag p99 {:.3} ms, machine: {:.2}% of 1 ms sleeps late, worst {:.1} ms",
+            "replay: {:.1}% within 1 ms ({unexplained} late with no stall of the machine to explain it), llmload lag p99 {:.3} ms, machine: {:.2}% of 1 ms sleeps late, worst {:.1} ms",
             share * 100.0,
             r.lag_p99 * 1e3,
-            noise * 100.0,
+            noise_share * 100.0,
             worst.as_secs_f64() * 1e3
         );
-        if share >= 0.99 {
+        // Stalls explain late arrivals only while they are rare (else
+        // they would cover every arrival, and excuse a late client too).
+        let explained = noise.late <= 0.005 && (unexplained as f64) < 0.01 * arrivals.len() as f64;
+        if share >= 0.99 || explained {
             return r;
         }
-        let noisy = noise > 0.005 || worst > Duration::from_millis(3);
         assert!(
-            noisy,
-            "a quiet machine ({:.2}% of sleeps late, worst {:?}), yet only {:.1}% arrived within 1 ms",
-            noise * 100.0,
+            !noise.quiet(),
+            "a quiet machine ({:.2}% of sleeps late, worst {:?}), yet only {:.1}% arrived within 1 ms ({unexplained} late with no stall to explain it)",
+            noise_share * 100.0,
             worst,
             share * 100.0
         );
-        seen.push((share, noise, worst));
+        seen.push((share, noise_share, worst));
         last = Some((r, arrivals));
     }
     let (r, arrivals) = last.expect("four attempts");

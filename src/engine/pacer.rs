@@ -18,11 +18,12 @@
 //!   burst of lines due at once goes out on every worker in parallel. A
 //!   replay's prompts are made on another thread, ahead of their sends.
 
+use super::level::LevelSpec;
 use super::request::{Job, TaskCtx, lock, request_task};
 use crate::base::timerfd::Deadline;
 use crate::client::record::{ErrorKind, RequestRecord};
 use crate::plan::load::Load;
-use crate::plan::schedule::Schedule;
+use crate::plan::schedule::{Schedule, Shard};
 use crate::workload::request::PreparedRequest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,19 +31,132 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Where the sends come from: the level's schedule, computed as it goes,
-/// or a replay's lines, made ahead on their own thread.
-enum Upcoming {
+/// or a replay's lines, made ahead on their own thread. Made before the
+/// level's start is fixed (see [`Upcoming::ready`]).
+pub(super) struct Upcoming {
+    source: Source,
+    /// Entries of the global schedule gone through, every shard's.
+    total: Arc<AtomicU64>,
+    /// Fires once a replay's first prompts are made.
+    prepared: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+enum Source {
     Schedule(Box<dyn Iterator<Item = Pending> + Send>),
     Trace(tokio::sync::mpsc::Receiver<Pending>),
 }
 
 impl Upcoming {
-    async fn next(&mut self) -> Option<Pending> {
-        match self {
-            Self::Schedule(it) => it.next(),
-            Self::Trace(rx) => rx.recv().await,
+    /// The sends of `spec`'s level that this shard makes, in order.
+    pub(super) fn new(spec: &LevelSpec, shard: Option<Shard>) -> Self {
+        let limit = spec.limit.map_or(usize::MAX, |l| l as usize);
+        let total = Arc::new(AtomicU64::new(0));
+        let owned = move |i: &usize| shard.is_none_or(|s| s.owns(*i as u64));
+        let seen = total.clone();
+        let (source, prepared) = match &spec.load {
+            // A replay's prompts are made on their own thread, up to
+            // [`PREPARE_AHEAD`] ahead, so that making one never delays a
+            // send and a burst of lines due at once goes out back to back.
+            Load::Trace(r) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(PREPARE_AHEAD);
+                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+                let (r, window) = (r.clone(), spec.duration);
+                std::thread::Builder::new()
+                    .name("llmload-prompts".into())
+                    .spawn(move || {
+                        let mut ready = Some(ready_tx);
+                        let lines = r
+                            .arrivals()
+                            .take_while(|(d, _)| window.is_none_or(|w| *d < w))
+                            .take(limit)
+                            .enumerate();
+                        for (i, (offset, line)) in lines {
+                            seen.store(i as u64 + 1, Ordering::Relaxed);
+                            if !owned(&i) {
+                                continue;
+                            }
+                            let ready_line = Some((r.request(line), r.trace.entries[line].at_us));
+                            // The pacer gone (stopped): nothing more to make.
+                            if tx
+                                .blocking_send(Pending {
+                                    i,
+                                    offset,
+                                    ready: ready_line,
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                            if tx.capacity() == 0
+                                && let Some(r) = ready.take()
+                            {
+                                let _ = r.send(());
+                            }
+                        }
+                        // The end of the lines (dropping `ready`) is ready too.
+                    })
+                    .expect("spawning the prompt thread");
+                (Source::Trace(rx), Some(ready_rx))
+            }
+            load => {
+                let schedule = match load {
+                    Load::Curve(c) => {
+                        Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed)
+                    }
+                    _ => Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed),
+                };
+                let it = schedule
+                    .take(limit)
+                    .enumerate()
+                    .inspect(move |(i, _)| seen.store(*i as u64 + 1, Ordering::Relaxed))
+                    .filter(move |(i, _)| owned(i))
+                    .map(|(i, offset)| Pending {
+                        i,
+                        offset,
+                        ready: None,
+                    });
+                (Source::Schedule(Box::new(it)), None)
+            }
+        };
+        Self {
+            source,
+            total,
+            prepared,
         }
     }
+
+    /// Returns once a replay's first [`PREPARE_AHEAD`] prompts (or all of
+    /// them) are made. The level's start is fixed after it: a replay
+    /// opening on a burst of long prompts (made slowly by a debug build,
+    /// or beside a busy process) would otherwise send its first lines
+    /// late for want of their prompts.
+    pub(super) async fn ready(&mut self) {
+        if let Some(r) = self.prepared.take() {
+            let _ = r.await;
+        }
+    }
+
+    async fn next(&mut self) -> Option<Pending> {
+        match &mut self.source {
+            Source::Schedule(it) => it.next(),
+            Source::Trace(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// What a pacer is given: the level, where its sends come from, and the
+/// tokens that stop it.
+pub(super) struct Pacing {
+    pub ctx: Arc<TaskCtx>,
+    pub upcoming: Upcoming,
+    /// In-flight requests at most: a send past it is dropped.
+    pub max_in_flight: usize,
+    /// The sequence number of the level's first request.
+    pub first_seq: u64,
+    /// Ends the send window.
+    pub stop: CancellationToken,
+    /// Ends everything.
+    pub cancel: CancellationToken,
 }
 
 /// Sleeps to a send's instant: on a timerfd when the system has one to
@@ -101,12 +215,7 @@ impl Spawner {
 /// Run `pace` on a thread of its own (its own current-thread runtime, a
 /// raised priority), sending through `handle`'s shared queue.
 pub(super) fn pace_on_own_thread(
-    ctx: Arc<TaskCtx>,
-    max_in_flight: usize,
-    first_seq: u64,
-    shard: Option<crate::plan::schedule::Shard>,
-    stop: CancellationToken,
-    cancel: CancellationToken,
+    pacing: Pacing,
 ) -> tokio::sync::oneshot::Receiver<(Duration, bool, u64)> {
     let handle = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -118,15 +227,7 @@ pub(super) fn pace_on_own_thread(
                 .enable_all()
                 .build()
                 .expect("a runtime for the pacer thread");
-            let r = rt.block_on(pace(
-                ctx,
-                max_in_flight,
-                first_seq,
-                shard,
-                stop,
-                cancel,
-                Spawner::Remote(handle),
-            ));
+            let r = rt.block_on(pace(pacing, Spawner::Remote(handle)));
             let _ = done_tx.send(r);
         })
         .expect("spawning the pacer thread");
@@ -148,70 +249,16 @@ fn raise_priority() {
 /// The pacer loop. Returns the offset of the last send, whether it was
 /// stopped early, and how many entries of the global schedule it went
 /// through (all shards' together).
-pub(super) async fn pace(
-    ctx: Arc<TaskCtx>,
-    max_in_flight: usize,
-    first_seq: u64,
-    shard: Option<crate::plan::schedule::Shard>,
-    stop: CancellationToken,
-    cancel: CancellationToken,
-    spawner: Spawner,
-) -> (Duration, bool, u64) {
+pub(super) async fn pace(pacing: Pacing, spawner: Spawner) -> (Duration, bool, u64) {
+    let Pacing {
+        ctx,
+        mut upcoming,
+        max_in_flight,
+        first_seq,
+        stop,
+        cancel,
+    } = pacing;
     let spec = &ctx.spec;
-    let limit = spec.limit.map_or(usize::MAX, |l| l as usize);
-    // Entries of the global schedule gone through, every shard's.
-    let total = Arc::new(AtomicU64::new(0));
-    let owned = move |i: &usize| shard.is_none_or(|s| s.owns(*i as u64));
-    // The sends to make, in order. A replay's prompts are made on their
-    // own thread, up to [`PREPARE_AHEAD`] ahead, so that making one never
-    // delays a send and a burst of lines due at once goes out back to back.
-    let mut upcoming = match &spec.load {
-        Load::Trace(r) => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(PREPARE_AHEAD);
-            let (r, window, seen) = (r.clone(), spec.duration, total.clone());
-            std::thread::Builder::new()
-                .name("llmload-prompts".into())
-                .spawn(move || {
-                    let lines = r
-                        .arrivals()
-                        .take_while(|(d, _)| window.is_none_or(|w| *d < w))
-                        .take(limit)
-                        .enumerate();
-                    for (i, (offset, line)) in lines {
-                        seen.store(i as u64 + 1, Ordering::Relaxed);
-                        if !owned(&i) {
-                            continue;
-                        }
-                        let ready = Some((r.request(line), r.trace.entries[line].at_us));
-                        // The pacer gone (stopped): nothing more to make.
-                        if tx.blocking_send(Pending { i, offset, ready }).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .expect("spawning the prompt thread");
-            Upcoming::Trace(rx)
-        }
-        load => {
-            let schedule = match load {
-                Load::Curve(c) => Schedule::with_curve(c, spec.duration, spec.arrival, spec.seed),
-                _ => Schedule::new(spec.qps, spec.duration, spec.arrival, spec.seed),
-            };
-            let seen = total.clone();
-            Upcoming::Schedule(Box::new(
-                schedule
-                    .take(limit)
-                    .enumerate()
-                    .inspect(move |(i, _)| seen.store(*i as u64 + 1, Ordering::Relaxed))
-                    .filter(move |(i, _)| owned(i))
-                    .map(|(i, offset)| Pending {
-                        i,
-                        offset,
-                        ready: None,
-                    }),
-            ))
-        }
-    };
     let mut clock = Clock::new();
     let std_start = ctx.start.into_std();
     // Time spent paused pushes the rest of the schedule back.
@@ -329,8 +376,7 @@ pub(super) async fn pace(
             request_task(task_ctx, job).await;
         });
     }
-    drop(upcoming);
-    (last, false, total.load(Ordering::Relaxed))
+    (last, false, upcoming.total.load(Ordering::Relaxed))
 }
 
 /// Trace lines whose prompts are made ahead of their sends.

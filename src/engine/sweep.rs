@@ -152,6 +152,16 @@ impl Engine {
                 ));
             }
         }
+        // The sends to make, a replay's first prompts made before the
+        // start is fixed (`Err`: a closed loop of `n` users makes its own).
+        let sends = match spec.load {
+            Load::Concurrency(n) => Err(n),
+            _ => {
+                let mut u = super::pacer::Upcoming::new(&spec, self.shard);
+                u.ready().await;
+                Ok(u)
+            }
+        };
         // A little lead so the first send is not late because of set-up;
         // or the shared start of a sharded run, on this process's clock.
         let start = match run.start_at {
@@ -211,35 +221,34 @@ impl Engine {
         });
         let max_in_flight = self.max_in_flight.max(1);
         let shard = self.shard;
-        let (last_offset, interrupted, global) = if let Load::Concurrency(n) = spec.load {
-            super::closed_loop::run_workers(&ctx, n, first_seq, shard, &stop_sending, &cancel).await
-        } else {
-            let (stop, cancel) = (stop_sending.clone(), cancel.clone());
-            // See the pacer's doc for why it runs where it does.
-            if matches!(spec.load, Load::Trace(_)) || spec.qps < super::pacer::TASK_PACER_FROM {
-                super::pacer::pace_on_own_thread(
-                    ctx.clone(),
-                    max_in_flight,
-                    first_seq,
-                    shard,
-                    stop,
-                    cancel,
-                )
-                .await
-                .unwrap_or((Duration::ZERO, true, 0))
-            } else {
-                let pacer = super::pacer::pace(
-                    ctx.clone(),
-                    max_in_flight,
-                    first_seq,
-                    shard,
-                    stop,
-                    cancel,
-                    super::pacer::Spawner::Local,
-                );
-                tokio::spawn(pacer)
+        let (last_offset, interrupted, global) = match sends {
+            // `n` users, each sending as the last reply ends.
+            Err(n) => {
+                super::closed_loop::run_workers(&ctx, n, first_seq, shard, &stop_sending, &cancel)
                     .await
-                    .unwrap_or((Duration::ZERO, true, 0))
+            }
+            Ok(upcoming) => {
+                let pacing = super::pacer::Pacing {
+                    ctx: ctx.clone(),
+                    upcoming,
+                    max_in_flight,
+                    first_seq,
+                    stop: stop_sending.clone(),
+                    cancel: cancel.clone(),
+                };
+                // See the pacer's doc for why it runs where it does.
+                if matches!(spec.load, Load::Trace(_)) || spec.qps < super::pacer::TASK_PACER_FROM {
+                    super::pacer::pace_on_own_thread(pacing).await.unwrap_or((
+                        Duration::ZERO,
+                        true,
+                        0,
+                    ))
+                } else {
+                    let pacer = super::pacer::pace(pacing, super::pacer::Spawner::Local);
+                    tokio::spawn(pacer)
+                        .await
+                        .unwrap_or((Duration::ZERO, true, 0))
+                }
             }
         };
         let mut sent_done = Instant::now();
