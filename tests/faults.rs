@@ -1072,3 +1072,115 @@ async fn connection_setup_is_measured_and_flagged() {
     );
     assert!(r.connection_bound);
 }
+
+/// A client too busy to read when its first token comes (its only thread
+/// blocked for 100 ms) still dates the token when it reached the host,
+/// from the kernel's receive stamp, not when it got round to reading it.
+#[test]
+fn a_token_that_arrives_while_the_client_is_busy_is_dated_when_it_arrived() {
+    use llmload::base::clock::mono_ns;
+    use llmload::client::record::RequestRecord;
+    init();
+    // The mock on a runtime (a thread) of its own.
+    let mock_rt = tokio::runtime::Runtime::new().unwrap();
+    let mut mc = MockConfig {
+        capacity: CapacityModel {
+            slots: 4,
+            queue: 4,
+            ttft: Duration::from_millis(5),
+            prefill_per_token: Duration::ZERO,
+            tpot: Duration::from_millis(1),
+            tpot_growth: 0.0,
+        },
+        output_tokens: Some(OutputTokens::Cap(4)),
+        ..MockConfig::default()
+    };
+    mc.faults.clear();
+    let m = mock_rt.block_on(start_mock(mc));
+    // The client on one thread: blocking it blocks its every read.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The kernel turns stamping on for the whole system a moment after
+        // the first socket asks; this pair holds it on for the test.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        let mut probe = llmload::base::arrival::StampedTcp::new(a.unwrap());
+        let (mut peer, _) = b.unwrap();
+        let stamps = probe.arrivals();
+        for tries in 0.. {
+            assert!(tries < 1000, "no read was ever stamped");
+            peer.write_all(b"x").await.unwrap();
+            probe.read_exact(&mut [0u8; 1]).await.unwrap();
+            if stamps.arrived().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let client = LlmClient::new(cfg(&m.chat_url())).unwrap();
+        let body = prepare_all(
+            &[Conversation {
+                messages: vec![Message {
+                    role: Role::User,
+                    content: "hi".into(),
+                }],
+                max_tokens: None,
+            }],
+            &BodyParams {
+                model: "m".into(),
+                max_tokens: 4,
+                stream_usage: true,
+                ..Default::default()
+            },
+        )[0]
+        .body
+        .clone();
+        // A request on a fresh connection, then the one measured on it.
+        let mut judged = 0;
+        for _ in 0..20 {
+            let received = m.state.metrics.requests.get();
+            let (base, base_ns) = (tokio::time::Instant::now(), mono_ns());
+            let mut rec = RequestRecord::new(0, Duration::ZERO, Duration::ZERO);
+            let blocker = async {
+                // Once the mock has the request, block the client's only
+                // thread past its first token (due 5 ms later).
+                while m.state.metrics.requests.get() == received {
+                    tokio::task::yield_now().await;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                mono_ns()
+            };
+            let (unblocked, ()) =
+                tokio::join!(blocker, client.send(body.clone(), &mut rec, base, None));
+            assert!(rec.outcome.is_ok(), "{:?}", rec.outcome);
+            let truth = m.state.truth.snapshot(0, true);
+            let Some(sent_token) = truth.last().map(|t| t.first_token_ns) else {
+                continue;
+            };
+            // The mock itself may have been slower than the block (a
+            // busy machine): then there is nothing to judge.
+            if sent_token + 10_000_000 > unblocked {
+                continue;
+            }
+            let dated = base_ns + rec.first_token_at.unwrap().as_nanos() as u64;
+            assert!(
+                dated < unblocked,
+                "the first token, written {} ms before the client could read, was dated when read",
+                (unblocked - sent_token) / 1_000_000
+            );
+            assert!(
+                dated + 1_000_000 >= sent_token && dated < sent_token + 5_000_000,
+                "dated {} µs from when the mock wrote it",
+                (dated as i64 - sent_token as i64) / 1000
+            );
+            judged += 1;
+            if judged == 3 {
+                break;
+            }
+        }
+        assert_eq!(judged, 3, "the mock was never on time to judge");
+    });
+    mock_rt.block_on(m.shutdown());
+}

@@ -3,6 +3,7 @@
 //! logging, signals, a sub-millisecond timer, resource limits, the worker
 //! count and the HTTP listener helper.
 
+pub mod arrival;
 pub mod clock;
 pub mod console;
 pub mod duration;

@@ -1,6 +1,7 @@
 //! Opening one connection to the endpoint: DNS, TCP, TLS (with ALPN),
 //! timed, with failures sorted into the kinds users see.
 
+use crate::base::arrival::{Arrivals, StampedTcp};
 use crate::client::record::{ErrorKind, TimeoutPhase};
 use http::HeaderValue;
 use rustls::pki_types::ServerName;
@@ -51,9 +52,21 @@ impl Origin {
 }
 
 /// A plain or TLS socket, one type for hyper.
+/// Its reads keep the kernel's receive stamps ([`crate::base::arrival`]).
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(StampedTcp),
+    Tls(Box<tokio_rustls::client::TlsStream<StampedTcp>>),
+}
+
+impl Stream {
+    /// The receive stamps of this stream's reads (under TLS, of the TCP
+    /// reads that carried the records).
+    pub fn arrivals(&self) -> Arrivals {
+        match self {
+            Stream::Plain(s) => s.arrivals(),
+            Stream::Tls(s) => s.get_ref().0.arrivals(),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -166,7 +179,7 @@ pub async fn open(
     let _ = tcp.set_nodelay(true);
     let Some((connector, name)) = tls else {
         return Ok(Opened {
-            stream: Stream::Plain(tcp),
+            stream: Stream::Plain(StampedTcp::new(tcp)),
             h2: false,
             took: t0.elapsed(),
         });
@@ -175,6 +188,7 @@ pub async fn open(
         let target = super::proxy::authority(&origin.host, origin.port);
         tunnel(&mut tcp, &target, p, deadline).await?;
     }
+    let tcp = StampedTcp::new(tcp);
     match tokio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
         Err(_) => Err(connect_timed_out()),
         Ok(Err(e)) => Err(tls_error(&e)),

@@ -448,6 +448,7 @@ impl LlmClient {
         }
 
         let mut decoder = SseDecoder::new(DEFAULT_MAX_EVENT_BYTES);
+        let mut last_frame = sent;
         let mut state = StreamState::default();
         let idle = self.cfg.idle_timeout;
         loop {
@@ -489,7 +490,13 @@ impl LlmClient {
             let Some(data) = frame.data_ref() else {
                 continue; // trailers
             };
-            let at = Instant::now() - base;
+            // Stamped when its bytes reached this host, not when this
+            // task got round to reading them; never before the frame
+            // before it (that one may have had no stamp, and been dated
+            // when read).
+            let now = Instant::now();
+            last_frame = lease.arrived().map_or(now, |a| a.clamp(last_frame, now));
+            let at = last_frame - base;
             let fed = decoder.feed(data, |ev| {
                 state.on_event(ev.event, ev.data, at, rec, &self.cfg)
             });
@@ -611,7 +618,7 @@ impl StreamState {
             }
             if let Some(last) = self.last_token_at {
                 rec.itl_us
-                    .push((at - last).as_micros().min(u32::MAX as u128) as u32);
+                    .push(at.saturating_sub(last).as_micros().min(u32::MAX as u128) as u32);
             }
             self.last_token_at = Some(at);
             rec.token_chunks += 1;

@@ -147,6 +147,8 @@ type H1Conn = http1::Connection<TokioIo<connect::Stream>, Body>;
 /// server sent meanwhile before the connection is lent again.
 pub struct Driver {
     conn: Option<std::pin::Pin<Box<H1Conn>>>,
+    /// When the bytes of its last read arrived.
+    arrivals: crate::base::arrival::Arrivals,
     /// Counts the connection as open until it is dropped.
     _live: Live,
 }
@@ -168,9 +170,14 @@ impl Drop for Live {
 }
 
 impl Driver {
-    fn new(conn: H1Conn, live: &Arc<AtomicUsize>) -> Self {
+    fn new(
+        conn: H1Conn,
+        live: &Arc<AtomicUsize>,
+        arrivals: crate::base::arrival::Arrivals,
+    ) -> Self {
         Self {
             conn: Some(Box::pin(conn)),
+            arrivals,
             _live: Live::new(live),
         }
     }
@@ -224,6 +231,17 @@ impl Lease {
 
     pub fn is_h2(&self) -> bool {
         matches!(self.sender, Sender::H2(..))
+    }
+
+    /// When the bytes the connection read last reached this host: a body
+    /// frame just read is stamped with it (see [`crate::base::arrival`]).
+    /// `None` for HTTP/2, whose reads are shared between streams, and
+    /// where the kernel gave no stamp.
+    pub fn arrived(&self) -> Option<Instant> {
+        match &self.sender {
+            Sender::H1(_, driver) => driver.arrivals.arrived().map(Instant::from_std),
+            Sender::H2(..) => None,
+        }
     }
 
     /// Await `f` (this connection's response or body), driving an
@@ -597,6 +615,7 @@ impl Pool {
         )
         .await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let arrivals = opened.stream.arrivals();
         let io = TokioIo::new(opened.stream);
         let handshake_failed = |e: hyper::Error| ConnectError {
             kind: super::classify::classify(&e),
@@ -641,7 +660,7 @@ impl Pool {
             .await
             .map_err(handshake_failed)?;
         Ok(Lease {
-            sender: Sender::H1(tx, Driver::new(conn, &self.live)),
+            sender: Sender::H1(tx, Driver::new(conn, &self.live, arrivals)),
             id,
             served: 0,
             opened: Some(opened.took),

@@ -156,16 +156,34 @@ fn text_chars(v: &serde_json::Value) -> usize {
     }
 }
 
-async fn chat(State(st): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    complete(st, Api::Chat, headers, body).await
+type Arrival = Option<axum::Extension<crate::base::serve::Arrived>>;
+
+async fn chat(
+    State(st): State<Arc<MockState>>,
+    arrived: Arrival,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    complete(st, Api::Chat, received(arrived), headers, body).await
 }
 
 async fn completions(
     State(st): State<Arc<MockState>>,
+    arrived: Arrival,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    complete(st, Api::Completions, headers, body).await
+    complete(st, Api::Completions, received(arrived), headers, body).await
+}
+
+/// When the request reached this host (`mono_ns`): the kernel's stamp
+/// where there is one, so that the mock's log (its truth) leaves out its
+/// own wake-up, as the wire would; else now.
+fn received(arrived: Arrival) -> u64 {
+    let now = mono_ns();
+    arrived.map_or(now, |a| {
+        now.saturating_sub(a.0.0.elapsed().as_nanos() as u64)
+    })
 }
 
 fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
@@ -175,9 +193,14 @@ fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn complete(st: Arc<MockState>, api: Api, headers: HeaderMap, body: Bytes) -> Response {
+async fn complete(
+    st: Arc<MockState>,
+    api: Api,
+    received_ns: u64,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     st.metrics.requests.inc();
-    let received_ns = mono_ns();
     let req: RequestIn = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
