@@ -110,41 +110,41 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        // Judged from the thread that runs `block_on`, not a worker, so
+        // that the watching takes no worker's time.
         rt.block_on(async {
-            let s = std::sync::Arc::new(Saturation::default());
+            let s = Saturation::default();
             // Idle: sampled over a window in which nothing ran.
             s.saturated();
             tokio::time::sleep(WINDOW * 3).await;
             assert!(!s.saturated(), "an idle runtime is not saturated");
-            // Both workers spin (yielding, so the runtime keeps ticking
-            // and submitting its busy time) until one sees saturation.
+            // Two spinners, spawned from outside the workers (each takes
+            // one from the shared queue): each holds its worker 2 ms at a
+            // time, then yields so the worker submits its busy time. A
+            // spinner that only yielded could share one worker with the
+            // other and leave the second worker parked.
             let stop = std::sync::Arc::new(AtomicBool::new(false));
             let spinners: Vec<_> = (0..2)
                 .map(|_| {
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         while !stop.load(Ordering::Relaxed) {
-                            std::hint::spin_loop();
+                            let t = Instant::now();
+                            while t.elapsed() < Duration::from_millis(2) {
+                                std::hint::spin_loop();
+                            }
                             tokio::task::yield_now().await;
                         }
                     })
                 })
                 .collect();
-            let watcher = {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    // Bounded: 10 s of spinning at most.
-                    let t0 = Instant::now();
-                    while t0.elapsed() < Duration::from_secs(10) {
-                        if s.saturated() {
-                            return true;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                    false
-                })
-            };
-            let seen = watcher.await.unwrap();
+            // Bounded: 10 s of spinning at most.
+            let t0 = Instant::now();
+            let mut seen = false;
+            while !seen && t0.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                seen = s.saturated();
+            }
             stop.store(true, Ordering::Relaxed);
             for h in spinners {
                 h.await.unwrap();
