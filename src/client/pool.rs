@@ -148,7 +148,7 @@ type H1Conn = http1::Connection<TokioIo<connect::Stream>, Body>;
 pub struct Driver {
     conn: Option<std::pin::Pin<Box<H1Conn>>>,
     /// When the bytes of its last read arrived.
-    arrivals: crate::base::arrival::Arrivals,
+    arrivals: crate::base::arrival::ArrivalReader,
     /// Counts the connection as open until it is dropped.
     _live: Live,
 }
@@ -177,7 +177,7 @@ impl Driver {
     ) -> Self {
         Self {
             conn: Some(Box::pin(conn)),
-            arrivals,
+            arrivals: crate::base::arrival::ArrivalReader::new(arrivals),
             _live: Live::new(live),
         }
     }
