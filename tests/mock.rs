@@ -539,3 +539,65 @@ async fn binary_listens_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success());
 }
+
+/// The HTTP chunks of one streamed chat answer, read off a raw socket:
+/// how many data chunks the body came in, and its text.
+async fn raw_chunks(m: &llmload::mock::MockServer) -> (usize, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let body = chat_body(512, true, false).to_string();
+    let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let (mut chunks, mut text) = (0, String::new());
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).await.unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).await.unwrap();
+        if n == 0 {
+            return (chunks, text);
+        }
+        chunks += 1;
+        text.push_str(std::str::from_utf8(&data[..n]).unwrap());
+    }
+}
+
+/// With no gap between tokens the answer is ready at once, and goes out
+/// in one write after the role event, as a fast server sends it; with a
+/// gap, each token event is written when it is due.
+#[tokio::test]
+async fn tokens_due_together_go_out_in_one_write() {
+    let _serial = serial();
+    let m = start_mock(cfg(4, 4, 0, 0, 0.0, 16)).await;
+    let (chunks, text) = raw_chunks(&m).await;
+    assert_eq!(chunks, 2, "the role event, then the whole answer:\n{text}");
+    // Still one SSE event per token, then the finish event and [DONE].
+    assert_eq!(text.matches("\"content\":\"").count(), 1 + 16, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    m.shutdown().await;
+    // 50 ms apart: only a stall of the mock past 100 ms would let all
+    // three go together.
+    let m = start_mock(cfg(4, 4, 0, 50, 0.0, 3)).await;
+    let (chunks, text) = raw_chunks(&m).await;
+    assert!(
+        chunks >= 3,
+        "{chunks} chunks for 3 tokens 50 ms apart:\n{text}"
+    );
+    m.shutdown().await;
+}

@@ -369,46 +369,56 @@ async fn step(mut g: Gen) -> Option<(Result<Bytes, io::Error>, Gen)> {
                     g.phase = Phase::Abort;
                     continue;
                 }
-                let k = g.st.cfg.chunk_tokens.min(g.job.output_tokens - g.emitted);
                 let mut out = Vec::with_capacity(g.head.len() * 3 + 64);
-                out.extend_from_slice(g.head.as_bytes());
-                let first = g.emitted == 0;
-                match g.job.api {
-                    Api::Chat => out.extend_from_slice(br#""delta":{"content":""#),
-                    Api::Completions => out.extend_from_slice(br#""text":""#),
-                }
-                g.job.push_words(&mut out, k, first);
-                match g.job.api {
-                    Api::Chat => out
-                        .extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"),
-                    Api::Completions => {
-                        out.extend_from_slice(b"\",\"logprobs\":null,\"finish_reason\":null}]}\n\n")
+                // Events already due go out in this one write, as a server
+                // with several tokens ready writes them at once (with no
+                // gap between tokens: the whole answer). Not while a
+                // fault is to be injected midway: one event per write.
+                loop {
+                    let k = g.st.cfg.chunk_tokens.min(g.job.output_tokens - g.emitted);
+                    let first = g.emitted == 0;
+                    out.extend_from_slice(g.head.as_bytes());
+                    match g.job.api {
+                        Api::Chat => out.extend_from_slice(br#""delta":{"content":""#),
+                        Api::Completions => out.extend_from_slice(br#""text":""#),
                     }
-                }
-                g.emitted += k;
-                let now_ns = mono_ns();
-                if first {
-                    g.job.truth.first_token_ns = now_ns;
-                }
-                g.job.truth.last_byte_ns = now_ns;
+                    g.job.push_words(&mut out, k, first);
+                    match g.job.api {
+                        Api::Chat => out.extend_from_slice(
+                            b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+                        ),
+                        Api::Completions => out.extend_from_slice(
+                            b"\",\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+                        ),
+                    }
+                    g.emitted += k;
+                    let now_ns = mono_ns();
+                    if first {
+                        g.job.truth.first_token_ns = now_ns;
+                    }
+                    g.job.truth.last_byte_ns = now_ns;
 
-                if g.job.fault == Some(FaultKind::Malformed) && midway && !g.fault_fired {
-                    g.fault_fired = true;
-                    out.extend_from_slice(
-                        b"data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n",
-                    );
-                }
-                if g.job.fault == Some(FaultKind::Truncate) && midway && !g.fault_fired {
-                    // Stop after this event: no finish chunk, no [DONE].
-                    g.phase = Phase::End;
-                    return Some((Ok(Bytes::from(out)), g));
-                }
-                if g.emitted >= g.job.output_tokens {
-                    finish(&mut g, &mut out);
-                    g.phase = Phase::End;
-                } else {
+                    if g.job.fault == Some(FaultKind::Malformed) && midway && !g.fault_fired {
+                        g.fault_fired = true;
+                        out.extend_from_slice(
+                            b"data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n",
+                        );
+                    }
+                    if g.job.fault == Some(FaultKind::Truncate) && midway && !g.fault_fired {
+                        // Stop after this event: no finish chunk, no [DONE].
+                        g.phase = Phase::End;
+                        return Some((Ok(Bytes::from(out)), g));
+                    }
+                    if g.emitted >= g.job.output_tokens {
+                        finish(&mut g, &mut out);
+                        g.phase = Phase::End;
+                        break;
+                    }
                     let next_k = g.st.cfg.chunk_tokens.min(g.job.output_tokens - g.emitted);
                     g.next_at += g.st.cfg.capacity.token_gap(g.occupancy.running_now()) * next_k;
+                    if g.job.fault.is_some() || g.next_at > Instant::now() {
+                        break;
+                    }
                 }
                 return Some((Ok(Bytes::from(out)), g));
             }
