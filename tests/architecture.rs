@@ -51,6 +51,7 @@ const PURE: &[&str] = &[
     "plan/think.rs",
     "plan/sessions.rs",
     "results/table.rs",
+    "observe/otlp_encode.rs",
 ];
 
 /// What a pure file may not name: sockets, files, the runtime, clocks.

@@ -29,13 +29,21 @@ struct Receiver {
     resources: Arc<Mutex<Vec<HashMap<String, String>>>>,
     /// Every metrics export, in arrival order.
     metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+    /// The headers of every traces export.
+    trace_headers: Arc<Mutex<Vec<axum::http::HeaderMap>>>,
 }
 
 async fn receiver() -> Receiver {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let resources = Arc::new(Mutex::new(Vec::new()));
     let metrics = Arc::new(Mutex::new(Vec::new()));
-    let (s2, r2, m2) = (spans.clone(), resources.clone(), metrics.clone());
+    let trace_headers = Arc::new(Mutex::new(Vec::new()));
+    let (s2, r2, m2, h2) = (
+        spans.clone(),
+        resources.clone(),
+        metrics.clone(),
+        trace_headers.clone(),
+    );
     let app = axum::Router::new().route(
         "/v1/metrics",
         axum::routing::post(move |body: Bytes| {
@@ -52,8 +60,9 @@ async fn receiver() -> Receiver {
     );
     let app = app.route(
         "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
             let (spans, resources) = (s2.clone(), r2.clone());
+            h2.lock().unwrap().push(headers);
             async move {
                 let req = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
                 for rs in req.resource_spans {
@@ -79,6 +88,7 @@ async fn receiver() -> Receiver {
         spans,
         resources,
         metrics,
+        trace_headers,
     }
 }
 
@@ -223,8 +233,28 @@ async fn sweep_level_request_tree_with_genai_attributes_and_propagation() {
     let _serial = serial();
     let mock = start_mock(mock_cfg(0.2)).await;
     let rx = receiver().await;
-    run_with_traces(&mock, &rx, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
+    run_with_traces(
+        &mock,
+        &rx,
+        &[
+            ("OTEL_SERVICE_NAME", "capacity-tests"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "X-Scope-OrgID=capacity, authorization=Bearer%20tok-1",
+            ),
+        ],
+    )
+    .await;
     let spans = rx.spans.lock().unwrap().clone();
+    // Every export carried the headers of OTEL_EXPORTER_OTLP_HEADERS,
+    // the value percent-decoded.
+    let headers = rx.trace_headers.lock().unwrap().clone();
+    assert!(!headers.is_empty());
+    for h in &headers {
+        assert_eq!(h["x-scope-orgid"], "capacity");
+        assert_eq!(h["authorization"], "Bearer tok-1");
+        assert_eq!(h["content-type"], "application/x-protobuf");
+    }
 
     let roots: Vec<&Span> = spans.iter().filter(|s| s.name == "llmload.sweep").collect();
     assert_eq!(roots.len(), 1, "one sweep span");

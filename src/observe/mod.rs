@@ -5,8 +5,10 @@
 pub mod alerts;
 pub mod config_metrics;
 pub mod metrics;
+pub mod otlp_encode;
 pub mod otlp_http;
 pub mod otlp_metrics;
+pub mod otlp_trace;
 pub mod requests_jsonl;
 pub mod session_metrics;
 pub mod telemetry;

@@ -247,15 +247,8 @@ pub struct SweepSpan {
 impl Telemetry {
     /// Build the pipeline; must run inside the tokio runtime.
     pub fn start(settings: Settings) -> Result<Self, String> {
-        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let client = super::otlp_http::client(&settings.proxies);
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
-            .with_http_client(client.clone())
-            .build()
-            .map_err(|e| format!("OTLP exporter for {}: {e}", settings.endpoint))?;
+        let exporter = super::otlp_trace::TraceExporter::new(&settings.endpoint, client.clone())?;
         let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 opentelemetry_sdk::trace::BatchConfigBuilder::default()
@@ -562,20 +555,24 @@ impl TraceObserver {
         seq: u64,
     ) -> opentelemetry_sdk::trace::Span {
         let t = &self.tel.inner.tracer;
+        // Room for the attributes `finish` adds, so the SDK's vector is
+        // allocated once per span, not grown three times.
+        let mut attributes = Vec::with_capacity(24);
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", self.operation),
+            KeyValue::new("gen_ai.provider.name", "openai"),
+            KeyValue::new("gen_ai.request.model", self.model.clone()),
+            KeyValue::new("gen_ai.request.max_tokens", self.max_tokens as i64),
+            KeyValue::new("gen_ai.request.temperature", self.temperature),
+            KeyValue::new("gen_ai.request.stream", true),
+            KeyValue::new("server.address", self.host.clone()),
+            KeyValue::new("server.port", self.port as i64),
+            KeyValue::new("llmload.seq", seq as i64),
+        ]);
         t.span_builder(self.name.clone())
             .with_kind(SpanKind::Client)
             .with_start_time(start)
-            .with_attributes([
-                KeyValue::new("gen_ai.operation.name", self.operation),
-                KeyValue::new("gen_ai.provider.name", "openai"),
-                KeyValue::new("gen_ai.request.model", self.model.clone()),
-                KeyValue::new("gen_ai.request.max_tokens", self.max_tokens as i64),
-                KeyValue::new("gen_ai.request.temperature", self.temperature),
-                KeyValue::new("gen_ai.request.stream", true),
-                KeyValue::new("server.address", self.host.clone()),
-                KeyValue::new("server.port", self.port as i64),
-                KeyValue::new("llmload.seq", seq as i64),
-            ])
+            .with_attributes(attributes)
             .start_with_context(t, parent)
     }
 
