@@ -9,6 +9,7 @@ pub mod otlp_encode;
 pub mod otlp_http;
 pub mod otlp_metrics;
 pub mod otlp_trace;
+pub mod request_spans;
 pub mod requests_jsonl;
 pub mod session_metrics;
 pub mod telemetry;

@@ -66,6 +66,152 @@ pub fn trace_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
     buf
 }
 
+/// A request span's value, as [`SpanBody`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub enum Attr<'a> {
+    Str(&'a str),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    StrList(&'a [&'a str]),
+}
+
+/// What a span written by [`span_message`] is before its attributes.
+#[derive(Debug, Clone)]
+pub struct SpanHead<'a> {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: a root span.
+    pub parent_span_id: [u8; 8],
+    /// The W3C trace flags (1: sampled).
+    pub trace_flags: u8,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+}
+
+/// The attributes, events and status of a span being written.
+pub struct SpanBody<'b, 'm> {
+    b: &'b mut Vec<u8>,
+    error: Option<&'m str>,
+}
+
+impl<'m> SpanBody<'_, 'm> {
+    pub fn attr(&mut self, key: &str, value: Attr) {
+        attr(self.b, 9, key, value);
+    }
+
+    pub fn event(&mut self, name: &str, unix_ns: u64, attrs: &[(&str, Attr)]) {
+        nested(self.b, 11, |b| {
+            fixed64(b, 1, unix_ns);
+            string(b, 2, name);
+            for (k, v) in attrs {
+                attr(b, 3, k, *v);
+            }
+        });
+    }
+
+    /// Status `ERROR` with this message (the status is `UNSET` otherwise).
+    pub fn error(&mut self, message: &'m str) {
+        self.error = Some(message);
+    }
+}
+
+/// One span, as a `ScopeSpans.spans` field, written straight into `b`:
+/// the request spans' path, which builds no `SpanData` at all.
+pub fn span_message<'m>(
+    b: &mut Vec<u8>,
+    head: &SpanHead,
+    body: impl for<'b> FnOnce(&mut SpanBody<'b, 'm>),
+) {
+    nested(b, 2, |b| {
+        bytes(b, 1, &head.trace_id);
+        bytes(b, 2, &head.span_id);
+        if head.parent_span_id != [0; 8] {
+            bytes(b, 4, &head.parent_span_id);
+        }
+        string(b, 5, head.name);
+        uint(b, 6, kind(&head.kind));
+        fixed64(b, 7, head.start_unix_ns);
+        fixed64(b, 8, head.end_unix_ns);
+        let mut sb = SpanBody { b, error: None };
+        body(&mut sb);
+        let error = sb.error;
+        let b = sb.b;
+        // Status: UNSET, or ERROR with its message.
+        nested(b, 15, |b| {
+            if let Some(m) = error {
+                string(b, 2, m);
+                uint(b, 3, 2);
+            }
+        });
+        fixed32(b, 16, flags(false, head.trace_flags));
+    });
+}
+
+/// The parts of an export request that stay the same from batch to
+/// batch: the resource's and the scope's messages.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
+impl Envelope {
+    pub fn new(resource: &Resource, scope: &InstrumentationScope) -> Self {
+        let mut r = Vec::new();
+        for (k, v) in resource.iter() {
+            nested(&mut r, 1, |b| key_value(b, k.as_str(), v));
+        }
+        let mut s = Vec::new();
+        string(&mut s, 1, scope.name());
+        string(&mut s, 2, scope.version().unwrap_or_default());
+        attributes(&mut s, 3, scope.attributes());
+        Self {
+            resource: r,
+            scope: s,
+        }
+    }
+
+    /// An `ExportTraceServiceRequest` around spans written by
+    /// [`span_message`] (each already a `ScopeSpans.spans` field).
+    pub fn request(&self, spans: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(spans.len() + self.resource.len() + 64);
+        nested(&mut out, 1, |b| {
+            nested(b, 1, |b| b.extend_from_slice(&self.resource));
+            nested(b, 2, |b| {
+                nested(b, 1, |b| b.extend_from_slice(&self.scope));
+                b.extend_from_slice(spans);
+            });
+        });
+        out
+    }
+}
+
+fn attr(b: &mut Vec<u8>, field: u32, k: &str, v: Attr) {
+    nested(b, field, |b| {
+        string(b, 1, k);
+        nested(b, 2, |b| match v {
+            Attr::Str(s) => string_always(b, 1, s),
+            Attr::Bool(x) => {
+                tag(b, 2, VARINT);
+                varint(b, x as u64);
+            }
+            Attr::I64(x) => {
+                tag(b, 3, VARINT);
+                varint(b, x as u64);
+            }
+            Attr::F64(x) => double(b, 4, x),
+            Attr::StrList(xs) => nested(b, 5, |b| {
+                for x in xs {
+                    nested(b, 1, |b| string_always(b, 1, x));
+                }
+            }),
+        });
+    });
+}
+
 fn span(b: &mut Vec<u8>, s: &SpanData) {
     let cx = &s.span_context;
     bytes(b, 1, &cx.trace_id().to_bytes());
@@ -433,6 +579,106 @@ mod tests {
         let got = trace_request(&resource, &spans);
         assert!(got.len() > 1 << 20, "the batch spans several length bytes");
         assert_eq!(decode(&got), decode(&reference(&resource, spans)));
+    }
+
+    #[test]
+    fn a_span_written_in_place_decodes_as_the_same_span_through_the_sdk() {
+        let resource = Resource::builder_empty()
+            .with_service_name("capacity")
+            .build();
+        let scope = InstrumentationScope::builder("llmload").build();
+        let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+        for failed in [false, true] {
+            let head = SpanHead {
+                trace_id: 77u128.to_be_bytes(),
+                span_id: 5u64.to_be_bytes(),
+                parent_span_id: if failed { [0; 8] } else { 3u64.to_be_bytes() },
+                trace_flags: 1,
+                name: "chat m",
+                kind: SpanKind::Client,
+                start_unix_ns: 1_765_000_000_000_000_000,
+                end_unix_ns: 1_765_000_000_020_000_000,
+            };
+            let mut spans = Vec::new();
+            span_message(&mut spans, &head, |b| {
+                b.attr("gen_ai.request.model", Attr::Str("m"));
+                b.attr("gen_ai.response.id", Attr::Str(""));
+                b.attr("server.port", Attr::I64(-8000));
+                b.attr("gen_ai.request.temperature", Attr::F64(0.7));
+                b.attr("gen_ai.request.stream", Attr::Bool(false));
+                b.attr(
+                    "gen_ai.response.finish_reasons",
+                    Attr::StrList(&["stop", "length"]),
+                );
+                b.event(
+                    "llmload.first_token",
+                    1_765_000_000_005_000_000,
+                    &[("llmload.ttft_s", Attr::F64(0.005))],
+                );
+                if failed {
+                    b.attr("error.type", Attr::Str("503"));
+                    b.error("HTTP 503");
+                }
+            });
+            let mut events = SpanEvents::default();
+            events.events.push(opentelemetry::trace::Event::new(
+                "llmload.first_token",
+                at(1_765_000_000_005_000_000),
+                vec![KeyValue::new("llmload.ttft_s", 0.005)],
+                0,
+            ));
+            let mut attributes = vec![
+                KeyValue::new("gen_ai.request.model", "m"),
+                KeyValue::new("gen_ai.response.id", ""),
+                KeyValue::new("server.port", -8000),
+                KeyValue::new("gen_ai.request.temperature", 0.7),
+                KeyValue::new("gen_ai.request.stream", false),
+                KeyValue::new(
+                    "gen_ai.response.finish_reasons",
+                    Value::Array(
+                        vec![
+                            opentelemetry::StringValue::from("stop"),
+                            opentelemetry::StringValue::from("length"),
+                        ]
+                        .into(),
+                    ),
+                ),
+            ];
+            if failed {
+                attributes.push(KeyValue::new("error.type", "503"));
+            }
+            let sdk = SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from_bytes(head.trace_id),
+                    SpanId::from_bytes(head.span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: SpanId::from_bytes(head.parent_span_id),
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Client,
+                name: Cow::Borrowed("chat m"),
+                start_time: at(head.start_unix_ns),
+                end_time: at(head.end_unix_ns),
+                attributes,
+                dropped_attributes_count: 0,
+                events,
+                links: SpanLinks::default(),
+                status: if failed {
+                    Status::error("HTTP 503")
+                } else {
+                    Status::Unset
+                },
+                instrumentation_scope: scope.clone(),
+            };
+            let ours = Envelope::new(&resource, &scope).request(&spans);
+            assert_eq!(
+                decode(&ours),
+                decode(&reference(&resource, vec![sdk])),
+                "failed: {failed}"
+            );
+        }
     }
 
     #[test]

@@ -1,39 +1,39 @@
 //! OpenTelemetry traces: a span per sweep, per level and per request,
-//! exported over OTLP/HTTP (protobuf), batched on the SDK's own thread.
+//! exported over OTLP/HTTP (protobuf).
 //!
 //! * **Tree.** sweep (root) → level → `chat {model}` (CLIENT). Level and
-//!   sweep spans are real spans started and ended as the run goes; request
-//!   spans start at the request's *scheduled* instant (so traces agree with
-//!   the histograms and schedule lag is visible) and end at end of stream.
+//!   sweep spans are SDK spans started and ended as the run goes; request
+//!   spans ([`super::request_spans`]) start at the request's *scheduled*
+//!   instant (so traces agree with the histograms and schedule lag is
+//!   visible) and end at end of stream.
 //! * **Propagation.** Each request carries a W3C `traceparent` built from
 //!   its own span, so a server with tracing (vLLM, a gateway) joins the
 //!   trace. Its sampled flag is our ratio decision for that request.
 //! * **Sampling.** Sweep and level spans are always exported. A request
-//!   is sampled by a ratio draw when it starts: sampled ones get a live
-//!   span; the others get no span at all unless they fail, in which case
-//!   one is built at the end from the scheduled instant, so every failure
-//!   is kept and unsampled successes cost nothing. [`KeepProcessor`] is
-//!   the backstop that drops any unsampled success span that reaches it.
+//!   is sampled by a ratio draw when it starts; an unsampled one is
+//!   exported only if it fails, so every failure is kept and unsampled
+//!   successes cost nothing.
 //! * **Content.** Prompt and completion text are never recorded; the API
 //!   key never leaves the client's sensitive header.
-//! * **Export.** The batch processor runs on its own OS thread; our hyper
-//!   HTTP client needs a tokio reactor, so [`super::otlp_http::OnTokio`]
-//!   runs each export on the runtime that created it (see notes: otherwise
-//!   the SDK thread panics). Flush and shutdown are blocking: done in
-//!   `spawn_blocking`, errors logged, never fatal.
+//! * **Export.** The SDK's batch processor runs on its own OS thread; our
+//!   hyper HTTP client needs a tokio reactor, so
+//!   [`super::otlp_http::OnTokio`] runs each export on the runtime that
+//!   created it (see notes: otherwise the SDK thread panics). Request spans
+//!   are batched by [`super::otlp_trace::SpanSink`], a task on the runtime.
+//!   Flush and shutdown never fail the run: errors are logged.
 //! * **Metrics.** The same pipeline pushes the GenAI client metrics and
 //!   the level gauges ([`super::otlp_metrics`]) to the collector's
 //!   `/v1/metrics`, fed by the request observer and the level hooks.
 
+use super::otlp_trace::SpanSink;
+use super::request_spans::Pipeline;
+pub use super::request_spans::{SAMPLED_ATTR, TraceObserver};
 use crate::analysis::level::LevelResult;
-use crate::client::record::RequestRecord;
-use crate::engine::sweep::{LevelSpec, Observer, RequestHook};
+use crate::engine::sweep::LevelSpec;
 use crate::results::Summary;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -170,44 +170,8 @@ fn sampler_ratio(sampler: Option<&str>, arg: Option<&str>) -> Result<f64, String
     }
 }
 
-/// Drops successful request spans whose ratio draw said no; keeps every
-/// other span. Sits in front of the batch processor.
-#[derive(Debug)]
-struct KeepProcessor<P> {
-    inner: P,
-}
-
-pub const SAMPLED_ATTR: &str = "llmload.sampled";
-
-impl<P: SpanProcessor> SpanProcessor for KeepProcessor<P> {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        let unsampled = span
-            .attributes
-            .iter()
-            .any(|kv| kv.key.as_str() == SAMPLED_ATTR && kv.value == Value::Bool(false));
-        let failed = matches!(span.status, Status::Error { .. });
-        if unsampled && !failed {
-            return;
-        }
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource);
-    }
-}
+/// The instrumentation scope of every span.
+const SCOPE: &str = "llmload";
 
 /// The tracing pipeline. Cheap to clone.
 #[derive(Clone)]
@@ -219,6 +183,8 @@ struct Inner {
     provider: SdkTracerProvider,
     metrics: Option<super::otlp_metrics::OtlpMetrics>,
     tracer: opentelemetry_sdk::trace::SdkTracer,
+    /// Request spans, written as they end.
+    sink: Arc<SpanSink>,
     settings: Settings,
     /// Converts monotonic instants to wall-clock span timestamps.
     anchor: (Instant, SystemTime),
@@ -248,12 +214,12 @@ impl Telemetry {
     /// Build the pipeline; must run inside the tokio runtime.
     pub fn start(settings: Settings) -> Result<Self, String> {
         let client = super::otlp_http::client(&settings.proxies);
-        let exporter = super::otlp_trace::TraceExporter::new(&settings.endpoint, client.clone())?;
+        let poster = super::otlp_trace::Poster::new(&settings.endpoint, client.clone())?;
+        let exporter = super::otlp_trace::TraceExporter::new(poster.clone());
         let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                    .with_max_queue_size(65_536)
-                    .with_max_export_batch_size(2048)
+                    .with_max_queue_size(4096)
                     .with_scheduled_delay(Duration::from_millis(1000))
                     .build(),
             )
@@ -271,9 +237,16 @@ impl Telemetry {
         let resource = resource
             .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))])
             .build();
-        // Our own sampling (KeepProcessor) needs every span recorded; the
-        // SDK would otherwise apply OTEL_TRACES_SAMPLER itself and drop the
-        // sweep and level spans, and the failures, too.
+        // Request spans do their own sampling (see `request_spans`); the
+        // SDK would otherwise apply OTEL_TRACES_SAMPLER to the sweep and
+        // level spans, which are always kept.
+        let sink = SpanSink::start(
+            poster,
+            super::otlp_encode::Envelope::new(
+                &resource,
+                &opentelemetry::InstrumentationScope::builder(SCOPE).build(),
+            ),
+        );
         let metrics = match &settings.metrics_endpoint {
             Some(url) => Some(super::otlp_metrics::OtlpMetrics::start(
                 url,
@@ -284,15 +257,16 @@ impl Telemetry {
         };
         let provider = SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
-            .with_span_processor(KeepProcessor { inner: batch })
+            .with_span_processor(batch)
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer("llmload");
+        let tracer = provider.tracer(SCOPE);
         Ok(Self {
             inner: Arc::new(Inner {
                 provider,
                 metrics,
                 tracer,
+                sink,
                 settings,
                 anchor: (Instant::now(), SystemTime::now()),
             }),
@@ -301,11 +275,6 @@ impl Telemetry {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
-    }
-
-    fn wall(&self, t: Instant) -> SystemTime {
-        let (i, s) = self.inner.anchor;
-        if t >= i { s + (t - i) } else { s - (i - t) }
     }
 
     pub fn sweep_started(&self, a: &SweepAttrs) -> SweepSpan {
@@ -412,58 +381,20 @@ impl Telemetry {
         max_tokens: u32,
         temperature: f64,
     ) -> TraceObserver {
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        // The GenAI operation: chat, or a base model's text completion.
-        let path = uri.path();
-        let operation = if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
-            "text_completion"
-        } else {
-            "chat"
-        };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        TraceObserver {
-            operation,
-            metrics: self.inner.metrics.as_ref().map(|m| {
-                m.operation(vec![
-                    KeyValue::new("gen_ai.operation.name", operation),
-                    KeyValue::new("gen_ai.provider.name", "openai"),
-                    KeyValue::new("gen_ai.request.model", model.to_string()),
-                    KeyValue::new("server.address", host.clone()),
-                    KeyValue::new("server.port", port as i64),
-                ])
-            }),
-            tel: self.clone(),
-            level: sweep.level.clone(),
-            name: format!("{operation} {model}"),
-            // Shared strings: cloning an Arc per span, not the text.
-            model: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(model))),
-            host: Value::String(opentelemetry::StringValue::from(Arc::<str>::from(
-                host.as_str(),
-            ))),
-            port: uri
-                .port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") {
-                    443
-                } else {
-                    80
-                }),
+        TraceObserver::new(
+            Pipeline {
+                sink: self.inner.sink.clone(),
+                level: sweep.level.clone(),
+                metrics: self.inner.metrics.as_ref(),
+                anchor: self.inner.anchor,
+                sample_ratio: self.inner.settings.sample_ratio,
+                propagate: self.inner.settings.propagate,
+            },
+            model,
+            uri,
             max_tokens,
             temperature,
-            salt: mix(SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)),
-        }
+        )
     }
 
     /// Flush and stop the exporters (the metrics' final push included).
@@ -476,6 +407,7 @@ impl Telemetry {
         {
             tracing::warn!("metric export did not complete: {e}");
         }
+        self.inner.sink.shutdown().await;
         let provider = self.inner.provider.clone();
         let r = tokio::task::spawn_blocking(move || {
             let f = provider.force_flush();
@@ -493,6 +425,7 @@ impl Telemetry {
     }
 
     pub async fn flush(&self) {
+        self.inner.sink.ship().await;
         let provider = self.inner.provider.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || provider.force_flush()).await {
             tracing::warn!("trace flush failed: {e}");
@@ -505,207 +438,6 @@ fn level_attrs(sweep: &[KeyValue], index: usize) -> Vec<KeyValue> {
     let mut a = sweep.to_vec();
     a.push(KeyValue::new("llmload.level.index", index as i64));
     a
-}
-
-/// Creates and ends the `chat {model}` CLIENT span of each request, and
-/// records its GenAI metrics.
-pub struct TraceObserver {
-    /// `chat` or `text_completion`.
-    operation: &'static str,
-    /// The GenAI metrics of this operation, when they are pushed.
-    metrics: Option<super::otlp_metrics::OperationMetrics>,
-    tel: Telemetry,
-    level: Arc<Mutex<Option<Context>>>,
-    name: String,
-    model: Value,
-    host: Value,
-    port: u16,
-    max_tokens: u32,
-    temperature: f64,
-    /// Per-observer salt for the sampling draw (by request sequence).
-    salt: u64,
-}
-
-/// A request's tracing state between start and done. It travels boxed in
-/// the request hook, so the variants' size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum RequestSpan {
-    /// Sampled: the span is live from the scheduled send.
-    Live(opentelemetry_sdk::trace::Span),
-    /// Not sampled: no span is built unless the request fails, in which
-    /// case it is built at the end with its true start time. (Its span id
-    /// then differs from the one in the `traceparent` we sent, which told
-    /// the server not to sample, so no server span points at it.)
-    Deferred(Context),
-}
-
-/// SplitMix64: a fast, well-mixed hash for the sampling draw and ids.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl TraceObserver {
-    fn start_span(
-        &self,
-        parent: &Context,
-        start: SystemTime,
-        seq: u64,
-    ) -> opentelemetry_sdk::trace::Span {
-        let t = &self.tel.inner.tracer;
-        // Room for the attributes `finish` adds, so the SDK's vector is
-        // allocated once per span, not grown three times.
-        let mut attributes = Vec::with_capacity(24);
-        attributes.extend([
-            KeyValue::new("gen_ai.operation.name", self.operation),
-            KeyValue::new("gen_ai.provider.name", "openai"),
-            KeyValue::new("gen_ai.request.model", self.model.clone()),
-            KeyValue::new("gen_ai.request.max_tokens", self.max_tokens as i64),
-            KeyValue::new("gen_ai.request.temperature", self.temperature),
-            KeyValue::new("gen_ai.request.stream", true),
-            KeyValue::new("server.address", self.host.clone()),
-            KeyValue::new("server.port", self.port as i64),
-            KeyValue::new("llmload.seq", seq as i64),
-        ]);
-        t.span_builder(self.name.clone())
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(t, parent)
-    }
-
-    fn finish(
-        &self,
-        mut span: opentelemetry_sdk::trace::Span,
-        base: Instant,
-        rec: &RequestRecord,
-        sampled: bool,
-    ) {
-        span.set_attribute(KeyValue::new(SAMPLED_ATTR, sampled));
-        span.set_attribute(KeyValue::new(
-            "llmload.scheduled_offset_s",
-            rec.scheduled_at.as_secs_f64(),
-        ));
-        span.set_attribute(KeyValue::new("llmload.send_lag_s", rec.lag().as_secs_f64()));
-        if let Some(s) = rec.status {
-            span.set_attribute(KeyValue::new("http.response.status_code", s as i64));
-        }
-        if let Some(id) = &rec.response_id {
-            span.set_attribute(KeyValue::new("gen_ai.response.id", id.clone()));
-        }
-        if let Some(m) = &rec.response_model {
-            span.set_attribute(KeyValue::new("gen_ai.response.model", m.clone()));
-        }
-        if let Some(f) = rec.finish {
-            span.set_attribute(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(vec![opentelemetry::StringValue::from(f.as_str())].into()),
-            ));
-        }
-        if let Some(ttft) = rec.ttft() {
-            span.set_attribute(KeyValue::new(
-                "gen_ai.response.time_to_first_chunk",
-                ttft.as_secs_f64(),
-            ));
-            span.add_event_with_timestamp(
-                "llmload.first_token",
-                self.tel
-                    .wall(base + rec.first_token_at.unwrap_or(rec.scheduled_at)),
-                vec![KeyValue::new("llmload.ttft_s", ttft.as_secs_f64())],
-            );
-        }
-        if let Some(n) = rec.usage_input_tokens {
-            span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", n as i64));
-        }
-        if rec.is_ok() {
-            let (n, _) = rec.output_tokens();
-            span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", n as i64));
-            if let Some(t) = rec.tpot() {
-                span.set_attribute(KeyValue::new("llmload.tpot_s", t.as_secs_f64()));
-            }
-        }
-        if rec.turn > 0 {
-            span.set_attribute(KeyValue::new("llmload.session.turn", rec.turn as i64));
-        }
-        if let Some(c) = rec.cached_input_tokens {
-            span.set_attribute(KeyValue::new("llmload.cached_input_tokens", c as i64));
-        }
-        if let Err(kind) = rec.outcome {
-            span.set_attribute(KeyValue::new("error.type", kind.otel_type()));
-            span.set_status(Status::error(kind.key()));
-        }
-        span.end_with_timestamp(self.tel.wall(base + rec.done_at));
-    }
-}
-
-impl Observer for TraceObserver {
-    fn request_start(
-        &self,
-        _level: &LevelSpec,
-        base: Instant,
-        rec: &RequestRecord,
-    ) -> Option<RequestHook> {
-        let parent = self.level.lock().expect("level lock").clone()?;
-        let draw = mix(rec.seq ^ self.salt);
-        let unit = (draw >> 11) as f64 / ((1u64 << 53) as f64);
-        let sampled = unit < self.tel.inner.settings.sample_ratio;
-        let (state, trace_id, span_id) = if sampled {
-            let span = self.start_span(&parent, self.tel.wall(base + rec.scheduled_at), rec.seq);
-            let sc: SpanContext = span.span_context().clone();
-            (RequestSpan::Live(span), sc.trace_id(), sc.span_id())
-        } else {
-            let trace_id = parent.span().span_context().trace_id();
-            let id = mix(draw).max(1);
-            (
-                RequestSpan::Deferred(parent),
-                trace_id,
-                opentelemetry::trace::SpanId::from_bytes(id.to_be_bytes()),
-            )
-        };
-        let header = self.tel.inner.settings.propagate.then(|| {
-            let v = format!(
-                "00-{trace_id}-{span_id}-{}",
-                if sampled { "01" } else { "00" }
-            );
-            (
-                http::HeaderName::from_static("traceparent"),
-                http::HeaderValue::from_str(&v).expect("hex and dashes are a valid header"),
-            )
-        });
-        Some(RequestHook {
-            header,
-            state: Box::new(state),
-        })
-    }
-
-    fn request_done(
-        &self,
-        _level: &LevelSpec,
-        base: Instant,
-        rec: &RequestRecord,
-        hook: Option<RequestHook>,
-    ) {
-        if let Some(m) = &self.metrics {
-            m.record(rec);
-        }
-        let Some(hook) = hook else { return };
-        let Ok(state) = hook.state.downcast::<RequestSpan>() else {
-            return;
-        };
-        match *state {
-            RequestSpan::Live(span) => self.finish(span, base, rec, true),
-            // Failures are always kept: build the span now, from the
-            // scheduled instant, under the same level.
-            RequestSpan::Deferred(parent) if !rec.is_ok() => {
-                let span =
-                    self.start_span(&parent, self.tel.wall(base + rec.scheduled_at), rec.seq);
-                self.finish(span, base, rec, false);
-            }
-            RequestSpan::Deferred(_) => {}
-        }
-    }
 }
 
 #[cfg(test)]
