@@ -131,9 +131,10 @@ pub struct SpanSink {
     failing: AtomicBool,
 }
 
+/// Batches of encoded spans, each of at most [`BATCH`], oldest first.
 #[derive(Default)]
 struct Pending {
-    bytes: Vec<u8>,
+    batches: std::collections::VecDeque<(Vec<u8>, usize)>,
     spans: usize,
 }
 
@@ -179,31 +180,47 @@ impl SpanSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        p.bytes.extend_from_slice(span);
         p.spans += 1;
-        if p.spans == BATCH {
-            drop(p);
-            self.wake.notify_one();
+        match p.batches.back_mut() {
+            Some((bytes, n)) if *n < BATCH => {
+                bytes.extend_from_slice(span);
+                *n += 1;
+                if *n == BATCH {
+                    drop(p);
+                    self.wake.notify_one();
+                }
+            }
+            _ => {
+                let mut bytes = Vec::with_capacity(span.len() * BATCH);
+                bytes.extend_from_slice(span);
+                p.batches.push_back((bytes, 1));
+            }
         }
     }
 
-    /// Exports what is waiting now. A failure is logged when it starts a
-    /// run of failures; the spans of a failed export are lost, as with the
-    /// SDK's batch processor.
+    /// Exports what is waiting now, a batch per request. A failure is
+    /// logged when it starts a run of failures, and its spans are counted
+    /// as dropped. When an export fails, the batches taken with it are
+    /// dropped and counted too, rather than tried one
+    /// by one, so a collector that hangs costs one timeout, not one per
+    /// batch (the shutdown waits on this).
     pub async fn ship(&self) {
-        let bytes = {
+        let batches = {
             let mut p = self.pending.lock().expect("span sink lock");
-            if p.spans == 0 {
-                return;
-            }
             p.spans = 0;
-            std::mem::take(&mut p.bytes)
+            std::mem::take(&mut p.batches)
         };
-        match self.poster.post(self.envelope.request(&bytes)).await {
-            Ok(()) => self.failing.store(false, Ordering::Relaxed),
-            Err(e) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("request spans not exported: {e}");
+        let mut batches = batches.into_iter();
+        while let Some((bytes, n)) = batches.next() {
+            match self.poster.post(self.envelope.request(&bytes)).await {
+                Ok(()) => self.failing.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("request spans not exported: {e}");
+                    }
+                    let lost: usize = n + batches.map(|(_, n)| n).sum::<usize>();
+                    self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                    return;
                 }
             }
         }
@@ -217,7 +234,7 @@ impl SpanSink {
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(
-                "{dropped} request spans were dropped: more than {MAX_PENDING} waited for a slow collector"
+                "{dropped} request spans were dropped: more than {MAX_PENDING} waited for a slow collector, or the collector failed"
             );
         }
     }
@@ -260,6 +277,107 @@ fn percent_decode(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::otlp_encode::{Attr, SpanHead, span_message};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    /// A collector on 127.0.0.1 that records each export's span count.
+    async fn collector() -> (String, Arc<Mutex<Vec<usize>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let req = ExportTraceServiceRequest::decode(body).expect("valid OTLP");
+                let n = req.resource_spans[0].scope_spans[0].spans.len();
+                g.lock().unwrap().push(n);
+                async { "" }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (format!("http://{addr}/v1/traces"), got)
+    }
+
+    fn one_span(i: u64) -> Vec<u8> {
+        let head = SpanHead {
+            trace_id: 1u128.to_be_bytes(),
+            span_id: (i + 1).to_be_bytes(),
+            parent_span_id: [0; 8],
+            trace_flags: 1,
+            name: "chat m",
+            kind: opentelemetry::trace::SpanKind::Client,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        let mut b = Vec::new();
+        span_message(&mut b, &head, |s| {
+            s.attr("llmload.seq", Attr::I64(i as i64))
+        });
+        b
+    }
+
+    /// On a current-thread runtime the shipper cannot run between the
+    /// pushes, so exactly the spans past the bound are dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn spans_past_the_bound_are_dropped_and_the_rest_exported() {
+        let (url, got) = collector().await;
+        let client =
+            super::super::otlp_http::client(&crate::client::proxy::ProxySettings::direct());
+        let envelope = Envelope::new(
+            &Resource::builder_empty().build(),
+            &opentelemetry::InstrumentationScope::builder("llmload").build(),
+        );
+        let sink = SpanSink::start(Poster::new(&url, client).unwrap(), envelope);
+        for i in 0..(MAX_PENDING + 10) as u64 {
+            sink.push(&one_span(i));
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 10);
+        sink.shutdown().await;
+        let sizes = got.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), MAX_PENDING);
+        assert!(
+            sizes.iter().all(|&n| n == BATCH),
+            "batches of {BATCH}: {sizes:?}"
+        );
+        // Stopped: what comes after the shutdown is not exported.
+        sink.push(&one_span(0));
+        tokio::time::sleep(INTERVAL * 2).await;
+        assert_eq!(got.lock().unwrap().iter().sum::<usize>(), MAX_PENDING);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dead_collector_loses_the_batch_not_the_sink() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", dead.local_addr().unwrap());
+        drop(dead);
+        let client =
+            super::super::otlp_http::client(&crate::client::proxy::ProxySettings::direct());
+        let envelope = Envelope::new(
+            &Resource::builder_empty().build(),
+            &opentelemetry::InstrumentationScope::builder("llmload").build(),
+        );
+        let sink = SpanSink::start(Poster::new(&url, client).unwrap(), envelope);
+        for i in 0..BATCH as u64 + 1 {
+            sink.push(&one_span(i));
+        }
+        sink.ship().await;
+        assert!(sink.failing.load(Ordering::Relaxed));
+        assert_eq!(
+            sink.pending.lock().unwrap().spans,
+            0,
+            "the batches were taken"
+        );
+        // The first batch failed; the one behind it was counted, not tried.
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), BATCH as u64 + 1);
+        sink.push(&one_span(2));
+        assert_eq!(
+            sink.pending.lock().unwrap().spans,
+            1,
+            "and the sink goes on"
+        );
+    }
 
     #[test]
     fn headers_are_trimmed_decoded_and_invalid_ones_left_out() {
