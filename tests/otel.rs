@@ -191,7 +191,7 @@ fn mock_cfg(error_fraction: f64) -> MockConfig {
     }
 }
 
-async fn run_with_traces(mock: &llmload::mock::MockServer, rx: &Receiver, envs: &[(&str, &str)]) {
+async fn run_with_traces(mock: &llmload::mock::MockServer, otlp: &str, envs: &[(&str, &str)]) {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = write_dataset(tmp.path());
     let mut cmd = tokio::process::Command::new(bin());
@@ -210,7 +210,7 @@ async fn run_with_traces(mock: &llmload::mock::MockServer, rx: &Receiver, envs: 
         "--results-dir",
         tmp.path().join("r").to_str().unwrap(),
         "--otlp-endpoint",
-        &rx.url,
+        otlp,
     ])
     .kill_on_drop(true);
     for k in LLMLOAD_ENV {
@@ -235,7 +235,7 @@ async fn sweep_level_request_tree_with_genai_attributes_and_propagation() {
     let rx = receiver().await;
     run_with_traces(
         &mock,
-        &rx,
+        &rx.url,
         &[
             ("OTEL_SERVICE_NAME", "capacity-tests"),
             (
@@ -373,7 +373,7 @@ async fn ratio_sampling_keeps_every_failure_and_all_structure() {
     let rx = receiver().await;
     run_with_traces(
         &mock,
-        &rx,
+        &rx.url,
         &[
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0"),
@@ -410,6 +410,24 @@ async fn ratio_sampling_keeps_every_failure_and_all_structure() {
             .iter()
             .all(|t| t["traceparent"].as_str().unwrap().ends_with("-00"))
     );
+    // Each kept failure has the span id its traceparent named, so a
+    // server or gateway log of that request points at it.
+    let sent: std::collections::HashSet<String> = truth
+        .iter()
+        .filter(|t| t["status"] == 503)
+        .map(|t| {
+            t["traceparent"]
+                .as_str()
+                .unwrap()
+                .split('-')
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let exported: std::collections::HashSet<String> =
+        requests.iter().map(|r| hex(&r.span_id)).collect();
+    assert_eq!(exported, sent);
     mock.shutdown().await;
 }
 
@@ -566,7 +584,7 @@ async fn genai_client_metrics_are_pushed_with_semantic_convention_names() {
     let _serial = serial();
     let mock = start_mock(mock_cfg(0.2)).await;
     let rx = receiver().await;
-    run_with_traces(&mock, &rx, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
+    run_with_traces(&mock, &rx.url, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
     let spans = rx.spans.lock().unwrap().clone();
     let failed = spans
         .iter()
@@ -645,5 +663,31 @@ async fn genai_client_metrics_are_pushed_with_semantic_convention_names() {
         let (g, _) = last_metric(&rx, name).unwrap_or_else(|| panic!("{name} not pushed"));
         assert_eq!(gauge_points(&g).len(), 2, "{name}");
     }
+    mock.shutdown().await;
+}
+
+/// The mock takes OTLP too, and keeps only a byte count: a collector for
+/// demos, and the one the selftest's overhead section exports to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_is_an_otlp_sink() {
+    let _serial = serial();
+    let mock = start_mock(mock_cfg(0.0)).await;
+    run_with_traces(&mock, &mock.base_url(), &[]).await;
+    let (_, metrics) = get(&format!("{}/metrics", mock.base_url())).await;
+    let bytes = |signal: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "llmload_mock_otlp_received_bytes_total{{signal=\"{signal}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // 30 request spans, two levels and a sweep: well over a kilobyte.
+    assert!(bytes("traces") > 1000.0, "{metrics}");
+    assert!(bytes("metrics") > 0.0, "{metrics}");
     mock.shutdown().await;
 }

@@ -17,6 +17,9 @@ pub struct MockMetrics {
     /// `prefix_cache_queries`, `prefix_cache_hits`).
     pub prefix_queries: IntCounter,
     pub prefix_hits: IntCounter,
+    /// OTLP/HTTP bodies received and discarded, by signal (`traces`,
+    /// `metrics`).
+    pub otlp_bytes: IntCounterVec,
 }
 
 impl MockMetrics {
@@ -65,6 +68,14 @@ impl MockMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        let otlp_bytes = IntCounterVec::new(
+            Opts::new(
+                "otlp_received_bytes_total",
+                "OTLP/HTTP request bytes received and discarded, by signal.",
+            ),
+            &["signal"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(running.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(waiting.clone()),
@@ -75,6 +86,7 @@ impl MockMetrics {
             Box::new(faults.clone()),
             Box::new(prefix_queries.clone()),
             Box::new(prefix_hits.clone()),
+            Box::new(otlp_bytes.clone()),
         ] {
             registry.register(m).expect("names are unique");
         }
@@ -89,6 +101,7 @@ impl MockMetrics {
             faults,
             prefix_queries,
             prefix_hits,
+            otlp_bytes,
         }
     }
 

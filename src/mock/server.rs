@@ -33,7 +33,43 @@ pub fn app(state: Arc<MockState>) -> Router {
         .route("/health", get(|| async { "OK" }))
         .route("/metrics", get(metrics))
         .route("/debug/requests", get(debug_requests))
+        .route(
+            "/v1/traces",
+            post(otlp_traces).layer(axum::extract::DefaultBodyLimit::max(OTLP_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/metrics",
+            post(otlp_metrics).layer(axum::extract::DefaultBodyLimit::max(OTLP_BODY_LIMIT)),
+        )
         .with_state(state)
+}
+
+/// The largest OTLP body taken (the OpenTelemetry Collector's default
+/// is 20 MiB).
+const OTLP_BODY_LIMIT: usize = 20 << 20;
+
+/// An OTLP/HTTP sink that keeps nothing but a byte count: a collector for
+/// demos and for the selftest's tracing overhead, in a process of its own
+/// so that receiving the spans is not counted against the client.
+async fn otlp_traces(State(st): State<Arc<MockState>>, body: axum::body::Bytes) -> Response {
+    otlp_discard(&st, "traces", &body)
+}
+
+async fn otlp_metrics(State(st): State<Arc<MockState>>, body: axum::body::Bytes) -> Response {
+    otlp_discard(&st, "metrics", &body)
+}
+
+fn otlp_discard(st: &MockState, signal: &str, body: &[u8]) -> Response {
+    st.metrics
+        .otlp_bytes
+        .with_label_values(&[signal])
+        .inc_by(body.len() as u64);
+    // An empty Export*ServiceResponse: full success.
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
 }
 
 /// A running mock: its address and a way to stop it.

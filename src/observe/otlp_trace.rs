@@ -318,18 +318,23 @@ mod tests {
         b
     }
 
-    /// On a current-thread runtime the shipper cannot run between the
-    /// pushes, so exactly the spans past the bound are dropped.
-    #[tokio::test(flavor = "current_thread")]
-    async fn spans_past_the_bound_are_dropped_and_the_rest_exported() {
-        let (url, got) = collector().await;
+    /// A sink exporting to `url`, with an empty resource.
+    fn sink_to(url: &str) -> Arc<SpanSink> {
         let client =
             super::super::otlp_http::client(&crate::client::proxy::ProxySettings::direct());
         let envelope = Envelope::new(
             &Resource::builder_empty().build(),
             &opentelemetry::InstrumentationScope::builder("llmload").build(),
         );
-        let sink = SpanSink::start(Poster::new(&url, client).unwrap(), envelope);
+        SpanSink::start(Poster::new(url, client).unwrap(), envelope)
+    }
+
+    /// On a current-thread runtime the shipper cannot run between the
+    /// pushes, so exactly the spans past the bound are dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn spans_past_the_bound_are_dropped_and_the_rest_exported() {
+        let (url, got) = collector().await;
+        let sink = sink_to(&url);
         for i in 0..(MAX_PENDING + 10) as u64 {
             sink.push(&one_span(i));
         }
@@ -352,13 +357,7 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", dead.local_addr().unwrap());
         drop(dead);
-        let client =
-            super::super::otlp_http::client(&crate::client::proxy::ProxySettings::direct());
-        let envelope = Envelope::new(
-            &Resource::builder_empty().build(),
-            &opentelemetry::InstrumentationScope::builder("llmload").build(),
-        );
-        let sink = SpanSink::start(Poster::new(&url, client).unwrap(), envelope);
+        let sink = sink_to(&url);
         for i in 0..BATCH as u64 + 1 {
             sink.push(&one_span(i));
         }

@@ -203,11 +203,14 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         .iter()
         .find(|o| o.rate == 1000.0 && o.variant == "off")
         .map_or(0.0, |o| o.cpu_s_per_1k_requests * 1000.0);
-    let observer_cost = observer_cost(if baseline_us > 0.0 {
-        baseline_us
-    } else {
-        300.0
-    })
+    let observer_cost = observer_cost(
+        if baseline_us > 0.0 {
+            baseline_us
+        } else {
+            300.0
+        },
+        &ov_mock.base,
+    )
     .await;
 
     let mut targets = Vec::new();
@@ -326,13 +329,13 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         overhead
             .iter()
             .find(|o| o.rate == 1000.0 && o.variant == v)
-            .map(|o| o.cpu_overhead_pct)
+            .map(|o| (o.cpu_overhead_pct, o.median_overhead_pct))
     };
     let (m_what, b_what) = (
         "metrics CPU overhead <= 5 % at 1,000 req/s (end to end)",
         "metrics + traces CPU overhead <= 5 % at 1,000 req/s (end to end, every request span kept)",
     );
-    if let (Some(both), Some(metrics), Some(traces), Some(noise)) = (
+    if let (Some((both, both_median)), Some((metrics, _)), Some((traces, _)), Some((noise, _))) = (
         e2e("metrics+traces"),
         e2e("metrics"),
         e2e("traces"),
@@ -347,7 +350,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             b_what,
             both <= 5.0,
             format!(
-                "{both:+.1} % (traces alone {traces:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
+                "{both:+.1} % (median {both_median:+.1} %; traces alone {traces:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
                 observer_cost.metrics_us_per_request,
                 observer_cost.traces_us_per_request,
                 observer_cost.baseline_us_per_request,
