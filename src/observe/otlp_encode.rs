@@ -39,21 +39,12 @@ pub fn trace_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
     // ExportTraceServiceRequest.resource_spans = 1
     nested(&mut buf, 1, |b| {
         // ResourceSpans.resource = 1
-        nested(b, 1, |b| {
-            for (k, v) in resource.iter() {
-                // Resource.attributes = 1
-                nested(b, 1, |b| key_value(b, k.as_str(), v));
-            }
-        });
+        nested(b, 1, |b| resource_message(b, resource));
         for scope in &scopes {
             // ResourceSpans.scope_spans = 2
             nested(b, 2, |b| {
                 // ScopeSpans.scope = 1
-                nested(b, 1, |b| {
-                    string(b, 1, scope.name());
-                    string(b, 2, scope.version().unwrap_or_default());
-                    attributes(b, 3, scope.attributes());
-                });
+                nested(b, 1, |b| scope_message(b, scope));
                 for s in spans.iter().filter(|s| &&s.instrumentation_scope == scope) {
                     // ScopeSpans.spans = 2
                     nested(b, 2, |b| span(b, s));
@@ -64,6 +55,20 @@ pub fn trace_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
         string(b, 3, resource.schema_url().unwrap_or_default());
     });
     buf
+}
+
+/// A `Resource` message's content: its attributes.
+fn resource_message(b: &mut Vec<u8>, resource: &Resource) {
+    for (k, v) in resource.iter() {
+        nested(b, 1, |b| key_value(b, k.as_str(), v));
+    }
+}
+
+/// An `InstrumentationScope` message's content.
+fn scope_message(b: &mut Vec<u8>, scope: &InstrumentationScope) {
+    string(b, 1, scope.name());
+    string(b, 2, scope.version().unwrap_or_default());
+    attributes(b, 3, scope.attributes());
 }
 
 /// A request span's value, as [`SpanBody`] writes it.
@@ -151,26 +156,26 @@ pub fn span_message<'m>(
 }
 
 /// The parts of an export request that stay the same from batch to
-/// batch: the resource's and the scope's messages.
+/// batch: the resource's and the scope's messages and schema URLs.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     resource: Vec<u8>,
+    resource_schema: String,
     scope: Vec<u8>,
+    scope_schema: String,
 }
 
 impl Envelope {
     pub fn new(resource: &Resource, scope: &InstrumentationScope) -> Self {
         let mut r = Vec::new();
-        for (k, v) in resource.iter() {
-            nested(&mut r, 1, |b| key_value(b, k.as_str(), v));
-        }
+        resource_message(&mut r, resource);
         let mut s = Vec::new();
-        string(&mut s, 1, scope.name());
-        string(&mut s, 2, scope.version().unwrap_or_default());
-        attributes(&mut s, 3, scope.attributes());
+        scope_message(&mut s, scope);
         Self {
             resource: r,
+            resource_schema: resource.schema_url().unwrap_or_default().to_string(),
             scope: s,
+            scope_schema: scope.schema_url().unwrap_or_default().to_string(),
         }
     }
 
@@ -183,7 +188,9 @@ impl Envelope {
             nested(b, 2, |b| {
                 nested(b, 1, |b| b.extend_from_slice(&self.scope));
                 b.extend_from_slice(spans);
+                string(b, 3, &self.scope_schema);
             });
+            string(b, 3, &self.resource_schema);
         });
         out
     }
@@ -192,24 +199,30 @@ impl Envelope {
 fn attr(b: &mut Vec<u8>, field: u32, k: &str, v: Attr) {
     nested(b, field, |b| {
         string(b, 1, k);
-        nested(b, 2, |b| match v {
-            Attr::Str(s) => string_always(b, 1, s),
-            Attr::Bool(x) => {
-                tag(b, 2, VARINT);
-                varint(b, x as u64);
-            }
-            Attr::I64(x) => {
-                tag(b, 3, VARINT);
-                varint(b, x as u64);
-            }
-            Attr::F64(x) => double(b, 4, x),
-            Attr::StrList(xs) => nested(b, 5, |b| {
-                for x in xs {
-                    nested(b, 1, |b| string_always(b, 1, x));
-                }
-            }),
-        });
+        nested(b, 2, |b| attr_value(b, v));
     });
+}
+
+/// An `AnyValue`'s content: a `oneof`, so even a default member is
+/// written. Both the SDK's values and the request spans' go through here.
+fn attr_value(b: &mut Vec<u8>, v: Attr) {
+    match v {
+        Attr::Str(s) => string_always(b, 1, s),
+        Attr::Bool(x) => {
+            tag(b, 2, VARINT);
+            varint(b, x as u64);
+        }
+        Attr::I64(x) => {
+            tag(b, 3, VARINT);
+            varint(b, x as u64);
+        }
+        Attr::F64(x) => double(b, 4, x),
+        Attr::StrList(xs) => nested(b, 5, |b| {
+            for x in xs {
+                nested(b, 1, |b| string_always(b, 1, x));
+            }
+        }),
+    }
 }
 
 fn span(b: &mut Vec<u8>, s: &SpanData) {
@@ -287,21 +300,9 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn attributes(b: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = impl AsKv>) {
+fn attributes<'a>(b: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
     for kv in kvs {
-        let (k, v) = kv.kv();
-        nested(b, field, |b| key_value(b, k, v));
-    }
-}
-
-/// A `KeyValue` given by reference, from a slice or an iterator.
-trait AsKv {
-    fn kv(&self) -> (&str, &Value);
-}
-
-impl AsKv for &KeyValue {
-    fn kv(&self) -> (&str, &Value) {
-        (self.key.as_str(), &self.value)
+        nested(b, field, |b| key_value(b, kv.key.as_str(), &kv.value));
     }
 }
 
@@ -310,44 +311,27 @@ fn key_value(b: &mut Vec<u8>, k: &str, v: &Value) {
     nested(b, 2, |b| any_value(b, v));
 }
 
-/// `AnyValue`: a `oneof`, so even a default member is written.
+/// An SDK value, as an `AnyValue`'s content.
 fn any_value(b: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::String(s) => string_always(b, 1, s.as_str()),
-        Value::Bool(x) => {
-            tag(b, 2, VARINT);
-            varint(b, *x as u64);
-        }
-        Value::I64(x) => {
-            tag(b, 3, VARINT);
-            varint(b, *x as u64);
-        }
-        Value::F64(x) => double(b, 4, *x),
+        Value::String(s) => attr_value(b, Attr::Str(s.as_str())),
+        Value::Bool(x) => attr_value(b, Attr::Bool(*x)),
+        Value::I64(x) => attr_value(b, Attr::I64(*x)),
+        Value::F64(x) => attr_value(b, Attr::F64(*x)),
         Value::Array(a) => nested(b, 5, |b| array(b, a)),
-        other => string_always(b, 1, other.as_str().as_ref()),
+        other => attr_value(b, Attr::Str(other.as_str().as_ref())),
     }
 }
 
 /// `ArrayValue.values = 1`, each an `AnyValue`.
 fn array(b: &mut Vec<u8>, a: &Array) {
+    let mut item = |v: Attr| nested(b, 1, |b| attr_value(b, v));
     match a {
-        Array::Bool(xs) => xs.iter().for_each(|x| {
-            nested(b, 1, |b| {
-                tag(b, 2, VARINT);
-                varint(b, *x as u64);
-            })
-        }),
-        Array::I64(xs) => xs.iter().for_each(|x| {
-            nested(b, 1, |b| {
-                tag(b, 3, VARINT);
-                varint(b, *x as u64);
-            })
-        }),
-        Array::F64(xs) => xs.iter().for_each(|x| nested(b, 1, |b| double(b, 4, *x))),
-        Array::String(xs) => xs
-            .iter()
-            .for_each(|x| nested(b, 1, |b| string_always(b, 1, x.as_str()))),
-        other => nested(b, 1, |b| string_always(b, 1, &other.to_string())),
+        Array::Bool(xs) => xs.iter().for_each(|x| item(Attr::Bool(*x))),
+        Array::I64(xs) => xs.iter().for_each(|x| item(Attr::I64(*x))),
+        Array::F64(xs) => xs.iter().for_each(|x| item(Attr::F64(*x))),
+        Array::String(xs) => xs.iter().for_each(|x| item(Attr::Str(x.as_str()))),
+        other => item(Attr::Str(&other.to_string())),
     }
 }
 
@@ -583,10 +567,17 @@ mod tests {
 
     #[test]
     fn a_span_written_in_place_decodes_as_the_same_span_through_the_sdk() {
+        // Schema URLs on both, which the envelope must carry too.
         let resource = Resource::builder_empty()
-            .with_service_name("capacity")
+            .with_schema_url(
+                [KeyValue::new("service.name", "capacity")],
+                "https://opentelemetry.io/schemas/1.30.0",
+            )
             .build();
-        let scope = InstrumentationScope::builder("llmload").build();
+        let scope = InstrumentationScope::builder("llmload")
+            .with_version("0.2")
+            .with_schema_url("https://opentelemetry.io/schemas/1.29.0")
+            .build();
         let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
         for failed in [false, true] {
             let head = SpanHead {
