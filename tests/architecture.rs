@@ -52,6 +52,8 @@ const PURE: &[&str] = &[
     "plan/sessions.rs",
     "results/table.rs",
     "observe/otlp_encode.rs",
+    "observe/protobuf.rs",
+    "observe/chunk_gaps.rs",
 ];
 
 /// What a pure file may not name: sockets, files, the runtime, clocks.

@@ -27,8 +27,9 @@ struct Receiver {
     url: String,
     spans: Arc<Mutex<Vec<Span>>>,
     resources: Arc<Mutex<Vec<HashMap<String, String>>>>,
-    /// Every metrics export, in arrival order.
+    /// Every metrics export, in arrival order, with its headers.
     metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+    metric_headers: Arc<Mutex<Vec<axum::http::HeaderMap>>>,
     /// The headers of every traces export.
     trace_headers: Arc<Mutex<Vec<axum::http::HeaderMap>>>,
 }
@@ -38,6 +39,8 @@ async fn receiver() -> Receiver {
     let resources = Arc::new(Mutex::new(Vec::new()));
     let metrics = Arc::new(Mutex::new(Vec::new()));
     let trace_headers = Arc::new(Mutex::new(Vec::new()));
+    let metric_headers = Arc::new(Mutex::new(Vec::new()));
+    let mh = metric_headers.clone();
     let (s2, r2, m2, h2) = (
         spans.clone(),
         resources.clone(),
@@ -46,8 +49,9 @@ async fn receiver() -> Receiver {
     );
     let app = axum::Router::new().route(
         "/v1/metrics",
-        axum::routing::post(move |body: Bytes| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
             let metrics = m2.clone();
+            mh.lock().unwrap().push(headers);
             async move {
                 let req = ExportMetricsServiceRequest::decode(body).expect("valid OTLP protobuf");
                 metrics.lock().unwrap().push(req);
@@ -88,6 +92,7 @@ async fn receiver() -> Receiver {
         spans,
         resources,
         metrics,
+        metric_headers,
         trace_headers,
     }
 }
@@ -584,7 +589,28 @@ async fn genai_client_metrics_are_pushed_with_semantic_convention_names() {
     let _serial = serial();
     let mock = start_mock(mock_cfg(0.2)).await;
     let rx = receiver().await;
-    run_with_traces(&mock, &rx.url, &[("OTEL_SERVICE_NAME", "capacity-tests")]).await;
+    run_with_traces(
+        &mock,
+        &rx.url,
+        &[
+            ("OTEL_SERVICE_NAME", "capacity-tests"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "x-tenant=capacity%20team",
+            ),
+        ],
+    )
+    .await;
+    // Both pushes (the SDK's, and llmload's per-chunk histogram beside
+    // it) carry the metrics headers.
+    let headers = rx.metric_headers.lock().unwrap().clone();
+    assert!(headers.len() >= 2, "{} pushes", headers.len());
+    for h in &headers {
+        assert_eq!(
+            h.get("x-tenant").map(|v| v.as_bytes()),
+            Some(&b"capacity team"[..])
+        );
+    }
     let spans = rx.spans.lock().unwrap().clone();
     let failed = spans
         .iter()
@@ -638,8 +664,19 @@ async fn genai_client_metrics_are_pushed_with_semantic_convention_names() {
     let points = histogram_points(&m);
     assert_eq!(points.iter().map(|p| p.1).sum::<u64>(), ok);
     assert_eq!(points[0].2, seconds);
-    let (m, _) = last_metric(&rx, "gen_ai.client.operation.time_per_output_chunk").expect("pushed");
-    let chunks: u64 = histogram_points(&m).iter().map(|p| p.1).sum();
+    // Aggregated by llmload, not the SDK: the same conventions.
+    let (m, resource) =
+        last_metric(&rx, "gen_ai.client.operation.time_per_output_chunk").expect("pushed");
+    assert_eq!(m.unit, "s");
+    assert_eq!(resource["service.name"], "capacity-tests");
+    let points = histogram_points(&m);
+    for (a, _, bounds) in &points {
+        assert_eq!(bounds, &seconds);
+        assert_eq!(a["gen_ai.request.model"], "m", "{a:?}");
+        assert_eq!(a["gen_ai.operation.name"], "chat", "{a:?}");
+        assert!(!a.contains_key("error.type"), "{a:?}");
+    }
+    let chunks: u64 = points.iter().map(|p| p.1).sum();
     assert_eq!(
         chunks,
         ok * 7,

@@ -14,16 +14,14 @@
 //! their default are left out, a `oneof` member and a present message are
 //! always written).
 
+use super::protobuf::{
+    VARINT, bytes, double, fixed32, fixed64, nested, string, string_always, tag, uint, varint,
+};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
 
 /// The request body for one batch: one `ResourceSpans` holding a
 /// `ScopeSpans` per instrumentation scope, in the order scopes first
@@ -300,7 +298,11 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn attributes<'a>(b: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
+pub(super) fn attributes<'a>(
+    b: &mut Vec<u8>,
+    field: u32,
+    kvs: impl IntoIterator<Item = &'a KeyValue>,
+) {
     for kv in kvs {
         nested(b, field, |b| key_value(b, kv.key.as_str(), &kv.value));
     }
@@ -333,86 +335,6 @@ fn array(b: &mut Vec<u8>, a: &Array) {
         Array::String(xs) => xs.iter().for_each(|x| item(Attr::Str(x.as_str()))),
         other => item(Attr::Str(&other.to_string())),
     }
-}
-
-fn tag(b: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(b, ((field << 3) | wire) as u64);
-}
-
-fn varint(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    b.push(v as u8);
-}
-
-fn uint(b: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        tag(b, field, VARINT);
-        varint(b, v);
-    }
-}
-
-fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        tag(b, field, FIXED64);
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
-    if v != 0 {
-        tag(b, field, FIXED32);
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn double(b: &mut Vec<u8>, field: u32, v: f64) {
-    tag(b, field, FIXED64);
-    b.extend_from_slice(&v.to_bits().to_le_bytes());
-}
-
-fn bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
-    if !v.is_empty() {
-        string_bytes(b, field, v);
-    }
-}
-
-fn string(b: &mut Vec<u8>, field: u32, v: &str) {
-    bytes(b, field, v.as_bytes());
-}
-
-fn string_always(b: &mut Vec<u8>, field: u32, v: &str) {
-    string_bytes(b, field, v.as_bytes());
-}
-
-fn string_bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
-    tag(b, field, LEN);
-    varint(b, v.len() as u64);
-    b.extend_from_slice(v);
-}
-
-/// A present embedded message: its tag, its length, then what `f` writes.
-/// One byte is kept for the length, which fits most messages here (an
-/// attribute, an event); a longer message is moved up to make room for
-/// its length's other bytes, once.
-fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    tag(b, field, LEN);
-    let at = b.len();
-    b.push(0);
-    f(b);
-    let len = b.len() - at - 1;
-    if len < 0x80 {
-        b[at] = len as u8;
-        return;
-    }
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
-    let extra = prefix.len() - 1;
-    b.resize(b.len() + extra, 0);
-    b.copy_within(at + 1..at + 1 + len, at + 1 + extra);
-    b[at..at + prefix.len()].copy_from_slice(&prefix);
 }
 
 #[cfg(test)]

@@ -14,22 +14,26 @@
 //! | `gen_ai.client.operation.time_to_first_chunk` | s | streamed request with a first token |
 //! | `gen_ai.client.operation.time_per_output_chunk` | s | token chunk after the first |
 //!
+//! The last is aggregated by llmload itself ([`super::chunk_gaps`]) and
+//! posted beside the SDK's export, at the same moments.
+//!
 //! Times are llmload's own: from the request's *scheduled* instant (no
 //! coordinated omission), as its histograms and traces. Requests never
 //! sent (`dropped`) are no operation and are not recorded.
 
+use super::chunk_gaps::{ChunkGaps, Describe, SECONDS_BUCKETS, metric_message};
+use super::otlp_http::{Poster, Signal};
 use crate::analysis::level::LevelResult;
 use crate::client::record::{ErrorKind, RequestRecord};
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundHistogram, Gauge, Histogram, MeterProvider as _};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// The semantic conventions' boundaries for GenAI durations (seconds).
-pub const SECONDS_BUCKETS: [f64; 14] = [
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// … and for token counts.
 pub const TOKEN_BUCKETS: [f64; 14] = [
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
@@ -37,6 +41,17 @@ pub const TOKEN_BUCKETS: [f64; 14] = [
 ];
 /// How often the reader pushes.
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// The meter's name: the instrumentation scope of every metric pushed.
+const SCOPE: &str = "llmload";
+/// Longest one push may take: the final push at exit must fit the
+/// reader's fixed 5 s.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(4);
+/// The per-chunk metric ([`super::chunk_gaps`]).
+const PER_CHUNK: Describe = Describe {
+    name: "gen_ai.client.operation.time_per_output_chunk",
+    description: "Time between consecutive output chunks, for each chunk after the first.",
+    unit: "s",
+};
 
 /// The instruments and the provider that pushes them.
 #[derive(Clone)]
@@ -45,7 +60,7 @@ pub struct OtlpMetrics {
     duration: Histogram<f64>,
     tokens: Histogram<u64>,
     first_chunk: Histogram<f64>,
-    per_chunk: Histogram<f64>,
+    per_chunk: Arc<GapSeries>,
     level_target: Gauge<f64>,
     level_achieved: Gauge<f64>,
     level_success: Gauge<f64>,
@@ -62,16 +77,23 @@ impl OtlpMetrics {
         resource: opentelemetry_sdk::Resource,
     ) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
+        let poster = Poster::new(url, client.clone(), Signal::Metrics)?.with_timeout(PUSH_TIMEOUT);
+        let sdk = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(url.to_string())
             .with_http_client(client)
-            // The final push at exit must fit the reader's fixed 5 s.
-            .with_timeout(Duration::from_secs(4))
+            .with_timeout(PUSH_TIMEOUT)
             .with_temporality(Temporality::Cumulative)
             .build()
             .map_err(|e| format!("OTLP metric exporter for {url}: {e}"))?;
+        let per_chunk = Arc::new(GapSeries::default());
+        let exporter = Exporter {
+            sdk,
+            per_chunk: per_chunk.clone(),
+            poster,
+            start_unix_ns: unix_ns(SystemTime::now()),
+        };
         let reader = PeriodicReader::builder(exporter)
             .with_interval(EXPORT_INTERVAL)
             .build();
@@ -79,7 +101,7 @@ impl OtlpMetrics {
             .with_reader(reader)
             .with_resource(resource)
             .build();
-        let meter = provider.meter("llmload");
+        let meter = provider.meter(SCOPE);
         let seconds = |name: &'static str, what: &'static str| {
             meter
                 .f64_histogram(name)
@@ -110,10 +132,7 @@ impl OtlpMetrics {
                 "gen_ai.client.operation.time_to_first_chunk",
                 "Time to receive the first chunk in the response stream.",
             ),
-            per_chunk: seconds(
-                "gen_ai.client.operation.time_per_output_chunk",
-                "Time between consecutive output chunks, for each chunk after the first.",
-            ),
+            per_chunk,
             level_target: gauge(
                 "llmload.level.target_qps",
                 "{request}/s",
@@ -175,8 +194,12 @@ impl OtlpMetrics {
         if let Some(t) = rec.ttft() {
             self.first_chunk.record(t.as_secs_f64(), &attrs);
         }
-        for gap in &rec.itl_us {
-            self.per_chunk.record(f64::from(*gap) * 1e-6, &attrs);
+        if !rec.itl_us.is_empty() {
+            let series = self.per_chunk.series(attrs.clone());
+            series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&rec.itl_us);
         }
         if rec.is_ok() {
             let typed = |t: &'static str| {
@@ -233,7 +256,7 @@ pub struct OperationMetrics {
 struct Bound {
     duration: BoundHistogram<f64>,
     first_chunk: BoundHistogram<f64>,
-    per_chunk: BoundHistogram<f64>,
+    per_chunk: Arc<Mutex<ChunkGaps>>,
     input: BoundHistogram<u64>,
     output: BoundHistogram<u64>,
 }
@@ -260,7 +283,7 @@ impl OperationMetrics {
         let b = Arc::new(Bound {
             duration: m.duration.bind(&attrs),
             first_chunk: m.first_chunk.bind(&attrs),
-            per_chunk: m.per_chunk.bind(&attrs),
+            per_chunk: m.per_chunk.series(attrs.clone()),
             input: m.tokens.bind(&typed("input")),
             output: m.tokens.bind(&typed("output")),
         });
@@ -282,10 +305,124 @@ impl OperationMetrics {
         if let Some(t) = rec.ttft() {
             b.first_chunk.record(t.as_secs_f64());
         }
-        for gap in &rec.itl_us {
-            b.per_chunk.record(f64::from(*gap) * 1e-6);
+        if !rec.itl_us.is_empty() {
+            let mut gaps = b.per_chunk.lock().unwrap_or_else(|e| e.into_inner());
+            gaps.record(&rec.itl_us);
         }
         b.input.record(u64::from(rec.prompt_tokens()));
         b.output.record(u64::from(rec.output_tokens().0));
+    }
+}
+
+/// Most per-chunk series kept; past this, as the SDK does, values go to
+/// one series marked `otel.metric.overflow`.
+const MAX_GAP_SERIES: usize = 2000;
+
+/// The per-chunk histogram's series, by attribute set.
+#[derive(Default)]
+struct GapSeries {
+    all: Mutex<Vec<(Vec<KeyValue>, Arc<Mutex<ChunkGaps>>)>>,
+}
+
+impl GapSeries {
+    /// The series of these attributes, made at its first use.
+    fn series(&self, mut attrs: Vec<KeyValue>) -> Arc<Mutex<ChunkGaps>> {
+        // The SDK's order (by key, one value a key), so a point looks the
+        // same to a collector as when the SDK aggregated it.
+        attrs.sort_by(|a, b| a.key.cmp(&b.key));
+        attrs.dedup_by(|a, b| a.key == b.key);
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= MAX_GAP_SERIES && !all.iter().any(|(a, _)| *a == attrs) {
+            attrs = vec![KeyValue::new("otel.metric.overflow", true)];
+        }
+        if let Some((_, g)) = all.iter().find(|(a, _)| *a == attrs) {
+            return g.clone();
+        }
+        let g = Arc::new(Mutex::new(ChunkGaps::default()));
+        all.push((attrs, g.clone()));
+        g
+    }
+
+    /// The export request for every series so far (cumulative); None
+    /// when no request has had a chunk after its first.
+    fn request(
+        &self,
+        resource: &Resource,
+        start_unix_ns: u64,
+        now_unix_ns: u64,
+    ) -> Option<Vec<u8>> {
+        let snapshot: Vec<(Vec<KeyValue>, ChunkGaps)> = {
+            let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter()
+                .map(|(a, g)| {
+                    (
+                        a.clone(),
+                        g.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut metrics = Vec::new();
+        metric_message(
+            &mut metrics,
+            PER_CHUNK,
+            start_unix_ns,
+            now_unix_ns,
+            snapshot.iter().map(|(a, g)| (&a[..], g)),
+        );
+        if metrics.is_empty() {
+            return None;
+        }
+        let scope = InstrumentationScope::builder(SCOPE).build();
+        Some(super::otlp_encode::Envelope::new(resource, &scope).request(&metrics))
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The SDK's OTLP exporter, and beside it, at each of its pushes, the
+/// per-chunk histogram llmload aggregates itself.
+struct Exporter {
+    sdk: opentelemetry_otlp::MetricExporter,
+    per_chunk: Arc<GapSeries>,
+    poster: Poster,
+    start_unix_ns: u64,
+}
+
+impl PushMetricExporter for Exporter {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let ours = self.per_chunk.request(
+            metrics.resource(),
+            self.start_unix_ns,
+            unix_ns(SystemTime::now()),
+        );
+        let post = async {
+            match ours {
+                Some(body) => self
+                    .poster
+                    .post(body)
+                    .await
+                    .map_err(OTelSdkError::InternalFailure),
+                None => Ok(()),
+            }
+        };
+        // Side by side: both must fit the reader's 5 s at exit.
+        let (sdk, ours) = tokio::join!(self.sdk.export(metrics), post);
+        sdk.and(ours)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.sdk.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.sdk.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
     }
 }

@@ -6,10 +6,7 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`.
 
 use super::otlp_encode::Envelope;
-use super::otlp_http::OnTokio;
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
-use opentelemetry_http::HttpClient as _;
+use super::otlp_http::Poster;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::SpanData;
@@ -17,62 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-/// Posts encoded export requests to the collector.
-#[derive(Debug, Clone)]
-pub struct Poster {
-    client: OnTokio,
-    endpoint: http::Uri,
-    /// The endpoint for messages, credentials hidden.
-    shown: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Poster {
-    /// `endpoint` is the full traces URL (…/v1/traces).
-    pub fn new(endpoint: &str, client: OnTokio) -> Result<Self, String> {
-        let shown = crate::base::redact::redact_url(endpoint);
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|e| format!("OTLP exporter for {shown}: {e}"))?;
-        if uri.host().is_none() {
-            return Err(format!("OTLP exporter for {shown}: the URL names no host"));
-        }
-        let headers = std::env::var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_HEADERS"))
-            .map(|v| parse_headers(&v))
-            .unwrap_or_default();
-        Ok(Self {
-            client,
-            endpoint: uri,
-            shown,
-            headers,
-        })
-    }
-
-    pub async fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let mut req = http::Request::post(self.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Bytes::from(body))
-            .map_err(|e| format!("OTLP request: {e}"))?;
-        for (k, v) in &self.headers {
-            req.headers_mut().insert(k.clone(), v.clone());
-        }
-        let resp = self
-            .client
-            .send_bytes(req)
-            .await
-            .map_err(|e| format!("OTLP export to {}: {e}", self.shown))?;
-        if !resp.status().is_success() {
-            return Err(format!(
-                "OTLP export to {}: HTTP {}",
-                self.shown,
-                resp.status()
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The SDK's span exporter (sweep and level spans).
 #[derive(Debug)]
@@ -240,44 +181,12 @@ impl SpanSink {
     }
 }
 
-/// `key=value,key2=value2` as the OTLP exporter variables give headers:
-/// both sides trimmed, the value percent-decoded; an entry that is not a
-/// valid header is left out (as the SDK's exporters do).
-pub fn parse_headers(s: &str) -> Vec<(HeaderName, HeaderValue)> {
-    s.split(',')
-        .filter_map(|item| {
-            let (k, v) = item.split_once('=')?;
-            let name = HeaderName::from_bytes(k.trim().as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(&percent_decode(v.trim())).ok()?;
-            Some((name, value))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::observe::otlp_encode::{Attr, SpanHead, span_message};
+    use crate::observe::otlp_http::Signal;
+    use bytes::Bytes;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
 
@@ -326,7 +235,7 @@ mod tests {
             &Resource::builder_empty().build(),
             &opentelemetry::InstrumentationScope::builder("llmload").build(),
         );
-        SpanSink::start(Poster::new(url, client).unwrap(), envelope)
+        SpanSink::start(Poster::new(url, client, Signal::Traces).unwrap(), envelope)
     }
 
     /// On a current-thread runtime the shipper cannot run between the
@@ -375,25 +284,6 @@ mod tests {
             sink.pending.lock().unwrap().spans,
             1,
             "and the sink goes on"
-        );
-    }
-
-    #[test]
-    fn headers_are_trimmed_decoded_and_invalid_ones_left_out() {
-        let h = parse_headers(
-            " authorization = Bearer%20abc%3D ,X-Scope-OrgID=capacity,broken,bad name=x,k=%zz%4",
-        );
-        let got: Vec<(String, Vec<u8>)> = h
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("authorization".into(), b"Bearer abc=".to_vec()),
-                ("x-scope-orgid".into(), b"capacity".to_vec()),
-                ("k".into(), b"%zz%4".to_vec()),
-            ]
         );
     }
 }

@@ -214,7 +214,11 @@ impl Telemetry {
     /// Build the pipeline; must run inside the tokio runtime.
     pub fn start(settings: Settings) -> Result<Self, String> {
         let client = super::otlp_http::client(&settings.proxies);
-        let poster = super::otlp_trace::Poster::new(&settings.endpoint, client.clone())?;
+        let poster = super::otlp_http::Poster::new(
+            &settings.endpoint,
+            client.clone(),
+            super::otlp_http::Signal::Traces,
+        )?;
         let exporter = super::otlp_trace::TraceExporter::new(poster.clone());
         let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
             .with_batch_config(
