@@ -256,7 +256,7 @@ pub struct OperationMetrics {
 struct Bound {
     duration: BoundHistogram<f64>,
     first_chunk: BoundHistogram<f64>,
-    per_chunk: Arc<Mutex<ChunkGaps>>,
+    per_chunk: Series,
     input: BoundHistogram<u64>,
     output: BoundHistogram<u64>,
 }
@@ -318,15 +318,19 @@ impl OperationMetrics {
 /// one series marked `otel.metric.overflow`.
 const MAX_GAP_SERIES: usize = 2000;
 
+/// One per-chunk series: its values so far, shared by the requests that
+/// record into it.
+type Series = Arc<Mutex<ChunkGaps>>;
+
 /// The per-chunk histogram's series, by attribute set.
 #[derive(Default)]
 struct GapSeries {
-    all: Mutex<Vec<(Vec<KeyValue>, Arc<Mutex<ChunkGaps>>)>>,
+    all: Mutex<Vec<(Vec<KeyValue>, Series)>>,
 }
 
 impl GapSeries {
     /// The series of these attributes, made at its first use.
-    fn series(&self, mut attrs: Vec<KeyValue>) -> Arc<Mutex<ChunkGaps>> {
+    fn series(&self, mut attrs: Vec<KeyValue>) -> Series {
         // The SDK's order (by key, one value a key), so a point looks the
         // same to a collector as when the SDK aggregated it.
         attrs.sort_by(|a, b| a.key.cmp(&b.key));
