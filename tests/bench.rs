@@ -152,3 +152,104 @@ async fn the_trace_load_bench_prints_its_figures() {
         "{line}"
     );
 }
+
+/// `scripts/overhead-pairs.sh` on one short round with the test build:
+/// every variant's pair runs and prints its figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paired_overhead_bench_prints_a_line_per_variant() {
+    let _serial = serial();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/overhead-pairs.sh");
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(script)
+            .args(["100", "1", "1"])
+            .env("LLMLOAD", bin())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the benchmark ends")
+    .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OVERHEAD PAIRS") && stdout.contains(" cores, "),
+        "{stdout}"
+    );
+    for v in [
+        "noise",
+        "prometheus",
+        "traceparent",
+        "genai-metrics",
+        "spans",
+        "all",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{v} ")))
+            .unwrap_or_else(|| panic!("no {v} line: {stdout}"));
+        let mean: f64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"));
+        assert!(mean.is_finite() && mean > -100.0, "{line}");
+        assert!(line.contains("µs/request; pairs: "), "{line}");
+    }
+}
+
+/// `selftest --only overhead --quick`: the in-process rows, the pairs
+/// (each variant's own `llmload run` beside an off run) and a verdict
+/// for both overhead targets, judged from the pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selftest_overhead_section_judges_its_targets_from_pairs() {
+    let _serial = serial();
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(bin())
+            .args(["selftest", "--only", "overhead", "--quick"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the selftest ends")
+    .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("in pairs (2 pairs a variant at 1000 req/s"),
+        "{stdout}"
+    );
+    for v in ["noise", "metrics", "traces", "metrics+traces"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{v} ")) && l.contains(" mean ")),
+            "no {v} pair line: {stdout}"
+        );
+    }
+    for what in ["metrics CPU overhead", "metrics + traces CPU overhead"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} target: {stdout}"));
+        assert!(
+            (line.contains("[met]") || line.contains("[MISSED]"))
+                && line.contains("mean of 2 pairs"),
+            "{line}"
+        );
+    }
+    // The JSON line carries the pairs.
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with("{\"selftest\""))
+        .unwrap_or_else(|| panic!("no JSON line: {stdout}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let pairs = v["selftest"]["overhead_pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 4);
+    for p in pairs {
+        assert_eq!(p["pairs_pct"].as_array().map(Vec::len), Some(2), "{p}");
+        assert!(p["off_us_per_request"].as_f64().unwrap() > 0.0, "{p}");
+    }
+}

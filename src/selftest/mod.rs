@@ -9,7 +9,9 @@
 //! * **accuracy**: client TTFT / ITL / E2E against the mock's server-side
 //!   stamps on the shared monotonic clock, at 10, 100 and 1,000 req/s;
 //! * **memory over time**: RSS after 10⁴ and after 10⁶ requests;
-//! * **overheads**: Prometheus metrics and tracing on vs off;
+//! * **overheads**: Prometheus metrics and tracing on vs off, in
+//!   interleaved runs in this process, and judged in pairs of `llmload
+//!   run` processes going at the same time ([`pairs`]);
 //! * **ceiling** (only with `--only ceiling`, it needs `wrk`): llmload
 //!   beside wrk against one nginx ([`ceiling`]).
 //!
@@ -20,6 +22,7 @@ pub mod accuracy;
 pub mod ceiling;
 pub mod memory;
 pub mod overhead;
+pub mod pairs;
 pub mod report;
 pub mod rig;
 pub mod servers;
@@ -192,11 +195,25 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             &ov_mock,
             &[100.0, 1000.0],
             ov_dur,
-            if opts.quick { 2 } else { 5 },
+            if opts.quick { 2 } else { 3 },
         )
         .await
     } else {
         Vec::new()
+    };
+    let overhead_pairs = if want("overhead") {
+        log("overheads in pairs: each variant's `llmload run` beside an off run, at 1,000 req/s");
+        match pairs::paired_overheads(&ov_mock, 1000.0, ov_dur, if opts.quick { 2 } else { 8 })
+            .await
+        {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                log(&format!("overheads in pairs: {e}"));
+                Err(e)
+            }
+        }
+    } else {
+        Ok(Vec::new())
     };
 
     let baseline_us = overhead
@@ -325,41 +342,70 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             format!("{:+.1} MB at {} requests", m.growth_mb, m.requests_at_end),
         ),
     });
-    let e2e = |v: &str| {
-        overhead
-            .iter()
-            .find(|o| o.rate == 1000.0 && o.variant == v)
-            .map(|o| (o.cpu_overhead_pct, o.median_overhead_pct))
-    };
     let (m_what, b_what) = (
         "metrics CPU overhead <= 5 % at 1,000 req/s (end to end)",
         "metrics + traces CPU overhead <= 5 % at 1,000 req/s (end to end, every request span kept)",
     );
-    if let (Some((both, both_median)), Some((metrics, _)), Some((traces, _)), Some((noise, _))) = (
-        e2e("metrics+traces"),
-        e2e("metrics"),
-        e2e("traces"),
-        e2e("off again"),
+    let paired = |v: &str| {
+        overhead_pairs
+            .as_ref()
+            .ok()
+            .and_then(|ps| ps.iter().find(|p| p.variant == v))
+    };
+    let in_process = |v: &str| {
+        overhead
+            .iter()
+            .find(|o| o.rate == 1000.0 && o.variant == v)
+            .map_or(f64::NAN, |o| o.cpu_overhead_pct)
+    };
+    match (
+        &overhead_pairs,
+        paired("noise"),
+        paired("metrics"),
+        paired("traces"),
+        paired("metrics+traces"),
     ) {
-        targets.push(Check::judged(
-            m_what,
-            metrics <= 5.0,
-            format!("{metrics:+.1} % (noise floor {noise:+.1} %)"),
-        ));
-        targets.push(Check::judged(
-            b_what,
-            both <= 5.0,
-            format!(
-                "{both:+.1} % (median {both_median:+.1} %; traces alone {traces:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
-                observer_cost.metrics_us_per_request,
-                observer_cost.traces_us_per_request,
-                observer_cost.baseline_us_per_request,
-                observer_cost.both_pct
-            ),
-        ));
-    } else {
-        targets.push(Check::not_run(m_what, "the overhead section was not run"));
-        targets.push(Check::not_run(b_what, "the overhead section was not run"));
+        (Ok(_), Some(noise), Some(metrics), Some(traces), Some(both)) => {
+            let noise = format!(
+                "noise pairs {:+.1} ± {:.1} %",
+                noise.mean_pct, noise.stderr_pct
+            );
+            targets.push(Check::judged(
+                m_what,
+                metrics.mean_pct <= 5.0,
+                format!(
+                    "{:+.1} ± {:.1} % (mean of {} pairs; {noise}; in-process least-disturbed {:+.1} %)",
+                    metrics.mean_pct,
+                    metrics.stderr_pct,
+                    metrics.pairs_pct.len(),
+                    in_process("metrics"),
+                ),
+            ));
+            targets.push(Check::judged(
+                b_what,
+                both.mean_pct <= 5.0,
+                format!(
+                    "{:+.1} ± {:.1} % (mean of {} pairs; traces alone {:+.1} %; {noise}; in-process least-disturbed {:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
+                    both.mean_pct,
+                    both.stderr_pct,
+                    both.pairs_pct.len(),
+                    traces.mean_pct,
+                    in_process("metrics+traces"),
+                    observer_cost.metrics_us_per_request,
+                    observer_cost.traces_us_per_request,
+                    observer_cost.baseline_us_per_request,
+                    observer_cost.both_pct
+                ),
+            ));
+        }
+        (Err(e), ..) => {
+            targets.push(Check::not_measured(m_what, e));
+            targets.push(Check::not_measured(b_what, e));
+        }
+        _ => {
+            targets.push(Check::not_run(m_what, "the overhead section was not run"));
+            targets.push(Check::not_run(b_what, "the overhead section was not run"));
+        }
     }
 
     if let Some(c) = &ceiling {
@@ -408,6 +454,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
         accuracy: acc,
         memory,
         overhead,
+        overhead_pairs: overhead_pairs.unwrap_or_default(),
         observer_cost,
         peak_rss_mb: peak_rss() as f64 / 1e6,
         peak_rss_steady_mb: peak_after_memory as f64 / 1e6,

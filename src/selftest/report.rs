@@ -15,6 +15,8 @@ pub struct Report {
     pub accuracy: Vec<Accuracy>,
     pub memory: Option<Memory>,
     pub overhead: Vec<Overhead>,
+    /// The same end to end, in pairs (what the targets judge).
+    pub overhead_pairs: Vec<super::pairs::PairedOverhead>,
     pub observer_cost: ObserverCost,
     /// Peak RSS after the memory run alone (steady load, before the
     /// throughput search overloads the client on purpose).
@@ -171,7 +173,7 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "\nOVERHEAD (mock, 64 tokens; end to end: process CPU per 1,000 requests vs off; the least-disturbed of interleaved runs, the median beside it)"
+        "\nOVERHEAD (mock, 64 tokens; end to end: process CPU per 1,000 requests vs off; the least-disturbed of interleaved runs in this process, the median beside it; the targets judge the pairs below)"
     );
     for ov in &r.overhead {
         let _ = writeln!(
@@ -184,6 +186,21 @@ pub fn render(r: &Report) -> String {
             ov.median_cpu_s_per_1k_requests,
             ov.median_overhead_pct,
             ov.ttft_p50_ms
+        );
+    }
+    if let Some(p) = r.overhead_pairs.first() {
+        let _ = writeln!(
+            o,
+            "  in pairs ({} pairs a variant at {:.0} req/s; each: its own `llmload run` beside an off run, at the same time, the same mock):",
+            p.pairs_pct.len(),
+            p.rate
+        );
+    }
+    for p in &r.overhead_pairs {
+        let _ = writeln!(
+            o,
+            "    {:<15} mean {:>+6.1} ± {:.1} %   median {:>+6.1} %   (off {:.0} µs/request)",
+            p.variant, p.mean_pct, p.stderr_pct, p.median_pct, p.off_us_per_request
         );
     }
     let c = &r.observer_cost;
