@@ -14,20 +14,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
     let _serial = serial();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-ceiling.sh");
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(script)
-            .arg("--quick")
-            .env("LLMLOAD", bin())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the benchmark ends")
-    .unwrap();
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = script("bench-ceiling.sh", &["--quick"]).await;
     let all = format!("{stdout}\n{stderr}");
     assert!(all.contains(" cores, "), "the machine is named: {all}");
     let ceiling = all
@@ -85,6 +72,28 @@ async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
     } else {
         assert!(overload.contains("[not run]"), "{overload}");
     }
+}
+
+/// `scripts/<name> <args>` with the test build as `LLMLOAD`, bounded; it
+/// must succeed. Its stdout and stderr.
+async fn script(name: &str, args: &[&str]) -> (String, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(path)
+            .args(args)
+            .env("LLMLOAD", bin())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the benchmark ends")
+    .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 /// `cargo <args>` in this package, bounded; its output.
@@ -158,20 +167,7 @@ async fn the_trace_load_bench_prints_its_figures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_paired_overhead_bench_prints_a_line_per_variant() {
     let _serial = serial();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/overhead-pairs.sh");
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(script)
-            .args(["100", "1", "1"])
-            .env("LLMLOAD", bin())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the benchmark ends")
-    .unwrap();
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, _) = script("overhead-pairs.sh", &["100", "1", "1"]).await;
     assert!(
         stdout.contains("OVERHEAD PAIRS") && stdout.contains(" cores, "),
         "{stdout}"
