@@ -728,3 +728,59 @@ async fn the_mock_is_an_otlp_sink() {
     assert!(bytes("metrics") > 0.0, "{metrics}");
     mock.shutdown().await;
 }
+
+/// A collector that takes the connection and never answers: the run
+/// still ends, each export giving up at its timeout (4 s for the metrics
+/// pushes at exit, 10 s for the request spans), and says the spans were
+/// not exported. Nothing waits on it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_the_exit_its_timeouts_only() {
+    let _serial = serial();
+    let mock = start_mock(mock_cfg(0.0)).await;
+    // Accepts, reads, never writes; holds every connection open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = silent.accept().await {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = write_dataset(tmp.path());
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(bin())
+            .args(base_run(&mock.chat_url(), &dataset))
+            .args([
+                "--qps",
+                "5",
+                "--duration",
+                "0.6",
+                "--results-dir",
+                tmp.path().join("r").to_str().unwrap(),
+                "--otlp-endpoint",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the run ends although the collector never answers")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("request spans not exported") && stderr.contains("metric export"),
+        "both exports gave up and said so: {stderr}"
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the exports reached the silent collector"
+    );
+    // Bounded by the exports' timeouts, not by the collector.
+    assert!(started.elapsed() < std::time::Duration::from_secs(45));
+    mock.shutdown().await;
+}
