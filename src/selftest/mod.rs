@@ -203,15 +203,9 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
     };
     let overhead_pairs = if want("overhead") {
         log("overheads in pairs: each variant's `llmload run` beside an off run, at 1,000 req/s");
-        match pairs::paired_overheads(&ov_mock, 1000.0, ov_dur, if opts.quick { 2 } else { 8 })
+        pairs::paired_overheads(&ov_mock, 1000.0, ov_dur, if opts.quick { 2 } else { 8 })
             .await
-        {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                log(&format!("overheads in pairs: {e}"));
-                Err(e)
-            }
-        }
+            .inspect_err(|e| log(&format!("overheads in pairs: {e}")))
     } else {
         Ok(Vec::new())
     };

@@ -32,24 +32,21 @@ pub struct PairedOverhead {
     pub off_us_per_request: f64,
 }
 
-/// The variants, each with the flags and environment of its run.
+/// The variants; [`variant_args`] gives each run's flags.
 pub const VARIANTS: [&str; 4] = ["noise", "metrics", "traces", "metrics+traces"];
 
-fn variant_args(
-    variant: &str,
-    mock_base: &str,
-) -> (Vec<String>, Vec<(&'static str, &'static str)>) {
+fn variant_args(variant: &str, mock_base: &str) -> Vec<String> {
     let otlp = vec!["--otlp-endpoint".to_string(), mock_base.to_string()];
     // Port 0: the run binds a free port of its own (no race with
     // another process for a port picked here).
     let prometheus = || vec!["--metrics-listen".to_string(), "127.0.0.1:0".to_string()];
     match variant {
-        "metrics" => (prometheus(), vec![]),
+        "metrics" => prometheus(),
         // Every request span kept, and the GenAI metrics pushed: the mock
         // is the collector (another process pays for receiving).
-        "traces" => (otlp, vec![]),
-        "metrics+traces" => ([prometheus(), otlp].concat(), vec![]),
-        _ => (vec![], vec![]),
+        "traces" => otlp,
+        "metrics+traces" => [prometheus(), otlp].concat(),
+        _ => vec![],
     }
 }
 
@@ -70,8 +67,8 @@ pub(super) async fn paired_overheads(
     let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); VARIANTS.len()];
     for round in 0..rounds {
         for (vi, variant) in VARIANTS.iter().enumerate() {
-            let (args, envs) = variant_args(variant, &mock.base);
-            let run = |name: &str, args: Vec<String>, envs: Vec<(&'static str, &'static str)>| {
+            let args = variant_args(variant, &mock.base);
+            let run = |name: &str, args: Vec<String>| {
                 one_run(Run {
                     endpoint: mock.url.clone(),
                     dataset: dataset.clone(),
@@ -79,14 +76,13 @@ pub(super) async fn paired_overheads(
                     rate,
                     dur,
                     args,
-                    envs,
                 })
             };
             // Which run starts first alternates with the round.
             let (off, on) = if round % 2 == 0 {
-                tokio::join!(run("off", vec![], vec![]), run("on", args, envs))
+                tokio::join!(run("off", vec![]), run("on", args))
             } else {
-                let (on, off) = tokio::join!(run("on", args, envs), run("off", vec![], vec![]));
+                let (on, off) = tokio::join!(run("on", args), run("off", vec![]));
                 (off, on)
             };
             pairs[vi].push((off?, on?));
@@ -131,7 +127,6 @@ struct Run {
     rate: f64,
     dur: Duration,
     args: Vec<String>,
-    envs: Vec<(&'static str, &'static str)>,
 }
 
 /// The run's client CPU per request.
@@ -143,7 +138,6 @@ async fn one_run(r: Run) -> Result<f64, String> {
         rate,
         dur,
         args,
-        envs,
     } = r;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = tokio::process::Command::new(exe);
@@ -166,9 +160,6 @@ async fn one_run(r: Run) -> Result<f64, String> {
         }
     }
     cmd.env("LLMLOAD_LOG", "error");
-    for (k, v) in &envs {
-        cmd.env(k, v);
-    }
     let out = tokio::time::timeout(dur + Duration::from_secs(60), cmd.output())
         .await
         .map_err(|_| "a paired `llmload run` did not end".to_string())?
