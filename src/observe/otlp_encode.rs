@@ -15,7 +15,7 @@
 //! always written).
 
 use super::protobuf::{
-    VARINT, bytes, double, fixed32, fixed64, nested, string, string_always, tag, uint, varint,
+    LEN, VARINT, bytes, double, fixed32, fixed64, nested, string, string_always, tag, uint, varint,
 };
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
@@ -105,6 +105,12 @@ impl<'m> SpanBody<'_, 'm> {
         attr(self.b, 9, key, value);
     }
 
+    /// Attributes written once by [`span_attributes`], for those every
+    /// span of a run shares.
+    pub fn attrs_encoded(&mut self, encoded: &[u8]) {
+        self.b.extend_from_slice(encoded);
+    }
+
     pub fn event(&mut self, name: &str, unix_ns: u64, attrs: &[(&str, Attr)]) {
         nested(self.b, 11, |b| {
             fixed64(b, 1, unix_ns);
@@ -119,6 +125,16 @@ impl<'m> SpanBody<'_, 'm> {
     pub fn error(&mut self, message: &'m str) {
         self.error = Some(message);
     }
+}
+
+/// Span attributes as [`SpanBody::attr`] writes them, once, for
+/// [`SpanBody::attrs_encoded`].
+pub fn span_attributes(list: &[(&str, Attr)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (k, v) in list {
+        attr(&mut b, 9, k, *v);
+    }
+    b
 }
 
 /// One span, as a `ScopeSpans.spans` field, written straight into `b`:
@@ -180,18 +196,76 @@ impl Envelope {
     /// An `ExportTraceServiceRequest` around spans written by
     /// [`span_message`] (each already a `ScopeSpans.spans` field).
     pub fn request(&self, spans: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(spans.len() + self.resource.len() + 64);
-        nested(&mut out, 1, |b| {
-            nested(b, 1, |b| b.extend_from_slice(&self.resource));
-            nested(b, 2, |b| {
-                nested(b, 1, |b| b.extend_from_slice(&self.scope));
-                b.extend_from_slice(spans);
-                string(b, 3, &self.scope_schema);
-            });
-            string(b, 3, &self.resource_schema);
-        });
+        let room = self.headroom();
+        let mut out = Vec::with_capacity(room + spans.len() + self.suffix_len());
+        out.resize(room, 0);
+        out.extend_from_slice(spans);
+        let start = self.frame(&mut out, room);
+        out.drain(..start);
         out
     }
+
+    /// The bytes to keep free before a batch's spans for [`Self::frame`]:
+    /// the resource and scope messages, their tags, and a length of at
+    /// most 10 bytes for each of the four messages around them.
+    pub fn headroom(&self) -> usize {
+        self.resource.len() + self.scope.len() + 4 * (1 + 10)
+    }
+
+    fn suffix_len(&self) -> usize {
+        2 * (1 + 10) + self.scope_schema.len() + self.resource_schema.len()
+    }
+
+    /// Makes `buf` an export request in place: `buf[room..]` holds the
+    /// spans, `buf[..room]` is free (`room` ≥ [`Self::headroom`]). Writes
+    /// the envelope's head right before the spans and its tail after
+    /// them, and returns where the request starts. A batch goes out
+    /// without being copied into a second buffer of its size.
+    pub fn frame(&self, buf: &mut Vec<u8>, room: usize) -> usize {
+        assert!(room >= self.headroom(), "room for the envelope's head");
+        let spans = buf.len() - room;
+        let field = |len: usize| len + if len == 0 { 0 } else { 1 + varint_len(len) };
+        // ScopeSpans: its scope, the spans, its schema URL.
+        let scope_spans = 1
+            + varint_len(self.scope.len())
+            + self.scope.len()
+            + spans
+            + field(self.scope_schema.len());
+        // ResourceSpans: the resource, the scope's spans, its schema URL.
+        let resource_spans = 1
+            + varint_len(self.resource.len())
+            + self.resource.len()
+            + 1
+            + varint_len(scope_spans)
+            + scope_spans
+            + field(self.resource_schema.len());
+        let mut head = Vec::with_capacity(self.headroom());
+        // ExportTraceServiceRequest.resource_spans = 1
+        tag(&mut head, 1, LEN);
+        varint(&mut head, resource_spans as u64);
+        // ResourceSpans.resource = 1
+        tag(&mut head, 1, LEN);
+        varint(&mut head, self.resource.len() as u64);
+        head.extend_from_slice(&self.resource);
+        // ResourceSpans.scope_spans = 2
+        tag(&mut head, 2, LEN);
+        varint(&mut head, scope_spans as u64);
+        // ScopeSpans.scope = 1
+        tag(&mut head, 1, LEN);
+        varint(&mut head, self.scope.len() as u64);
+        head.extend_from_slice(&self.scope);
+        let start = room - head.len();
+        buf[start..room].copy_from_slice(&head);
+        string(buf, 3, &self.scope_schema);
+        string(buf, 3, &self.resource_schema);
+        start
+    }
+}
+
+/// How many bytes `v` takes as a varint.
+fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 fn attr(b: &mut Vec<u8>, field: u32, k: &str, v: Attr) {
@@ -514,8 +588,11 @@ mod tests {
             };
             let mut spans = Vec::new();
             span_message(&mut spans, &head, |b| {
-                b.attr("gen_ai.request.model", Attr::Str("m"));
-                b.attr("gen_ai.response.id", Attr::Str(""));
+                // Shared attributes are written once and copied in.
+                b.attrs_encoded(&span_attributes(&[
+                    ("gen_ai.request.model", Attr::Str("m")),
+                    ("gen_ai.response.id", Attr::Str("")),
+                ]));
                 b.attr("server.port", Attr::I64(-8000));
                 b.attr("gen_ai.request.temperature", Attr::F64(0.7));
                 b.attr("gen_ai.request.stream", Attr::Bool(false));
@@ -591,6 +668,82 @@ mod tests {
                 decode(&reference(&resource, vec![sdk])),
                 "failed: {failed}"
             );
+        }
+    }
+
+    /// The export request as nested messages write it, each length
+    /// fitted after its content (how `request` was written before it
+    /// framed batches in place).
+    fn nested_request(e: &Envelope, spans: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        nested(&mut out, 1, |b| {
+            nested(b, 1, |b| b.extend_from_slice(&e.resource));
+            nested(b, 2, |b| {
+                nested(b, 1, |b| b.extend_from_slice(&e.scope));
+                b.extend_from_slice(spans);
+                string(b, 3, &e.scope_schema);
+            });
+            string(b, 3, &e.resource_schema);
+        });
+        out
+    }
+
+    #[test]
+    fn a_batch_framed_in_place_is_the_request_nested_messages_write() {
+        let bare = Envelope::new(
+            &Resource::builder_empty().build(),
+            &InstrumentationScope::builder("").build(),
+        );
+        let full = Envelope::new(
+            &Resource::builder_empty()
+                .with_schema_url(
+                    [KeyValue::new("service.name", "x".repeat(200))],
+                    "https://opentelemetry.io/schemas/1.30.0",
+                )
+                .build(),
+            &InstrumentationScope::builder("llmload")
+                .with_version("0.2")
+                .with_schema_url("https://opentelemetry.io/schemas/1.29.0")
+                .build(),
+        );
+        // Lengths on each side of a varint's byte boundaries, at each level.
+        for e in [&bare, &full] {
+            for n in [
+                0usize, 1, 60, 100, 127, 128, 16_000, 16_383, 16_384, 2_097_200,
+            ] {
+                let spans: Vec<u8> = (0..n).map(|i| i as u8).collect();
+                let want = nested_request(e, &spans);
+                assert_eq!(e.request(&spans), want, "{n} bytes of spans");
+                // More room than needed: the request starts further in.
+                let room = e.headroom() + 7;
+                let mut buf = vec![0xEE; room];
+                buf.extend_from_slice(&spans);
+                let start = e.frame(&mut buf, room);
+                assert_eq!(&buf[start..], &want[..], "{n} bytes, framed in place");
+                assert!(
+                    buf[..start].iter().all(|&b| b == 0xEE),
+                    "nothing before the start is written"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn varint_len_is_the_length_varint_writes() {
+        for v in [
+            0usize,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            usize::MAX,
+        ] {
+            let mut b = Vec::new();
+            varint(&mut b, v as u64);
+            assert_eq!(varint_len(v), b.len(), "{v}");
         }
     }
 

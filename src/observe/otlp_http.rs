@@ -124,10 +124,10 @@ impl Poster {
         self
     }
 
-    pub async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+    pub async fn post(&self, body: impl Into<Bytes>) -> Result<(), String> {
         let mut req = http::Request::post(self.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Bytes::from(body))
+            .body(body.into())
             .map_err(|e| format!("OTLP request: {e}"))?;
         for (k, v) in &self.headers {
             req.headers_mut().insert(k.clone(), v.clone());

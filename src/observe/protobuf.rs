@@ -81,10 +81,17 @@ pub fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
         b[at] = len as u8;
         return;
     }
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
-    let extra = prefix.len() - 1;
+    // The length's varint, on the stack (this runs once per span).
+    let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len);
+    while v >= 0x80 {
+        prefix[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    prefix[n] = v as u8;
+    n += 1;
+    let extra = n - 1;
     b.resize(b.len() + extra, 0);
     b.copy_within(at + 1..at + 1 + len, at + 1 + extra);
-    b[at..at + prefix.len()].copy_from_slice(&prefix);
+    b[at..at + n].copy_from_slice(&prefix[..n]);
 }

@@ -17,7 +17,7 @@
 //! * **Sampling.** A ratio draw by request sequence: sampled requests are
 //!   exported; the others only if they fail.
 
-use super::otlp_encode::{Attr, SpanBody, SpanHead, span_message};
+use super::otlp_encode::{Attr, SpanBody, SpanHead, span_attributes, span_message};
 use super::otlp_trace::SpanSink;
 use crate::client::record::RequestRecord;
 use crate::engine::sweep::{LevelSpec, Observer, RequestHook};
@@ -35,8 +35,6 @@ pub const SAMPLED_ATTR: &str = "llmload.sampled";
 /// Creates the `chat {model}` CLIENT span of each request, and records
 /// its GenAI metrics.
 pub struct TraceObserver {
-    /// `chat` or `text_completion`.
-    operation: &'static str,
     /// The GenAI metrics of this operation, when they are pushed.
     metrics: Option<super::otlp_metrics::OperationMetrics>,
     /// Converts monotonic instants to wall-clock span timestamps.
@@ -44,11 +42,8 @@ pub struct TraceObserver {
     sink: Arc<SpanSink>,
     level: Arc<Mutex<Option<opentelemetry::Context>>>,
     name: String,
-    model: String,
-    host: String,
-    port: u16,
-    max_tokens: u32,
-    temperature: f64,
+    /// The attributes every request span of the run shares, encoded once.
+    shared_attrs: Vec<u8>,
     sample_ratio: f64,
     propagate: bool,
     /// Per-observer salt for the sampling draw (by request sequence).
@@ -122,7 +117,6 @@ impl TraceObserver {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Self {
-            operation,
             metrics: p.metrics.map(|m| {
                 m.operation(vec![
                     KeyValue::new("gen_ai.operation.name", operation),
@@ -136,11 +130,16 @@ impl TraceObserver {
             sink: p.sink,
             level: p.level,
             name: format!("{operation} {model}"),
-            model: model.to_string(),
-            host,
-            port,
-            max_tokens,
-            temperature,
+            shared_attrs: span_attributes(&[
+                ("gen_ai.operation.name", Attr::Str(operation)),
+                ("gen_ai.provider.name", Attr::Str("openai")),
+                ("gen_ai.request.model", Attr::Str(model)),
+                ("gen_ai.request.max_tokens", Attr::I64(max_tokens as i64)),
+                ("gen_ai.request.temperature", Attr::F64(temperature)),
+                ("gen_ai.request.stream", Attr::Bool(true)),
+                ("server.address", Attr::Str(&host)),
+                ("server.port", Attr::I64(port as i64)),
+            ]),
             sample_ratio: p.sample_ratio,
             propagate: p.propagate,
             salt: mix(now),
@@ -191,17 +190,7 @@ impl TraceObserver {
         rec: &RequestRecord,
         finish: Option<&[&str]>,
     ) {
-        b.attr("gen_ai.operation.name", Attr::Str(self.operation));
-        b.attr("gen_ai.provider.name", Attr::Str("openai"));
-        b.attr("gen_ai.request.model", Attr::Str(&self.model));
-        b.attr(
-            "gen_ai.request.max_tokens",
-            Attr::I64(self.max_tokens as i64),
-        );
-        b.attr("gen_ai.request.temperature", Attr::F64(self.temperature));
-        b.attr("gen_ai.request.stream", Attr::Bool(true));
-        b.attr("server.address", Attr::Str(&self.host));
-        b.attr("server.port", Attr::I64(self.port as i64));
+        b.attrs_encoded(&self.shared_attrs);
         b.attr("llmload.seq", Attr::I64(rec.seq as i64));
         b.attr(SAMPLED_ATTR, Attr::Bool(s.sampled));
         b.attr(
