@@ -126,6 +126,8 @@ for v in ["noise", "prometheus", "traceparent", "genai-metrics", "spans", "all"]
         continue
     pct = [(on / off - 1) * 100 for off, on in ps]
     off = statistics.median(o for o, _ in ps)
-    print(f"  {v:<14} mean {statistics.mean(pct):+6.1f} %  median {statistics.median(pct):+6.1f} %"
+    # The standard error of the mean: how far the next run's mean may land.
+    se = statistics.stdev(pct) / len(pct) ** 0.5 if len(pct) > 1 else float("nan")
+    print(f"  {v:<14} mean {statistics.mean(pct):+6.1f} ± {se:.1f} %  median {statistics.median(pct):+6.1f} %"
           f"  (off {off:.1f} µs/request; pairs: {' '.join(f'{p:+.1f}' for p in pct)})")
 PY

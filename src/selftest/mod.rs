@@ -368,18 +368,19 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
                 m_what,
                 metrics.mean_pct <= 5.0,
                 format!(
-                    "{:+.1} ± {:.1} % (mean of {} pairs; {noise}; in-process least-disturbed {:+.1} %)",
+                    "{:+.1} ± {:.1} % (mean of {} pairs; {noise}; in-process least-disturbed {:+.1} %{})",
                     metrics.mean_pct,
                     metrics.stderr_pct,
                     metrics.pairs_pct.len(),
                     in_process("metrics"),
+                    metrics.resolution(5.0),
                 ),
             ));
             targets.push(Check::judged(
                 b_what,
                 both.mean_pct <= 5.0,
                 format!(
-                    "{:+.1} ± {:.1} % (mean of {} pairs; traces alone {:+.1} %; {noise}; in-process least-disturbed {:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %)",
+                    "{:+.1} ± {:.1} % (mean of {} pairs; traces alone {:+.1} %; {noise}; in-process least-disturbed {:+.1} %; in isolation the observers cost {:.1} + {:.1} µs of {:.0} µs per request = {:.1} %{})",
                     both.mean_pct,
                     both.stderr_pct,
                     both.pairs_pct.len(),
@@ -388,7 +389,8 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
                     observer_cost.metrics_us_per_request,
                     observer_cost.traces_us_per_request,
                     observer_cost.baseline_us_per_request,
-                    observer_cost.both_pct
+                    observer_cost.both_pct,
+                    both.resolution(5.0),
                 ),
             ));
         }

@@ -32,6 +32,21 @@ pub struct PairedOverhead {
     pub off_us_per_request: f64,
 }
 
+impl PairedOverhead {
+    /// What a verdict against `target_pct` can be trusted for. A run's
+    /// CPU per request moves by about ±5 % with where the scheduler puts
+    /// its threads, so a mean within two standard errors of the target
+    /// could land on either side in the next run: said, rather than left
+    /// to a met/missed that flips.
+    pub fn resolution(&self, target_pct: f64) -> &'static str {
+        if (self.mean_pct - target_pct).abs() < 2.0 * self.stderr_pct {
+            "; within 2 standard errors of the target, so the next run may judge otherwise (scripts/overhead-pairs.sh with more rounds narrows it)"
+        } else {
+            ""
+        }
+    }
+}
+
 /// The variants; [`variant_args`] gives each run's flags.
 pub const VARIANTS: [&str; 4] = ["noise", "metrics", "traces", "metrics+traces"];
 
@@ -194,6 +209,23 @@ fn cpu_us_per_request(results: &Path) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_near_the_target_says_it_is_within_the_noise() {
+        let p = |mean_pct, stderr_pct| PairedOverhead {
+            variant: "traces".into(),
+            rate: 1000.0,
+            pairs_pct: vec![],
+            mean_pct,
+            median_pct: mean_pct,
+            stderr_pct,
+            off_us_per_request: 150.0,
+        };
+        assert!(p(4.3, 1.2).resolution(5.0).contains("2 standard errors"));
+        assert!(p(6.5, 1.7).resolution(5.0).contains("2 standard errors"));
+        assert_eq!(p(1.0, 1.2).resolution(5.0), "");
+        assert_eq!(p(9.0, 1.5).resolution(5.0), "");
+    }
 
     #[test]
     fn a_variant_is_summarized_from_its_pairs() {
