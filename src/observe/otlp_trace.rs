@@ -73,6 +73,10 @@ pub struct SpanSink {
     /// Batch buffers back from their export, for the next batches.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     poster: Poster,
+    /// Held while batches are taken and posted. A shutdown waits on it,
+    /// so a batch the shipper is still posting is not lost, unsaid, when
+    /// the process exits.
+    shipping: tokio::sync::Mutex<()>,
     dropped: AtomicU64,
     /// The last export failed (one warning per run of failures).
     failing: AtomicBool,
@@ -104,6 +108,7 @@ impl SpanSink {
             envelope,
             spare: Arc::default(),
             poster,
+            shipping: tokio::sync::Mutex::new(()),
             dropped: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         });
@@ -117,10 +122,13 @@ impl SpanSink {
                 }
                 // Dropped without a shutdown: nothing is left to send to.
                 let Some(sink) = weak.upgrade() else { return };
+                // Stop is read under the lock: a shutdown holds it from its
+                // last export until it has set stop.
+                let _shipping = sink.shipping.lock().await;
                 if sink.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                sink.ship().await;
+                sink.ship_locked().await;
             }
         });
         sink
@@ -161,6 +169,13 @@ impl SpanSink {
     /// by one, so a collector that hangs costs one timeout, not one per
     /// batch (the shutdown waits on this).
     pub async fn ship(&self) {
+        // After any export in flight: what it took is settled first.
+        let _shipping = self.shipping.lock().await;
+        self.ship_locked().await;
+    }
+
+    /// [`Self::ship`], with `shipping` held by the caller.
+    async fn ship_locked(&self) {
         let batches = {
             let mut p = self.pending.lock().expect("span sink lock");
             p.spans = 0;
@@ -188,10 +203,14 @@ impl SpanSink {
         }
     }
 
-    /// Exports what is waiting and stops the shipper.
+    /// Exports what is waiting and stops the shipper. An export already
+    /// in flight is waited for (bounded by the poster's timeout), so its
+    /// outcome is logged before the process exits.
     pub async fn shutdown(&self) {
-        self.ship().await;
+        let shipping = self.shipping.lock().await;
+        self.ship_locked().await;
         self.stop.store(true, Ordering::Relaxed);
+        drop(shipping);
         self.wake.notify_one();
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped > 0 {
@@ -355,6 +374,58 @@ mod tests {
         }
         sink.ship().await;
         assert_eq!(sink.spare.lock().unwrap().len(), SPARES);
+    }
+
+    /// A shutdown that comes while the shipper's export is in flight
+    /// waits for it: before, it found nothing pending and returned, and
+    /// the process exited with the batch unsent and nothing said.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_shutdown_waits_for_the_export_in_flight() {
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = release.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let req = ExportTraceServiceRequest::decode(body).expect("valid OTLP");
+                let n = req.resource_spans[0].scope_spans[0].spans.len();
+                let (tx, r) = (got_tx.clone(), r.clone());
+                async move {
+                    tx.send(n).unwrap();
+                    // Answers only when the test says so.
+                    r.notified().await;
+                    ""
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let sink = sink_to(&url);
+        for i in 0..5 {
+            sink.push(&one_span(i));
+        }
+        let shipper = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.ship().await }
+        });
+        assert_eq!(got_rx.recv().await, Some(5), "the export is in flight");
+        let mut shutdown = Box::pin(sink.shutdown());
+        // It cannot end while the collector holds the answer back.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut shutdown)
+                .await
+                .is_err(),
+            "the shutdown waits for the export in flight"
+        );
+        release.notify_one();
+        shutdown.await;
+        shipper.await.unwrap();
+        assert!(
+            !sink.failing.load(Ordering::Relaxed),
+            "the export succeeded"
+        );
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
