@@ -16,6 +16,7 @@
 
 use super::protobuf::{
     LEN, VARINT, bytes, double, fixed32, fixed64, nested, string, string_always, tag, uint, varint,
+    varint_len,
 };
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
@@ -260,12 +261,6 @@ impl Envelope {
         string(buf, 3, &self.resource_schema);
         start
     }
-}
-
-/// How many bytes `v` takes as a varint.
-fn varint_len(v: usize) -> usize {
-    let bits = usize::BITS - (v | 1).leading_zeros();
-    bits.div_ceil(7) as usize
 }
 
 fn attr(b: &mut Vec<u8>, field: u32, k: &str, v: Attr) {

@@ -13,12 +13,31 @@ pub fn tag(b: &mut Vec<u8>, field: u32, wire: u32) {
     varint(b, ((field << 3) | wire) as u64);
 }
 
-pub fn varint(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push(v as u8 | 0x80);
-        v >>= 7;
+pub fn varint(b: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        b.push(v as u8);
+        return;
     }
-    b.push(v as u8);
+    let (bytes, n) = varint_array(v);
+    b.extend_from_slice(&bytes[..n]);
+}
+
+/// `v` as a varint on the stack: its bytes, and how many are used.
+pub fn varint_array(mut v: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut n) = ([0u8; 10], 0);
+    while v >= 0x80 {
+        bytes[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    bytes[n] = v as u8;
+    (bytes, n + 1)
+}
+
+/// How many bytes `v` takes as a varint.
+pub fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 pub fn uint(b: &mut Vec<u8>, field: u32, v: u64) {
@@ -82,14 +101,7 @@ pub fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
         return;
     }
     // The length's varint, on the stack (this runs once per span).
-    let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len);
-    while v >= 0x80 {
-        prefix[n] = v as u8 | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    n += 1;
+    let (prefix, n) = varint_array(len as u64);
     let extra = n - 1;
     b.resize(b.len() + extra, 0);
     b.copy_within(at + 1..at + 1 + len, at + 1 + extra);
