@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     };
     llmload::base::logging::init(default_level);
     let workers = llmload::base::workers::init(cli.workers);
+    llmload::plan::send_quantum::init(cli.send_quantum);
     // New requests arrive through the global queue (spawned by the pacer
     // thread): the runtime looks there often, or they would wait behind a
     // busy worker's local queue and show up as schedule lag.

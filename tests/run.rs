@@ -1065,3 +1065,100 @@ async fn workers_size_the_runtime_and_metadata_says_so() {
         assert!(err.contains("--workers"), "{err}");
     }
 }
+
+/// `--send-quantum`: `auto` times a fast level's sends to the millisecond
+/// and an exact one as before, a given quantum holds every send back to
+/// the end of its quantum (the schedule lag counts from the planned
+/// instant, so it shows), and the results say which was used; a quantum
+/// too long to be honest exits 2 naming the flag.
+#[tokio::test]
+async fn the_send_quantum_times_fast_sends_and_the_results_say_so() {
+    let _serial = serial();
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
+    let sweep = |results: &Path, qps: &str, duration: &str| {
+        [
+            "--endpoint",
+            "mock",
+            "--model",
+            "demo",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--qps",
+            qps,
+            "--duration",
+            duration,
+            "--max-tokens",
+            "4",
+            "--results-dir",
+            results.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let go = |args: Vec<String>, env: Vec<(&'static str, &'static str)>| async move {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bin(&argv, &env).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let quanta = |results: &Path| {
+        let dir = &run_dirs(results)[0];
+        let meta = read_json(&dir.join("metadata.json"));
+        let levels = read_json(&dir.join("benchmark_qps_results.json"));
+        let per_level: Vec<u64> = levels
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["client_usage"]["send_quantum_us"].as_u64().unwrap_or(0))
+            .collect();
+        (meta["send_quantum"].clone(), per_level, levels)
+    };
+
+    // auto: a slow level (its own pacer thread) exact, a fast one 1 ms.
+    let auto = tmp.path().join("auto");
+    go(sweep(&auto, "100,2000", "0.5"), vec![]).await;
+    let (meta, per_level, _) = quanta(&auto);
+    assert_eq!(meta, "auto");
+    assert_eq!(per_level, [0, 1000]);
+
+    // 0 from the environment: the fast level is exact too.
+    let exact = tmp.path().join("exact");
+    go(
+        sweep(&exact, "2000", "0.5"),
+        vec![("LLMLOAD_SEND_QUANTUM", "0")],
+    )
+    .await;
+    let (meta, per_level, _) = quanta(&exact);
+    assert_eq!(meta, "0");
+    assert_eq!(per_level, [0]);
+
+    // 5 ms at 500 req/s (constant arrival, 2 ms apart): the planned
+    // instants fall 0, 2, 4, 1, 3 ms into their quanta, so the sends wait
+    // 0, 3, 1, 4, 2 ms for the quantum's end. A send is never earlier
+    // than that, however busy the machine: its lag's median is at least
+    // the median wait (2 ms), and the level is sent in full.
+    let given = tmp.path().join("given");
+    let mut args = sweep(&given, "500", "1");
+    args.extend(["--send-quantum".into(), "5ms".into()]);
+    go(args, vec![]).await;
+    let (meta, per_level, levels) = quanta(&given);
+    assert_eq!(meta, "5000us");
+    assert_eq!(per_level, [5000]);
+    let lag = &levels[0]["schedule_lag"];
+    assert!(lag["p50"].as_f64().unwrap() >= 0.0019, "{lag}");
+    assert!(lag["p90"].as_f64().unwrap() >= 0.0029, "{lag}");
+    // (The embedded mock turns away what is past its slots: sent is what
+    // the pacer did.)
+    assert_eq!(levels[0]["sent"], 500, "{}", levels[0]);
+
+    for bad in ["20ms", "1", "soon"] {
+        let mut args = sweep(&tmp.path().join("bad"), "10", "1");
+        args.extend(["--send-quantum".to_string(), bad.to_string()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bin(&argv, &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = text(&out.stderr);
+        assert!(err.contains("--send-quantum"), "{err}");
+    }
+}

@@ -287,6 +287,11 @@ pub struct ClientUsage {
     /// than storming the server with connects.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_back: u64,
+    /// The send quantum of the level's pacer, µs (absent: every send at
+    /// its own instant): sends wait for the end of their quantum, and the
+    /// schedule lag includes that wait (see `plan::send_quantum`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub send_quantum_us: u64,
 }
 
 /// Throttling above this during a level is named as the cause.

@@ -160,6 +160,7 @@ pub fn merge_level(
             nr_throttled: nr.map(|t| t.iter().sum()),
             pacer_stall_ms: usages.iter().map(|u| u.pacer_stall_ms).fold(0.0, f64::max),
             held_back: usages.iter().map(|u| u.held_back).sum(),
+            send_quantum_us: usages.iter().map(|u| u.send_quantum_us).max().unwrap_or(0),
         }
     });
     Ok(LevelResult {

@@ -30,6 +30,12 @@ pub struct Cli {
     /// (its cgroup CPU quota and affinity included).
     #[arg(long, global = true, env = "LLMLOAD_WORKERS", value_name = "N", value_parser = crate::base::workers::parse)]
     pub workers: Option<usize>,
+    /// How finely a fast level's sends are timed: each waits for the end
+    /// of its quantum, so the pacer wakes once per quantum, not once per
+    /// send. `auto`: 1ms from 2000 req/s, exact below and for trace
+    /// replays; `0`: every send at its own instant; at most 5ms.
+    #[arg(long, global = true, env = "LLMLOAD_SEND_QUANTUM", value_name = "DURATION", value_parser = crate::plan::send_quantum::parse)]
+    pub send_quantum: Option<crate::plan::send_quantum::SendQuantum>,
 }
 
 #[derive(Debug, Subcommand)]

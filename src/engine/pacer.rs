@@ -17,6 +17,11 @@
 //!   daemon running a soak beside the sweep) never delays a send, and a
 //!   burst of lines due at once goes out on every worker in parallel. A
 //!   replay's prompts are made on another thread, ahead of their sends.
+//!
+//! A send waits for the end of its send quantum
+//! ([`crate::plan::send_quantum`]; 1 ms on the runtime by default), so a
+//! fast level's pacer wakes once per quantum, not once per send. Its lag
+//! still counts from its own planned instant.
 
 use super::level::LevelSpec;
 use super::request::{Job, TaskCtx, lock, request_task};
@@ -157,6 +162,9 @@ pub(super) struct Pacing {
     pub stop: CancellationToken,
     /// Ends everything.
     pub cancel: CancellationToken,
+    /// Sends go at the first multiple of this at or after their instant
+    /// (see [`crate::plan::send_quantum`]); zero: each at its own.
+    pub quantum: Duration,
 }
 
 /// Sleeps to a send's instant: on a timerfd when the system has one to
@@ -257,6 +265,7 @@ pub(super) async fn pace(pacing: Pacing, spawner: Spawner) -> (Duration, bool, u
         first_seq,
         stop,
         cancel,
+        quantum,
     } = pacing;
     let spec = &ctx.spec;
     let mut clock = Clock::new();
@@ -277,7 +286,10 @@ pub(super) async fn pace(pacing: Pacing, spawner: Spawner) -> (Duration, bool, u
             tokio::time::sleep(pause).await;
             stall = None;
         }
-        let mut due = std_start + shift + offset;
+        // The send waits for its quantum's end; its lag still counts
+        // from its own instant (`scheduled_at` below).
+        let sent_at = crate::plan::send_quantum::quantize(offset, quantum);
+        let mut due = std_start + shift + sent_at;
         loop {
             if stop.is_cancelled() || cancel.is_cancelled() {
                 return (last, true, i as u64);
@@ -295,7 +307,7 @@ pub(super) async fn pace(pacing: Pacing, spawner: Spawner) -> (Duration, bool, u
                 ctx.progress
                     .paused_ns
                     .fetch_add(paused_for.as_nanos() as u64, Ordering::Relaxed);
-                due = std_start + shift + offset;
+                due = std_start + shift + sent_at;
                 continue;
             }
             let now = std::time::Instant::now();

@@ -221,6 +221,14 @@ impl Engine {
         });
         let max_in_flight = self.max_in_flight.max(1);
         let shard = self.shard;
+        // See the pacer's doc for why it runs where it does.
+        let own_thread =
+            matches!(spec.load, Load::Trace(_)) || spec.qps < super::pacer::TASK_PACER_FROM;
+        // A closed loop has no schedule to quantize.
+        let quantum = match &sends {
+            Ok(_) => crate::plan::send_quantum::get().resolve(!own_thread),
+            Err(_) => Duration::ZERO,
+        };
         let (last_offset, interrupted, global) = match sends {
             // `n` users, each sending as the last reply ends.
             Err(n) => {
@@ -235,9 +243,9 @@ impl Engine {
                     first_seq,
                     stop: stop_sending.clone(),
                     cancel: cancel.clone(),
+                    quantum,
                 };
-                // See the pacer's doc for why it runs where it does.
-                if matches!(spec.load, Load::Trace(_)) || spec.qps < super::pacer::TASK_PACER_FROM {
+                if own_thread {
                     super::pacer::pace_on_own_thread(pacing).await.unwrap_or((
                         Duration::ZERO,
                         true,
@@ -295,6 +303,7 @@ impl Engine {
         let stats = lock(&run.stats).clone();
         let mut client = client_usage(&used, &stats, &run.progress);
         client.held_back = self.client.held_back().saturating_sub(held_back_at_start);
+        client.send_quantum_us = quantum.as_micros() as u64;
         let server = match (scraping, &self.server_metrics) {
             (Some((stop, task)), Some(sc)) => {
                 stop.cancel();
@@ -376,6 +385,7 @@ fn client_usage(
             1,
         ),
         held_back: 0,
+        send_quantum_us: 0,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod profile;
 pub mod prompts;
 pub mod replay;
 pub mod schedule;
+pub mod send_quantum;
 pub mod sessions;
 pub mod target;
 pub mod think;

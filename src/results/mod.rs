@@ -133,6 +133,10 @@ pub struct Metadata {
     /// The client's runtime worker threads (`--workers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// `--send-quantum` as given (`auto`, `0`, `1ms`); each level's
+    /// `client_usage.send_quantum_us` says what it came to there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_quantum: Option<String>,
 }
 
 /// `metadata.json`'s `sessions`.
@@ -251,6 +255,7 @@ impl Metadata {
                 .for_uri(&t.endpoint().parse().unwrap_or_default())
                 .map(|p| p.authority()),
             workers: Some(crate::base::workers::get()),
+            send_quantum: Some(crate::plan::send_quantum::get().to_string()),
         }
     }
 }
