@@ -24,6 +24,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use llmload::analysis::stats::LevelStats;
 use llmload::client::chunk::{self, Payload};
+use llmload::client::chunk_memo;
 use llmload::client::sse::SseDecoder;
 use llmload::engine::sweep::Observer;
 use std::hint::black_box;
@@ -72,14 +73,14 @@ fn parsing(c: &mut Criterion) {
         })
     });
     // As the client reads a stream: each chunk skips the envelope it
-    // shares with the one before (chunk::Memo).
+    // shares with the one before (chunk_memo::Memo).
     c.bench_function("chunk_scan_memo", |b| {
         b.iter(|| {
-            let mut memo = chunk::Memo::default();
+            let mut memo = chunk_memo::Memo::default();
             let mut tokens = 0usize;
             for data in &events {
                 if let Ok(Payload::Chunk(info)) =
-                    chunk::parse_memo(black_box(data), false, false, &mut memo)
+                    chunk_memo::parse_memo(black_box(data), false, false, &mut memo)
                     && info.has_tokens()
                 {
                     tokens += 1;
@@ -91,12 +92,12 @@ fn parsing(c: &mut Criterion) {
     c.bench_function("stream_events", |b| {
         b.iter(|| {
             let mut d = SseDecoder::default();
-            let mut memo = chunk::Memo::default();
+            let mut memo = chunk_memo::Memo::default();
             let mut tokens = 0usize;
             for read in bytes.chunks(16 * 1024) {
                 d.feed(black_box(read), |e| {
                     if let Ok(Payload::Chunk(info)) =
-                        chunk::parse_memo(e.data, false, false, &mut memo)
+                        chunk_memo::parse_memo(e.data, false, false, &mut memo)
                         && info.has_tokens()
                     {
                         tokens += 1;

@@ -37,6 +37,7 @@ const PURE: &[&str] = &[
     "workload/trace.rs",
     "workload/session.rs",
     "client/chunk.rs",
+    "client/chunk_memo.rs",
     "client/json_scan.rs",
     "client/keepalive.rs",
     "client/record.rs",

@@ -119,109 +119,44 @@ pub fn parse_full(data: &[u8], want_ids: bool, want_text: bool) -> Result<Payloa
         want_text,
         false,
         &mut Vec::new(),
+        &mut Sites::default(),
     )?;
     Ok(Payload::Chunk(info))
 }
 
-/// What a stream's previous chunk looked like, so that the next one
-/// skips the part it shares with it.
-///
-/// A server sends the same envelope on every chunk of a stream: `id`,
-/// `object`, `created`, `model`, `system_fingerprint` come first and only
-/// `choices` differs. Those members tell the client nothing (unless it
-/// asks for the ids), yet were half of each chunk's scan. The memo keeps
-/// the previous chunk's bytes and the offsets just after each of its
-/// leading members that left the facts untouched; a chunk whose bytes
-/// agree up to and past such an offset starts scanning there, as the
-/// bytes before it would have brought the scanner to exactly that point
-/// with exactly those (empty) facts. The byte *at* the offset must agree
-/// too: a number's end is found by reading the byte after it.
+/// The places in one chunk that could carry answer text (`content` in a
+/// delta, a choice's `text`), and where the last string among them was.
 #[derive(Debug, Default)]
-pub struct Memo {
-    prev: Vec<u8>,
-    /// Offsets in `prev` just after a leading member that left the facts
-    /// empty, in increasing order.
-    marks: Vec<usize>,
+pub(super) struct Sites {
+    pub(super) count: u32,
+    pub(super) string: Option<(usize, usize)>,
 }
 
-/// [`parse_full`], skipping what the chunk shares with the stream's
-/// previous one (see [`Memo`]); gives exactly what [`parse_full`] gives.
-pub fn parse_memo<'a>(
-    data: &'a [u8],
-    want_ids: bool,
-    want_text: bool,
-    memo: &mut Memo,
-) -> Result<Payload<'a>, ChunkError> {
-    let trimmed = data.trim_ascii();
-    if trimmed == b"[DONE]" {
-        return Ok(Payload::Done);
+impl Sites {
+    /// Reads an answer value: whether it carries text, as
+    /// [`Scanner::non_empty`] says.
+    pub(super) fn answer(&mut self, sc: &mut Scanner<'_>) -> Res<bool> {
+        self.count += 1;
+        let is_string = sc.peek()? == b'"';
+        let start = sc.i;
+        let any = sc.non_empty()?;
+        self.string = is_string.then_some((start, sc.i));
+        Ok(any)
     }
-    let mut sc = Scanner { b: trimmed, i: 0 };
-    let mut info = ChunkInfo::default();
-    let mut marks = std::mem::take(&mut memo.marks);
-    // With the ids wanted, `id` and `model` are facts: scan them.
-    let resume = if want_ids {
-        None
-    } else {
-        let same = common_prefix(trimmed, &memo.prev);
-        marks.iter().rposition(|&m| m < same)
-    };
-    let r = match resume {
-        Some(k) => {
-            sc.i = marks[k];
-            marks.truncate(k + 1);
-            top_level(&mut sc, &mut info, want_ids, want_text, true, &mut marks)
-        }
-        None => {
-            marks.clear();
-            top_level(&mut sc, &mut info, want_ids, want_text, false, &mut marks)
-        }
-    };
-    match r {
-        Ok(()) => {
-            memo.prev.clear();
-            memo.prev.extend_from_slice(trimmed);
-            memo.marks = marks;
-            Ok(Payload::Chunk(info))
-        }
-        Err(e) => {
-            // Nothing of a broken chunk is kept.
-            memo.prev.clear();
-            Err(e)
-        }
-    }
-}
-
-/// How many leading bytes `a` and `b` share.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("eight bytes"));
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("eight bytes"));
-        if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    i + a[i..n]
-        .iter()
-        .zip(&b[i..n])
-        .take_while(|(x, y)| x == y)
-        .count()
 }
 
 /// The chunk's top-level object, from its `{` (or, `resumed`, from just
 /// after one of its members); the scanner must end at the end of the
 /// input. Offsets just after each leading member that leaves `info`
 /// empty are pushed onto `marks`.
-fn top_level<'a>(
+pub(super) fn top_level<'a>(
     sc: &mut Scanner<'a>,
     info: &mut ChunkInfo<'a>,
     want_ids: bool,
     want_text: bool,
     resumed: bool,
     marks: &mut Vec<usize>,
+    sites: &mut Sites,
 ) -> Res<()> {
     let mut leading = *info == ChunkInfo::default();
     let mut first = !resumed;
@@ -241,7 +176,7 @@ fn top_level<'a>(
         first = false;
         let (key, _) = sc.raw_str()?;
         sc.eat(b':')?;
-        member(sc, key, info, want_ids, want_text)?;
+        member(sc, key, info, want_ids, want_text, sites)?;
         leading = leading && *info == ChunkInfo::default();
         if leading {
             marks.push(sc.i);
@@ -270,6 +205,7 @@ fn member<'a>(
     info: &mut ChunkInfo<'a>,
     want_ids: bool,
     want_text: bool,
+    sites: &mut Sites,
 ) -> Res<()> {
     match key {
         b"id" if want_ids => {
@@ -294,7 +230,7 @@ fn member<'a>(
                             sc.object(|sc, dk| match dk {
                                 b"content" if want_text => text_into(sc, info),
                                 b"content" => {
-                                    info.content |= sc.non_empty()?;
+                                    info.content |= sites.answer(sc)?;
                                     Ok(())
                                 }
                                 b"reasoning_content" | b"reasoning" | b"tool_calls" => {
@@ -306,7 +242,7 @@ fn member<'a>(
                         }
                         b"text" if want_text => text_into(sc, info),
                         b"text" => {
-                            info.content |= sc.non_empty()?;
+                            info.content |= sites.answer(sc)?;
                             Ok(())
                         }
                         b"finish_reason" => {
@@ -408,7 +344,7 @@ fn text_into<'a>(sc: &mut Scanner<'a>, info: &mut ChunkInfo<'a>) -> Res<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn chunk(s: &str) -> ChunkInfo<'_> {
@@ -550,7 +486,7 @@ mod tests {
         format!("{{{}}}", body.join(","))
     }
 
-    fn strategy() -> impl proptest::strategy::Strategy<Value = String> {
+    pub(crate) fn strategy() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let text = prop_oneof![
             Just("\"\"".to_string()),
@@ -679,36 +615,6 @@ mod tests {
             proptest::prop_assert_eq!(fast, slow, "{}", json);
         }
 
-        /// A stream read with the memo gives, chunk by chunk, exactly
-        /// what each chunk read alone gives: the same facts, the same
-        /// errors at the same bytes. The stream is one envelope with small
-        /// changes (a digit more, a key moved, a byte broken), as servers
-        /// send and as they break.
-        #[test]
-        fn the_memo_changes_nothing(
-            base in strategy(),
-            edits in proptest::collection::vec((0usize..400, 0u8..6, proptest::prelude::any::<u8>()), 1..12),
-            wants in proptest::collection::vec(proptest::prelude::any::<(bool, bool)>(), 12),
-        ) {
-            let mut memo = Memo::default();
-            let mut cur = base.into_bytes();
-            for (k, (at, op, byte)) in edits.into_iter().enumerate() {
-                let (want_ids, want_text) = wants[k];
-                let alone = parse_full(&cur, want_ids, want_text);
-                let with = parse_memo(&cur, want_ids, want_text, &mut memo);
-                proptest::prop_assert_eq!(&with, &alone, "{:?}", String::from_utf8_lossy(&cur));
-                // The next chunk: this one with a small change.
-                let at = at % (cur.len() + 1);
-                match op {
-                    0 if at < cur.len() => cur[at] = byte,
-                    1 => cur.insert(at, b"0123456789 \",\"x"[byte as usize % 15]),
-                    2 if at < cur.len() => { cur.remove(at); }
-                    3 => cur.splice(at..at, b"\"k\":1,".iter().copied()).for_each(drop),
-                    _ => {}
-                }
-            }
-        }
-
         /// A chunk cut anywhere is an error, never a silently wrong read.
         #[test]
         fn every_prefix_is_an_error(json in strategy()) {
@@ -727,42 +633,6 @@ mod tests {
                 proptest::prop_assert_eq!(fast.unwrap(), slow);
             }
         }
-    }
-
-    /// A real stream: the envelope is skipped from the second chunk on,
-    /// and a chunk that differs inside the envelope (a longer `created`)
-    /// is still read whole.
-    #[test]
-    fn the_memo_skips_the_shared_envelope() {
-        let env = |created: &str, content: &str| {
-            format!(
-                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":{created},"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
-            )
-        };
-        let mut memo = Memo::default();
-        let a = env("17", "a");
-        assert!(
-            matches!(parse_memo(a.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if c.content)
-        );
-        // id, object, created, model: four leading members marked.
-        assert_eq!(memo.marks.len(), 4);
-        let b = env("17", "");
-        assert!(
-            matches!(parse_memo(b.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if !c.content)
-        );
-        let c = env("170", "c");
-        assert!(
-            matches!(parse_memo(c.as_bytes(), false, false, &mut memo), Ok(Payload::Chunk(c)) if c.content)
-        );
-        // With the ids wanted, they are read, memo or not.
-        let d = env("170", "d");
-        match parse_memo(d.as_bytes(), true, false, &mut memo) {
-            Ok(Payload::Chunk(c)) => assert_eq!(c.id.as_deref(), Some("chatcmpl-1")),
-            other => panic!("{other:?}"),
-        }
-        let broken = env("170", "e").replace("\"model\"", "\"model\"x");
-        assert!(parse_memo(broken.as_bytes(), false, false, &mut memo).is_err());
-        assert!(parse_memo(b"[DONE]", false, false, &mut memo).is_ok());
     }
 
     #[test]

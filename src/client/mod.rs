@@ -13,6 +13,7 @@
 //! It is sent again, once, on a new connection, and counted as a retry.
 
 pub mod chunk;
+pub mod chunk_memo;
 #[cfg(test)]
 pub mod chunk_reference;
 pub mod classify;
@@ -567,7 +568,7 @@ struct StreamState {
     last_token_at: Option<Duration>,
     end: Option<End>,
     /// The previous chunk, whose envelope the next one skips.
-    memo: chunk::Memo,
+    memo: chunk_memo::Memo,
 }
 
 impl StreamState {
@@ -586,7 +587,7 @@ impl StreamState {
         }
         let want_ids = cfg.keep_response_ids && rec.response_id.is_none();
         let want_text = rec.reply.is_some();
-        let info = match chunk::parse_memo(data, want_ids, want_text, &mut self.memo) {
+        let info = match chunk_memo::parse_memo(data, want_ids, want_text, &mut self.memo) {
             Ok(Payload::Done) => {
                 self.end = Some(End::Done);
                 return false;
