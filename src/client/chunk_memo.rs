@@ -290,6 +290,27 @@ mod tests {
         assert!(parse_memo(b"[DONE]", false, false, &mut memo).is_ok());
     }
 
+    /// A stream recorded from llama.cpp's `llama-server`: `choices` comes
+    /// first and the envelope after it, so no envelope member is skipped,
+    /// but every content chunk after the first is read through the hole,
+    /// and each reads as it does alone.
+    #[test]
+    fn a_llamacpp_stream_is_read_through_the_hole() {
+        let stream = include_str!("../../tests/fixtures/streams/llamacpp-chat.sse");
+        let mut memo = Memo::default();
+        let mut content = 0;
+        for data in stream.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let alone = parse_full(data.as_bytes(), false, false);
+            if matches!(&alone, Ok(Payload::Chunk(c)) if c.content) {
+                content += 1;
+            }
+            let with = parse_memo(data.as_bytes(), false, false, &mut memo);
+            assert_eq!(with, alone, "{data}");
+        }
+        assert_eq!(content, 12);
+        assert_eq!(memo.through_hole, content - 1);
+    }
+
     /// A stream's content chunks are read through the hole: only the
     /// answer string is scanned, and the facts are a full scan's. A
     /// chunk whose bytes after the string differ (the finish chunk), or
