@@ -1017,23 +1017,7 @@ async fn workers_size_the_runtime_and_metadata_says_so() {
     let _serial = serial();
     init();
     let tmp = tempfile::tempdir().unwrap();
-    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
-    let sweep = |results: &Path| {
-        vec![
-            "--endpoint".to_string(),
-            "mock".into(),
-            "--model".into(),
-            "demo".into(),
-            "--dataset".into(),
-            dataset.to_str().unwrap().into(),
-            "--qps".into(),
-            "4".into(),
-            "--duration".into(),
-            "1".into(),
-            "--results-dir".into(),
-            results.to_str().unwrap().into(),
-        ]
-    };
+    let sweep = |results: &Path| demo_sweep(results, "4", "1");
     for (extra, env, want) in [
         (vec!["--workers", "1"], vec![], 1),
         (vec![], vec![("LLMLOAD_WORKERS", "3")], 3),
@@ -1076,26 +1060,10 @@ async fn the_send_quantum_times_fast_sends_and_the_results_say_so() {
     let _serial = serial();
     init();
     let tmp = tempfile::tempdir().unwrap();
-    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
     let sweep = |results: &Path, qps: &str, duration: &str| {
-        [
-            "--endpoint",
-            "mock",
-            "--model",
-            "demo",
-            "--dataset",
-            dataset.to_str().unwrap(),
-            "--qps",
-            qps,
-            "--duration",
-            duration,
-            "--max-tokens",
-            "4",
-            "--results-dir",
-            results.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut args = demo_sweep(results, qps, duration);
+        args.extend(["--max-tokens".into(), "4".into()]);
+        args
     };
     let go = |args: Vec<String>, env: Vec<(&'static str, &'static str)>| async move {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1161,4 +1129,26 @@ async fn the_send_quantum_times_fast_sends_and_the_results_say_so() {
         let err = text(&out.stderr);
         assert!(err.contains("--send-quantum"), "{err}");
     }
+}
+
+/// `run` against the embedded mock with the examples' dataset, writing
+/// into `results`: what the tests of run-wide flags start from.
+fn demo_sweep(results: &Path, qps: &str, duration: &str) -> Vec<String> {
+    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
+    [
+        "--endpoint",
+        "mock",
+        "--model",
+        "demo",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--qps",
+        qps,
+        "--duration",
+        duration,
+        "--results-dir",
+        results.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
