@@ -947,27 +947,11 @@ async fn builtin_mock_endpoint_runs_the_readme_demo() {
     let _serial = serial();
     init();
     let tmp = tempfile::tempdir().unwrap();
-    let dataset = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conversations.json");
     let results = tmp.path().join("r");
-    let out = run_bin(
-        &[
-            "--endpoint",
-            "mock",
-            "--model",
-            "demo",
-            "--dataset",
-            dataset.to_str().unwrap(),
-            "--qps",
-            "4",
-            "--duration",
-            "1",
-            "--plot",
-            "--results-dir",
-            results.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let mut args = demo_sweep(&results, "4", "1");
+    args.push("--plot".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_bin(&argv, &[]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dir = &run_dirs(&results)[0];
     let levels = read_json(&dir.join("benchmark_qps_results.json"));

@@ -133,7 +133,7 @@ pub struct Metadata {
     /// The client's runtime worker threads (`--workers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
-    /// `--send-quantum` as given (`auto`, `0`, `1ms`); each level's
+    /// `--send-quantum` as given (`auto`, `0`, `1000us`); each level's
     /// `client_usage.send_quantum_us` says what it came to there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_quantum: Option<String>,
