@@ -246,12 +246,19 @@ impl Canary {
 }
 
 /// Replays until 99 % of arrivals are within 1 ms of their trace time, at
-/// most four times, and again only when the machine was seen to be noisy
-/// (see [`Canary`]): on a quiet machine a late replay fails at once,
-/// unless a stall the canary saw explains the late arrivals (a burst due
-/// during a 1.5 ms hiccup of the VM is late as a whole, and the canary
-/// still calls the machine quiet). If every attempt was on a noisy
-/// machine, the replay must still track its trace within 5 ms.
+/// most four times. Late arrivals that a stall of the machine explains
+/// (see [`Canary`]: a burst due during a 1.5 ms hiccup of the VM is late
+/// as a whole, and the canary still calls the machine quiet) do not count
+/// against an attempt. The canary sees only its own thread, so a stall of
+/// the client's threads alone (a vCPU taken away while only they were
+/// runnable: seen in CI as a 4 ms lag at the 99th percentile, in a
+/// replay whose lag is 0.1-0.3 ms otherwise) goes unseen: a replay late on
+/// a quiet machine is tried again, and three such attempts fail. A client
+/// that is late by its nature is late every time. If no attempt made it
+/// (a noisy machine: two CPU hogs beside the suite leave 91-93 % within
+/// 1 ms), the best attempt must still have 80 % within 1 ms and 95 %
+/// within 5 ms: a client 4 ms late by design (a 4 ms send quantum) has
+/// under half within 1 ms, on any machine.
 async fn replay_on_time(
     m: &llmload::mock::MockServer,
     trace: &Path,
@@ -260,6 +267,7 @@ async fn replay_on_time(
 ) -> Replayed {
     let mut seen = Vec::new();
     let mut last = None;
+    let mut late_on_quiet = 0;
     for _ in 0..4 {
         let canary = Canary::start();
         let r = replay(m, trace, root, &[]).await;
@@ -283,21 +291,24 @@ async fn replay_on_time(
         if share >= 0.99 || explained {
             return r;
         }
-        assert!(
-            !noise.quiet(),
-            "a quiet machine ({:.2}% of sleeps late, worst {:?}), yet only {:.1}% arrived within 1 ms ({unexplained} late with no stall to explain it)",
-            noise_share * 100.0,
-            worst,
-            share * 100.0
-        );
         seen.push((share, noise_share, worst));
+        if noise.quiet() {
+            late_on_quiet += 1;
+            assert!(
+                late_on_quiet < 3,
+                "a quiet machine, yet three replays were late (share within 1 ms, share of the canary's sleeps late, its worst): {seen:?}; the last: {unexplained} late arrivals with no stall of the machine to explain them, llmload's own lag p99 {:.3} ms",
+                r.lag_p99 * 1e3
+            );
+        }
         last = Some((r, arrivals));
     }
     let (r, arrivals) = last.expect("four attempts");
+    let best = seen.iter().map(|s| s.0).fold(0.0, f64::max);
     let share = on_time(&arrivals, want_ms, 5e6);
     assert!(
-        share >= 0.95,
-        "on a busy machine, still only {:.1}% within 5 ms (attempts: {seen:?})",
+        best >= 0.8 && share >= 0.95,
+        "on a busy machine, at best {:.1}% within 1 ms and {:.1}% within 5 ms (attempts: {seen:?})",
+        best * 100.0,
         share * 100.0
     );
     r
