@@ -43,6 +43,8 @@ pub struct Memo {
     hole: Option<Hole>,
     /// Chunks read by scanning their answer string alone.
     pub(crate) through_hole: u64,
+    /// Chunks whose scan started past the shared envelope.
+    pub(crate) resumed: u64,
 }
 
 /// Where the previous chunk's answer string was, and what the rest of
@@ -92,14 +94,15 @@ pub fn parse_memo<'a>(
     if trimmed == b"[DONE]" {
         return Ok(Payload::Done);
     }
-    // With the ids wanted, `id` and `model` are facts: scan them. With
-    // the text wanted, the answer string is decoded, not just looked at.
-    let plain = !want_ids && !want_text;
-    let same = if plain {
-        common_prefix(trimmed, &memo.prev)
-    } else {
+    // With the ids wanted, `id` and `model` are facts: scan them (no
+    // envelope skipped). With the text wanted, the answer string is
+    // decoded, not just looked at (no hole).
+    let same = if want_ids {
         0
+    } else {
+        common_prefix(trimmed, &memo.prev)
     };
+    let plain = !want_ids && !want_text;
     if plain
         && let Some(h) = memo.hole.take_if(|h| same > h.start)
         && let Some((info, end)) = through_hole(trimmed, &memo.prev, &h)
@@ -116,15 +119,16 @@ pub fn parse_memo<'a>(
     let mut info = ChunkInfo::default();
     let mut sites = Sites::default();
     let mut marks = std::mem::take(&mut memo.marks);
-    let resume = if plain {
-        marks.iter().rposition(|&m| m < same)
-    } else {
+    let resume = if want_ids {
         None
+    } else {
+        marks.iter().rposition(|&m| m < same)
     };
     let r = match resume {
         Some(k) => {
             sc.i = marks[k];
             marks.truncate(k + 1);
+            memo.resumed += 1;
             let (sc, i, m, s) = (&mut sc, &mut info, &mut marks, &mut sites);
             top_level(sc, i, want_ids, want_text, true, m, s)
         }
@@ -288,6 +292,29 @@ mod tests {
         let broken = env("170", "e").replace("\"model\"", "\"model\"x");
         assert!(parse_memo(broken.as_bytes(), false, false, &mut memo).is_err());
         assert!(parse_memo(b"[DONE]", false, false, &mut memo).is_ok());
+    }
+
+    /// A session turn wants the answer's text: no hole then, but the
+    /// envelope is still skipped, and the text is read whole.
+    #[test]
+    fn with_the_text_wanted_the_envelope_is_still_skipped() {
+        let env = |content: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":17,"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
+            )
+        };
+        let mut memo = Memo::default();
+        for (k, word) in ["Hel", "lo", " there"].into_iter().enumerate() {
+            let c = env(word);
+            let got = parse_memo(c.as_bytes(), false, true, &mut memo);
+            assert_eq!(got, parse_full(c.as_bytes(), false, true));
+            match got {
+                Ok(Payload::Chunk(i)) => assert_eq!(i.text.as_deref(), Some(word)),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(memo.resumed, k as u64, "chunk {k}");
+        }
+        assert_eq!(memo.through_hole, 0);
     }
 
     /// A stream recorded from llama.cpp's `llama-server`: `choices` comes

@@ -567,7 +567,8 @@ enum End {
 struct StreamState {
     last_token_at: Option<Duration>,
     end: Option<End>,
-    /// The previous chunk, whose envelope the next one skips.
+    /// The previous chunk, whose envelope (and answer string's
+    /// surroundings) the next one skips.
     memo: chunk_memo::Memo,
 }
 
