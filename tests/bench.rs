@@ -65,6 +65,15 @@ async fn the_side_by_side_ceiling_runs_and_prints_its_figures() {
     let overload = verdict("at 1.5x the held rate");
     if held {
         assert!(figure("overload") > 0.0);
+        // Whether the machine itself was the limit: both processes' cores.
+        let line = ceiling
+            .lines()
+            .find(|l| l.trim_start().starts_with("overload"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("cores used: nginx ") && line.contains(", llmload "),
+            "{line}"
+        );
         assert!(
             overload.contains("[met]") || overload.contains("[MISSED]"),
             "a measured verdict: {overload}"

@@ -40,6 +40,13 @@ pub struct Ceiling {
     pub overload_target: f64,
     pub overload_achieved: f64,
     pub overload_connections: u64,
+    /// The cores nginx and llmload used at 1.5× the held rate: with both
+    /// near one core each, the 2-core machine itself is the limit, and the
+    /// server's answers slow down with it (an open-loop client then needs
+    /// more connections to send on time, whoever is behind).
+    pub overload_server_cores: f64,
+    pub overload_client_cores: f64,
+    pub overload_lag_p99_ms: f64,
     /// Why no rate was held, when none was (a machine too busy to measure
     /// on): the other figures are still measured and printed.
     pub not_held: Option<String>,
@@ -163,18 +170,25 @@ pub(super) async fn ceiling(
             .await
             .unwrap_or(0.0);
     // Without a held rate there is nothing to overload by half.
-    let (overload_target, overload_achieved, overload_connections) = if held_rps > 0.0 {
+    let overload = if held_rps > 0.0 {
         let target = (held_rps * 1.5).round();
-        let o = probe(&e, target, probe_for).await;
+        // Over the probe's whole wall time: a client behind its schedule
+        // reads its last streams after the level's duration.
+        let t0 = std::time::Instant::now();
+        let o = probe_with_server(&e, target, probe_for, srv.pid()).await;
+        let secs = t0.elapsed().as_secs_f64();
         log(&format!(
-            "    at {target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections",
+            "    at {target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections, lag p99 {:.1} ms, nginx {:.2} cores, llmload {:.2}",
             o.achieved,
             o.achieved / held_rps * 100.0,
-            o.connections
+            o.connections,
+            o.lag_p99_ms,
+            o.server_cpu_s / secs,
+            o.cpu_s / secs
         ));
-        (target, o.achieved, o.connections)
+        Some((target, o, secs))
     } else {
-        (0.0, 0.0, 0)
+        None
     };
     Ok(Ceiling {
         wrk_rps,
@@ -184,9 +198,12 @@ pub(super) async fn ceiling(
         quarter_rps,
         llmload_cpu_us_per_request: llmload_us,
         cpu_ratio: llmload_us / wrk_us.max(1e-9),
-        overload_target,
-        overload_achieved,
-        overload_connections,
+        overload_target: overload.as_ref().map_or(0.0, |o| o.0),
+        overload_achieved: overload.as_ref().map_or(0.0, |o| o.1.achieved),
+        overload_connections: overload.as_ref().map_or(0, |o| o.1.connections),
+        overload_server_cores: overload.as_ref().map_or(0.0, |o| o.1.server_cpu_s / o.2),
+        overload_client_cores: overload.as_ref().map_or(0.0, |o| o.1.cpu_s / o.2),
+        overload_lag_p99_ms: overload.as_ref().map_or(0.0, |o| o.1.lag_p99_ms),
         not_held,
         workers,
         held_rps_one_worker,
