@@ -169,28 +169,7 @@ pub(super) async fn ceiling(
         tokio::task::spawn_blocking(move || held_with_one_worker(&url, pid, probe_for, bisect))
             .await
             .unwrap_or(0.0);
-    // Without a held rate there is nothing to overload by half.
-    let overload = if held_rps > 0.0 {
-        let target = (held_rps * 1.5).round();
-        // Over the probe's whole wall time: a client behind its schedule
-        // reads its last streams after the level's duration.
-        let t0 = std::time::Instant::now();
-        let o = probe_with_server(&e, target, probe_for, srv.pid()).await;
-        let secs = t0.elapsed().as_secs_f64();
-        log(&format!(
-            "    at {target:.0} req/s (1.5× held): achieved {:.0} ({:.0} % of held), {} new connections, lag p99 {:.1} ms, nginx {:.2} cores, llmload {:.2}",
-            o.achieved,
-            o.achieved / held_rps * 100.0,
-            o.connections,
-            o.lag_p99_ms,
-            o.server_cpu_s / secs,
-            o.cpu_s / secs
-        ));
-        Some((target, o, secs))
-    } else {
-        None
-    };
-    Ok(Ceiling {
+    let mut c = Ceiling {
         wrk_rps,
         wrk_cpu_us_per_request: wrk_us,
         held_rps,
@@ -198,14 +177,48 @@ pub(super) async fn ceiling(
         quarter_rps,
         llmload_cpu_us_per_request: llmload_us,
         cpu_ratio: llmload_us / wrk_us.max(1e-9),
-        overload_target: overload.as_ref().map_or(0.0, |o| o.0),
-        overload_achieved: overload.as_ref().map_or(0.0, |o| o.1.achieved),
-        overload_connections: overload.as_ref().map_or(0, |o| o.1.connections),
-        overload_server_cores: overload.as_ref().map_or(0.0, |o| o.1.server_cpu_s / o.2),
-        overload_client_cores: overload.as_ref().map_or(0.0, |o| o.1.cpu_s / o.2),
-        overload_lag_p99_ms: overload.as_ref().map_or(0.0, |o| o.1.lag_p99_ms),
+        overload_target: 0.0,
+        overload_achieved: 0.0,
+        overload_connections: 0,
+        overload_server_cores: 0.0,
+        overload_client_cores: 0.0,
+        overload_lag_p99_ms: 0.0,
         not_held,
         workers,
         held_rps_one_worker,
-    })
+    };
+    // Without a held rate there is nothing to overload by half.
+    if held_rps > 0.0 {
+        c.overload_target = (held_rps * 1.5).round();
+        // Over the probe's whole wall time: a client behind its schedule
+        // reads its last streams after the level's duration.
+        let t0 = std::time::Instant::now();
+        let o = probe_with_server(&e, c.overload_target, probe_for, srv.pid()).await;
+        let secs = t0.elapsed().as_secs_f64();
+        c.overload_achieved = o.achieved;
+        c.overload_connections = o.connections;
+        c.overload_server_cores = o.server_cpu_s / secs;
+        c.overload_client_cores = o.cpu_s / secs;
+        c.overload_lag_p99_ms = o.lag_p99_ms;
+        log(&format!("    at 1.5× held: {}", c.overload_line()));
+    }
+    Ok(c)
+}
+
+impl Ceiling {
+    /// The overload probe's figures, as the report and the verdict say
+    /// them.
+    pub fn overload_line(&self) -> String {
+        format!(
+            "{:.0} req/s asked ({:.0} % of wrk's): achieved {:.0} ({:.0} % of held), {} new connections, lag p99 {:.1} ms; cores used: nginx {:.2}, llmload {:.2}",
+            self.overload_target,
+            self.overload_target / self.wrk_rps.max(1.0) * 100.0,
+            self.overload_achieved,
+            self.overload_achieved / self.held_rps.max(1.0) * 100.0,
+            self.overload_connections,
+            self.overload_lag_p99_ms,
+            self.overload_server_cores,
+            self.overload_client_cores
+        )
+    }
 }

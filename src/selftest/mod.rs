@@ -438,15 +438,7 @@ pub async fn run(opts: &Options, log: &dyn Fn(&str)) -> Result<Report, String> {
             targets.push(Check::judged(
                 what,
                 c.overload_connections <= 500 && c.overload_achieved >= 0.8 * c.held_rps,
-                format!(
-                    "{} connections, achieved {:.0} req/s ({:.0} % of held, {:.0} % of wrk's rate); cores used: nginx {:.2}, llmload {:.2}",
-                    c.overload_connections,
-                    c.overload_achieved,
-                    c.overload_achieved / c.held_rps.max(1.0) * 100.0,
-                    c.overload_target / c.wrk_rps.max(1.0) * 100.0,
-                    c.overload_server_cores,
-                    c.overload_client_cores
-                ),
+                c.overload_line(),
             ));
         }
     }

@@ -242,17 +242,7 @@ pub fn render(r: &Report) -> String {
         if c.not_held.is_some() {
             let _ = writeln!(o, "  overload not run: no rate was held to overload");
         } else {
-            let _ = writeln!(
-                o,
-                "  overload {:>8.0} req/s asked ({:.0} % of wrk's): achieved {:.0}, {} new connections, lag p99 {:.1} ms; cores used: nginx {:.2}, llmload {:.2}",
-                c.overload_target,
-                c.overload_target / c.wrk_rps.max(1.0) * 100.0,
-                c.overload_achieved,
-                c.overload_connections,
-                c.overload_lag_p99_ms,
-                c.overload_server_cores,
-                c.overload_client_cores
-            );
+            let _ = writeln!(o, "  overload {}", c.overload_line());
         }
     }
     let _ = writeln!(o, "\nTARGETS");
