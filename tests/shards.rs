@@ -34,10 +34,16 @@ fn strings(a: &[&str]) -> Vec<String> {
 }
 
 /// A start far enough ahead for every process to be waiting for it.
-fn start_in(secs: f64) -> (SystemTime, String) {
+/// A start `secs` from now: on the monotonic clock the mock stamps
+/// arrivals with (ns), and as `--start-at` says it. Both are read now, as
+/// the processes read `--start-at` when they start: a wall clock stepped
+/// or slewed while the levels run (a VM's time sync) then moves neither
+/// side. Read after the runs, it shifted every arrival by the step (one
+/// suite saw all of them 10-100 ms off).
+fn start_in(secs: f64) -> (i128, String) {
     let t = SystemTime::now() + Duration::from_secs_f64(secs);
     let unix = t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    (t, format!("{unix:.6}"))
+    (mono_of(t), format!("{unix:.6}"))
 }
 
 /// The wall-clock instant `t` on the monotonic clock the mock stamps
@@ -51,11 +57,11 @@ fn mono_of(t: SystemTime) -> i128 {
     mono as i128 + ahead
 }
 
-/// The mock's arrivals (ns after `start`), oldest first, and clear its log.
-async fn arrivals(mock: &llmload::mock::MockServer, start: SystemTime) -> Vec<f64> {
+/// The mock's arrivals (s after `t0`, ns on its monotonic clock), oldest
+/// first, and clear its log.
+async fn arrivals(mock: &llmload::mock::MockServer, t0: i128) -> Vec<f64> {
     let (_, body) = get(&format!("{}/debug/requests?clear=true", mock.base_url())).await;
     let truth: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let t0 = mono_of(start);
     let mut out: Vec<f64> = truth
         .as_array()
         .unwrap()

@@ -123,7 +123,10 @@ pub enum ClientBuildError {
 
 /// A pooled client bound to one endpoint.
 pub struct LlmClient {
-    pool: Pool,
+    /// The level's runtime's connections, and the lead thread's
+    /// ([`crate::engine::lead`]): a socket is driven on the runtime that
+    /// opened it.
+    pools: [Pool; 2],
     /// Absolute form, for HTTP/2 (`:scheme` and `:authority`).
     uri: Uri,
     /// Origin form (`/v1/chat/completions`), for HTTP/1.1.
@@ -146,6 +149,11 @@ impl std::fmt::Debug for LlmClient {
 type Incoming = http::Response<hyper::body::Incoming>;
 
 impl LlmClient {
+    /// The pool of the runtime this runs on.
+    fn pool(&self) -> &Pool {
+        &self.pools[usize::from(crate::engine::lead::on_lead())]
+    }
+
     pub fn new(cfg: ClientConfig) -> Result<Self, ClientBuildError> {
         let bad = |reason: String| ClientBuildError::Endpoint {
             url: cfg.endpoint.clone(),
@@ -207,18 +215,18 @@ impl LlmClient {
             .unwrap_or_else(|_| uri.clone());
             (p, uri)
         });
-        let pool = Pool::new(
-            origin,
-            tls,
-            PoolConfig {
-                proxy: via,
-                connect_timeout: cfg.connect_timeout,
-                idle_timeout: cfg.pool_idle_timeout,
-                max_idle: pool::MAX_IDLE,
-            },
-        );
+        let pool_cfg = PoolConfig {
+            proxy: via,
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle: pool::MAX_IDLE,
+        };
+        let pools = [
+            Pool::new(origin.clone(), tls.clone(), pool_cfg.clone()),
+            Pool::new(origin, tls, pool_cfg),
+        ];
         Ok(Self {
-            pool,
+            pools,
             uri,
             path,
             headers,
@@ -229,7 +237,7 @@ impl LlmClient {
 
     /// The proxy the endpoint is reached through, if any (`host:port`).
     pub fn proxy(&self) -> Option<String> {
-        let o = self.pool.origin();
+        let o = self.pool().origin();
         self.cfg
             .proxies
             .for_target(o.https, &o.host, o.port)
@@ -239,7 +247,7 @@ impl LlmClient {
     /// Open up to `n` connections ahead of the first request (see
     /// [`Pool::prewarm`]); how many opened.
     pub async fn prewarm(&self, n: usize) -> usize {
-        self.pool.prewarm(n).await
+        self.pool().prewarm(n).await
     }
 
     pub fn uri(&self) -> &Uri {
@@ -253,18 +261,24 @@ impl LlmClient {
     /// What the user should know about this endpoint's connections
     /// (reuse turned off, TLS failure reasons), each said once.
     pub fn notices(&self) -> Vec<String> {
-        self.pool.notices()
+        let mut n = self.pools[0].notices();
+        for more in self.pools[1].notices() {
+            if !n.contains(&more) {
+                n.push(more);
+            }
+        }
+        n
     }
 
     /// Requests so far that waited for a connection instead of opening
     /// one (the client was behind, or every connect slot was taken).
     pub fn held_back(&self) -> u64 {
-        self.pool.held_back()
+        self.pools.iter().map(Pool::held_back).sum()
     }
 
     /// Whether kept-alive connections are being reused.
     pub fn reusing_connections(&self) -> bool {
-        self.pool.reusing()
+        self.pools.iter().all(Pool::reusing)
     }
 
     /// Send one request and fill `rec`. `base` is the level start; the
@@ -314,7 +328,7 @@ impl LlmClient {
             }
             req.headers_mut()
                 .entry(HOST)
-                .or_insert_with(|| self.pool.origin().host_header.clone());
+                .or_insert_with(|| self.pool().origin().host_header.clone());
             if lease.close {
                 req.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -335,7 +349,7 @@ impl LlmClient {
         let mut fresh = false;
         loop {
             let late = Some(rec.lag()).filter(|l| *l > pool::LATE);
-            let mut lease = match timeout_at(first, self.pool.checkout(fresh, late)).await {
+            let mut lease = match timeout_at(first, self.pool().checkout(fresh, late)).await {
                 Err(_) => return Err(Err(())),
                 Ok(Err(e)) => return Err(Ok(self.connect_failed(e, rec))),
                 Ok(Ok(l)) => l,
@@ -360,7 +374,7 @@ impl LlmClient {
                             served = lease.served,
                             "stale kept-alive connection ({e}); retrying on a new one"
                         );
-                        self.pool.stale(&lease);
+                        self.pool().stale(&lease);
                         rec.retried_stale = true;
                         fresh = true;
                         continue;
@@ -374,7 +388,7 @@ impl LlmClient {
 
     fn connect_failed(&self, e: ConnectError, rec: &mut RequestRecord) -> ErrorKind {
         if e.kind == ErrorKind::Tls {
-            self.pool.notice_once(format!(
+            self.pool().notice_once(format!(
                 "TLS error talking to {}: {}",
                 crate::base::redact::redact_url(&self.cfg.endpoint),
                 e.detail
@@ -437,7 +451,7 @@ impl LlmClient {
                 }
             }
             rec.done_at = Instant::now() - base;
-            self.pool.release(lease, ended.then_some(keep_alive));
+            self.pool().release(lease, ended.then_some(keep_alive));
             return Err(ErrorKind::Http(status));
         }
         if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
@@ -520,7 +534,7 @@ impl LlmClient {
                                 _ => break false,
                             }
                         };
-                        self.pool.release(lease, ended.then_some(keep_alive));
+                        self.pool().release(lease, ended.then_some(keep_alive));
                         empty_is_an_error(rec)
                     }
                     End::Failed(kind) => Err(kind),
@@ -538,7 +552,7 @@ impl LlmClient {
         }
         match state.end {
             Some(End::Done) => {
-                self.pool.release(lease, Some(keep_alive));
+                self.pool().release(lease, Some(keep_alive));
                 empty_is_an_error(rec)
             }
             Some(End::Failed(kind)) => Err(kind),

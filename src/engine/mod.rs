@@ -6,6 +6,7 @@
 
 pub mod capacity;
 pub mod closed_loop;
+pub mod lead;
 pub mod level;
 pub mod pacer;
 pub mod request;

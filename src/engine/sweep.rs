@@ -251,6 +251,17 @@ impl Engine {
                         true,
                         0,
                     ))
+                } else if let Some(lead) = super::lead::for_current_runtime() {
+                    let level = tokio::runtime::Handle::current();
+                    lead.spawn(async move {
+                        let spawner = super::pacer::Spawner::Lead {
+                            spill: Default::default(),
+                            level,
+                        };
+                        super::pacer::pace(pacing, spawner).await
+                    })
+                    .await
+                    .unwrap_or((Duration::ZERO, true, 0))
                 } else {
                     let pacer = super::pacer::pace(pacing, super::pacer::Spawner::Local);
                     tokio::spawn(pacer)
