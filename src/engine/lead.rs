@@ -190,11 +190,8 @@ mod tests {
 
     #[test]
     fn the_lead_runs_on_its_own_thread_and_says_so() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        // The binary's runtime, with two workers.
+        let rt = crate::engine::sweep::runtime(2).unwrap();
         rt.block_on(async {
             assert!(!on_lead());
             let Some(lead) = for_current_runtime() else {
